@@ -1,0 +1,49 @@
+"""
+Storage: messages, offline queues, read state and files, durably.
+
+The application codes against L{IMessageStore} and L{IFileStore}. The
+implementations: L{SQLiteMessageStore} (one SQLite file, group commit),
+L{MemoryMessageStore} (a fake for tests) and L{DiskFileStore} (files on disk,
+records in the message store's database through L{IFileMetadata}).
+"""
+
+from .database import Database
+from .engines import BaseEngine, SQLiteEngine
+from .files import DiskFileStore, isFileId, newFileId
+from .interface import (
+    FileRecord,
+    HistoryPage,
+    IFileMetadata,
+    IFileStore,
+    IMessageStore,
+    NewMessage,
+    StoreClosedError,
+    StoredMessage,
+    StoreOutcome,
+    conversationKey,
+)
+from .memory import MemoryMessageStore
+from .sqlite import SQLiteMessageStore
+from .store import SQLMessageStore
+
+__all__ = [
+    "BaseEngine",
+    "Database",
+    "DiskFileStore",
+    "FileRecord",
+    "HistoryPage",
+    "IFileMetadata",
+    "IFileStore",
+    "IMessageStore",
+    "MemoryMessageStore",
+    "NewMessage",
+    "SQLMessageStore",
+    "SQLiteEngine",
+    "SQLiteMessageStore",
+    "StoreClosedError",
+    "StoreOutcome",
+    "StoredMessage",
+    "conversationKey",
+    "isFileId",
+    "newFileId",
+]

@@ -1,0 +1,243 @@
+# -*- test-case-name: tests.test_storage -*-
+"""
+The database: an C{adbapi} connection pool behind one engine, transactions
+counted, and the versioned schema applied at start.
+
+Schema files are C{crm_im/storage/schema/NNN_name.sql}, applied in order of
+C{NNN}, each in the same transaction as its row in C{schema_version}; files
+already recorded there are skipped, so applying twice is a no-op. Statements
+in a file are separated by a C{;} at the end of a line (no triggers).
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import Any, Callable, Concatenate, Iterator, ParamSpec, Sequence, TypeVar
+
+from twisted.enterprise.adbapi import ConnectionPool
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
+
+from .engines import BaseEngine
+from .interface import StoreClosedError
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_T = TypeVar("_T")
+
+_SCHEMA_FILE = re.compile(r"^(\d{3})_([A-Za-z0-9_]+)\.sql$")
+
+#: At most this many values in one SQL C{IN (...)} list.
+MAX_IN_LIST = 500
+
+
+class Transaction:
+    """
+    A cursor in an open transaction, taking SQL written with C{?}
+    placeholders. Only used on the pool thread.
+    """
+
+    def __init__(self, cursor: Any, engine: BaseEngine) -> None:
+        """
+        @param cursor: the C{adbapi} transaction (a DB-API cursor).
+        @param engine: converts the SQL for its backend.
+        """
+        self._cursor = cursor
+        self.engine = engine
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        """
+        Execute one statement.
+        """
+        self._cursor.execute(self.engine.convertParamStyle(sql), tuple(args))
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        """
+        The next row of the last query, or L{None}.
+        """
+        row = self._cursor.fetchone()
+        return None if row is None else tuple(row)
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        """
+        The remaining rows of the last query.
+        """
+        return [tuple(row) for row in self._cursor.fetchall()]
+
+    @property
+    def rowcount(self) -> int:
+        """
+        The number of rows the last statement changed.
+        """
+        count = self._cursor.rowcount
+        assert isinstance(count, int)
+        return count
+
+    def lastInsertedId(self) -> int:
+        """
+        The primary key of the row the last C{INSERT} made.
+        """
+        return self.engine.lastInsertedId(self._cursor)
+
+
+def chunks(values: Sequence[_T], size: int = MAX_IN_LIST) -> Iterator[Sequence[_T]]:
+    """
+    C{values} in slices of at most C{size}, for bounded C{IN} lists.
+    """
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def placeholders(count: int) -> str:
+    """
+    C{?, ?, ...} with C{count} placeholders, for an C{IN} list.
+    """
+    return ", ".join("?" * count)
+
+
+def schemaFiles() -> list[tuple[int, str, str]]:
+    """
+    Read the schema files shipped in the package (blocking: call it on the
+    pool thread).
+
+    @return: C{(version, name, sql)} sorted by version.
+    """
+    found = []
+    for entry in (resources.files("crm_im.storage") / "schema").iterdir():
+        match = _SCHEMA_FILE.match(entry.name)
+        if match is not None:
+            found.append(
+                (int(match.group(1)), match.group(2), entry.read_text("utf-8"))
+            )
+    found.sort()
+    versions = [version for version, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate schema versions in {versions}")
+    return found
+
+
+def splitStatements(sql: str) -> list[str]:
+    """
+    The statements of a schema file: C{--} comments dropped, split at a C{;}
+    that ends a line.
+    """
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    statements = re.split(r";[ \t]*(?:\n|$)", "\n".join(lines) + "\n")
+    return [statement.strip() for statement in statements if statement.strip()]
+
+
+def prepareSchema_txn(
+    txn: Transaction, files: Sequence[tuple[int, str, str]]
+) -> list[int]:
+    """
+    Apply the schema files not yet recorded in C{schema_version}.
+
+    @param files: C{(version, name, sql)} as from L{schemaFiles}.
+    @return: the versions applied now.
+    """
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        " version INTEGER PRIMARY KEY NOT NULL,"
+        " name TEXT NOT NULL)"
+    )
+    txn.execute("SELECT version FROM schema_version")
+    applied = {row[0] for row in txn.fetchall()}
+    appliedNow = []
+    for version, name, sql in files:
+        if version in applied:
+            continue
+        for statement in splitStatements(sql):
+            txn.execute(statement)
+        txn.execute(
+            "INSERT INTO schema_version (version, name) VALUES (?, ?)",
+            (version, name),
+        )
+        appliedNow.append(version)
+    return appliedNow
+
+
+def _prepareSchemaFromPackage_txn(txn: Transaction) -> list[int]:
+    """
+    L{prepareSchema_txn} with the schema files of the package.
+    """
+    return prepareSchema_txn(txn, schemaFiles())
+
+
+class Database:
+    """
+    A connection pool for one engine, run through L{runInteraction}.
+
+    @ivar transactionCount: how many transactions L{runInteraction} started
+        (for tests and metrics).
+    @ivar schemaApplied: the schema versions the last L{start} applied.
+    """
+
+    log = Logger()
+
+    def __init__(self, engine: BaseEngine, reactor: IReactorCore) -> None:
+        """
+        @param engine: the backend.
+        @param reactor: runs the pool's callbacks.
+        """
+        self.engine = engine
+        self._reactor = reactor
+        self._pool: ConnectionPool | None = None
+        self.transactionCount = 0
+        self.schemaApplied: list[int] = []
+
+    async def _start(self) -> None:
+        self._pool = self.engine.makePool(self._reactor)
+        self._pool.start()
+        self.schemaApplied = await self.runInteraction(
+            "prepareSchema", _prepareSchemaFromPackage_txn
+        )
+        if self.schemaApplied:
+            self.log.info(
+                "Applied storage schema versions {versions}",
+                versions=self.schemaApplied,
+            )
+
+    def start(self) -> Deferred[None]:
+        """
+        Start the pool and bring the schema up to date.
+        """
+        return Deferred.fromCoroutine(self._start())
+
+    def runInteraction(
+        self,
+        desc: str,
+        func: Callable[Concatenate[Transaction, _P], _R],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> Deferred[_R]:
+        """
+        Run C{func(txn, *args, **kwargs)} in one transaction on the pool
+        thread: committed if it returns, rolled back if it raises.
+
+        @param desc: names the transaction in logs.
+        """
+        pool = self._pool
+        if pool is None or not pool.running:
+            raise StoreClosedError(f"{desc}: the database is not open")
+        engine = self.engine
+        self.transactionCount += 1
+
+        def interaction(cursor: Any) -> _R:
+            txn = Transaction(cursor, engine)
+            if engine.beginSQL is not None:
+                txn.execute(engine.beginSQL)
+            return func(txn, *args, **kwargs)
+
+        d: Deferred[_R] = pool.runInteraction(interaction)
+        return d
+
+    def close(self) -> None:
+        """
+        Stop the pool and close its connection. Transactions already started
+        are finished first.
+        """
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()

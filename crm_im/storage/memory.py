@@ -1,0 +1,223 @@
+# -*- test-case-name: tests.test_storage -*-
+"""
+L{MemoryMessageStore}: the message store as a fake, in memory, for unit tests
+of the application. Same semantics as the SQL store; every L{Deferred} it
+returns has already fired.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from .interface import (
+    FileRecord,
+    HistoryPage,
+    IFileMetadata,
+    IMessageStore,
+    NewMessage,
+    StoreClosedError,
+    StoredMessage,
+    StoreOutcome,
+    conversationKey,
+)
+
+
+@implementer(IMessageStore, IFileMetadata)
+class MemoryMessageStore:
+    """
+    Messages and file records in dicts.
+
+    @ivar messages: every stored message by seq, in seq order.
+    @ivar files: every file record by id.
+    """
+
+    def __init__(self) -> None:
+        """
+        An empty store.
+        """
+        self.messages: dict[int, StoredMessage] = {}
+        self.files: dict[str, FileRecord] = {}
+        self._bySenderId: dict[tuple[str, str], int] = {}
+        self._lastSeq = 0
+        self._closed = False
+
+    def _check(self, desc: str) -> None:
+        """
+        Refuse use after L{close}. (Unlike the SQL store, the fake needs no
+        L{open}, so that application tests can use it as it is.)
+        """
+        if self._closed:
+            raise StoreClosedError(f"{desc}: the store is not open")
+
+    def open(self) -> Deferred[None]:
+        """
+        See L{IMessageStore.open}.
+        """
+        return succeed(None)
+
+    def close(self) -> Deferred[None]:
+        """
+        See L{IMessageStore.close}.
+        """
+        self._closed = True
+        return succeed(None)
+
+    def storeMessage(self, msg: NewMessage) -> Deferred[StoreOutcome]:
+        """
+        See L{IMessageStore.storeMessage}.
+        """
+        try:
+            self._check("storeMessage")
+        except StoreClosedError:
+            return fail()
+        existing = self._bySenderId.get((msg.fromId, msg.id))
+        if existing is not None:
+            return succeed(StoreOutcome(self.messages[existing], created=False))
+        self._lastSeq += 1
+        stored = StoredMessage(
+            seq=self._lastSeq,
+            delivered=False,
+            readAt=None,
+            **attrs.asdict(msg),
+        )
+        self.messages[stored.seq] = stored
+        self._bySenderId[(msg.fromId, msg.id)] = stored.seq
+        return succeed(StoreOutcome(stored, created=True))
+
+    def markDelivered(self, seqs: Sequence[int]) -> Deferred[None]:
+        """
+        See L{IMessageStore.markDelivered}.
+        """
+        try:
+            self._check("markDelivered")
+        except StoreClosedError:
+            return fail()
+        for seq in seqs:
+            message = self.messages.get(seq)
+            if message is not None:
+                self.messages[seq] = attrs.evolve(message, delivered=True)
+        return succeed(None)
+
+    def pendingFor(self, userId: str, limit: int) -> Deferred[list[StoredMessage]]:
+        """
+        See L{IMessageStore.pendingFor}.
+        """
+        try:
+            self._check("pendingFor")
+        except StoreClosedError:
+            return fail()
+        pending = [
+            message
+            for message in self.messages.values()
+            if message.toId == userId and not message.delivered
+        ]
+        return succeed(pending[: max(limit, 0)])
+
+    def history(
+        self,
+        userId: str,
+        friendId: str,
+        topic: str | None,
+        limit: int,
+        before: int | None,
+        after: int | None,
+    ) -> Deferred[HistoryPage]:
+        """
+        See L{IMessageStore.history}.
+        """
+        try:
+            self._check("history")
+        except StoreClosedError:
+            return fail()
+        limit = max(limit, 0)
+        key = conversationKey(userId, friendId)
+        matching = [
+            message
+            for message in self.messages.values()
+            if conversationKey(message.fromId, message.toId) == key
+            and (topic is None or message.topic == topic)
+            and (before is None or message.seq < before)
+            and (after is None or message.seq > after)
+        ]
+        if after is None:
+            page = matching[-limit:] if limit else []
+        else:
+            page = matching[:limit]
+        return succeed(HistoryPage(messages=page, hasMore=len(matching) > limit))
+
+    def markRead(
+        self,
+        readerId: str,
+        now: int,
+        friendId: str | None = None,
+        upToSeq: int | None = None,
+        messageIds: Sequence[str] | None = None,
+    ) -> Deferred[list[StoredMessage]]:
+        """
+        See L{IMessageStore.markRead}.
+        """
+        try:
+            self._check("markRead")
+        except StoreClosedError:
+            return fail()
+        unread = [
+            message
+            for message in self.messages.values()
+            if message.toId == readerId and message.readAt is None
+        ]
+        if friendId is not None and upToSeq is not None:
+            found = [
+                message
+                for message in unread
+                if message.fromId == friendId and message.seq <= upToSeq
+            ]
+        elif messageIds is not None:
+            ids = set(messageIds)
+            found = [message for message in unread if message.id in ids]
+        else:
+            return fail(
+                ValueError("markRead needs friendId and upToSeq, or messageIds")
+            )
+        marked = [
+            attrs.evolve(message, readAt=now, delivered=True) for message in found
+        ]
+        for message in marked:
+            self.messages[message.seq] = message
+        return succeed(marked)
+
+    def ping(self) -> Deferred[None]:
+        """
+        See L{IMessageStore.ping}.
+        """
+        try:
+            self._check("ping")
+        except StoreClosedError:
+            return fail()
+        return succeed(None)
+
+    def recordFile(self, record: FileRecord) -> Deferred[None]:
+        """
+        See L{IFileMetadata.recordFile}.
+        """
+        try:
+            self._check("recordFile")
+        except StoreClosedError:
+            return fail()
+        if record.fileId in self.files:
+            return fail(ValueError(f"file {record.fileId} recorded already"))
+        self.files[record.fileId] = record
+        return succeed(None)
+
+    def fileRecord(self, fileId: str) -> Deferred[FileRecord | None]:
+        """
+        See L{IFileMetadata.fileRecord}.
+        """
+        try:
+            self._check("fileRecord")
+        except StoreClosedError:
+            return fail()
+        return succeed(self.files.get(fileId))

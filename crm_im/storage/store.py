@@ -1,0 +1,528 @@
+# -*- test-case-name: tests.test_storage -*-
+"""
+The SQL message store: L{IMessageStore} and L{IFileMetadata} on a
+L{Database}, with group commit.
+
+Every write (store, delivered, read, file record) joins one queue. While a
+write transaction is in flight, new writes wait; when it commits, all the
+waiting writes (up to L{SQLMessageStore.maxBatch}) go into the next single
+transaction. An idle store thus commits a write at once, and a busy one pays
+one commit (one fsync) for many writes. Each write runs in its own savepoint,
+so one failing write fails alone; a failed commit fails the whole batch. A
+write's L{Deferred} fires only after its transaction committed.
+
+Reads go straight to the pool; with its single connection, a read issued after
+a write's L{Deferred} fired sees that write.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .database import Database, Transaction, chunks, placeholders
+from .interface import (
+    FileRecord,
+    HistoryPage,
+    IFileMetadata,
+    IMessageStore,
+    NewMessage,
+    StoreClosedError,
+    StoredMessage,
+    StoreOutcome,
+    conversationKey,
+)
+
+_R = TypeVar("_R")
+
+_PENDING = object()
+
+_MESSAGE_COLUMNS = (
+    "seq, message_id, from_id, from_name, to_id, topic, type, content,"
+    " file_url, file_name, client_timestamp, server_timestamp, delivered, read_at"
+)
+_FILE_COLUMNS = "file_id, from_id, to_id, file_name, mime_type, size, created_at"
+
+
+def _messageFromRow(row: Sequence[Any]) -> StoredMessage:
+    """
+    A L{StoredMessage} from a row of C{_MESSAGE_COLUMNS}.
+    """
+    return StoredMessage(
+        seq=row[0],
+        id=row[1],
+        fromId=row[2],
+        fromName=row[3],
+        toId=row[4],
+        topic=row[5],
+        type=row[6],
+        content=row[7],
+        fileUrl=row[8],
+        fileName=row[9],
+        clientTimestamp=row[10],
+        serverTimestamp=row[11],
+        delivered=bool(row[12]),
+        readAt=row[13],
+    )
+
+
+def storeMessage_txn(txn: Transaction, msg: NewMessage) -> StoreOutcome:
+    """
+    Insert C{msg} unless its C{(fromId, id)} exists.
+    """
+    txn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+        " WHERE from_id = ? AND message_id = ?",
+        (msg.fromId, msg.id),
+    )
+    row = txn.fetchone()
+    if row is not None:
+        return StoreOutcome(message=_messageFromRow(row), created=False)
+    txn.execute(
+        "INSERT INTO messages (message_id, from_id, from_name, to_id,"
+        " conversation, topic, type, content, file_url, file_name,"
+        " client_timestamp, server_timestamp, delivered, read_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL)",
+        (
+            msg.id,
+            msg.fromId,
+            msg.fromName,
+            msg.toId,
+            conversationKey(msg.fromId, msg.toId),
+            msg.topic,
+            msg.type,
+            msg.content,
+            msg.fileUrl,
+            msg.fileName,
+            msg.clientTimestamp,
+            msg.serverTimestamp,
+        ),
+    )
+    stored = StoredMessage(
+        seq=txn.lastInsertedId(),
+        id=msg.id,
+        fromId=msg.fromId,
+        fromName=msg.fromName,
+        toId=msg.toId,
+        topic=msg.topic,
+        type=msg.type,
+        content=msg.content,
+        fileUrl=msg.fileUrl,
+        fileName=msg.fileName,
+        clientTimestamp=msg.clientTimestamp,
+        serverTimestamp=msg.serverTimestamp,
+        delivered=False,
+        readAt=None,
+    )
+    return StoreOutcome(message=stored, created=True)
+
+
+def markDelivered_txn(txn: Transaction, seqs: Sequence[int]) -> None:
+    """
+    Mark the messages with these seqs delivered.
+    """
+    for chunk in chunks(sorted(set(seqs))):
+        txn.execute(
+            "UPDATE messages SET delivered = 1"
+            f" WHERE delivered = 0 AND seq IN ({placeholders(len(chunk))})",
+            chunk,
+        )
+
+
+def markRead_txn(
+    txn: Transaction,
+    readerId: str,
+    now: int,
+    friendId: str | None,
+    upToSeq: int | None,
+    messageIds: Sequence[str] | None,
+) -> list[StoredMessage]:
+    """
+    Mark unread messages to C{readerId} read (and delivered): from
+    C{friendId} up to C{upToSeq}, or those with an id in C{messageIds}.
+
+    @return: the messages marked now, seq ascending.
+    """
+    found: list[StoredMessage] = []
+    if friendId is not None and upToSeq is not None:
+        txn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+            " WHERE to_id = ? AND from_id = ? AND seq <= ? AND read_at IS NULL"
+            " ORDER BY seq",
+            (readerId, friendId, upToSeq),
+        )
+        found = [_messageFromRow(row) for row in txn.fetchall()]
+    elif messageIds is not None:
+        for chunk in chunks(sorted(set(messageIds))):
+            txn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+                f" WHERE to_id = ? AND message_id IN ({placeholders(len(chunk))})"
+                " AND read_at IS NULL",
+                (readerId, *chunk),
+            )
+            found.extend(_messageFromRow(row) for row in txn.fetchall())
+        found.sort(key=lambda message: message.seq)
+    else:
+        raise ValueError("markRead needs friendId and upToSeq, or messageIds")
+    for seqChunk in chunks([message.seq for message in found]):
+        txn.execute(
+            "UPDATE messages SET read_at = ?, delivered = 1"
+            f" WHERE seq IN ({placeholders(len(seqChunk))})",
+            (now, *seqChunk),
+        )
+    return [attrs.evolve(message, readAt=now, delivered=True) for message in found]
+
+
+def pendingFor_txn(txn: Transaction, userId: str, limit: int) -> list[StoredMessage]:
+    """
+    The undelivered messages to C{userId}, seq ascending.
+    """
+    txn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+        " WHERE to_id = ? AND delivered = 0 ORDER BY seq LIMIT ?",
+        (userId, max(limit, 0)),
+    )
+    return [_messageFromRow(row) for row in txn.fetchall()]
+
+
+def history_txn(
+    txn: Transaction,
+    userId: str,
+    friendId: str,
+    topic: str | None,
+    limit: int,
+    before: int | None,
+    after: int | None,
+) -> HistoryPage:
+    """
+    One page of a conversation; see L{IMessageStore.history}.
+    """
+    limit = max(limit, 0)
+    conditions = ["conversation = ?"]
+    args: list[Any] = [conversationKey(userId, friendId)]
+    if topic is not None:
+        conditions.append("topic = ?")
+        args.append(topic)
+    if before is not None:
+        conditions.append("seq < ?")
+        args.append(before)
+    if after is not None:
+        conditions.append("seq > ?")
+        args.append(after)
+    newestFirst = after is None
+    args.append(limit + 1)
+    txn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+        f" WHERE {' AND '.join(conditions)}"
+        f" ORDER BY seq {'DESC' if newestFirst else 'ASC'} LIMIT ?",
+        args,
+    )
+    messages = [_messageFromRow(row) for row in txn.fetchall()]
+    hasMore = len(messages) > limit
+    del messages[limit:]
+    if newestFirst:
+        messages.reverse()
+    return HistoryPage(messages=messages, hasMore=hasMore)
+
+
+def recordFile_txn(txn: Transaction, record: FileRecord) -> None:
+    """
+    Insert a file record.
+    """
+    txn.execute(
+        f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        attrs.astuple(record),
+    )
+
+
+def fileRecord_txn(txn: Transaction, fileId: str) -> FileRecord | None:
+    """
+    The record of C{fileId}, if any.
+    """
+    txn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE file_id = ?", (fileId,))
+    row = txn.fetchone()
+    return None if row is None else FileRecord(*row)
+
+
+def ping_txn(txn: Transaction) -> None:
+    """
+    A query that touches the schema.
+    """
+    txn.execute("SELECT version FROM schema_version LIMIT 1")
+    txn.fetchall()
+
+
+def _writeBatch_txn(
+    txn: Transaction, writes: Sequence[Callable[[Transaction], Any]]
+) -> list[tuple[bool, Any]]:
+    """
+    Run C{writes} in order, each in its own savepoint.
+
+    @return: per write, C{(True, result)} or C{(False, Failure)}.
+    """
+    results: list[tuple[bool, Any]] = []
+    for write in writes:
+        txn.execute("SAVEPOINT write")
+        try:
+            result = write(txn)
+        except Exception:
+            failure = Failure()
+            txn.execute("ROLLBACK TO SAVEPOINT write")
+            txn.execute("RELEASE SAVEPOINT write")
+            results.append((False, failure))
+        else:
+            txn.execute("RELEASE SAVEPOINT write")
+            results.append((True, result))
+    return results
+
+
+@attrs.define
+class _Write:
+    """
+    A write waiting in the group-commit queue.
+    """
+
+    desc: str
+    func: Callable[[Transaction], Any]
+    deferred: Deferred[Any]
+
+
+@implementer(IMessageStore, IFileMetadata)
+class SQLMessageStore:
+    """
+    L{IMessageStore} and L{IFileMetadata} on a L{Database}, with group
+    commit.
+
+    @ivar maxBatch: at most this many writes go into one transaction.
+    """
+
+    log = Logger()
+    maxBatch = 1000
+
+    def __init__(self, database: Database) -> None:
+        """
+        @param database: not yet started; L{open} starts it.
+        """
+        self.database = database
+        self._opened = False
+        self._closed = False
+        self._queue: list[_Write] = []
+        self._inFlight = False
+        self._drainWaiters: list[Deferred[None]] = []
+        self._closeResult: object = _PENDING
+        self._closeObservers: list[Deferred[None]] = []
+
+    @property
+    def transactionCount(self) -> int:
+        """
+        How many transactions the store has run (for tests and metrics).
+        """
+        return self.database.transactionCount
+
+    def open(self) -> Deferred[None]:
+        """
+        Start the database and apply the schema.
+        """
+        if self._opened:
+            return fail(StoreClosedError("the store was opened already"))
+        self._opened = True
+        return self.database.start()
+
+    async def _close(self) -> None:
+        if self._inFlight or self._queue:
+            drained: Deferred[None] = Deferred()
+            self._drainWaiters.append(drained)
+            await drained
+        self.database.close()
+
+    def _closeFinished(self, result: None | Failure) -> None:
+        """
+        Tell every caller of L{close} that the store is closed.
+        """
+        self._closeResult = result
+        observers, self._closeObservers = self._closeObservers, []
+        for observer in observers:
+            if result is None:
+                observer.callback(None)
+            else:
+                observer.errback(result)
+
+    def close(self) -> Deferred[None]:
+        """
+        Refuse new writes, commit the queued ones, then close the database.
+        Calling it again returns a L{Deferred} for the same completion.
+        """
+        if not self._closed:
+            self._closed = True
+            Deferred.fromCoroutine(self._close()).addBoth(self._closeFinished)
+        if self._closeResult is _PENDING:
+            observer: Deferred[None] = Deferred()
+            self._closeObservers.append(observer)
+            return observer
+        if isinstance(self._closeResult, Failure):
+            return fail(self._closeResult)
+        return succeed(None)
+
+    # writes
+
+    def _write(self, desc: str, func: Callable[[Transaction], _R]) -> Deferred[_R]:
+        """
+        Queue a write for the next group commit.
+        """
+        if not self._opened or self._closed:
+            return fail(StoreClosedError(f"{desc}: the store is not open"))
+        d: Deferred[_R] = Deferred()
+        self._queue.append(_Write(desc, func, d))
+        self._flush()
+        return d
+
+    def _flush(self) -> None:
+        """
+        Start a transaction with the queued writes, unless one is in flight.
+        """
+        if self._inFlight:
+            return
+        if not self._queue:
+            waiters, self._drainWaiters = self._drainWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+            return
+        batch = self._queue[: self.maxBatch]
+        del self._queue[: self.maxBatch]
+        self._inFlight = True
+        try:
+            d = self.database.runInteraction(
+                "writeBatch", _writeBatch_txn, [write.func for write in batch]
+            )
+        except Exception:
+            d = fail()
+        d.addCallbacks(
+            self._batchCommitted,
+            self._batchFailed,
+            callbackArgs=(batch,),
+            errbackArgs=(batch,),
+        )
+
+    def _batchCommitted(
+        self, results: list[tuple[bool, Any]], batch: list[_Write]
+    ) -> None:
+        """
+        Fire the writes of a committed batch, then start the next one.
+        """
+        for write, (ok, result) in zip(batch, results):
+            if ok:
+                write.deferred.callback(result)
+            else:
+                write.deferred.errback(result)
+        self._inFlight = False
+        self._flush()
+
+    def _batchFailed(self, failure: Failure, batch: list[_Write]) -> None:
+        """
+        Fail every write of a batch whose transaction failed, then start the
+        next one.
+        """
+        self.log.failure(
+            "Write transaction of {count} writes failed",
+            failure=failure,
+            count=len(batch),
+        )
+        for write in batch:
+            write.deferred.errback(failure)
+        self._inFlight = False
+        self._flush()
+
+    def storeMessage(self, msg: NewMessage) -> Deferred[StoreOutcome]:
+        """
+        See L{IMessageStore.storeMessage}.
+        """
+        return self._write("storeMessage", lambda txn: storeMessage_txn(txn, msg))
+
+    def markDelivered(self, seqs: Sequence[int]) -> Deferred[None]:
+        """
+        See L{IMessageStore.markDelivered}.
+        """
+        seqs = list(seqs)
+        return self._write("markDelivered", lambda txn: markDelivered_txn(txn, seqs))
+
+    def markRead(
+        self,
+        readerId: str,
+        now: int,
+        friendId: str | None = None,
+        upToSeq: int | None = None,
+        messageIds: Sequence[str] | None = None,
+    ) -> Deferred[list[StoredMessage]]:
+        """
+        See L{IMessageStore.markRead}.
+        """
+        if (friendId is None or upToSeq is None) and messageIds is None:
+            return fail(
+                ValueError("markRead needs friendId and upToSeq, or messageIds")
+            )
+        ids = None if messageIds is None else list(messageIds)
+        return self._write(
+            "markRead",
+            lambda txn: markRead_txn(txn, readerId, now, friendId, upToSeq, ids),
+        )
+
+    def recordFile(self, record: FileRecord) -> Deferred[None]:
+        """
+        See L{IFileMetadata.recordFile}.
+        """
+        return self._write("recordFile", lambda txn: recordFile_txn(txn, record))
+
+    # reads
+
+    def _read(self, desc: str, func: Callable[[Transaction], _R]) -> Deferred[_R]:
+        """
+        Run a read transaction now.
+        """
+        if not self._opened:
+            return fail(StoreClosedError(f"{desc}: the store is not open"))
+        try:
+            return self.database.runInteraction(desc, func)
+        except Exception:
+            return fail()
+
+    def pendingFor(self, userId: str, limit: int) -> Deferred[list[StoredMessage]]:
+        """
+        See L{IMessageStore.pendingFor}.
+        """
+        return self._read("pendingFor", lambda txn: pendingFor_txn(txn, userId, limit))
+
+    def history(
+        self,
+        userId: str,
+        friendId: str,
+        topic: str | None,
+        limit: int,
+        before: int | None,
+        after: int | None,
+    ) -> Deferred[HistoryPage]:
+        """
+        See L{IMessageStore.history}.
+        """
+        return self._read(
+            "history",
+            lambda txn: history_txn(
+                txn, userId, friendId, topic, limit, before, after
+            ),
+        )
+
+    def fileRecord(self, fileId: str) -> Deferred[FileRecord | None]:
+        """
+        See L{IFileMetadata.fileRecord}.
+        """
+        return self._read("fileRecord", lambda txn: fileRecord_txn(txn, fileId))
+
+    def ping(self) -> Deferred[None]:
+        """
+        See L{IMessageStore.ping}.
+        """
+        return self._read("ping", ping_txn)

@@ -1,0 +1,790 @@
+"""
+Tests for L{crm_im.storage}: one mixin of message-store tests run against the
+memory fake and SQLite in a temporary file, plus SQLite-only tests (group
+commit, durability across reopen, schema versions, pragmas).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from crm_im.storage import (
+    FileRecord,
+    IFileMetadata,
+    IMessageStore,
+    MemoryMessageStore,
+    NewMessage,
+    SQLiteEngine,
+    SQLiteMessageStore,
+    StoreClosedError,
+    StoredMessage,
+    conversationKey,
+)
+from crm_im.storage.database import (
+    Transaction,
+    chunks,
+    prepareSchema_txn,
+    schemaFiles,
+    splitStatements,
+)
+
+
+def newMessage(
+    id: str,
+    fromId: str = "alice",
+    toId: str = "bob",
+    topic: str | None = None,
+    content: str = "hello",
+    **kwargs: Any,
+) -> NewMessage:
+    """
+    A text message with defaults for the fields a test does not care about.
+    """
+    fields: dict[str, Any] = dict(
+        fromId=fromId,
+        fromName=fromId.title(),
+        toId=toId,
+        id=id,
+        topic=topic,
+        type="text",
+        content=content,
+        fileUrl=None,
+        fileName=None,
+        clientTimestamp=None,
+        serverTimestamp=1700000000000,
+    )
+    fields.update(kwargs)
+    return NewMessage(**fields)
+
+
+def ids(messages: Sequence[StoredMessage]) -> list[str]:
+    """
+    The ids of C{messages}, in order.
+    """
+    return [message.id for message in messages]
+
+
+class StoredMessageTests(SynchronousTestCase):
+    """
+    Tests for the values of L{crm_im.storage.interface}.
+    """
+
+    def test_toWireMinimal(self) -> None:
+        """
+        C{toWire} of a message without optional fields has exactly the
+        contract's mandatory keys.
+        """
+        message = StoredMessage(
+            seq=7,
+            id="m1",
+            fromId="alice",
+            fromName="Alice",
+            toId="bob",
+            topic=None,
+            type="text",
+            content="hi",
+            fileUrl=None,
+            fileName=None,
+            clientTimestamp=None,
+            serverTimestamp=1000,
+            delivered=True,
+            readAt=5,
+        )
+        self.assertEqual(
+            message.toWire(),
+            {
+                "id": "m1",
+                "fromId": "alice",
+                "fromName": "Alice",
+                "toId": "bob",
+                "content": "hi",
+                "type": "text",
+                "serverTimestamp": 1000,
+                "seq": 7,
+            },
+        )
+
+    def test_toWireOptional(self) -> None:
+        """
+        C{toWire} adds C{topic}, C{timestamp} (the client's), C{fileUrl} and
+        C{fileName} when they are set.
+        """
+        message = StoredMessage(
+            seq=1,
+            id="f1",
+            fromId="alice",
+            fromName="Alice",
+            toId="bob",
+            topic="deal-42",
+            type="file",
+            content="",
+            fileUrl="/files/x",
+            fileName="a.pdf",
+            clientTimestamp=999.5,
+            serverTimestamp=1000,
+            delivered=False,
+            readAt=None,
+        )
+        wire = message.toWire()
+        self.assertEqual(wire["topic"], "deal-42")
+        self.assertEqual(wire["timestamp"], 999.5)
+        self.assertEqual(wire["fileUrl"], "/files/x")
+        self.assertEqual(wire["fileName"], "a.pdf")
+        self.assertNotIn("delivered", wire)
+        self.assertNotIn("readAt", wire)
+
+    def test_conversationKey(self) -> None:
+        """
+        Both directions of a conversation share one key, distinct from other
+        pairs even when ids are prefixes of each other.
+        """
+        self.assertEqual(conversationKey("a", "b"), conversationKey("b", "a"))
+        self.assertNotEqual(conversationKey("a", "bc"), conversationKey("ab", "c"))
+
+
+class SchemaTests(SynchronousTestCase):
+    """
+    Tests for the schema helpers of L{crm_im.storage.database}.
+    """
+
+    def test_splitStatements(self) -> None:
+        """
+        Statements are split at a C{;} ending a line; comment lines are
+        dropped.
+        """
+        sql = (
+            "-- a comment; here\n"
+            "CREATE TABLE a (x TEXT);\n\n"
+            "CREATE INDEX i\n ON a (x);\n"
+        )
+        self.assertEqual(
+            splitStatements(sql),
+            ["CREATE TABLE a (x TEXT)", "CREATE INDEX i\n ON a (x)"],
+        )
+
+    def test_schemaFilesShipped(self) -> None:
+        """
+        The package ships its schema files, numbered from 1 without gaps.
+        """
+        versions = [version for version, _, _ in schemaFiles()]
+        self.assertEqual(versions, list(range(1, len(versions) + 1)))
+        self.assertIn("messages", [name for _, name, _ in schemaFiles()])
+
+    def test_chunks(self) -> None:
+        """
+        C{chunks} slices a sequence into bounded pieces, losing nothing.
+        """
+        self.assertEqual(list(chunks([1, 2, 3, 4, 5], 2)), [[1, 2], [3, 4], [5]])
+        self.assertEqual(list(chunks([], 2)), [])
+
+    def test_unknownSynchronousMode(self) -> None:
+        """
+        An unknown C{synchronous} mode is refused when the store is built.
+        """
+        self.assertRaises(ValueError, SQLiteEngine, "x.db", "SOMETIMES")
+        self.assertEqual(SQLiteEngine("x.db", "normal").synchronous, "NORMAL")
+
+
+class MessageStoreTestsMixin:
+    """
+    Tests of L{IMessageStore} semantics, for every implementation.
+
+    Mixed into a L{TestCase} that defines L{makeStore}.
+    """
+
+    store: Any
+
+    # Provided by TestCase.
+    assertEqual: Any
+    assertTrue: Any
+    assertFalse: Any
+    assertIsNone: Any
+    assertIsInstance: Any
+    assertFailure: Any
+    failureResultOf: Any
+    addCleanup: Any
+
+    def makeStore(self) -> Any:
+        """
+        A new, unopened store.
+        """
+        raise NotImplementedError()
+
+    def setUp(self) -> Any:
+        """
+        Open a fresh store; close it after the test.
+        """
+        self.store = self.makeStore()
+        self.addCleanup(self.store.close)
+        return self.store.open()
+
+    async def storeAll(self, *messages: NewMessage) -> list[StoredMessage]:
+        """
+        Store C{messages} one after another.
+
+        @return: the stored messages.
+        """
+        stored = []
+        for message in messages:
+            outcome = await self.store.storeMessage(message)
+            stored.append(outcome.message)
+        return stored
+
+    def test_interface(self) -> None:
+        """
+        The store provides L{IMessageStore} and L{IFileMetadata}.
+        """
+        self.assertTrue(verifyObject(IMessageStore, self.store))
+        self.assertTrue(verifyObject(IFileMetadata, self.store))
+
+    async def test_storeCreates(self) -> None:
+        """
+        A new message is stored with every field, a seq, undelivered and
+        unread, and C{created} set.
+        """
+        msg = newMessage(
+            "m1",
+            topic="deal",
+            clientTimestamp=1699999999999,
+            type="file",
+            fileUrl="/files/abc",
+            fileName="a.pdf",
+        )
+        outcome = await self.store.storeMessage(msg)
+        self.assertTrue(outcome.created)
+        stored = outcome.message
+        self.assertIsInstance(stored.seq, int)
+        self.assertEqual(
+            (stored.id, stored.fromId, stored.fromName, stored.toId, stored.topic),
+            ("m1", "alice", "Alice", "bob", "deal"),
+        )
+        self.assertEqual(
+            (stored.type, stored.content, stored.fileUrl, stored.fileName),
+            ("file", "hello", "/files/abc", "a.pdf"),
+        )
+        self.assertEqual(stored.clientTimestamp, 1699999999999)
+        self.assertIsInstance(stored.clientTimestamp, int)
+        self.assertEqual(stored.serverTimestamp, 1700000000000)
+        self.assertFalse(stored.delivered)
+        self.assertIsNone(stored.readAt)
+        page = await self.store.history("bob", "alice", None, 10, None, None)
+        self.assertEqual(page.messages, [stored])
+
+    async def test_fractionalClientTimestamp(self) -> None:
+        """
+        A fractional client timestamp is kept as it was sent.
+        """
+        await self.store.storeMessage(newMessage("m1", clientTimestamp=12.25))
+        page = await self.store.history("alice", "bob", None, 10, None, None)
+        self.assertEqual(page.messages[0].clientTimestamp, 12.25)
+
+    async def test_duplicateNotStoredAgain(self) -> None:
+        """
+        Storing a C{(fromId, id)} again stores nothing and answers the
+        existing row with its current state and C{created} unset.
+        """
+        first = await self.store.storeMessage(newMessage("m1", content="one"))
+        await self.store.markDelivered([first.message.seq])
+        again = await self.store.storeMessage(newMessage("m1", content="two"))
+        self.assertFalse(again.created)
+        self.assertEqual(again.message.seq, first.message.seq)
+        self.assertEqual(again.message.content, "one")
+        self.assertTrue(again.message.delivered)
+        page = await self.store.history("alice", "bob", None, 10, None, None)
+        self.assertEqual(ids(page.messages), ["m1"])
+
+    async def test_sameIdOtherSender(self) -> None:
+        """
+        Ids are unique per sender: another sender may use the same id.
+        """
+        first = await self.store.storeMessage(newMessage("m1"))
+        second = await self.store.storeMessage(
+            newMessage("m1", fromId="bob", toId="alice")
+        )
+        self.assertTrue(second.created)
+        self.assertTrue(second.message.seq > first.message.seq)
+
+    async def test_duplicateWithinOneBatch(self) -> None:
+        """
+        Two stores of one C{(fromId, id)} issued together store one message;
+        the second answers the first's row.
+        """
+        outcomes = await gatherResults(
+            [
+                self.store.storeMessage(newMessage("m0")),
+                self.store.storeMessage(newMessage("m1", content="one")),
+                self.store.storeMessage(newMessage("m1", content="two")),
+            ]
+        )
+        self.assertEqual([o.created for o in outcomes], [True, True, False])
+        self.assertEqual(outcomes[2].message, outcomes[1].message)
+        page = await self.store.history("alice", "bob", None, 10, None, None)
+        self.assertEqual([m.content for m in page.messages], ["hello", "one"])
+
+    async def test_seqIncreases(self) -> None:
+        """
+        Every stored message gets a larger seq than the one before, whatever
+        the conversation.
+        """
+        stored = await self.storeAll(
+            newMessage("a"),
+            newMessage("b", fromId="carol", toId="dave"),
+            newMessage("c", fromId="bob", toId="alice"),
+        )
+        seqs = [message.seq for message in stored]
+        self.assertEqual(seqs, sorted(set(seqs)))
+
+    async def test_pendingFor(self) -> None:
+        """
+        C{pendingFor} lists the undelivered messages to a user, seq ascending,
+        at most C{limit}; delivered ones and other users' are left out.
+        """
+        stored = await self.storeAll(
+            newMessage("1"),
+            newMessage("2", fromId="carol"),
+            newMessage("3", toId="carol"),
+            newMessage("4"),
+            newMessage("5", fromId="dave"),
+        )
+        await self.store.markDelivered([stored[0].seq])
+        pending = await self.store.pendingFor("bob", 10)
+        self.assertEqual(ids(pending), ["2", "4", "5"])
+        self.assertFalse(any(message.delivered for message in pending))
+        self.assertEqual(ids(await self.store.pendingFor("bob", 2)), ["2", "4"])
+        self.assertEqual(await self.store.pendingFor("nobody", 10), [])
+
+    async def test_markDelivered(self) -> None:
+        """
+        C{markDelivered} marks exactly the seqs given (unknown seqs are
+        ignored); marking twice is harmless.
+        """
+        stored = await self.storeAll(newMessage("1"), newMessage("2"), newMessage("3"))
+        await self.store.markDelivered([stored[0].seq, stored[2].seq, 10**9])
+        await self.store.markDelivered([stored[0].seq])
+        page = await self.store.history("alice", "bob", None, 10, None, None)
+        self.assertEqual(
+            [message.delivered for message in page.messages], [True, False, True]
+        )
+        self.assertEqual(ids(await self.store.pendingFor("bob", 10)), ["2"])
+
+    async def conversation(self, count: int) -> list[StoredMessage]:
+        """
+        Store C{count} messages alternating between alice and bob (ids
+        C{"0"}, C{"1"}, ...), with a message between others after each.
+        """
+        stored = []
+        for n in range(count):
+            if n % 2:
+                message = newMessage(str(n), fromId="bob", toId="alice")
+            else:
+                message = newMessage(str(n))
+            outcome = await self.store.storeMessage(message)
+            stored.append(outcome.message)
+            await self.store.storeMessage(
+                newMessage(f"x{n}", fromId="alice", toId="carol")
+            )
+        return stored
+
+    async def test_historyLatest(self) -> None:
+        """
+        Without C{before} or C{after}, C{history} gives the latest C{limit}
+        messages of the conversation, both directions, oldest first.
+        """
+        await self.conversation(5)
+        page = await self.store.history("alice", "bob", None, 3, None, None)
+        self.assertEqual(ids(page.messages), ["2", "3", "4"])
+        self.assertTrue(page.hasMore)
+        page = await self.store.history("bob", "alice", None, 5, None, None)
+        self.assertEqual(ids(page.messages), ["0", "1", "2", "3", "4"])
+        self.assertFalse(page.hasMore)
+        page = await self.store.history("bob", "carol", None, 5, None, None)
+        self.assertEqual(page.messages, [])
+        self.assertFalse(page.hasMore)
+
+    async def test_historyBefore(self) -> None:
+        """
+        With C{before}, C{history} pages back: the latest C{limit} older than
+        it, oldest first, C{hasMore} while older ones remain.
+        """
+        stored = await self.conversation(7)
+        page = await self.store.history("alice", "bob", None, 3, stored[5].seq, None)
+        self.assertEqual(ids(page.messages), ["2", "3", "4"])
+        self.assertTrue(page.hasMore)
+        page = await self.store.history(
+            "alice", "bob", None, 3, page.messages[0].seq, None
+        )
+        self.assertEqual(ids(page.messages), ["0", "1"])
+        self.assertFalse(page.hasMore)
+        page = await self.store.history("alice", "bob", None, 2, stored[2].seq, None)
+        self.assertEqual(ids(page.messages), ["0", "1"])
+        self.assertFalse(page.hasMore)
+
+    async def test_historyAfter(self) -> None:
+        """
+        With C{after}, C{history} catches up: the earliest C{limit} newer than
+        it, oldest first, C{hasMore} while newer ones remain.
+        """
+        stored = await self.conversation(7)
+        page = await self.store.history("bob", "alice", None, 3, None, stored[1].seq)
+        self.assertEqual(ids(page.messages), ["2", "3", "4"])
+        self.assertTrue(page.hasMore)
+        page = await self.store.history(
+            "bob", "alice", None, 3, None, page.messages[-1].seq
+        )
+        self.assertEqual(ids(page.messages), ["5", "6"])
+        self.assertFalse(page.hasMore)
+        page = await self.store.history("bob", "alice", None, 3, None, stored[6].seq)
+        self.assertEqual(page.messages, [])
+        self.assertFalse(page.hasMore)
+
+    async def test_historyBetween(self) -> None:
+        """
+        With both C{before} and C{after}, C{history} gives the earliest
+        C{limit} strictly between them.
+        """
+        stored = await self.conversation(7)
+        page = await self.store.history(
+            "bob", "alice", None, 2, stored[5].seq, stored[1].seq
+        )
+        self.assertEqual(ids(page.messages), ["2", "3"])
+        self.assertTrue(page.hasMore)
+        page = await self.store.history(
+            "bob", "alice", None, 5, stored[5].seq, stored[1].seq
+        )
+        self.assertEqual(ids(page.messages), ["2", "3", "4"])
+        self.assertFalse(page.hasMore)
+
+    async def test_historyTopic(self) -> None:
+        """
+        With a C{topic}, C{history} lists only that topic's messages, and
+        pages by them.
+        """
+        await self.storeAll(
+            newMessage("1", topic="deal"),
+            newMessage("2"),
+            newMessage("3", topic="other"),
+            newMessage("4", fromId="bob", toId="alice", topic="deal"),
+            newMessage("5", topic="deal"),
+        )
+        page = await self.store.history("alice", "bob", "deal", 2, None, None)
+        self.assertEqual(ids(page.messages), ["4", "5"])
+        self.assertTrue(page.hasMore)
+        page = await self.store.history(
+            "alice", "bob", "deal", 2, page.messages[0].seq, None
+        )
+        self.assertEqual(ids(page.messages), ["1"])
+        self.assertFalse(page.hasMore)
+        page = await self.store.history("alice", "bob", None, 10, None, None)
+        self.assertEqual(ids(page.messages), ["1", "2", "3", "4", "5"])
+
+    async def test_markReadUpToSeq(self) -> None:
+        """
+        C{markRead} with C{friendId} and C{upToSeq} marks the unread messages
+        from that friend to the reader up to that seq, and returns them; they
+        are then delivered and read, and not returned again.
+        """
+        stored = await self.storeAll(
+            newMessage("1"),
+            newMessage("2", fromId="carol"),
+            newMessage("3"),
+            newMessage("4", fromId="bob", toId="alice"),
+            newMessage("5"),
+        )
+        read = await self.store.markRead(
+            "bob", 5000, friendId="alice", upToSeq=stored[3].seq
+        )
+        self.assertEqual(ids(read), ["1", "3"])
+        self.assertEqual([m.readAt for m in read], [5000, 5000])
+        self.assertTrue(all(m.delivered for m in read))
+        again = await self.store.markRead(
+            "bob", 6000, friendId="alice", upToSeq=stored[4].seq
+        )
+        self.assertEqual(ids(again), ["5"])
+        page = await self.store.history("alice", "bob", None, 10, None, None)
+        self.assertEqual(
+            [(m.id, m.readAt) for m in page.messages],
+            [("1", 5000), ("3", 5000), ("4", None), ("5", 6000)],
+        )
+        self.assertEqual(ids(await self.store.pendingFor("bob", 10)), ["2"])
+
+    async def test_markReadMessageIds(self) -> None:
+        """
+        C{markRead} with C{messageIds} marks the reader's unread messages with
+        those ids, from any sender; others' messages with those ids are left
+        alone.
+        """
+        await self.storeAll(
+            newMessage("1"),
+            newMessage("2", fromId="carol"),
+            newMessage("3"),
+            newMessage("1", fromId="bob", toId="alice"),
+        )
+        read = await self.store.markRead("bob", 7000, messageIds=["2", "1", "nope"])
+        self.assertEqual(
+            [(m.fromId, m.id) for m in read], [("alice", "1"), ("carol", "2")]
+        )
+        self.assertEqual(await self.store.markRead("bob", 8000, messageIds=["1"]), [])
+        page = await self.store.history("alice", "bob", None, 10, None, None)
+        self.assertEqual(
+            [(m.fromId, m.id, m.readAt) for m in page.messages],
+            [("alice", "1", 7000), ("alice", "3", None), ("bob", "1", None)],
+        )
+
+    async def test_markReadManyIds(self) -> None:
+        """
+        C{markRead} takes more ids than one SQL C{IN} list holds.
+        """
+        await gatherResults(
+            [self.store.storeMessage(newMessage(str(n))) for n in range(1200)]
+        )
+        wanted = [str(n) for n in range(0, 1200, 2)]
+        wanted += [f"missing{n}" for n in range(700)]
+        read = await self.store.markRead("bob", 1, messageIds=wanted)
+        self.assertEqual(len(read), 600)
+        self.assertEqual([m.seq for m in read], sorted(m.seq for m in read))
+
+    async def test_markReadNeedsATarget(self) -> None:
+        """
+        C{markRead} with neither form complete fails with L{ValueError}.
+        """
+        await self.assertFailure(
+            self.store.markRead("bob", 1, friendId="alice"), ValueError
+        )
+        await self.assertFailure(self.store.markRead("bob", 1), ValueError)
+
+    async def test_ping(self) -> None:
+        """
+        C{ping} succeeds on an open store.
+        """
+        self.assertIsNone(await self.store.ping())
+
+    async def test_fileRecords(self) -> None:
+        """
+        A recorded file's record is found by its id; an unknown id gives
+        L{None}.
+        """
+        record = FileRecord("f" * 32, "alice", "bob", "a.pdf", None, 3, 1000)
+        await self.store.recordFile(record)
+        self.assertEqual(await self.store.fileRecord("f" * 32), record)
+        self.assertIsNone(await self.store.fileRecord("g" * 32))
+
+    async def test_closeDrainsWrites(self) -> None:
+        """
+        C{close} finishes the writes requested before it, and later writes
+        fail with L{StoreClosedError}.
+        """
+        pending = [self.store.storeMessage(newMessage(str(n))) for n in range(20)]
+        pending.append(self.store.markDelivered([1]))
+        closing = self.store.close()
+        late = self.store.storeMessage(newMessage("late"))
+        await closing
+        outcomes = await gatherResults(pending)
+        self.assertTrue(all(outcome.created for outcome in outcomes[:20]))
+        await self.assertFailure(late, StoreClosedError)
+        await self.assertFailure(self.store.markDelivered([1]), StoreClosedError)
+
+
+class MemoryMessageStoreTests(MessageStoreTestsMixin, TestCase):
+    """
+    The store tests against L{MemoryMessageStore}.
+    """
+
+    def makeStore(self) -> MemoryMessageStore:
+        """
+        A memory store.
+        """
+        return MemoryMessageStore()
+
+    def test_firesSynchronously(self) -> None:
+        """
+        The fake's L{Deferred}s have fired when they are returned, and it
+        needs no C{open}.
+        """
+        store = MemoryMessageStore()
+        d = store.storeMessage(newMessage("1"))
+        self.assertTrue(self.successResultOf(d).created)
+
+
+class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
+    """
+    The store tests against L{SQLiteMessageStore} in a temporary file, plus
+    tests of what only a database does.
+    """
+
+    def makeStore(self) -> SQLiteMessageStore:
+        """
+        A SQLite store in a new temporary file.
+        """
+        self.path = self.mktemp()
+        return SQLiteMessageStore(self.path, reactor)
+
+    async def reopen(self) -> SQLiteMessageStore:
+        """
+        Close the store and open a new one on the same file.
+        """
+        await self.store.close()
+        store = SQLiteMessageStore(self.path, reactor)
+        await store.open()
+        self.addCleanup(store.close)
+        return store
+
+    async def test_groupCommit(self) -> None:
+        """
+        Writes issued while a transaction is in flight share the next
+        transaction: 50 stores and a markDelivered in one reactor turn cost at
+        most two transactions, and every one is stored.
+        """
+        before = self.store.transactionCount
+        writes: list[Deferred[Any]] = [
+            self.store.storeMessage(newMessage(str(n))) for n in range(50)
+        ]
+        writes.append(self.store.markDelivered([1, 2, 3]))
+        results = await gatherResults(writes)
+        self.assertTrue(self.store.transactionCount - before <= 2)
+        self.assertEqual(len({outcome.message.seq for outcome in results[:50]}), 50)
+        page = await self.store.history("alice", "bob", None, 100, None, None)
+        self.assertEqual(len(page.messages), 50)
+        self.assertEqual(len(await self.store.pendingFor("bob", 100)), 47)
+
+    async def test_writeFiresAfterCommit(self) -> None:
+        """
+        When a store's L{Deferred} fires, its transaction has committed: a
+        second connection to the file sees the message.
+        """
+        import sqlite3
+
+        await self.store.storeMessage(newMessage("1"))
+        other = sqlite3.connect(self.path)
+        try:
+            rows = other.execute("SELECT message_id FROM messages").fetchall()
+        finally:
+            other.close()
+        self.assertEqual(rows, [("1",)])
+
+    async def test_failingWriteFailsAlone(self) -> None:
+        """
+        A write that fails inside a batch fails alone: the other writes of
+        the batch are committed.
+        """
+        import sqlite3
+
+        record = FileRecord("f" * 32, "alice", "bob", "a.pdf", None, 3, 1000)
+        writes: list[Deferred[Any]] = [
+            self.store.storeMessage(newMessage("0")),
+            self.store.storeMessage(newMessage("1")),
+            self.store.recordFile(record),
+            self.store.recordFile(record),
+            self.store.storeMessage(newMessage("2")),
+        ]
+        before = self.store.transactionCount
+        await self.assertFailure(writes.pop(3), sqlite3.IntegrityError)
+        for write in writes:
+            await write
+        self.assertTrue(self.store.transactionCount - before <= 1)
+        page = await self.store.history("alice", "bob", None, 10, None, None)
+        self.assertEqual(ids(page.messages), ["0", "1", "2"])
+        self.assertEqual(await self.store.fileRecord("f" * 32), record)
+
+    async def test_reopenKeepsEverything(self) -> None:
+        """
+        Closing and reopening the file keeps messages, delivered and read
+        state, and file records; the schema is not applied again and seqs keep
+        increasing.
+        """
+        self.assertEqual(self.store.database.schemaApplied, [1, 2])
+        stored = await self.storeAll(newMessage("1"), newMessage("2"), newMessage("3"))
+        await self.store.markDelivered([stored[0].seq])
+        await self.store.markRead("bob", 42, messageIds=["2"])
+        record = FileRecord("f" * 32, "alice", "bob", "a.pdf", "application/pdf", 3, 9)
+        await self.store.recordFile(record)
+        store = await self.reopen()
+        self.assertEqual(store.database.schemaApplied, [])
+        page = await store.history("alice", "bob", None, 10, None, None)
+        self.assertEqual(
+            [(m.id, m.delivered, m.readAt) for m in page.messages],
+            [("1", True, None), ("2", True, 42), ("3", False, None)],
+        )
+        self.assertEqual(await store.fileRecord("f" * 32), record)
+        outcome = await store.storeMessage(newMessage("4"))
+        self.assertTrue(outcome.message.seq > stored[2].seq)
+        again = await store.storeMessage(newMessage("1"))
+        self.assertFalse(again.created)
+
+    async def test_schemaVersionRecorded(self) -> None:
+        """
+        Applying the schema again on an up-to-date database does nothing;
+        C{schema_version} lists each version once.
+        """
+
+        def apply_txn(txn: Transaction) -> tuple[list[int], list[tuple[Any, ...]]]:
+            applied = prepareSchema_txn(txn, schemaFiles())
+            txn.execute("SELECT version, name FROM schema_version ORDER BY version")
+            return applied, txn.fetchall()
+
+        applied, rows = await self.store.database.runInteraction("test", apply_txn)
+        self.assertEqual(applied, [])
+        self.assertEqual(rows, [(1, "messages"), (2, "files")])
+
+    async def test_pragmas(self) -> None:
+        """
+        The connection uses WAL and the C{synchronous} mode asked for (FULL by
+        default).
+        """
+
+        def pragmas_txn(txn: Transaction) -> tuple[Any, Any]:
+            txn.execute("PRAGMA journal_mode")
+            journal = txn.fetchall()[0][0]
+            txn.execute("PRAGMA synchronous")
+            return journal, txn.fetchall()[0][0]
+
+        result = await self.store.database.runInteraction("test", pragmas_txn)
+        self.assertEqual(result, ("wal", 2))
+
+    async def test_historyUsesIndexes(self) -> None:
+        """
+        The history queries are served by the conversation indexes, not by a
+        scan of the table.
+        """
+
+        def plan_txn(txn: Transaction, sql: str, args: Sequence[Any]) -> str:
+            txn.execute("EXPLAIN QUERY PLAN " + sql, args)
+            return " | ".join(str(row[-1]) for row in txn.fetchall())
+
+        key = conversationKey("alice", "bob")
+        plain = await self.store.database.runInteraction(
+            "test",
+            plan_txn,
+            "SELECT seq FROM messages WHERE conversation = ? AND seq < ?"
+            " ORDER BY seq DESC LIMIT ?",
+            (key, 10, 5),
+        )
+        self.assertIn("messages_conversation_seq", plain)
+        topic = await self.store.database.runInteraction(
+            "test",
+            plan_txn,
+            "SELECT seq FROM messages WHERE conversation = ? AND topic = ?"
+            " AND seq > ? ORDER BY seq ASC LIMIT ?",
+            (key, "deal", 10, 5),
+        )
+        self.assertIn("messages_conversation_topic_seq", topic)
+
+    async def test_notOpen(self) -> None:
+        """
+        A store that was never opened refuses reads and writes.
+        """
+        store = SQLiteMessageStore(self.mktemp(), reactor)
+        await self.assertFailure(store.storeMessage(newMessage("1")), StoreClosedError)
+        await self.assertFailure(store.ping(), StoreClosedError)
+
+    async def test_pingAfterClose(self) -> None:
+        """
+        C{ping} fails once the store is closed; closing twice is harmless.
+        """
+        await self.store.close()
+        await self.store.close()
+        await self.assertFailure(self.store.ping(), StoreClosedError)

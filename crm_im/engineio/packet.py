@@ -1,0 +1,145 @@
+# -*- test-case-name: tests.test_eio_packet -*-
+"""
+Engine.IO v4 packets and the long-polling payload, as pure functions.
+
+This is the one place where an Engine.IO packet is parsed. A packet is a
+type digit followed by its data; over WebSocket a text frame carries one
+packet and a binary frame carries one binary MESSAGE with no type digit; over
+long-polling a body carries several packets separated by C{\\x1e}, binary ones
+written as C{b} + base64.
+
+Outgoing packets are kept as L{Frame}s: the bytes of one encoded packet, built
+once and written to any number of transports (a broadcast encodes once).
+"""
+
+from __future__ import annotations
+
+import binascii
+from base64 import b64decode, b64encode
+from typing import Iterator
+
+OPEN = 0
+CLOSE = 1
+PING = 2
+PONG = 3
+MESSAGE = 4
+UPGRADE = 5
+NOOP = 6
+
+#: The record separator between packets of a long-polling payload.
+SEPARATOR = b"\x1e"
+
+_TYPE_DIGITS = frozenset(b"0123456")
+
+
+class PacketError(ValueError):
+    """
+    Input that is not a valid Engine.IO v4 packet or payload.
+    """
+
+
+class Frame:
+    """
+    One encoded outgoing Engine.IO packet.
+
+    @ivar data: for a text packet, its type digit and data (C{b"4..."}); for a
+        binary MESSAGE, the raw bytes.
+    @ivar binary: whether this is a binary MESSAGE.
+    @ivar prepared: a cache slot for the WebSocket glue, which may keep the
+        complete WebSocket frame here so that a broadcast frames it once.
+    """
+
+    __slots__ = ("data", "binary", "prepared")
+
+    def __init__(self, data: bytes, binary: bool = False) -> None:
+        self.data = data
+        self.binary = binary
+        self.prepared: object = None
+
+    def __repr__(self) -> str:
+        return f"Frame({self.data!r}, binary={self.binary})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return self.data == other.data and self.binary == other.binary
+
+    def __hash__(self) -> int:
+        return hash((self.data, self.binary))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def textFrame(packetType: int, data: bytes = b"") -> Frame:
+    """
+    Encode a text packet of the given type.
+    """
+    return Frame(b"%d" % (packetType,) + data)
+
+
+def messageFrame(data: bytes) -> Frame:
+    """
+    Encode a text MESSAGE packet (what carries every Socket.IO packet).
+    """
+    return Frame(b"4" + data)
+
+
+def binaryFrame(data: bytes) -> Frame:
+    """
+    Encode a binary MESSAGE packet.
+    """
+    return Frame(bytes(data), binary=True)
+
+
+PING_FRAME = textFrame(PING)
+PONG_PROBE_FRAME = textFrame(PONG, b"probe")
+NOOP_FRAME = textFrame(NOOP)
+CLOSE_FRAME = textFrame(CLOSE)
+
+
+def decodeText(data: bytes) -> tuple[int, bytes]:
+    """
+    Decode one text packet (a WebSocket text frame or one payload segment).
+
+    @return: the packet type and its data.
+    @raise PacketError: on an empty packet or an unknown type.
+    """
+    if not data or data[0] not in _TYPE_DIGITS:
+        raise PacketError("unknown packet type")
+    return data[0] - 48, data[1:]
+
+
+def encodePayload(frames: list[Frame]) -> bytes:
+    """
+    Encode frames as one long-polling response body.
+    """
+    parts = []
+    for frame in frames:
+        if frame.binary:
+            parts.append(b"b" + b64encode(frame.data))
+        else:
+            parts.append(frame.data)
+    return SEPARATOR.join(parts)
+
+
+def decodePayload(body: bytes) -> Iterator[tuple[int, bytes, bool]]:
+    """
+    Decode a long-polling request body.
+
+    @return: an iterator of C{(type, data, binary)}; the whole body is checked
+        before the first packet is produced, so a malformed body yields
+        nothing at all.
+    @raise PacketError: if any segment is malformed.
+    """
+    packets = []
+    for segment in body.split(SEPARATOR):
+        if segment[:1] == b"b":
+            try:
+                packets.append((MESSAGE, b64decode(segment[1:], validate=True), True))
+            except (binascii.Error, ValueError):
+                raise PacketError("invalid base64 in binary packet")
+        else:
+            packetType, data = decodeText(segment)
+            packets.append((packetType, data, False))
+    return iter(packets)

@@ -1,0 +1,248 @@
+# -*- test-case-name: tests.test_eio_session -*-
+"""
+The Engine.IO server: the table of sessions, the handshake, the heartbeat
+sweep, and the request checks every transport shares.
+
+It is transport-neutral: L{crm_im.engineio.polling} and
+L{crm_im.engineio.websocket} call into it, and it calls the
+L{IEngineIOApplication} it serves.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Callable, Hashable, Mapping, cast
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from . import packet
+from .._json import dumps
+from .config import EngineIOConfig
+from .interfaces import IEngineIOApplication, IWebSocketChannel
+from .session import POLLING, WEBSOCKET, EngineIOSession
+from .timers import DeadlineWheel
+
+
+@attrs.frozen
+class EngineIOError(Exception):
+    """
+    A request refused at the HTTP layer, answered as the official server
+    does: HTTP C{status} with C{{"code": code, "message": message}}.
+    """
+
+    code: int
+    message: str
+    status: int = 400
+
+    def body(self) -> bytes:
+        """
+        The JSON body of the refusal.
+        """
+        return dumps({"code": self.code, "message": self.message})
+
+
+UNKNOWN_TRANSPORT = EngineIOError(0, "Transport unknown")
+UNKNOWN_SID = EngineIOError(1, "Session ID unknown")
+BAD_HANDSHAKE_METHOD = EngineIOError(2, "Bad handshake method")
+BAD_REQUEST = EngineIOError(3, "Bad request")
+FORBIDDEN = EngineIOError(4, "Forbidden", status=403)
+UNSUPPORTED_PROTOCOL_VERSION = EngineIOError(5, "Unsupported protocol version")
+SERVICE_UNAVAILABLE = EngineIOError(3, "Server at capacity", status=503)
+
+
+def newSessionId() -> str:
+    """
+    A random, URL-safe session id of 20 characters, like the official
+    server's.
+    """
+    return secrets.token_urlsafe(15)
+
+
+@attrs.define
+class EngineIOStats:
+    """
+    Counters the operator can read (exported as metrics by the app).
+    """
+
+    opened: int = 0
+    closed: int = 0
+    upgrades: int = 0
+    pingTimeouts: int = 0
+    bufferOverflows: int = 0
+
+
+class EngineIOServer:
+    """
+    Sessions of one Engine.IO endpoint.
+
+    @ivar sessions: open (and closing) sessions by sid.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        app: IEngineIOApplication,
+        clock: IReactorTime,
+        config: EngineIOConfig | None = None,
+        newSid: Callable[[], str] = newSessionId,
+    ) -> None:
+        self.app = app
+        self.clock = clock
+        self.config = config if config is not None else EngineIOConfig()
+        self.sessions: dict[str, EngineIOSession] = {}
+        self.stats = EngineIOStats()
+        self.wheel = DeadlineWheel(clock, self._deadlinePassed)
+        self._newSid = newSid
+
+    def start(self) -> None:
+        """
+        Start the heartbeat sweep.
+        """
+        self.wheel.start()
+
+    def stop(self, reason: str = "server shutting down") -> None:
+        """
+        Close every session and stop the sweep.
+        """
+        for session in list(self.sessions.values()):
+            session.close(reason)
+        self.wheel.stop()
+
+    # ---- request checks
+
+    def checkRequest(
+        self,
+        method: bytes,
+        query: Mapping[str, str],
+        isWebSocket: bool,
+        origin: str | None,
+    ) -> tuple[str, EngineIOSession | None]:
+        """
+        Check an Engine.IO request the way the official server does.
+
+        @param method: the HTTP method.
+        @param query: the query arguments (first value of each).
+        @param isWebSocket: whether this is a WebSocket upgrade request.
+        @param origin: the C{Origin} header, if any.
+        @return: the transport name and the session named by C{sid} (C{None}
+            for a handshake).
+        @raise EngineIOError: the refusal to send.
+        """
+        if query.get("EIO") != "4":
+            raise UNSUPPORTED_PROTOCOL_VERSION
+        transport = query.get("transport")
+        if transport not in self.config.transports:
+            raise UNKNOWN_TRANSPORT
+        if origin is not None and not _validOriginHeader(origin):
+            raise BAD_REQUEST
+        if isWebSocket and self.config.checkWebSocketOrigin and origin is not None:
+            allowed = self.config.corsOrigins
+            if allowed is not None and origin not in allowed:
+                raise FORBIDDEN
+        sid = query.get("sid")
+        if sid is not None:
+            session = self.sessions.get(sid)
+            if session is None:
+                raise UNKNOWN_SID
+            if transport == WEBSOCKET:
+                if not isWebSocket or session.transportName != POLLING or session.upgrading:
+                    raise BAD_REQUEST
+            elif session.transportName != transport:
+                raise BAD_REQUEST
+            return transport, session
+        if method != b"GET":
+            raise BAD_HANDSHAKE_METHOD
+        if transport == WEBSOCKET and not isWebSocket:
+            raise BAD_REQUEST
+        if len(self.sessions) >= self.config.maxSessions:
+            raise SERVICE_UNAVAILABLE
+        return transport, None
+
+    # ---- sessions
+
+    def openPacket(self, upgrades: list[str]) -> dict[str, object]:
+        """
+        The fields of the OPEN packet, without the sid.
+        """
+        return {
+            "upgrades": upgrades,
+            "pingInterval": self.config.pingInterval,
+            "pingTimeout": self.config.pingTimeout,
+            "maxPayload": self.config.maxPayload,
+        }
+
+    def handshake(
+        self,
+        transportName: str,
+        remoteAddress: str = "",
+        channel: IWebSocketChannel | None = None,
+    ) -> EngineIOSession:
+        """
+        Open a session: queue (or write) its OPEN packet, start its
+        heartbeat and hand it to the application.
+        """
+        sid = self._newSid()
+        while sid in self.sessions:
+            sid = self._newSid()
+        session = EngineIOSession(self, sid, transportName, remoteAddress)
+        self.sessions[sid] = session
+        self.stats.opened += 1
+        upgrades = [WEBSOCKET] if transportName == POLLING and WEBSOCKET in self.config.transports else []
+        fields: dict[str, object] = {"sid": sid}
+        fields.update(self.openPacket(upgrades))
+        if channel is not None:
+            session.attachWebSocket(channel)
+        session.send(packet.textFrame(packet.OPEN, dumps(fields)))
+        self.wheel.set(session, self.config.pingInterval / 1000)
+        self.app.sessionOpened(session)
+        return session
+
+    def sessionClosed(self, session: EngineIOSession) -> None:
+        """
+        Forget a session that finished closing.
+        """
+        if self.sessions.get(session.sid) is session:
+            del self.sessions[session.sid]
+            self.stats.closed += 1
+
+    def sessionUpgraded(self, session: EngineIOSession) -> None:
+        """
+        Count a completed upgrade.
+        """
+        self.stats.upgrades += 1
+
+    def pingTimedOut(self, session: EngineIOSession) -> None:
+        """
+        Count a heartbeat timeout.
+        """
+        self.stats.pingTimeouts += 1
+
+    def bufferOverflow(self, session: EngineIOSession) -> None:
+        """
+        Count (and log) a session closed for not reading.
+        """
+        self.stats.bufferOverflows += 1
+        self.log.warn(
+            "closing session {sid} from {remote}: outgoing buffer full",
+            sid=session.sid,
+            remote=session.remoteAddress,
+        )
+
+    def _deadlinePassed(self, key: Hashable) -> None:
+        if isinstance(key, EngineIOSession):
+            key.heartbeatDue()
+            return
+        kind, session = cast("tuple[str, EngineIOSession]", key)
+        if kind == "upgrade":
+            session.upgradeExpired()
+        elif kind == "close":
+            session.closeExpired()
+
+
+def _validOriginHeader(origin: str) -> bool:
+    # The official server refuses header values with control characters
+    # (they could split headers when reflected).
+    return all(31 < ord(c) < 127 or c == "\t" for c in origin)

@@ -1,0 +1,408 @@
+# -*- test-case-name: tests.test_eio_session -*-
+"""
+The Engine.IO session state machine.
+
+One L{EngineIOSession} per handshake: it owns the outgoing queue, the
+heartbeat state, the transport in use (long-polling or WebSocket) and the
+upgrade from one to the other. It knows nothing of HTTP or Autobahn: it
+writes through L{IPollRequest} and L{IWebSocketChannel} providers, and its
+timers are deadlines on the server's L{DeadlineWheel}, so every transition
+can be driven in a unit test with a L{task.Clock}.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Iterable
+
+from twisted.logger import Logger
+
+from . import packet
+from .interfaces import IPollRequest, IWebSocketChannel
+from .packet import Frame
+
+if TYPE_CHECKING:
+    from .server import EngineIOServer
+
+POLLING = "polling"
+WEBSOCKET = "websocket"
+
+OPEN = "open"
+CLOSING = "closing"
+CLOSED = "closed"
+
+
+class EngineIOSession:
+    """
+    One Engine.IO v4 session.
+
+    @ivar sid: the session id, as given in the handshake.
+    @ivar transportName: C{"polling"} or C{"websocket"}.
+    @ivar remoteAddress: the peer's address, for logs and per-IP limits.
+    @ivar state: C{"open"}, C{"closing"} (a polling session whose last
+        packets wait for the next GET) or C{"closed"}.
+    @ivar appState: a slot for the application (Socket.IO keeps its
+        connection object here).
+    """
+
+    log = Logger()
+
+    __slots__ = (
+        "sid",
+        "server",
+        "transportName",
+        "remoteAddress",
+        "state",
+        "appState",
+        "_queue",
+        "_queuedBytes",
+        "_poll",
+        "_channel",
+        "_upgrading",
+        "_paused",
+        "_awaitingPong",
+        "_flushScheduled",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        server: "EngineIOServer",
+        sid: str,
+        transportName: str,
+        remoteAddress: str = "",
+    ) -> None:
+        self.server = server
+        self.sid = sid
+        self.transportName = transportName
+        self.remoteAddress = remoteAddress
+        self.state = OPEN
+        self.appState: Any = None
+        self._queue: deque[Frame] = deque()
+        self._queuedBytes = 0
+        self._poll: IPollRequest | None = None
+        self._channel: IWebSocketChannel | None = None
+        self._upgrading: IWebSocketChannel | None = None
+        self._paused = False
+        self._awaitingPong = False
+        self._flushScheduled = False
+
+    def __repr__(self) -> str:
+        return f"<EngineIOSession {self.sid} {self.transportName} {self.state}>"
+
+    @property
+    def upgrading(self) -> bool:
+        """
+        Whether a WebSocket is probing to take over this polling session.
+        """
+        return self._upgrading is not None
+
+    @property
+    def queuedBytes(self) -> int:
+        """
+        The bytes queued and not yet taken by a transport.
+        """
+        return self._queuedBytes
+
+    @property
+    def queuedPackets(self) -> int:
+        """
+        The packets queued and not yet taken by a transport.
+        """
+        return len(self._queue)
+
+    # ---- sending
+
+    def send(self, frame: Frame) -> None:
+        """
+        Send one packet. A closed session drops it; a session whose queue
+        would pass its bounds is closed instead of growing.
+        """
+        if self.state is not OPEN:
+            return
+        channel = self._channel
+        if channel is not None and not self._paused and not self._queue:
+            channel.writeFrame(frame)
+            return
+        self._enqueue(frame)
+
+    def sendMany(self, frames: Iterable[Frame]) -> None:
+        """
+        Send several packets in order.
+        """
+        for frame in frames:
+            self.send(frame)
+
+    def _enqueue(self, frame: Frame) -> None:
+        config = self.server.config
+        self._queue.append(frame)
+        self._queuedBytes += len(frame.data)
+        if (
+            self._queuedBytes > config.maxBufferedBytes
+            or len(self._queue) > config.maxBufferedPackets
+        ):
+            self.server.bufferOverflow(self)
+            self.close("transport error", flush=False)
+            return
+        if self._poll is not None and not self._flushScheduled and self._upgrading is None:
+            # Batch everything sent in this reactor turn into one response.
+            self._flushScheduled = True
+            self.server.clock.callLater(0, self._flushPoll)
+
+    def _takeQueue(self) -> list[Frame]:
+        frames = list(self._queue)
+        self._queue.clear()
+        self._queuedBytes = 0
+        return frames
+
+    def _flushPoll(self) -> None:
+        self._flushScheduled = False
+        poll = self._poll
+        if poll is None or not self._queue:
+            return
+        self._poll = None
+        poll.respond(packet.encodePayload(self._takeQueue()))
+
+    def _flushChannel(self) -> None:
+        channel = self._channel
+        if channel is None:
+            return
+        while self._queue and not self._paused:
+            frame = self._queue.popleft()
+            self._queuedBytes -= len(frame.data)
+            channel.writeFrame(frame)
+
+    # ---- long-polling
+
+    def pollArrived(self, poll: IPollRequest) -> bool:
+        """
+        A GET arrived for this polling session.
+
+        @return: C{False} if another GET is already pending (the caller
+            answers this one with 400 and the session is closed), else
+            C{True}: C{poll} is answered now or later.
+        """
+        if self._poll is not None:
+            self.close("transport error")
+            return False
+        if self.state is CLOSING:
+            self._poll = None
+            frames = self._takeQueue()
+            frames.append(packet.CLOSE_FRAME)
+            poll.respond(packet.encodePayload(frames))
+            self._finishClosing()
+            return True
+        if self._queue and self._upgrading is None:
+            poll.respond(packet.encodePayload(self._takeQueue()))
+        else:
+            self._poll = poll
+        return True
+
+    def pollGone(self, poll: IPollRequest) -> None:
+        """
+        A held GET was aborted by the client or the network.
+        """
+        if self._poll is poll:
+            self._poll = None
+
+    def payloadReceived(self, body: bytes) -> bool:
+        """
+        A POST body arrived.
+
+        @return: C{False} if it was malformed (the session is closed with
+            C{"parse error"}).
+        """
+        try:
+            packets = packet.decodePayload(body)
+        except packet.PacketError:
+            self.close("parse error")
+            return False
+        for packetType, data, binary in packets:
+            if self.state is not OPEN:
+                break
+            self.packetReceived(packetType, data, binary)
+        return True
+
+    # ---- WebSocket
+
+    def attachWebSocket(self, channel: IWebSocketChannel) -> None:
+        """
+        Use C{channel} as this session's transport from its handshake on
+        (a session opened directly over WebSocket).
+        """
+        self._channel = channel
+        self.transportName = WEBSOCKET
+
+    def startUpgrade(self, channel: IWebSocketChannel) -> bool:
+        """
+        A WebSocket arrived with this polling session's sid.
+
+        @return: C{False} if the session cannot be upgraded (not open, not
+            on polling, or already being upgraded).
+        """
+        if self.state is not OPEN or self._channel is not None or self._upgrading is not None:
+            return False
+        self._upgrading = channel
+        self.server.wheel.set(("upgrade", self), self.server.config.upgradeTimeout / 1000)
+        return True
+
+    def upgradePacketReceived(self, channel: IWebSocketChannel, packetType: int, data: bytes) -> None:
+        """
+        A packet arrived on the WebSocket that is probing this session.
+        """
+        if channel is not self._upgrading:
+            channel.closeChannel()
+            return
+        if packetType == packet.PING and data == b"probe":
+            channel.writeFrame(packet.PONG_PROBE_FRAME)
+            # Let the client's pending poll return so it can pause polling.
+            poll, self._poll = self._poll, None
+            if poll is not None:
+                poll.respond(packet.NOOP_FRAME.data)
+        elif packetType == packet.UPGRADE:
+            self.server.wheel.cancel(("upgrade", self))
+            self._upgrading = None
+            poll, self._poll = self._poll, None
+            if poll is not None:
+                poll.respond(packet.NOOP_FRAME.data)
+            self._channel = channel
+            self.transportName = WEBSOCKET
+            self._flushChannel()
+            self.server.sessionUpgraded(self)
+        else:
+            self.abortUpgrade(channel)
+
+    def abortUpgrade(self, channel: IWebSocketChannel) -> None:
+        """
+        The probing WebSocket failed or closed: stay on polling.
+        """
+        if channel is self._upgrading:
+            self._upgrading = None
+            self.server.wheel.cancel(("upgrade", self))
+            channel.closeChannel()
+            if self._queue and self._poll is not None:
+                self._flushPoll()
+
+    def upgradeExpired(self) -> None:
+        """
+        The upgrade did not complete within upgradeTimeout.
+        """
+        if self._upgrading is not None:
+            self.abortUpgrade(self._upgrading)
+
+    def channelClosed(self, channel: IWebSocketChannel) -> None:
+        """
+        A WebSocket of this session closed.
+        """
+        if channel is self._upgrading:
+            self.abortUpgrade(channel)
+        elif channel is self._channel:
+            self._channel = None
+            self.close("transport close", flush=False)
+
+    def pauseWriting(self) -> None:
+        """
+        The WebSocket's transport buffer is full: queue (bounded) instead.
+        """
+        self._paused = True
+
+    def resumeWriting(self) -> None:
+        """
+        The WebSocket's transport buffer drained: write what was queued.
+        """
+        self._paused = False
+        self._flushChannel()
+
+    # ---- incoming packets and heartbeat
+
+    def packetReceived(self, packetType: int, data: bytes, binary: bool = False) -> None:
+        """
+        Handle one incoming packet of the session's transport.
+        """
+        if packetType == packet.MESSAGE:
+            self.server.app.messageReceived(self, data, binary)
+        elif packetType == packet.PONG:
+            if self._awaitingPong:
+                self._awaitingPong = False
+                self.server.wheel.set(self, self.server.config.pingInterval / 1000)
+        elif packetType == packet.CLOSE:
+            self.close("transport close", flush=False)
+        elif packetType == packet.PING or packetType == packet.NOOP:
+            # Engine.IO v4 clients do not ping; a stray ping or noop is harmless.
+            pass
+        else:
+            # OPEN or UPGRADE on an established transport.
+            self.close("parse error")
+
+    def heartbeatDue(self) -> None:
+        """
+        The heartbeat deadline passed: send PING, or give up on a PONG that
+        did not come.
+        """
+        if self.state is not OPEN:
+            return
+        if self._awaitingPong:
+            self.server.pingTimedOut(self)
+            self.close("ping timeout", flush=False)
+            return
+        self._awaitingPong = True
+        self.server.wheel.set(self, self.server.config.pingTimeout / 1000)
+        self.send(packet.PING_FRAME)
+
+    # ---- closing
+
+    def close(self, reason: str = "forced close", flush: bool = True) -> None:
+        """
+        Close the session.
+
+        @param reason: the reason given to the application.
+        @param flush: deliver what is queued first (over polling, with the
+            next GET if none is pending).
+        """
+        if self.state is not OPEN:
+            return
+        self.state = CLOSED
+        wheel = self.server.wheel
+        wheel.cancel(self)
+        wheel.cancel(("upgrade", self))
+        upgrading, self._upgrading = self._upgrading, None
+        if upgrading is not None:
+            upgrading.closeChannel()
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            if flush:
+                self._paused = False
+                while self._queue:
+                    channel.writeFrame(self._queue.popleft())
+            self._takeQueue()
+            channel.closeChannel()
+        elif self._poll is not None:
+            poll, self._poll = self._poll, None
+            frames = self._takeQueue() if flush else []
+            frames.append(packet.CLOSE_FRAME)
+            poll.respond(packet.encodePayload(frames))
+        elif flush and self._queue and self.transportName == POLLING:
+            # The client collects the last packets and the CLOSE with its
+            # next GET; the sid stays known until then (bounded by
+            # closeTimeout).
+            self.state = CLOSING
+            wheel.set(("close", self), self.server.config.closeTimeout / 1000)
+        else:
+            self._takeQueue()
+        if self.state is CLOSED:
+            self.server.sessionClosed(self)
+        self.server.app.sessionClosed(self, reason)
+
+    def _finishClosing(self) -> None:
+        self.state = CLOSED
+        self.server.wheel.cancel(("close", self))
+        self.server.sessionClosed(self)
+
+    def closeExpired(self) -> None:
+        """
+        The client never came back for the last packets of a closed
+        polling session.
+        """
+        if self.state is CLOSING:
+            self._takeQueue()
+            self._finishClosing()

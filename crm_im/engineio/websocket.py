@@ -1,0 +1,217 @@
+# -*- test-case-name: tests.test_eio_websocket -*-
+"""
+The WebSocket transport: thin glue between Autobahn's Twisted protocol and
+L{EngineIOSession}.
+
+Autobahn does the WebSocket framing, UTF-8 validation (accelerated by
+wsaccel) and size limits; this module maps frames onto Engine.IO packets,
+honours the transport's back-pressure (a push producer that pauses the
+session's writes) and frames each outgoing packet once through Autobahn's
+L{PreparedMessage}, so a broadcast is framed once for all recipients.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import txaio
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from . import packet
+from .interfaces import IWebSocketChannel
+from .packet import Frame
+from .server import EngineIOError, EngineIOServer
+from .session import EngineIOSession
+
+
+def preparedMessage(frame: Frame) -> PreparedMessage:
+    """
+    The WebSocket message for C{frame}, framed once and cached on it.
+    """
+    prepared = frame.prepared
+    if prepared is None:
+        prepared = frame.prepared = PreparedMessage(frame.data, frame.binary, False, True)
+    return cast(PreparedMessage, prepared)
+
+
+@implementer(IPushProducer)
+class _SessionProducer:
+    """
+    Passes the TCP transport's back-pressure on to the session.
+    """
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: "EngineIOWebSocketProtocol") -> None:
+        self.protocol = protocol
+
+    def pauseProducing(self) -> None:
+        session = self.protocol.session
+        if session is not None:
+            session.pauseWriting()
+
+    def resumeProducing(self) -> None:
+        session = self.protocol.session
+        if session is not None:
+            session.resumeWriting()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IWebSocketChannel)
+class EngineIOWebSocketProtocol(WebSocketServerProtocol):
+    """
+    One WebSocket connection: either a whole session (opened directly over
+    WebSocket) or the probe that upgrades a polling session.
+    """
+
+    log = Logger()
+    name = "websocket"
+    factory: "EngineIOWebSocketFactory"
+
+    session: EngineIOSession | None = None
+    _probing: EngineIOSession | None = None
+
+    def onConnect(self, request: Any) -> None:
+        """
+        Check the request again (the session may have changed since the
+        HTTP layer looked) and remember which session it upgrades.
+        """
+        query = {key: values[0] for key, values in request.params.items() if values}
+        origin = request.headers.get("origin")
+        try:
+            _, session = self.factory.engine.checkRequest(b"GET", query, True, origin)
+        except EngineIOError as error:
+            raise ConnectionDeny(error.status, error.message)
+        self._probing = session
+
+    def onOpen(self) -> None:
+        """
+        Start the session, or begin probing the polling session.
+        """
+        transport: Any = self.transport
+        # The HTTP channel that accepted the request registered itself as
+        # the transport's producer; the session takes its place.
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        transport.registerProducer(_SessionProducer(self), True)
+        engine = self.factory.engine
+        if self._probing is not None:
+            if not self._probing.startUpgrade(self):
+                self._probing = None
+                self.closeChannel()
+            return
+        peer = transport.getPeer()
+        self.session = engine.handshake("websocket", getattr(peer, "host", ""), channel=self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """
+        One WebSocket message is one Engine.IO packet.
+        """
+        session = self.session
+        if session is not None:
+            if isBinary:
+                session.packetReceived(packet.MESSAGE, payload, True)
+                return
+            try:
+                packetType, data = packet.decodeText(payload)
+            except packet.PacketError:
+                session.close("parse error")
+                return
+            session.packetReceived(packetType, data)
+            return
+        probing = self._probing
+        if probing is None:
+            return
+        if isBinary:
+            probing.abortUpgrade(self)
+            return
+        try:
+            packetType, data = packet.decodeText(payload)
+        except packet.PacketError:
+            probing.abortUpgrade(self)
+            return
+        probing.upgradePacketReceived(self, packetType, data)
+        if probing.transportName == "websocket" and not probing.upgrading:
+            self.session = probing
+            self._probing = None
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """
+        Tell the session its WebSocket is gone.
+        """
+        session, self.session = self.session, None
+        if session is not None:
+            session.channelClosed(self)
+        probing, self._probing = self._probing, None
+        if probing is not None:
+            probing.channelClosed(self)
+
+    # IWebSocketChannel
+
+    def writeFrame(self, frame: Frame) -> None:
+        """
+        Write one packet as one WebSocket message.
+        """
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendPreparedMessage(preparedMessage(frame))
+
+    def closeChannel(self) -> None:
+        """
+        Close the connection with a normal closure.
+        """
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendClose(1000)
+        elif self.state != WebSocketServerProtocol.STATE_CLOSED:
+            self.dropConnection(abort=True)
+
+
+class EngineIOWebSocketFactory(WebSocketServerFactory):
+    """
+    Builds L{EngineIOWebSocketProtocol}s for one L{EngineIOServer}, with
+    Autobahn's unlimited defaults replaced by the server's bounds.
+    """
+
+    protocol = EngineIOWebSocketProtocol  # type: ignore[assignment]
+
+    def __init__(self, engine: EngineIOServer, reactor: IReactorTime) -> None:
+        # Autobahn's timers (open/close handshake timeouts) go through
+        # txaio's loop: make it the injected reactor.
+        txaio.use_twisted()
+        txaio.config.loop = reactor  # type: ignore[attr-defined]
+        super().__init__(reactor=reactor, server="crm_im")
+        self.engine = engine
+        maxPayload = engine.config.maxPayload
+        self.setProtocolOptions(
+            maxFramePayloadSize=maxPayload,
+            maxMessagePayloadSize=maxPayload,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=5,
+            autoPingInterval=0,
+            failByDrop=True,
+            webStatus=False,
+            perMessageCompressionAccept=lambda offers: None,
+        )
+
+
+class EngineIOWebSocketResource(WebSocketResource):
+    """
+    Autobahn's resource, plus the fix for a known trap: the HTTP channel's
+    idle timeout must not kill the connection once it is a WebSocket.
+    """
+
+    def render(self, request: IRequest) -> Any:
+        channel = request.channel  # type: ignore[attr-defined]
+        result = super().render(request)
+        if channel.transport is None:
+            # Taken over: the HTTP channel no longer owns the connection.
+            channel.setTimeout(None)
+        return result

@@ -1,0 +1,556 @@
+# -*- test-case-name: tests.test_sio_server -*-
+"""
+The Socket.IO v5 server: namespaces, sockets, rooms, acknowledgements and
+the handler API, on top of L{EngineIOServer}.
+
+The API follows python-socketio's::
+
+    sio = SocketIOServer(reactor)
+
+    @sio.on("connect")
+    def connect(sid, auth):          # return False or raise ConnectionRefused to refuse
+        ...
+
+    @sio.on("echo")
+    def echo(sid, *args):            # the return value is the ack
+        return args
+
+    sio.emit("news", {"a": 1}, to=room_or_sid)
+    sio.enterRoom(sid, "room")
+
+Handlers may be plain functions, return Deferreds, or be coroutines.
+A broadcast is encoded once and the same frames are written to every
+recipient.
+"""
+
+from __future__ import annotations
+
+import inspect
+import secrets
+from typing import Any, Callable, Iterable, Sequence
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+from zope.interface import implementer
+
+from ..engineio.config import EngineIOConfig
+from ..engineio.interfaces import IEngineIOApplication
+from ..engineio.packet import Frame
+from ..engineio.server import EngineIOServer
+from ..engineio.session import EngineIOSession
+from ..engineio.timers import DeadlineWheel
+from . import packet as sio
+from .packet import Decoder, DecodeError, SocketIOPacket
+
+Handler = Callable[..., Any]
+
+_CONNECT_REFUSED = {"message": "Connection rejected by server"}
+_INVALID_NAMESPACE = {"message": "Invalid namespace"}
+
+
+class ConnectionRefused(Exception):
+    """
+    Raised by a connect handler to refuse a namespace connection; the
+    client gets CONNECT_ERROR C{{message, data?}}.
+    """
+
+    def __init__(self, message: str = "Connection rejected by server", data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+    def payload(self) -> dict[str, Any]:
+        """
+        The CONNECT_ERROR payload.
+        """
+        if self.data is None:
+            return {"message": self.message}
+        return {"message": self.message, "data": self.data}
+
+
+def _callHandler(handler: Handler, *args: Any) -> Any:
+    """
+    Call a handler; a coroutine result becomes a Deferred.
+    """
+    result = handler(*args)
+    if inspect.iscoroutine(result):
+        return ensureDeferred(result)
+    return result
+
+
+class Socket:
+    """
+    One client's connection to one namespace.
+
+    @ivar sid: the Socket.IO id (not the Engine.IO session id).
+    @ivar rooms: the rooms it joined (its own sid is implicit).
+    @ivar data: a slot for the application.
+    """
+
+    __slots__ = (
+        "sid",
+        "namespace",
+        "connection",
+        "rooms",
+        "data",
+        "connected",
+        "_acks",
+        "_nextAckId",
+        "_held",
+    )
+
+    def __init__(self, sid: str, namespace: "Namespace", connection: "Connection") -> None:
+        self.sid = sid
+        self.namespace = namespace
+        self.connection = connection
+        self.rooms: set[str] = set()
+        self.data: Any = None
+        self.connected = False
+        self._acks: dict[int, Callable[..., Any]] | None = None
+        self._nextAckId = 0
+        self._held: list[Frame] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Socket {self.sid} {self.namespace.name}>"
+
+    @property
+    def session(self) -> EngineIOSession:
+        """
+        The Engine.IO session carrying this socket.
+        """
+        return self.connection.session
+
+    def sendFrames(self, frames: Sequence[Frame]) -> None:
+        """
+        Write already-encoded packets (held until CONNECT is sent).
+        """
+        if self.connected:
+            session = self.connection.session
+            for frame in frames:
+                session.send(frame)
+        elif self._held is not None:
+            self._held.extend(frames)
+
+    def emit(self, event: str, *args: Any, callback: Callable[..., Any] | None = None) -> None:
+        """
+        Emit C{event} to this socket; C{callback} receives the client's ack
+        arguments.
+        """
+        ackId = None
+        if callback is not None:
+            ackId = self._nextAckId
+            self._nextAckId += 1
+            if self._acks is None:
+                self._acks = {}
+            self._acks[ackId] = callback
+        self.sendFrames(sio.encodeEvent(self.namespace.name, event, args, ackId))
+
+    def _ackReceived(self, ackId: int, args: list[Any]) -> None:
+        callback = self._acks.pop(ackId, None) if self._acks else None
+        if callback is None:
+            return
+        try:
+            result = _callHandler(callback, *args)
+            if isinstance(result, Deferred):
+                result.addErrback(self.namespace.server._logFailure, "ack callback")
+        except Exception:
+            self.namespace.server.log.failure("ack callback")
+
+
+class Namespace:
+    """
+    A namespace: its handlers, its connected sockets and its rooms.
+    """
+
+    def __init__(self, server: "SocketIOServer", name: str) -> None:
+        self.server = server
+        self.name = name
+        self.handlers: dict[str, Handler] = {}
+        self.sockets: dict[str, Socket] = {}
+        self.rooms: dict[str, set[Socket]] = {}
+
+    def targets(self, to: str | Iterable[str] | None) -> Iterable[Socket]:
+        """
+        The sockets addressed by C{to}: everyone (C{None}), a sid, a room,
+        or several of those (each socket once).
+        """
+        if to is None:
+            return list(self.sockets.values())
+        if isinstance(to, str):
+            socket = self.sockets.get(to)
+            if socket is not None:
+                return (socket,)
+            return list(self.rooms.get(to, ()))
+        seen: dict[Socket, None] = {}
+        for name in to:
+            for socket in self.targets(name):
+                seen[socket] = None
+        return seen.keys()
+
+
+class Connection:
+    """
+    The Socket.IO side of one Engine.IO session: its decoder and its
+    sockets by namespace.
+    """
+
+    __slots__ = ("session", "decoder", "sockets", "__weakref__")
+
+    def __init__(self, session: EngineIOSession, decoder: Decoder) -> None:
+        self.session = session
+        self.decoder = decoder
+        self.sockets: dict[str, Socket] = {}
+
+    def sendPacket(self, packet: SocketIOPacket) -> None:
+        """
+        Encode and send one packet.
+        """
+        self.session.sendMany(sio.encode(packet))
+
+
+@implementer(IEngineIOApplication)
+class SocketIOServer:
+    """
+    A Socket.IO v5 server.
+
+    @ivar engine: the L{EngineIOServer} underneath.
+    @ivar connectTimeout: seconds a session may wait before connecting to
+        a namespace.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        engineConfig: EngineIOConfig | None = None,
+        connectTimeout: float = 45.0,
+        maxAttachments: int = 16,
+    ) -> None:
+        self.clock = clock
+        self.engine = EngineIOServer(self, clock, engineConfig)
+        self.connectTimeout = connectTimeout
+        self.maxAttachments = maxAttachments
+        self.namespaces: dict[str, Namespace] = {"/": Namespace(self, "/")}
+        self._connectWheel = DeadlineWheel(clock, self._connectTimedOut)
+
+    # ---- API
+
+    def namespace(self, name: str = "/") -> Namespace:
+        """
+        The namespace C{name}, registered if new (only registered
+        namespaces accept connections).
+        """
+        namespace = self.namespaces.get(name)
+        if namespace is None:
+            namespace = self.namespaces[name] = Namespace(self, name)
+        return namespace
+
+    def on(self, event: str, handler: Handler | None = None, namespace: str = "/") -> Any:
+        """
+        Register C{handler} for C{event} in C{namespace}; usable as a
+        decorator. C{"connect"} handlers get C{(sid, auth)},
+        C{"disconnect"} handlers C{(sid, reason)}, event handlers
+        C{(sid, *args)}.
+        """
+
+        def register(handler: Handler) -> Handler:
+            self.namespace(namespace).handlers[event] = handler
+            return handler
+
+        if handler is None:
+            return register
+        return register(handler)
+
+    def emit(
+        self,
+        event: str,
+        *args: Any,
+        to: str | Iterable[str] | None = None,
+        namespace: str = "/",
+        callback: Callable[..., Any] | None = None,
+        skipSid: str | None = None,
+    ) -> None:
+        """
+        Emit C{event} to one socket, a room, several, or everyone in
+        C{namespace}. The packet is encoded once for all recipients.
+        C{callback} (an ack) is only allowed when C{to} is one sid.
+        """
+        ns = self.namespaces.get(namespace)
+        if ns is None:
+            return
+        if callback is not None:
+            if not isinstance(to, str) or to not in ns.sockets:
+                raise ValueError("an emit with a callback needs one connected sid in 'to'")
+            ns.sockets[to].emit(event, *args, callback=callback)
+            return
+        frames = sio.encodeEvent(namespace, event, args)
+        for socket in ns.targets(to):
+            if socket.sid != skipSid:
+                socket.sendFrames(frames)
+
+    def getSocket(self, sid: str, namespace: str = "/") -> Socket | None:
+        """
+        The connected socket C{sid} of C{namespace}, if any.
+        """
+        ns = self.namespaces.get(namespace)
+        return ns.sockets.get(sid) if ns is not None else None
+
+    def enterRoom(self, sid: str, room: str, namespace: str = "/") -> None:
+        """
+        Put socket C{sid} in C{room}.
+        """
+        socket = self.getSocket(sid, namespace)
+        if socket is None:
+            return
+        socket.rooms.add(room)
+        socket.namespace.rooms.setdefault(room, set()).add(socket)
+
+    def leaveRoom(self, sid: str, room: str, namespace: str = "/") -> None:
+        """
+        Take socket C{sid} out of C{room}.
+        """
+        socket = self.getSocket(sid, namespace)
+        if socket is not None:
+            self._leave(socket, room)
+
+    def rooms(self, sid: str, namespace: str = "/") -> set[str]:
+        """
+        The rooms of socket C{sid}, its own sid included.
+        """
+        socket = self.getSocket(sid, namespace)
+        return set() if socket is None else {sid} | socket.rooms
+
+    def disconnect(self, sid: str, namespace: str = "/", closeConnection: bool = False) -> None:
+        """
+        Disconnect socket C{sid} from C{namespace} (DISCONNECT is sent; the
+        disconnect handler gets C{"server namespace disconnect"}); with
+        C{closeConnection}, close its whole Engine.IO session too.
+        """
+        socket = self.getSocket(sid, namespace)
+        if socket is None:
+            return
+        socket.connection.sendPacket(SocketIOPacket(sio.DISCONNECT, namespace))
+        self._removeSocket(socket, "server namespace disconnect")
+        if closeConnection:
+            socket.connection.session.close("forced close")
+
+    def start(self) -> None:
+        """
+        Start the heartbeat and connect-timeout sweeps.
+        """
+        self.engine.start()
+        self._connectWheel.start()
+
+    def stop(self) -> None:
+        """
+        Close every session (what was queued is flushed first) and stop.
+        """
+        self.engine.stop("server shutting down")
+        self._connectWheel.stop()
+
+    def resource(self) -> IResource:
+        """
+        A twisted.web resource serving this server (mount it at
+        C{b"socket.io"}).
+        """
+        from ..engineio.resource import EngineIOResource
+
+        return EngineIOResource(self.engine, self.clock)
+
+    # ---- IEngineIOApplication
+
+    def sessionOpened(self, session: EngineIOSession) -> None:
+        """
+        Start the connect timeout of a new session.
+        """
+        session.appState = Connection(
+            session, Decoder(self.maxAttachments, self.engine.config.maxPayload)
+        )
+        self._connectWheel.set(session, self.connectTimeout)
+
+    def messageReceived(self, session: EngineIOSession, data: bytes, binary: bool) -> None:
+        """
+        Decode and dispatch one Engine.IO message.
+        """
+        connection: Connection = session.appState
+        try:
+            packet = connection.decoder.feed(data, binary)
+        except DecodeError as error:
+            self.log.info(
+                "closing session {sid} from {remote}: {error}",
+                sid=session.sid,
+                remote=session.remoteAddress,
+                error=str(error),
+            )
+            session.close("parse error", flush=False)
+            return
+        if packet is None:
+            return
+        socket = connection.sockets.get(packet.namespace)
+        packetType = packet.type
+        if socket is None:
+            if packetType == sio.CONNECT:
+                self._connect(connection, packet)
+            else:
+                session.close("parse error", flush=False)
+        elif packetType == sio.EVENT or packetType == sio.BINARY_EVENT:
+            if socket.connected:
+                self._event(socket, packet)
+        elif packetType == sio.ACK or packetType == sio.BINARY_ACK:
+            assert packet.id is not None
+            socket._ackReceived(packet.id, packet.data)
+        elif packetType == sio.DISCONNECT:
+            self._removeSocket(socket, "client namespace disconnect")
+        else:
+            # A second CONNECT, or a CONNECT_ERROR from a client.
+            session.close("parse error", flush=False)
+
+    def sessionClosed(self, session: EngineIOSession, reason: str) -> None:
+        """
+        Disconnect every socket of a closed session.
+        """
+        self._connectWheel.cancel(session)
+        connection: Connection | None = session.appState
+        if connection is None:
+            return
+        for socket in list(connection.sockets.values()):
+            self._removeSocket(socket, reason)
+
+    # ---- internals
+
+    def _connect(self, connection: Connection, packet: SocketIOPacket) -> None:
+        name = packet.namespace
+        ns = self.namespaces.get(name)
+        if ns is None:
+            connection.sendPacket(SocketIOPacket(sio.CONNECT_ERROR, name, _INVALID_NAMESPACE))
+            return
+        auth = packet.data if packet.data is not None else {}
+        socket = Socket(secrets.token_urlsafe(15), ns, connection)
+        socket._held = []
+        connection.sockets[name] = socket
+        handler = ns.handlers.get("connect")
+        if handler is None:
+            self._accept(socket)
+            return
+        try:
+            result = _callHandler(handler, socket.sid, auth)
+        except ConnectionRefused as refusal:
+            self._refuse(socket, refusal)
+            return
+        except Exception:
+            self.log.failure("connect handler of {namespace}", namespace=name)
+            self._refuse(socket, ConnectionRefused())
+            return
+        if isinstance(result, Deferred):
+            result.addCallbacks(
+                lambda accepted: self._connectDecided(socket, accepted),
+                lambda failure: self._connectFailed(socket, failure),
+            )
+        else:
+            self._connectDecided(socket, result)
+
+    def _connectDecided(self, socket: Socket, accepted: Any) -> None:
+        if accepted is False:
+            self._refuse(socket, ConnectionRefused())
+        else:
+            self._accept(socket)
+
+    def _connectFailed(self, socket: Socket, failure: Failure) -> None:
+        if failure.check(ConnectionRefused):
+            self._refuse(socket, failure.value)
+        else:
+            self.log.failure("connect handler", failure)
+            self._refuse(socket, ConnectionRefused())
+
+    def _accept(self, socket: Socket) -> None:
+        connection = socket.connection
+        if connection.sockets.get(socket.namespace.name) is not socket or connection.session.state != "open":
+            return
+        self._connectWheel.cancel(connection.session)
+        socket.connected = True
+        socket.namespace.sockets[socket.sid] = socket
+        connection.sendPacket(SocketIOPacket(sio.CONNECT, socket.namespace.name, {"sid": socket.sid}))
+        held, socket._held = socket._held, None
+        if held:
+            socket.sendFrames(held)
+
+    def _refuse(self, socket: Socket, refusal: ConnectionRefused) -> None:
+        connection = socket.connection
+        if connection.sockets.get(socket.namespace.name) is socket:
+            del connection.sockets[socket.namespace.name]
+        socket._held = None
+        connection.sendPacket(SocketIOPacket(sio.CONNECT_ERROR, socket.namespace.name, refusal.payload()))
+
+    def _event(self, socket: Socket, packet: SocketIOPacket) -> None:
+        data = packet.data
+        handler = socket.namespace.handlers.get(data[0])
+        if handler is None:
+            return
+        ackId = packet.id
+        try:
+            result = _callHandler(handler, socket.sid, *data[1:])
+        except Exception:
+            self.log.failure("handler of {event!r}", event=data[0])
+            return
+        if ackId is None:
+            if isinstance(result, Deferred):
+                result.addErrback(self._logFailure, data[0])
+            return
+        if isinstance(result, Deferred):
+            result.addCallback(lambda value: self._sendAck(socket, ackId, value))
+            result.addErrback(self._logFailure, data[0])
+        else:
+            self._sendAck(socket, ackId, result)
+
+    def _sendAck(self, socket: Socket, ackId: int, value: Any) -> None:
+        if value is None:
+            args: list[Any] = []
+        elif isinstance(value, tuple):
+            args = list(value)
+        else:
+            args = [value]
+        if socket.connected:
+            socket.sendFrames(sio.encodeAck(socket.namespace.name, ackId, args))
+
+    def _logFailure(self, failure: Failure, what: str) -> None:
+        self.log.failure("handler of {what!r}", failure, what=what)
+
+    def _leave(self, socket: Socket, room: str) -> None:
+        socket.rooms.discard(room)
+        members = socket.namespace.rooms.get(room)
+        if members is not None:
+            members.discard(socket)
+            if not members:
+                del socket.namespace.rooms[room]
+
+    def _removeSocket(self, socket: Socket, reason: str) -> None:
+        connection = socket.connection
+        ns = socket.namespace
+        if connection.sockets.get(ns.name) is socket:
+            del connection.sockets[ns.name]
+        wasConnected = socket.connected
+        socket.connected = False
+        socket._held = None
+        ns.sockets.pop(socket.sid, None)
+        for room in list(socket.rooms):
+            self._leave(socket, room)
+        if not wasConnected:
+            return
+        handler = ns.handlers.get("disconnect")
+        if handler is None:
+            return
+        try:
+            result = _callHandler(handler, socket.sid, reason)
+            if isinstance(result, Deferred):
+                result.addErrback(self._logFailure, "disconnect")
+        except Exception:
+            self.log.failure("disconnect handler of {namespace}", namespace=ns.name)
+
+    def _connectTimedOut(self, session: Any) -> None:
+        connection: Connection | None = session.appState
+        if connection is not None and not any(s.connected for s in connection.sockets.values()):
+            session.close("forced close", flush=False)

@@ -33,6 +33,12 @@ RESERVED_EVENTS = frozenset(
 )
 
 _MAX_ACK_ID = 2**53 - 1
+
+#: The deepest JSON nesting accepted. orjson parses up to 1024 levels, but
+#: the codec's own walks recurse in Python (whose limit is 1000 frames) and
+#: orjson serialises at most 254 levels: anything deeper could be decoded
+#: but neither reconstructed nor relayed.
+MAX_DEPTH = 128
 _BINARY_TYPES = (bytes, bytearray, memoryview)
 
 
@@ -162,6 +168,20 @@ def _validPayload(packetType: int, payload: Any) -> bool:
     return isinstance(payload, list)
 
 
+def _tooDeep(value: Any, limit: int) -> bool:
+    # Iterative, so that it cannot itself run out of stack.
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (list, dict)):
+                stack.append((child, depth + 1))
+    return False
+
+
 def decodeText(text: bytes) -> tuple[SocketIOPacket, int]:
     """
     Decode the text part of a packet.
@@ -208,6 +228,11 @@ def decodeText(text: bytes) -> tuple[SocketIOPacket, int]:
             data = loads(text[i:])
         except JSONDecodeError:
             raise DecodeError("invalid payload")
+        # Counting brackets is cheap and bounds the depth from above; only
+        # a packet with many of them pays for the walk.
+        if text.count(b"[", i) + text.count(b"{", i) > MAX_DEPTH and isinstance(data, (list, dict)):
+            if _tooDeep(data, MAX_DEPTH):
+                raise DecodeError("payload nested too deeply")
         if not _validPayload(packetType, data):
             raise DecodeError("invalid payload")
     elif packetType in (EVENT, BINARY_EVENT, ACK, BINARY_ACK, CONNECT_ERROR):

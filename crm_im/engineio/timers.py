@@ -45,6 +45,7 @@ class DeadlineWheel:
         self._resolution = resolution
         self._buckets: dict[int, set[Hashable]] = {}
         self._slotOf: dict[Hashable, int] = {}
+        self._deadlineOf: dict[Hashable, float] = {}
         self._loop = LoopingCall(self._sweep)
         self._loop.clock = clock
         self._nextSlot = self._slot(clock.seconds())
@@ -57,7 +58,6 @@ class DeadlineWheel:
         Start sweeping.
         """
         if not self._loop.running:
-            self._nextSlot = self._slot(self._clock.seconds())
             self._loop.start(self._resolution, now=False)
 
     def stop(self) -> None:
@@ -78,8 +78,10 @@ class DeadlineWheel:
         Make C{key} fire C{delay} seconds from now (replacing any deadline
         it had).
         """
-        # The +1 rounds up: a deadline never fires before its time.
-        slot = self._slot(self._clock.seconds() + delay) + 1
+        deadline = self._clock.seconds() + delay
+        # A bucket already swept would never be looked at again.
+        slot = max(self._slot(deadline), self._nextSlot)
+        self._deadlineOf[key] = deadline
         old = self._slotOf.get(key)
         if old == slot:
             return
@@ -98,6 +100,7 @@ class DeadlineWheel:
         """
         old = self._slotOf.pop(key, None)
         if old is not None:
+            del self._deadlineOf[key]
             self._discardFromBucket(key, old)
 
     def _discardFromBucket(self, key: Hashable, slot: int) -> None:
@@ -108,17 +111,26 @@ class DeadlineWheel:
                 del self._buckets[slot]
 
     def _sweep(self) -> None:
-        now = self._slot(self._clock.seconds())
+        # Each key is compared with its exact deadline, so the sweep (which
+        # runs every resolution, in whatever phase the loop started) fires
+        # it at the first sweep at or after it: never early, and at most one
+        # resolution late. The current bucket is swept again next time for
+        # the keys not yet due.
+        seconds = self._clock.seconds()
+        now = self._slot(seconds)
         slot = self._nextSlot
         while slot <= now:
-            bucket = self._buckets.pop(slot, None)
+            bucket = self._buckets.get(slot)
             if bucket:
-                for key in bucket:
-                    if self._slotOf.get(key) == slot:
-                        del self._slotOf[key]
-                        try:
-                            self._callback(key)
-                        except Exception:
-                            self.log.failure("deadline callback for {key!r}", key=key)
+                for key in list(bucket):
+                    if self._slotOf.get(key) != slot or self._deadlineOf[key] > seconds:
+                        continue
+                    self.cancel(key)
+                    try:
+                        self._callback(key)
+                    except Exception:
+                        self.log.failure("deadline callback for {key!r}", key=key)
+            if slot == now and self._buckets.get(slot):
+                break
             slot += 1
         self._nextSlot = slot

@@ -20,7 +20,6 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
@@ -73,7 +72,6 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
     WebSocket) or the probe that upgrades a polling session.
     """
 
-    log = Logger()
     name = "websocket"
     factory: "EngineIOWebSocketFactory"
 
@@ -187,6 +185,9 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
         # txaio's loop: make it the injected reactor.
         txaio.use_twisted()
         txaio.config.loop = reactor  # type: ignore[attr-defined]
+        # Autobahn logs every frame at debug level; twisted.logger builds an
+        # event for each whatever the observer wants. Keep its loggers quiet.
+        txaio.set_global_log_level("warn")
         super().__init__(reactor=reactor, server="crm_im")
         self.engine = engine
         maxPayload = engine.config.maxPayload

@@ -81,6 +81,24 @@ def _callHandler(handler: Handler, *args: Any) -> Any:
     return result
 
 
+class _AckSender:
+    """
+    The ack callable given to C{wantsAck} handlers: sends one ACK.
+    """
+
+    __slots__ = ("server", "socket", "ackId")
+
+    def __init__(self, server: "SocketIOServer", socket: "Socket", ackId: int) -> None:
+        self.server = server
+        self.socket = socket
+        self.ackId: int | None = ackId
+
+    def __call__(self, *args: Any) -> None:
+        ackId, self.ackId = self.ackId, None
+        if ackId is not None:
+            self.server._sendAck(self.socket, ackId, args)
+
+
 class Socket:
     """
     One client's connection to one namespace.
@@ -169,6 +187,7 @@ class Namespace:
         self.server = server
         self.name = name
         self.handlers: dict[str, Handler] = {}
+        self.ackAware: set[str] = set()
         self.sockets: dict[str, Socket] = {}
         self.rooms: dict[str, set[Socket]] = {}
 
@@ -249,16 +268,32 @@ class SocketIOServer:
             namespace = self.namespaces[name] = Namespace(self, name)
         return namespace
 
-    def on(self, event: str, handler: Handler | None = None, namespace: str = "/") -> Any:
+    def on(
+        self,
+        event: str,
+        handler: Handler | None = None,
+        namespace: str = "/",
+        wantsAck: bool = False,
+    ) -> Any:
         """
         Register C{handler} for C{event} in C{namespace}; usable as a
         decorator. C{"connect"} handlers get C{(sid, auth)},
         C{"disconnect"} handlers C{(sid, reason)}, event handlers
-        C{(sid, *args)}.
+        C{(sid, *args)} and their return value is the ack.
+
+        With C{wantsAck}, an event handler gets C{(sid, ack, *args)} instead,
+        where C{ack} is C{None} if the client asked for no acknowledgement,
+        else a callable taking the ack arguments (call it at most once); its
+        return value is then ignored.
         """
 
         def register(handler: Handler) -> Handler:
-            self.namespace(namespace).handlers[event] = handler
+            ns = self.namespace(namespace)
+            ns.handlers[event] = handler
+            if wantsAck:
+                ns.ackAware.add(event)
+            else:
+                ns.ackAware.discard(event)
             return handler
 
         if handler is None:
@@ -487,10 +522,21 @@ class SocketIOServer:
 
     def _event(self, socket: Socket, packet: SocketIOPacket) -> None:
         data = packet.data
-        handler = socket.namespace.handlers.get(data[0])
+        ns = socket.namespace
+        handler = ns.handlers.get(data[0])
         if handler is None:
             return
         ackId = packet.id
+        if data[0] in ns.ackAware:
+            ack = None if ackId is None else _AckSender(self, socket, ackId)
+            try:
+                result = _callHandler(handler, socket.sid, ack, *data[1:])
+            except Exception:
+                self.log.failure("handler of {event!r}", event=data[0])
+                return
+            if isinstance(result, Deferred):
+                result.addErrback(self._logFailure, data[0])
+            return
         try:
             result = _callHandler(handler, socket.sid, *data[1:])
         except Exception:

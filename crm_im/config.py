@@ -1,0 +1,57 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The configuration of one crm_im process, as one frozen value built once
+from the command line and the environment (L{crm_im.tap}).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .engineio.config import EngineIOConfig
+
+
+@attrs.frozen
+class Config:
+    """
+    Everything an operator can set.
+
+    @ivar listen: Twisted endpoint strings to serve on.
+    @ivar dataDir: the directory of the SQLite database and the file store.
+    @ivar corsOrigins: explicit allowed origins, or C{None} for C{*}.
+    @ivar pingInterval: ms between server PINGs.
+    @ivar pingTimeout: ms to wait for a PONG.
+    @ivar maxPayload: the largest packet or body, in bytes.
+    @ivar connectTimeout: ms a session may take to send its Socket.IO CONNECT.
+    @ivar maxMessageLength: the longest text message C{content}.
+    @ivar presenceGrace: seconds a user stays online after the last device.
+    @ivar sqliteSynchronous: SQLite's C{synchronous} pragma (C{FULL} survives
+        power loss; C{NORMAL} survives a killed process).
+    @ivar logEvents: log one line per event (C{[消息]} and the like).
+    @ivar shutdownGrace: seconds to wait on stop for polling clients to
+        collect C{server:shutdown}.
+    """
+
+    listen: tuple[str, ...] = ("tcp:8080",)
+    dataDir: str = "crm_im-data"
+    corsOrigins: tuple[str, ...] | None = None
+    pingInterval: int = 25000
+    pingTimeout: int = 20000
+    maxPayload: int = 1_000_000
+    connectTimeout: int = 45000
+    maxMessageLength: int = 65536
+    presenceGrace: float = 0.0
+    sqliteSynchronous: str = "FULL"
+    logEvents: bool = True
+    shutdownGrace: float = 2.0
+
+    def engineConfig(self) -> EngineIOConfig:
+        """
+        The Engine.IO part of the configuration.
+        """
+        return EngineIOConfig(
+            pingInterval=self.pingInterval,
+            pingTimeout=self.pingTimeout,
+            maxPayload=self.maxPayload,
+            corsOrigins=self.corsOrigins,
+        )

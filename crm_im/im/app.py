@@ -1,0 +1,508 @@
+# -*- test-case-name: tests.integration.test_im -*-
+"""
+The chat application: every client event of the contract (sections 4 to 8).
+
+L{IMApplication} registers one handler per event on the Socket.IO root
+namespace. Each handler validates its payload (L{crm_im.im.validation}),
+acts through L{Presence} and the L{IMessageStore}, and answers with exactly
+one ack (if asked for) — the success payload or C{{"error": ...}} — plus the
+C{error} event on refusal. Identity always comes from presence, never from
+the payload.
+
+Delivery order: a message is emitted only after its commit, and the
+receipt follows. While a user's offline queue is being delivered to their
+first device, live messages for them are held and emitted after it, so a
+conversation never arrives out of C{seq} order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+from urllib.parse import quote
+
+import attrs
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..engineio.packet import Frame
+from ..presence import INVISIBLE, ONLINE, Presence, UserPresence
+from ..socketio.packet import encodeEvent
+from ..socketio.server import Socket, SocketIOServer
+from ..storage import IFileStore, IMessageStore, NewMessage, StoredMessage, StoreOutcome
+from . import validation
+from .errors import ALREADY_LOGGED_IN, INTERNAL, NOT_LOGGED_IN, IMError
+
+#: How many offline messages are fetched and sent per round.
+PENDING_BATCH = 200
+
+Ack = Callable[..., None]
+
+
+@attrs.frozen
+class IMSettings:
+    """
+    The application's own limits.
+
+    @ivar maxMessageLength: the longest C{content} of a text message.
+    @ivar shutdownMessage: the text of C{server:shutdown}.
+    @ivar logEvents: log a line per message, typing and status event (the
+        original's C{[消息]} lines); off under load.
+    """
+
+    maxMessageLength: int = 65536
+    shutdownMessage: str = "服务器正在关闭"
+    logEvents: bool = True
+
+
+def _frames(event: str, payload: Any) -> list[Frame]:
+    return encodeEvent("/", event, (payload,))
+
+
+class IMApplication:
+    """
+    The IM events on one L{SocketIOServer}'s root namespace.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        sio: SocketIOServer,
+        presence: Presence,
+        store: IMessageStore,
+        files: IFileStore,
+        clock: IReactorTime,
+        settings: IMSettings | None = None,
+    ) -> None:
+        self.sio = sio
+        self.presence = presence
+        self.store = store
+        self.files = files
+        self.clock = clock
+        self.settings = settings if settings is not None else IMSettings()
+        self._namespace = sio.namespace("/")
+        self._sockets = self._namespace.sockets
+        # Users whose offline queue is being delivered -> live messages held.
+        self._catchingUp: dict[str, list[StoredMessage]] = {}
+        # Messages emitted live whose "delivered" flag is not committed yet.
+        self._unflushed: set[int] = set()
+        presence.userLeft = self._userLeft
+        sio.on("connect", self._connected)
+        sio.on("disconnect", self._disconnected)
+        self._route("user:login", self.login)
+        self._route("user:logout", self.logout)
+        self._route("message", self.message)
+        self._route("status_change", self.statusChange)
+        self._route("typing", self.typing)
+        self._route("file_transfer", self.fileTransfer)
+        self._route("get_history", self.getHistory, replyEvent="history")
+        self._route("message:read", self.messageRead)
+
+    # ---- plumbing
+
+    def now(self) -> int:
+        """
+        Milliseconds since the epoch, from the injected clock.
+        """
+        return int(self.clock.seconds() * 1000)
+
+    def _route(
+        self,
+        event: str,
+        method: Callable[[Socket, Any], Any],
+        replyEvent: str | None = None,
+    ) -> None:
+        def handler(sid: str, ack: Ack | None, *args: Any) -> None:
+            socket = self._sockets.get(sid)
+            if socket is None:
+                return
+            try:
+                result = method(socket, args[0] if args else None)
+            except IMError as error:
+                self._refuse(socket, ack, event, error)
+                return
+            except Exception:
+                self.log.failure("handling {event}", event=event)
+                self._refuse(socket, ack, event, IMError(INTERNAL, "internal error"))
+                return
+            if isinstance(result, Deferred):
+                result.addCallbacks(
+                    lambda value: self._reply(socket, ack, replyEvent, value),
+                    lambda failure: self._failed(socket, ack, event, failure),
+                )
+            else:
+                self._reply(socket, ack, replyEvent, result)
+
+        self.sio.on(event, handler, wantsAck=True)
+
+    def _reply(self, socket: Socket, ack: Ack | None, replyEvent: str | None, value: Any) -> None:
+        if ack is not None:
+            ack(value)
+        elif replyEvent is not None:
+            socket.sendFrames(_frames(replyEvent, value))
+
+    def _refuse(self, socket: Socket, ack: Ack | None, event: str, error: IMError) -> None:
+        socket.sendFrames(_frames("error", error.event(event)))
+        if ack is not None:
+            ack(error.ack())
+
+    def _failed(self, socket: Socket, ack: Ack | None, event: str, failure: Failure) -> None:
+        if failure.check(IMError):
+            self._refuse(socket, ack, event, failure.value)
+            return
+        self.log.failure("handling {event}", failure, event=event)
+        self._refuse(socket, ack, event, IMError(INTERNAL, "internal error"))
+
+    def _user(self, socket: Socket) -> UserPresence:
+        user = self.presence.userOfDevice(socket.sid)
+        if user is None:
+            raise IMError(NOT_LOGGED_IN, "log in first (user:login)")
+        return user
+
+    def _send(self, sids: Iterable[str], frames: list[Frame], skip: str | None = None) -> int:
+        """
+        Write C{frames} to each connected socket of C{sids}.
+
+        @return: how many sockets were written to.
+        """
+        sockets = self._sockets
+        count = 0
+        for sid in sids:
+            if sid == skip:
+                continue
+            socket = sockets.get(sid)
+            if socket is not None:
+                socket.sendFrames(frames)
+                count += 1
+        return count
+
+    def _broadcast(self, payload: dict[str, Any], event: str = "status_change", skip: str | None = None) -> None:
+        """
+        Send one event to every logged-in socket (encoded once).
+        """
+        self._send(list(self.presence.allDevices()), _frames(event, payload), skip)
+
+    # ---- connection lifecycle
+
+    def _connected(self, sid: str, auth: Any) -> None:
+        socket = self._sockets.get(sid)
+        remote = socket.session.remoteAddress if socket is not None else ""
+        if self.settings.logEvents:
+            self.log.info("[连接] {sid} {remote}", sid=sid, remote=remote)
+
+    def _disconnected(self, sid: str, reason: str) -> None:
+        outcome = self.presence.logout(sid)
+        userId = outcome.user.id if outcome is not None else ""
+        if self.settings.logEvents:
+            self.log.info("[断开] {sid} {userId} {reason}", sid=sid, userId=userId, reason=reason)
+        if outcome is not None and outcome.lastDevice and outcome.wasVisible:
+            self._announceOffline(outcome.user)
+
+    def _announceOffline(self, user: UserPresence) -> None:
+        self._broadcast({"userId": user.id, "status": INVISIBLE, "timestamp": self.now()})
+
+    def _userLeft(self, user: UserPresence) -> None:
+        if user.visible:
+            self._announceOffline(user)
+
+    # ---- user:login / user:logout
+
+    def login(self, socket: Socket, data: Any) -> dict[str, Any]:
+        """
+        C{user:login}: bind the socket to a user.
+        """
+        request = validation.login(data)
+        current = self.presence.userOfDevice(socket.sid)
+        if current is not None and current.id != request.id:
+            raise IMError(ALREADY_LOGGED_IN, f"this socket is logged in as another user; user:logout first")
+        result = self.presence.login(request.id, socket.sid, request.name, request.avatar)
+        user = result.user
+        wire = user.toWire()
+        socket.sendFrames(_frames("user:login:success", wire))
+        socket.sendFrames(_frames("online_users", self.presence.onlineUsers()))
+        if result.firstDevice:
+            self._broadcast(
+                {
+                    "userId": user.id,
+                    "status": ONLINE,
+                    "timestamp": self.now(),
+                    "name": user.name,
+                    "avatar": user.avatar,
+                },
+                skip=socket.sid,
+            )
+        if self.settings.logEvents:
+            self.log.info("[登录] {name}({userId}) {sid}", name=user.name, userId=user.id, sid=socket.sid)
+        if current is None and user.id not in self._catchingUp:
+            self._startCatchUp(user.id, socket)
+        return wire
+
+    def logout(self, socket: Socket, data: Any) -> dict[str, Any]:
+        """
+        C{user:logout}: unbind the socket; it stays connected.
+        """
+        user = self._user(socket)
+        outcome = self.presence.logout(socket.sid)
+        if outcome is not None and outcome.lastDevice and outcome.wasVisible:
+            self._announceOffline(outcome.user)
+        self.log.info("[登出] {userId} {sid}", userId=user.id, sid=socket.sid)
+        return {"userId": user.id, "status": INVISIBLE}
+
+    # ---- offline queue
+
+    def _startCatchUp(self, userId: str, socket: Socket) -> None:
+        self._catchingUp[userId] = []
+        d = ensureDeferred(self._deliverPending(userId, socket))
+        d.addErrback(lambda failure: self.log.failure("offline delivery to {userId}", failure, userId=userId))
+        d.addBoth(lambda _: self._endCatchUp(userId))
+
+    async def _deliverPending(self, userId: str, socket: Socket) -> None:
+        delivered: set[int] = set()
+        while True:
+            batch = await self.store.pendingFor(userId, PENDING_BATCH)
+            fresh = [m for m in batch if m.seq not in self._unflushed and m.seq not in delivered]
+            if not fresh:
+                return
+            user = self.presence.userOfDevice(socket.sid)
+            if user is None or user.id != userId or socket.sid not in self._sockets:
+                # That device went; the rest waits for the next login.
+                return
+            for stored in fresh:
+                socket.sendFrames(_frames("message", stored.toWire()))
+                delivered.add(stored.seq)
+            await self.store.markDelivered([m.seq for m in fresh])
+            for stored in fresh:
+                self._send(
+                    self.presence.devicesOf(stored.fromId),
+                    _frames(
+                        "message:sent",
+                        {"messageId": stored.id, "status": "delivered", "timestamp": stored.serverTimestamp},
+                    ),
+                )
+            if len(batch) < PENDING_BATCH:
+                return
+
+    def _endCatchUp(self, userId: str) -> None:
+        held = self._catchingUp.pop(userId, [])
+        for stored in sorted(held, key=lambda m: m.seq):
+            self._send(self.presence.devicesOf(userId), _frames("message", stored.toWire()))
+
+    # ---- messages
+
+    def message(self, socket: Socket, data: Any) -> Deferred[dict[str, Any]]:
+        """
+        C{message}: store durably, deliver, then answer with the receipt.
+        """
+        user = self._user(socket)
+        request = validation.message(data, user.id, self.settings.maxMessageLength)
+        stored = self.store.storeMessage(
+            NewMessage(
+                fromId=user.id,
+                fromName=user.name,
+                toId=request.toId,
+                id=request.id,
+                topic=request.topic,
+                type=request.type,
+                content=request.content,
+                fileUrl=request.fileUrl,
+                fileName=request.fileName,
+                clientTimestamp=request.timestamp,
+                serverTimestamp=self.now(),
+            )
+        )
+        return stored.addCallbacks(
+            self._messageStored,
+            self._storeFailed,
+            callbackArgs=(socket,),
+            errbackArgs=(request.id,),
+        )
+
+    def _storeFailed(self, failure: Failure, messageId: str) -> Failure:
+        if failure.check(IMError):
+            return failure
+        self.log.failure("storing message {id}", failure, id=messageId)
+        raise IMError(INTERNAL, "the message could not be stored; send it again", messageId)
+
+    def _messageStored(self, outcome: StoreOutcome, socket: Socket) -> dict[str, Any]:
+        stored = outcome.message
+        if outcome.created:
+            delivered = self._deliver(stored, socket.sid)
+            if self.settings.logEvents:
+                self.log.info("[消息] {fromId} -> {toId} seq={seq}", fromId=stored.fromId, toId=stored.toId, seq=stored.seq)
+        else:
+            delivered = stored.delivered or stored.seq in self._unflushed
+        receipt = {
+            "messageId": stored.id,
+            "status": "delivered" if delivered else "offline",
+            "timestamp": stored.serverTimestamp,
+        }
+        socket.sendFrames(_frames("message:sent", receipt))
+        return receipt
+
+    def _deliver(self, stored: StoredMessage, senderSid: str) -> bool:
+        """
+        Emit a newly stored message to the recipient's devices and the
+        sender's other devices.
+
+        @return: whether a device of the recipient got it (or will, right
+            after its offline queue).
+        """
+        frames = _frames("message", stored.toWire())
+        held = self._catchingUp.get(stored.toId)
+        if held is not None:
+            held.append(stored)
+            delivered = True
+        else:
+            delivered = self._send(self.presence.devicesOf(stored.toId), frames) > 0
+        if stored.fromId != stored.toId:
+            self._send(self.presence.devicesOf(stored.fromId), frames, skip=senderSid)
+        if delivered:
+            seq = stored.seq
+            self._unflushed.add(seq)
+            self.store.markDelivered([seq]).addBoth(self._flushed, seq)
+        return delivered
+
+    def _flushed(self, result: object, seq: int) -> None:
+        self._unflushed.discard(seq)
+        if isinstance(result, Failure):
+            self.log.failure("marking {seq} delivered", result, seq=seq)
+
+    # ---- status, typing
+
+    def statusChange(self, socket: Socket, data: Any) -> dict[str, Any]:
+        """
+        C{status_change}: set the user's status and tell everyone else.
+        """
+        user = self._user(socket)
+        status = validation.status(data)
+        self.presence.setStatus(user.id, status)
+        payload = {"userId": user.id, "status": status, "timestamp": self.now()}
+        self._broadcast(dict(payload, name=user.name, avatar=user.avatar), skip=socket.sid)
+        if self.settings.logEvents:
+            self.log.info("[状态] {userId} -> {status}", userId=user.id, status=status)
+        return payload
+
+    def typing(self, socket: Socket, data: Any) -> dict[str, Any]:
+        """
+        C{typing}: forward to the recipient's devices; never stored.
+        """
+        user = self._user(socket)
+        request = validation.typing(data, user.id)
+        payload: dict[str, Any] = {"fromId": user.id, "fromName": user.name, "isTyping": request.isTyping}
+        if request.topic is not None:
+            payload["topic"] = request.topic
+        sent = self._send(self.presence.devicesOf(request.toId), _frames("typing", payload))
+        return {"toId": request.toId, "delivered": sent > 0}
+
+    # ---- files
+
+    def fileTransfer(self, socket: Socket, data: Any) -> Any:
+        """
+        C{file_transfer}: relay to online devices as it came, or keep the
+        file and queue a C{file} message for an offline recipient.
+        """
+        user = self._user(socket)
+        request = validation.fileTransfer(data, user.id)
+        now = self.now()
+        if self.presence.devicesOf(request.toId) or request.toId in self._catchingUp:
+            payload: dict[str, Any] = {
+                "id": request.id,
+                "toId": request.toId,
+                "fileName": request.fileName,
+                "data": request.raw["data"],
+                "fromId": user.id,
+                "fromName": user.name,
+                "serverTimestamp": now,
+            }
+            for key in ("fileSize", "mimeType", "topic"):
+                value = getattr(request, key)
+                if value is not None:
+                    payload[key] = value
+            frames = encodeEvent("/", "file_transfer", (payload,))
+            self._send(self.presence.devicesOf(request.toId), frames)
+            self._send(self.presence.devicesOf(user.id), frames, skip=socket.sid)
+            self.log.info("[文件] {fromId} -> {toId} {size} bytes", fromId=user.id, toId=request.toId, size=len(request.data))
+            receipt = {"messageId": request.id, "status": "delivered", "timestamp": now}
+            socket.sendFrames(_frames("message:sent", receipt))
+            return receipt
+        return ensureDeferred(self._keepFile(socket, user, request, now))
+
+    async def _keepFile(
+        self, socket: Socket, user: UserPresence, request: validation.FileRequest, now: int
+    ) -> dict[str, Any]:
+        try:
+            record = await self.files.save(user.id, request.toId, request.fileName, request.mimeType, request.data, now)
+        except Exception:
+            self.log.failure("keeping file {id}", id=request.id)
+            raise IMError(INTERNAL, "the file could not be stored; send it again", request.id)
+        url = "/files/%s/%s" % (record.fileId, quote(request.fileName, safe=""))
+        outcome = await self.store.storeMessage(
+            NewMessage(
+                fromId=user.id,
+                fromName=user.name,
+                toId=request.toId,
+                id=request.id,
+                topic=request.topic,
+                type="file",
+                content=request.fileName,
+                fileUrl=url,
+                fileName=request.fileName,
+                clientTimestamp=None,
+                serverTimestamp=now,
+            )
+        )
+        self.log.info("[文件] {fromId} -> {toId} kept for later", fromId=user.id, toId=request.toId)
+        return self._messageStored(outcome, socket)
+
+    # ---- history and read state
+
+    def getHistory(self, socket: Socket, data: Any) -> Deferred[dict[str, Any]]:
+        """
+        C{get_history}: a page of the caller's own conversation.
+        """
+        user = self._user(socket)
+        request = validation.history(data)
+        d = self.store.history(user.id, request.friendId, request.topic, request.limit, request.before, request.after)
+        return d.addCallback(
+            lambda page: {
+                "friendId": request.friendId,
+                "topic": request.topic,
+                "messages": [m.toWire() for m in page.messages],
+                "hasMore": page.hasMore,
+            }
+        )
+
+    def messageRead(self, socket: Socket, data: Any) -> Deferred[dict[str, Any]]:
+        """
+        C{message:read}: mark received messages read and tell their
+        senders.
+        """
+        user = self._user(socket)
+        request = validation.read(data)
+        now = self.now()
+        d = self.store.markRead(
+            user.id, now, friendId=request.friendId, upToSeq=request.upToSeq, messageIds=request.messageIds
+        )
+
+        def notify(newlyRead: list[StoredMessage]) -> dict[str, Any]:
+            bySender: dict[str, list[str]] = {}
+            for stored in newlyRead:
+                bySender.setdefault(stored.fromId, []).append(stored.id)
+            for senderId, ids in bySender.items():
+                self._send(
+                    self.presence.devicesOf(senderId),
+                    _frames("message:read", {"readerId": user.id, "messageIds": ids, "timestamp": now}),
+                )
+            return {"readerId": user.id, "messageIds": [m.id for m in newlyRead], "timestamp": now}
+
+        return d.addCallback(notify)
+
+    # ---- shutdown
+
+    def announceShutdown(self) -> None:
+        """
+        Send C{server:shutdown} to every connected socket.
+        """
+        self.sio.emit("server:shutdown", {"message": self.settings.shutdownMessage, "timestamp": self.now()})

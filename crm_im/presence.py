@@ -1,0 +1,225 @@
+# -*- test-case-name: tests.test_presence -*-
+"""
+Presence: who is logged in, on which devices, with which status.
+
+This is the one place where presence changes. The Socket.IO application and
+the HTTP status resources share one L{Presence}. It holds no sockets, only
+device ids (Socket.IO sids), and it announces changes by return values and
+one listener for offline transitions decided later (the grace period), so
+it is tested without a network.
+
+A user goes offline when the last device goes; with a grace period the
+user stays listed for that long and a device that comes back in time makes
+no change visible at all (mobile connections flap). Grace deadlines are
+swept by one L{DeadlineWheel}, not one timer per user.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+from .engineio.timers import DeadlineWheel
+
+ONLINE = "online"
+AWAY = "away"
+BUSY = "busy"
+INVISIBLE = "offline"
+
+#: The statuses a user may choose; C{"offline"} means invisible.
+STATUSES = frozenset([ONLINE, AWAY, BUSY, INVISIBLE])
+
+
+@attrs.define(slots=True, eq=False)
+class UserPresence:
+    """
+    One logged-in user.
+
+    @ivar devices: the sids of the user's logged-in sockets.
+    @ivar leaving: whether the last device went and the grace period runs.
+    """
+
+    id: str
+    name: str
+    avatar: str | None
+    status: str = ONLINE
+    devices: set[str] = attrs.Factory(set)
+    leaving: bool = False
+
+    def toWire(self) -> dict[str, object]:
+        """
+        The contract's User.
+        """
+        return {"id": self.id, "name": self.name, "avatar": self.avatar, "status": self.status}
+
+    @property
+    def visible(self) -> bool:
+        """
+        Whether others see this user online (not invisible).
+        """
+        return self.status != INVISIBLE
+
+
+@attrs.frozen
+class Login:
+    """
+    The outcome of L{Presence.login}.
+
+    @ivar firstDevice: this login made the user appear (announce online).
+    """
+
+    user: UserPresence
+    firstDevice: bool
+
+
+@attrs.frozen
+class Logout:
+    """
+    The outcome of L{Presence.logout}.
+
+    @ivar lastDevice: the user is gone now (announce offline, unless the
+        user was invisible).
+    @ivar wasVisible: whether others saw the user online until now.
+    """
+
+    user: UserPresence
+    lastDevice: bool
+    wasVisible: bool
+
+
+class Presence:
+    """
+    The presence of every logged-in user.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        grace: float = 0.0,
+        userLeft: Callable[[UserPresence], object] | None = None,
+    ) -> None:
+        """
+        @param grace: seconds a user stays after the last device went.
+        @param userLeft: called when a grace period ends with no device
+            back (the caller announces offline then).
+        """
+        self._clock = clock
+        self.grace = grace
+        self.userLeft = userLeft
+        self._users: dict[str, UserPresence] = {}
+        self._userOfDevice: dict[str, UserPresence] = {}
+        self._wheel = DeadlineWheel(clock, self._graceEnded)
+
+    def start(self) -> None:
+        """
+        Start sweeping grace deadlines.
+        """
+        self._wheel.start()
+
+    def stop(self) -> None:
+        """
+        Stop sweeping.
+        """
+        self._wheel.stop()
+
+    # ---- queries
+
+    def user(self, userId: str) -> UserPresence | None:
+        """
+        The logged-in user C{userId}, if any.
+        """
+        return self._users.get(userId)
+
+    def userOfDevice(self, sid: str) -> UserPresence | None:
+        """
+        The user a device is logged in as, if any.
+        """
+        return self._userOfDevice.get(sid)
+
+    def devicesOf(self, userId: str) -> set[str]:
+        """
+        The device sids of C{userId} (empty if not logged in).
+        """
+        user = self._users.get(userId)
+        return user.devices if user is not None else set()
+
+    def allDevices(self) -> Iterator[str]:
+        """
+        Every logged-in device.
+        """
+        return iter(self._userOfDevice)
+
+    def onlineUsers(self) -> list[dict[str, object]]:
+        """
+        The contract's online list: every user not invisible.
+        """
+        return [user.toWire() for user in self._users.values() if user.visible]
+
+    def onlineCount(self) -> int:
+        """
+        How many users (not devices) are listed online.
+        """
+        return sum(1 for user in self._users.values() if user.visible)
+
+    # ---- transitions
+
+    def login(self, userId: str, sid: str, name: str, avatar: str | None) -> Login:
+        """
+        Bind device C{sid} to C{userId}.
+        """
+        user = self._users.get(userId)
+        first = user is None
+        if user is None:
+            user = self._users[userId] = UserPresence(userId, name, avatar)
+        else:
+            user.name = name
+            user.avatar = avatar
+            if user.leaving:
+                # Back within the grace period: nobody was told it left.
+                user.leaving = False
+                self._wheel.cancel(userId)
+        user.devices.add(sid)
+        self._userOfDevice[sid] = user
+        return Login(user, first)
+
+    def logout(self, sid: str) -> Logout | None:
+        """
+        Unbind device C{sid} (logout or disconnect).
+
+        @return: C{None} if the device was not logged in.
+        """
+        user = self._userOfDevice.pop(sid, None)
+        if user is None:
+            return None
+        user.devices.discard(sid)
+        if user.devices:
+            return Logout(user, False, user.visible)
+        if self.grace > 0:
+            user.leaving = True
+            self._wheel.set(user.id, self.grace)
+            return Logout(user, False, user.visible)
+        del self._users[user.id]
+        return Logout(user, True, user.visible)
+
+    def setStatus(self, userId: str, status: str) -> UserPresence:
+        """
+        Change a logged-in user's status.
+
+        @raise ValueError: for a status not in L{STATUSES}.
+        @raise KeyError: if the user is not logged in.
+        """
+        if status not in STATUSES:
+            raise ValueError(status)
+        user = self._users[userId]
+        user.status = status
+        return user
+
+    def _graceEnded(self, userId: object) -> None:
+        user = self._users.get(str(userId))
+        if user is None or not user.leaving or user.devices:
+            return
+        del self._users[user.id]
+        if self.userLeft is not None:
+            self.userLeft(user)

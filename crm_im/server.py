@@ -1,0 +1,131 @@
+# -*- test-case-name: tests.integration.test_im -*-
+"""
+The one object that wires a crm_im server: clock, store, file store,
+presence, the Socket.IO server and the IM application on it, the resource
+tree and the listening ports, started and stopped as one Twisted service.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IReactorFromThreads
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+from twisted.python.threadpool import ThreadPool
+
+from .config import Config
+from .engineio.cors import CORSPolicy
+from .engineio.resource import EngineIOResource
+from .engineio.session import CLOSING
+from .engineio.site import EngineIOSite
+from .im.app import IMApplication, IMSettings
+from .presence import Presence
+from .socketio.server import SocketIOServer
+from .storage import DiskFileStore, SQLiteMessageStore
+from .web.files import FilesResource
+from .web.root import buildRoot
+from .web.status import OnlineUsersResource, ServerStatusResource
+
+
+class CRMIMService(Service):
+    """
+    A complete crm_im server.
+
+    @ivar ports: the listening ports, once started.
+    @ivar ready: fires with C{ports} once the store is open and every
+        endpoint listens (errbacks if start-up failed).
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        dataDir = FilePath(config.dataDir)
+        self.dataDir = dataDir
+        self.store = SQLiteMessageStore(dataDir.child("crm_im.sqlite3").path, reactor, config.sqliteSynchronous)
+        self.threadpool = ThreadPool(minthreads=0, maxthreads=4, name="crm_im-files")
+        self.files = DiskFileStore(dataDir.child("files"), IReactorFromThreads(reactor), self.threadpool, self.store)
+        self.presence = Presence(reactor, config.presenceGrace)
+        engineConfig = config.engineConfig()
+        self.sio = SocketIOServer(reactor, engineConfig, connectTimeout=config.connectTimeout / 1000)
+        self.app = IMApplication(
+            self.sio,
+            self.presence,
+            self.store,
+            self.files,
+            reactor,
+            IMSettings(maxMessageLength=config.maxMessageLength, logEvents=config.logEvents),
+        )
+        cors = CORSPolicy(config.corsOrigins)
+        root = buildRoot(
+            index=ServerStatusResource(self.presence, reactor, cors),
+            onlineUsers=OnlineUsersResource(self.presence, cors),
+            files=FilesResource(self.files, cors),
+            engine=EngineIOResource(self.sio.engine, reactor, cors),
+            cors=cors,
+        )
+        self.site = EngineIOSite(root, engineConfig, reactor)
+        self.ports: list[IListeningPort] = []
+        self.ready: Deferred[list[IListeningPort]] = Deferred()
+
+    def startService(self) -> None:
+        """
+        Open the store, then listen; a failure stops the reactor (the
+        operator sees why in the log and systemd restarts us).
+        """
+        super().startService()
+        d = ensureDeferred(self._start())
+        d.addCallbacks(self.ready.callback, self._startFailed)
+
+    async def _start(self) -> list[IListeningPort]:
+        self.dataDir.makedirs(ignoreExistingDirectory=True)
+        self.threadpool.start()
+        await self.store.open()
+        self.presence.start()
+        self.sio.start()
+        for description in self.config.listen:
+            port = await serverFromString(self.reactor, description).listen(self.site)
+            self.ports.append(port)
+            self.log.info("crm_im listening on {address}", address=port.getHost())
+        self.log.warn(
+            "authentication mode is 'open': clients say who they are; do not expose this server to untrusted networks"
+        )
+        return self.ports
+
+    def _startFailed(self, failure: Any) -> None:
+        self.log.failure("crm_im could not start", failure)
+        self.ready.errback(failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Tell every client (C{server:shutdown}), stop listening, close the
+        sessions after their last packets, finish the store's writes.
+        """
+        super().stopService()
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        self.log.info("[关闭] crm_im stopping: {n} sessions", n=len(self.sio.engine.sessions))
+        self.app.announceShutdown()
+        ports, self.ports = self.ports, []
+        await DeferredList([maybeDeferred(port.stopListening) for port in ports])
+        self.sio.stop()
+        # Polling clients collect server:shutdown and CLOSE with their next
+        # GET; give them a moment.
+        deadline = self.reactor.seconds() + self.config.shutdownGrace
+        while self.reactor.seconds() < deadline and any(
+            session.state == CLOSING for session in self.sio.engine.sessions.values()
+        ):
+            await deferLater(self.reactor, 0.05, lambda: None)
+        self.presence.stop()
+        await self.store.close()
+        if self.threadpool.started:
+            self.threadpool.stop()

@@ -1,0 +1,3 @@
+"""
+The HTTP side: status resources, the files route and the root tree.
+"""

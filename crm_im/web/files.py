@@ -1,0 +1,79 @@
+# -*- test-case-name: tests.test_web -*-
+"""
+C{GET /files/<fileId>/<name>}: files kept for offline recipients.
+
+The id is checked by the store (no path traversal); the bytes are served
+by twisted.web's static L{File} (ranges, HEAD, streaming with
+back-pressure), with the MIME type recorded at upload and
+C{Content-Disposition: attachment} so a browser never renders uploaded
+content as a page of this origin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from twisted.internet.defer import Deferred
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.static import File
+
+from ..engineio.cors import CORSPolicy
+from ..storage import FileRecord, IFileStore
+from .json import jsonResponse
+
+
+class FilesResource(Resource):
+    """
+    The files route.
+    """
+
+    isLeaf = True
+
+    def __init__(self, files: IFileStore, cors: CORSPolicy) -> None:
+        super().__init__()
+        self.files = files
+        self.cors = cors
+
+    def render(self, request: IRequest) -> Any:
+        if request.method == b"OPTIONS":
+            return self.cors.preflight(request)
+        self.cors.apply(request)
+        if request.method not in (b"GET", b"HEAD"):
+            return jsonResponse(request, {"error": "method not allowed"}, 405)
+        postpath = request.postpath
+        if not postpath or not postpath[0]:
+            return jsonResponse(request, {"error": "not found"}, 404)
+        try:
+            fileId = postpath[0].decode("ascii")
+        except UnicodeDecodeError:
+            return jsonResponse(request, {"error": "not found"}, 404)
+        d: Deferred[FileRecord | None] = self.files.get(fileId)
+        d.addCallback(self._serve, request)
+        d.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    def _serve(self, record: FileRecord | None, request: Any) -> None:
+        if record is None:
+            request.write(jsonResponse(request, {"error": "not found"}, 404))
+            request.finish()
+            return
+        path = self.files.pathFor(record)
+        resource = File(path.path, defaultType=record.mimeType or "application/octet-stream")
+        resource.type = record.mimeType or "application/octet-stream"  # type: ignore[assignment]
+        resource.encoding = None
+        request.setHeader(
+            b"content-disposition",
+            b"attachment; filename*=UTF-8''" + quote(record.fileName, safe="").encode("ascii"),
+        )
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        result = resource.render(request)
+        if result is not NOT_DONE_YET:
+            request.write(result)
+            request.finish()
+
+    def _failed(self, failure: Any, request: Any) -> None:
+        request.write(jsonResponse(request, {"error": "internal error"}, 500))
+        request.finish()

@@ -187,7 +187,7 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
         txaio.config.loop = reactor  # type: ignore[attr-defined]
         # Autobahn logs every frame at debug level; twisted.logger builds an
         # event for each whatever the observer wants. Keep its loggers quiet.
-        txaio.set_global_log_level("warn")
+        txaio.set_global_log_level("warn")  # type: ignore[attr-defined]
         super().__init__(reactor=reactor, server="crm_im")
         self.engine = engine
         maxPayload = engine.config.maxPayload

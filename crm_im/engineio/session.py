@@ -317,8 +317,11 @@ class EngineIOSession:
 
     def packetReceived(self, packetType: int, data: bytes, binary: bool = False) -> None:
         """
-        Handle one incoming packet of the session's transport.
+        Handle one incoming packet of the session's transport; a closed
+        session ignores it (a frame may already be in flight).
         """
+        if self.state is not OPEN:
+            return
         if packetType == packet.MESSAGE:
             self.server.app.messageReceived(self, data, binary)
         elif packetType == packet.PONG:

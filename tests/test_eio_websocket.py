@@ -262,7 +262,7 @@ class DirectWebSocketTests(WebSocketTestMixin, SynchronousTestCase):
         self.assertEqual(self.app.opened[0].state, OPEN)
         self.assertEqual(self.app.closed, [])
         # Nothing is left that could time the HTTP channel out later.
-        self.assertIsNone(connection.httpProtocol._channel.timeoutCall)
+        self.assertIsNone(connection.httpProtocol._channel.timeOut)
 
     def test_frameOverMaxPayload(self) -> None:
         """

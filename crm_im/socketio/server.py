@@ -467,6 +467,9 @@ class SocketIOServer:
         socket = Socket(secrets.token_urlsafe(15), ns, connection)
         socket._held = []
         connection.sockets[name] = socket
+        # Known by its sid while the handler decides, so that the handler
+        # can put it in rooms and emit to it (held until CONNECT is sent).
+        ns.sockets[socket.sid] = socket
         handler = ns.handlers.get("connect")
         if handler is None:
             self._accept(socket)
@@ -515,8 +518,13 @@ class SocketIOServer:
 
     def _refuse(self, socket: Socket, refusal: ConnectionRefused) -> None:
         connection = socket.connection
-        if connection.sockets.get(socket.namespace.name) is socket:
-            del connection.sockets[socket.namespace.name]
+        ns = socket.namespace
+        if connection.sockets.get(ns.name) is socket:
+            del connection.sockets[ns.name]
+        if ns.sockets.get(socket.sid) is socket:
+            del ns.sockets[socket.sid]
+        for room in list(socket.rooms):
+            self._leave(socket, room)
         socket._held = None
         connection.sendPacket(SocketIOPacket(sio.CONNECT_ERROR, socket.namespace.name, refusal.payload()))
 

@@ -44,14 +44,19 @@ class Transaction:
         @param cursor: the C{adbapi} transaction (a DB-API cursor).
         @param engine: converts the SQL for its backend.
         """
-        self._cursor = cursor
+        # adbapi hands us its Transaction wrapper, whose __getattr__ costs
+        # on every call; use the DB-API cursor it wraps.
+        self._cursor = getattr(cursor, "_cursor", cursor)
+        self._convert = engine.paramStyle != "qmark"
         self.engine = engine
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
         """
         Execute one statement.
         """
-        self._cursor.execute(self.engine.convertParamStyle(sql), tuple(args))
+        if self._convert:
+            sql = self.engine.convertParamStyle(sql)
+        self._cursor.execute(sql, args)
 
     def fetchone(self) -> tuple[Any, ...] | None:
         """

@@ -71,23 +71,25 @@ def _messageFromRow(row: Sequence[Any]) -> StoredMessage:
     )
 
 
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (message_id, from_id, from_name, to_id,"
+    " conversation, topic, type, content, file_url, file_name,"
+    " client_timestamp, server_timestamp, delivered, read_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL)"
+    " ON CONFLICT (from_id, message_id) DO NOTHING RETURNING seq"
+)
+
+
 def storeMessage_txn(txn: Transaction, msg: NewMessage) -> StoreOutcome:
     """
-    Insert C{msg} unless its C{(fromId, id)} exists.
+    Insert C{msg} unless its C{(fromId, id)} exists (then return the
+    stored one).
+
+    One statement in the common case: a single statement is atomic in
+    SQLite and PostgreSQL, so this write needs no savepoint of its own.
     """
     txn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-        " WHERE from_id = ? AND message_id = ?",
-        (msg.fromId, msg.id),
-    )
-    row = txn.fetchone()
-    if row is not None:
-        return StoreOutcome(message=_messageFromRow(row), created=False)
-    txn.execute(
-        "INSERT INTO messages (message_id, from_id, from_name, to_id,"
-        " conversation, topic, type, content, file_url, file_name,"
-        " client_timestamp, server_timestamp, delivered, read_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL)",
+        _INSERT_MESSAGE,
         (
             msg.id,
             msg.fromId,
@@ -103,8 +105,18 @@ def storeMessage_txn(txn: Transaction, msg: NewMessage) -> StoreOutcome:
             msg.serverTimestamp,
         ),
     )
+    row = txn.fetchone()
+    if row is None:
+        txn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+            " WHERE from_id = ? AND message_id = ?",
+            (msg.fromId, msg.id),
+        )
+        existing = txn.fetchone()
+        assert existing is not None
+        return StoreOutcome(message=_messageFromRow(existing), created=False)
     stored = StoredMessage(
-        seq=txn.lastInsertedId(),
+        seq=row[0],
         id=msg.id,
         fromId=msg.fromId,
         fromName=msg.fromName,
@@ -257,27 +269,42 @@ def ping_txn(txn: Transaction) -> None:
     txn.fetchall()
 
 
-def _writeBatch_txn(
-    txn: Transaction, writes: Sequence[Callable[[Transaction], Any]]
-) -> list[tuple[bool, Any]]:
+def _writeBatch_txn(txn: Transaction, batch: Sequence["_Write"]) -> list[tuple[bool, Any]]:
     """
-    Run C{writes} in order, each in its own savepoint.
+    Run the writes of one group commit.
+
+    Single-statement writes (message inserts) run as they are: a failed
+    statement is undone by the database alone. Every C{markDelivered} of
+    the batch becomes one C{UPDATE}. Other writes run in order, each in
+    its own savepoint, so one failing write fails alone.
 
     @return: per write, C{(True, result)} or C{(False, Failure)}.
     """
-    results: list[tuple[bool, Any]] = []
-    for write in writes:
+    results: list[tuple[bool, Any]] = [(True, None)] * len(batch)
+    delivered: list[int] = []
+    for index, write in enumerate(batch):
+        if write.seqs is not None:
+            delivered.extend(write.seqs)
+            continue
+        if write.atomic:
+            try:
+                results[index] = (True, write.func(txn))
+            except Exception:
+                results[index] = (False, Failure())
+            continue
         txn.execute("SAVEPOINT write")
         try:
-            result = write(txn)
+            result = write.func(txn)
         except Exception:
             failure = Failure()
             txn.execute("ROLLBACK TO SAVEPOINT write")
             txn.execute("RELEASE SAVEPOINT write")
-            results.append((False, failure))
+            results[index] = (False, failure)
         else:
             txn.execute("RELEASE SAVEPOINT write")
-            results.append((True, result))
+            results[index] = (True, result)
+    if delivered:
+        markDelivered_txn(txn, delivered)
     return results
 
 
@@ -290,6 +317,10 @@ class _Write:
     desc: str
     func: Callable[[Transaction], Any]
     deferred: Deferred[Any]
+    #: one statement: needs no savepoint
+    atomic: bool = False
+    #: a markDelivered write: merged with the others of its batch
+    seqs: Sequence[int] | None = None
 
 
 @implementer(IMessageStore, IFileMetadata)
@@ -370,14 +401,20 @@ class SQLMessageStore:
 
     # writes
 
-    def _write(self, desc: str, func: Callable[[Transaction], _R]) -> Deferred[_R]:
+    def _write(
+        self,
+        desc: str,
+        func: Callable[[Transaction], _R],
+        atomic: bool = False,
+        seqs: Sequence[int] | None = None,
+    ) -> Deferred[_R]:
         """
         Queue a write for the next group commit.
         """
         if not self._opened or self._closed:
             return fail(StoreClosedError(f"{desc}: the store is not open"))
         d: Deferred[_R] = Deferred()
-        self._queue.append(_Write(desc, func, d))
+        self._queue.append(_Write(desc, func, d, atomic, seqs))
         self._flush()
         return d
 
@@ -397,7 +434,7 @@ class SQLMessageStore:
         self._inFlight = True
         try:
             d = self.database.runInteraction(
-                "writeBatch", _writeBatch_txn, [write.func for write in batch]
+                "writeBatch", _writeBatch_txn, batch
             )
         except Exception:
             d = fail()
@@ -441,14 +478,14 @@ class SQLMessageStore:
         """
         See L{IMessageStore.storeMessage}.
         """
-        return self._write("storeMessage", lambda txn: storeMessage_txn(txn, msg))
+        return self._write("storeMessage", lambda txn: storeMessage_txn(txn, msg), atomic=True)
 
     def markDelivered(self, seqs: Sequence[int]) -> Deferred[None]:
         """
         See L{IMessageStore.markDelivered}.
         """
         seqs = list(seqs)
-        return self._write("markDelivered", lambda txn: markDelivered_txn(txn, seqs))
+        return self._write("markDelivered", lambda txn: markDelivered_txn(txn, seqs), seqs=seqs)
 
     def markRead(
         self,

@@ -153,10 +153,10 @@ def message(data: Any, loggedInId: str, maxLength: int) -> MessageRequest:
     Validate C{message}.
     """
     data = payloadObject(data, "message")
-    checkSender(data, loggedInId)
     raw = data.get("id")
     id = messageId(raw)
     try:
+        checkSender(data, loggedInId)
         kind = data.get("type", "text")
         if kind is None:
             kind = "text"
@@ -314,9 +314,9 @@ def fileTransfer(data: Any, loggedInId: str) -> FileRequest:
     Validate C{file_transfer}.
     """
     data = payloadObject(data, "file_transfer")
-    checkSender(data, loggedInId)
     id = messageId(data.get("id"))
     try:
+        checkSender(data, loggedInId)
         content = data.get("data")
         if isinstance(content, bytes):
             blob = content

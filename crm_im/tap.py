@@ -108,6 +108,23 @@ class Options(usage.Options):
         )
 
 
+def _exitZeroAfterShutdown(reactor: Any) -> None:
+    """
+    Make a clean stop exit 0 (contract section 10).
+
+    Since Twisted 20.3, twistd kills itself again with the signal that
+    stopped the reactor (C{reactor._exitSignal}), so a server stopped by
+    SIGTERM after a clean shutdown would end "killed by SIGTERM".  The
+    shutdown triggers have run (the service stopped) when this clears it.
+    """
+
+    def clear() -> None:
+        if getattr(reactor, "_exitSignal", None) is not None:
+            setattr(reactor, "_exitSignal", None)
+
+    reactor.addSystemEventTrigger("after", "shutdown", clear)
+
+
 def makeService(options: Options) -> IService:
     """
     Build the crm_im service from parsed options.
@@ -116,4 +133,5 @@ def makeService(options: Options) -> IService:
 
     from .server import CRMIMService
 
+    _exitZeroAfterShutdown(reactor)
     return CRMIMService(options.config, reactor)

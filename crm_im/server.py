@@ -7,6 +7,7 @@ tree and the listening ports, started and stopped as one Twisted service.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from twisted.application.service import Service
@@ -30,6 +31,21 @@ from .storage import DiskFileStore, SQLiteMessageStore
 from .web.files import FilesResource
 from .web.root import buildRoot
 from .web.status import OnlineUsersResource, ServerStatusResource
+
+
+def tuneGarbageCollector() -> None:
+    """
+    Move everything allocated during start-up out of the collector's sight
+    and make young collections rarer.
+
+    A server holds many long-lived objects (sessions, protocols, presence);
+    CPython's default thresholds make it re-scan them often, and a full
+    collection of a large heap pauses the reactor for tens of ms, which is
+    what sets the p99 latency at moderate load.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 class CRMIMService(Service):
@@ -93,6 +109,7 @@ class CRMIMService(Service):
             port = await serverFromString(self.reactor, description).listen(self.site)
             self.ports.append(port)
             self.log.info("crm_im listening on {address}", address=port.getHost())
+        tuneGarbageCollector()
         self.log.warn(
             "authentication mode is 'open': clients say who they are; do not expose this server to untrusted networks"
         )
@@ -115,16 +132,16 @@ class CRMIMService(Service):
     async def _stop(self) -> None:
         self.log.info("[关闭] crm_im stopping: {n} sessions", n=len(self.sio.engine.sessions))
         self.app.announceShutdown()
-        ports, self.ports = self.ports, []
-        await DeferredList([maybeDeferred(port.stopListening) for port in ports])
         self.sio.stop()
         # Polling clients collect server:shutdown and CLOSE with their next
-        # GET; give them a moment.
+        # GET, often on a new connection: keep listening for a moment.
         deadline = self.reactor.seconds() + self.config.shutdownGrace
         while self.reactor.seconds() < deadline and any(
             session.state == CLOSING for session in self.sio.engine.sessions.values()
         ):
             await deferLater(self.reactor, 0.05, lambda: None)
+        ports, self.ports = self.ports, []
+        await DeferredList([maybeDeferred(port.stopListening) for port in ports])
         self.presence.stop()
         await self.store.close()
         if self.threadpool.started:

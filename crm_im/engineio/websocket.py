@@ -160,7 +160,13 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
         Write one packet as one WebSocket message.
         """
         if self.state == WebSocketServerProtocol.STATE_OPEN:
-            self.sendPreparedMessage(preparedMessage(frame))
+            # What sendPreparedMessage does without compression, minus its
+            # per-call debug formatting: the frame is already built.
+            data = preparedMessage(frame).payloadHybi
+            if self.send_queue:
+                self.sendData(data)
+            else:
+                self.transport.write(data)  # type: ignore[union-attr]
 
     def closeChannel(self) -> None:
         """

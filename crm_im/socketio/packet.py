@@ -116,9 +116,17 @@ def encode(packet: SocketIOPacket) -> list[Frame]:
     packetType = packet.type
     data = packet.data
     buffers: list[bytes] = []
-    if data is not None and packetType in (EVENT, ACK) and hasBinary(data):
-        packetType = BINARY_EVENT if packetType == EVENT else BINARY_ACK
-        data = _deconstruct(data, buffers)
+    body = b""
+    if data is not None:
+        try:
+            # The common case: no bytes anywhere, and orjson says so by
+            # refusing them, which is cheaper than walking the value first.
+            body = dumps(data)
+        except TypeError:
+            if packetType not in (EVENT, ACK) or not hasBinary(data):
+                raise
+            packetType = BINARY_EVENT if packetType == EVENT else BINARY_ACK
+            body = dumps(_deconstruct(data, buffers))
     head = b"%d" % (packetType,)
     if buffers:
         head += b"%d-" % (len(buffers),)
@@ -126,9 +134,7 @@ def encode(packet: SocketIOPacket) -> list[Frame]:
         head += packet.namespace.encode("utf-8") + b","
     if packet.id is not None:
         head += b"%d" % (packet.id,)
-    if data is not None:
-        head += dumps(data)
-    frames = [messageFrame(head)]
+    frames = [messageFrame(head + body)]
     for buffer in buffers:
         frames.append(binaryFrame(buffer))
     return frames

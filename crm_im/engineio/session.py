@@ -187,9 +187,10 @@ class EngineIOSession:
             return False
         if self.state is CLOSING:
             self._poll = None
-            frames = self._takeQueue()
-            frames.append(packet.CLOSE_FRAME)
-            poll.respond(packet.encodePayload(frames))
+            if self._queue:
+                poll.respond(packet.encodePayload(self._takeQueue()))
+                return True
+            poll.respond(packet.encodePayload([packet.CLOSE_FRAME]))
             self._finishClosing()
             return True
         if self._queue and self._upgrading is None:
@@ -379,17 +380,21 @@ class EngineIOSession:
                     channel.writeFrame(self._queue.popleft())
             self._takeQueue()
             channel.closeChannel()
-        elif self._poll is not None:
-            poll, self._poll = self._poll, None
-            frames = self._takeQueue() if flush else []
-            frames.append(packet.CLOSE_FRAME)
-            poll.respond(packet.encodePayload(frames))
         elif flush and self._queue and self.transportName == POLLING:
-            # The client collects the last packets and the CLOSE with its
-            # next GET; the sid stays known until then (bounded by
-            # closeTimeout).
+            # The client collects the last packets (with the pending GET, if
+            # any) and then the CLOSE with its next GET; the sid stays known
+            # until then (bounded by closeTimeout). Never both in one
+            # payload: socket.io-client handles the CLOSE before it emits
+            # the events decoded with it, and so loses them.
             self.state = CLOSING
             wheel.set(("close", self), self.server.config.closeTimeout / 1000)
+            if self._poll is not None:
+                poll, self._poll = self._poll, None
+                poll.respond(packet.encodePayload(self._takeQueue()))
+        elif self._poll is not None:
+            poll, self._poll = self._poll, None
+            self._takeQueue()
+            poll.respond(packet.encodePayload([packet.CLOSE_FRAME]))
         else:
             self._takeQueue()
         if self.state is CLOSED:

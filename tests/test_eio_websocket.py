@@ -426,3 +426,101 @@ class UpgradeOverWebSocketTests(WebSocketTestMixin, SynchronousTestCase):
         """
         connection = self.openWebSocket()
         self.assertIsInstance(connection.protocol, EngineIOWebSocketProtocol)
+
+
+class FastPathTests(WebSocketTestMixin, SynchronousTestCase):
+    """
+    L{EngineIOWebSocketProtocol.dataReceived} takes complete small data
+    frames itself and hands everything else to Autobahn; the two must stay
+    aligned on frame boundaries whatever the TCP segmentation.
+    """
+
+    def messages(self) -> list[tuple[bytes, bool]]:
+        """
+        What the application received so far.
+        """
+        return [(data, binary) for _, data, binary in self.app.messages]
+
+    def test_manyFramesInOneSegment(self) -> None:
+        """
+        Several frames (short and 16-bit lengths, text and binary) arriving
+        in one segment are each delivered, in order.
+        """
+        connection = self.openWebSocket()
+        long = b"4" + b"x" * 300
+        connection.send(
+            clientFrame(b"4a") + clientFrame(long) + clientFrame(b"\x00\xff", BINARY) + clientFrame(b"4b")
+        )
+        self.assertEqual(
+            self.messages(), [(b"a", False), (long[1:], False), (b"\x00\xff", True), (b"b", False)]
+        )
+
+    def test_everySegmentation(self) -> None:
+        """
+        The same stream split at every byte offset, with a control frame
+        (PING) in the middle, gives the same messages and the PONG.
+        """
+        stream = clientFrame(b"4one") + clientFrame(b"ping!", PING) + clientFrame(b"4" + b"y" * 200) + clientFrame(b"4three")
+        expected = [(b"one", False), (b"y" * 200, False), (b"three", False)]
+        for cut in range(1, len(stream)):
+            self.app.messages.clear()
+            connection = self.openWebSocket()
+            connection.send(stream[:cut])
+            connection.send(stream[cut:])
+            self.assertEqual(self.messages(), expected, f"split at {cut}")
+            self.assertIn((PONG, b"ping!"), connection.frames())
+
+    def test_fragmentedMessage(self) -> None:
+        """
+        A message in two fragments (not FIN, then continuation) is left to
+        Autobahn and reassembled; a whole frame after it takes the fast
+        path again.
+        """
+        connection = self.openWebSocket()
+        mask = b"\x01\x02\x03\x04"
+        first = bytes([0x01, 0x80 | 3]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(b"4he"))
+        last = bytes([0x80, 0x80 | 3]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(b"llo"))
+        connection.send(first + last + clientFrame(b"4next"))
+        self.assertEqual(self.messages(), [(b"hello", False), (b"next", False)])
+
+    def test_invalidUTF8(self) -> None:
+        """
+        A text frame that is not UTF-8 fails the connection, as Autobahn
+        does (it drops it: failByDrop), and reaches no one.
+        """
+        connection = self.openWebSocket()
+        connection.send(clientFrame(b"4ok") + clientFrame(b"4\xff\xfe"))
+        self.assertEqual(self.messages(), [(b"ok", False)])
+        self.assertFalse(connection.transport.connected)
+
+    def test_closedMidSegment(self) -> None:
+        """
+        When a message makes the session close, the frames after it in the
+        same segment are not delivered and the connection does not misparse
+        them (no protocol error).
+        """
+        connection = self.openWebSocket()
+        session = self.engine.sessions["sid1"]
+        original = self.app.messageReceived
+
+        def closeOnFirst(s: Any, data: bytes, binary: bool) -> None:
+            original(s, data, binary)
+            s.close("forced close")
+
+        self.app.messageReceived = closeOnFirst  # type: ignore[method-assign]
+        connection.send(clientFrame(b"4first") + clientFrame(b"4second"))
+        connection.send(clientFrame(b"4third", mask=b"\x00\x00\x00\x00"))
+        self.assertEqual(self.messages(), [(b"first", False)])
+        self.assertEqual(session.state, CLOSED)
+        codes = [struct.unpack("!H", p[:2])[0] for op, p in connection.frames() if op == CLOSE]
+        self.assertEqual(codes, [1000])
+
+    def test_oversizeFrame(self) -> None:
+        """
+        A frame over maxPayload is not taken by the fast path: Autobahn
+        refuses it.
+        """
+        connection = self.openWebSocket()
+        connection.send(clientFrame(b"4" + b"z" * 1200))
+        self.assertEqual(self.messages(), [])
+        self.assertFalse(connection.transport.connected)

@@ -19,6 +19,8 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
+from wsaccel.utf8validator import Utf8Validator
+from wsaccel.xormask import XorMaskerSimple
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
@@ -77,6 +79,15 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
 
     session: EngineIOSession | None = None
     _probing: EngineIOSession | None = None
+    _maxPayload = 0
+
+    def connectionMade(self) -> None:
+        """
+        Set up the fast path's per-connection state.
+        """
+        super().connectionMade()
+        self._utf8 = Utf8Validator()
+        self._maxPayload = self.factory.engine.config.maxPayload
 
     def onConnect(self, request: Any) -> None:
         """
@@ -109,6 +120,66 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
             return
         peer = transport.getPeer()
         self.session = engine.handshake("websocket", getattr(peer, "host", ""), channel=self)
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Take complete, small, unfragmented data frames off the wire here;
+        hand everything else (handshake, control frames, fragments, large
+        or partial frames) to Autobahn.
+
+        Autobahn's general frame machine costs several Python calls, a
+        masker object and a debug-log call per frame; a chat server's
+        traffic is almost entirely single-frame messages of a few hundred
+        bytes, and this path handles exactly those and nothing else, so
+        every protocol decision (limits, closing, control frames) stays
+        Autobahn's. Unmasking and UTF-8 validation are wsaccel's.
+        """
+        if (
+            self.state != WebSocketServerProtocol.STATE_OPEN
+            or self.data
+            or self.current_frame is not None
+            or self.inside_message
+        ):
+            self._dataReceived(data)
+            return
+        size = len(data)
+        limit = self._maxPayload
+        pos = 0
+        while size - pos >= 6:
+            first = data[pos]
+            opcode = first & 0x0F
+            second = data[pos + 1]
+            # FIN set, no RSV bits, text or binary, masked.
+            if first & 0xF0 != 0x80 or not 1 <= opcode <= 2 or not second & 0x80:
+                break
+            length = second & 0x7F
+            start = pos + 2
+            if length == 126:
+                if size - pos < 8:
+                    break
+                length = (data[start] << 8) | data[start + 1]
+                start += 2
+            elif length == 127:
+                break
+            end = start + 4 + length
+            if length > limit or end > size:
+                break
+            payload = XorMaskerSimple(data[start : start + 4]).process(data[start + 4 : end])
+            if opcode == 1:
+                validator = self._utf8
+                validator.reset()
+                valid, complete, _, _ = validator.validate(payload)
+                if not (valid and complete):
+                    # Let Autobahn fail the connection (1007) as it would.
+                    break
+            pos = end
+            self.onMessage(payload, opcode == 2)
+            if self.state != WebSocketServerProtocol.STATE_OPEN:
+                # Closing: Autobahn takes the rest (it ignores data frames
+                # then, but must stay aligned on frame boundaries).
+                break
+        if pos < size:
+            self._dataReceived(data[pos:] if pos else data)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """

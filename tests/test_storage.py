@@ -651,6 +651,80 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
         self.assertEqual(len(page.messages), 50)
         self.assertEqual(len(await self.store.pendingFor("bob", 100)), 47)
 
+    async def test_largeBatchSeqsMatchRows(self) -> None:
+        """
+        A batch larger than one multi-row INSERT, with duplicates of stored
+        and of same-batch messages, gets the seqs the rows really have, in
+        order, and each duplicate the original row.
+        """
+        import sqlite3
+
+        from crm_im.storage.store import INSERT_CHUNK
+
+        first = await self.store.storeMessage(newMessage("old"))
+        count = INSERT_CHUNK * 2 + 17
+        writes: list[Deferred[Any]] = [self.store.storeMessage(newMessage(f"m{n}", content=f"c{n}")) for n in range(count)]
+        writes.append(self.store.storeMessage(newMessage("old")))
+        writes.append(self.store.storeMessage(newMessage("m5", content="again")))
+        results = await gatherResults(writes)
+        other = sqlite3.connect(self.path)
+        try:
+            rows = dict(other.execute("SELECT message_id, seq FROM messages").fetchall())
+        finally:
+            other.close()
+        for n, outcome in enumerate(results[:count]):
+            self.assertTrue(outcome.created)
+            self.assertEqual(outcome.message.seq, rows[f"m{n}"])
+            self.assertEqual(outcome.message.content, f"c{n}")
+        seqs = [outcome.message.seq for outcome in results[:count]]
+        self.assertEqual(seqs, sorted(seqs))
+        self.assertEqual(results[count].created, False)
+        self.assertEqual(results[count].message.seq, first.message.seq)
+        self.assertEqual(results[count + 1].created, False)
+        self.assertEqual(results[count + 1].message.seq, rows["m5"])
+        self.assertEqual(results[count + 1].message.content, "c5")
+
+    async def test_badRowInBatchFailsAlone(self) -> None:
+        """
+        A message the database refuses (here a C{NOT NULL} column left
+        empty) fails alone; the rest of its multi-row INSERT is stored.
+        """
+        import sqlite3
+
+        writes: list[Deferred[Any]] = [
+            self.store.storeMessage(newMessage("a")),
+            self.store.storeMessage(newMessage("b", content=None)),
+            self.store.storeMessage(newMessage("c")),
+        ]
+        await self.assertFailure(writes.pop(1), sqlite3.IntegrityError)
+        for write in writes:
+            await write
+        page = await self.store.history("alice", "bob", None, 10, None, None)
+        self.assertEqual(ids(page.messages), ["a", "c"])
+
+    async def test_deliveredMarksRideAlong(self) -> None:
+        """
+        Delivered marks alone start no transaction: they wait for the next
+        write (or lazyDelay) and share its transaction.
+        """
+        stored = await self.store.storeMessage(newMessage("1"))
+        before = self.store.transactionCount
+        marked = self.store.markDelivered([stored.message.seq])
+        self.assertEqual(self.store.transactionCount, before)
+        await self.store.storeMessage(newMessage("2"))
+        await marked
+        self.assertEqual(self.store.transactionCount, before + 1)
+        self.assertEqual(ids(await self.store.pendingFor("bob", 10)), ["2"])
+
+    async def test_deliveredMarksAloneCommitSoon(self) -> None:
+        """
+        With no other write, delivered marks commit after lazyDelay.
+        """
+        self.store.lazyDelay = 0.01
+        stored = await self.store.storeMessage(newMessage("1"))
+        await self.store.markDelivered([stored.message.seq])
+        self.assertEqual(await self.store.pendingFor("bob", 10), [])
+
     async def test_writeFiresAfterCommit(self) -> None:
         """
         When a store's L{Deferred} fires, its transaction has committed: a

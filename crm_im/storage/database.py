@@ -17,7 +17,7 @@ from typing import Any, Callable, Concatenate, Iterator, ParamSpec, Sequence, Ty
 
 from twisted.enterprise.adbapi import ConnectionPool
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 
 from .engines import BaseEngine
@@ -188,6 +188,8 @@ class Database:
         """
         self.engine = engine
         self._reactor = reactor
+        #: schedules the store's timers (the same reactor)
+        self.clock: IReactorTime = reactor  # type: ignore[assignment]
         self._pool: ConnectionPool | None = None
         self.transactionCount = 0
         self.schemaApplied: list[int] = []

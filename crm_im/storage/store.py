@@ -134,6 +134,121 @@ def storeMessage_txn(txn: Transaction, msg: NewMessage) -> StoreOutcome:
     return StoreOutcome(message=stored, created=True)
 
 
+_INSERT_COLUMNS = (
+    "INSERT INTO messages (message_id, from_id, from_name, to_id,"
+    " conversation, topic, type, content, file_url, file_name,"
+    " client_timestamp, server_timestamp, delivered, read_at) VALUES "
+)
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL)"
+
+#: Rows per multi-row INSERT (12 parameters each; SQLite allows 32766).
+INSERT_CHUNK = 250
+
+
+def _insertRow(msg: NewMessage) -> tuple[Any, ...]:
+    return (
+        msg.id,
+        msg.fromId,
+        msg.fromName,
+        msg.toId,
+        conversationKey(msg.fromId, msg.toId),
+        msg.topic,
+        msg.type,
+        msg.content,
+        msg.fileUrl,
+        msg.fileName,
+        msg.clientTimestamp,
+        msg.serverTimestamp,
+    )
+
+
+def _newStored(msg: NewMessage, seq: int) -> StoredMessage:
+    return StoredMessage(
+        seq=seq,
+        id=msg.id,
+        fromId=msg.fromId,
+        fromName=msg.fromName,
+        toId=msg.toId,
+        topic=msg.topic,
+        type=msg.type,
+        content=msg.content,
+        fileUrl=msg.fileUrl,
+        fileName=msg.fileName,
+        clientTimestamp=msg.clientTimestamp,
+        serverTimestamp=msg.serverTimestamp,
+        delivered=False,
+        readAt=None,
+    )
+
+
+def storeMessages_txn(txn: Transaction, msgs: Sequence[NewMessage]) -> list[tuple[bool, Any]]:
+    """
+    Insert many messages with a handful of statements, whatever their
+    number: one look-up of the keys that already exist, then multi-row
+    C{INSERT}s.
+
+    Why: the pool thread releases and re-takes the GIL around every
+    statement step, and under load each re-take waits for the reactor
+    thread to let go of it; a statement per message made the database
+    thread crawl exactly when the batches grew. Consecutive rows of one
+    C{INSERT} get consecutive C{seq}s (one connection writes, and
+    C{AUTOINCREMENT} allocates in order); the row count is checked, and any
+    surprise falls back to one statement per message.
+
+    @return: per message, C{(True, StoreOutcome)} or C{(False, Failure)}.
+    """
+    results: list[tuple[bool, Any]] = [(True, None)] * len(msgs)
+    existing: dict[tuple[str, str], StoredMessage] = {}
+    keys = list({(msg.fromId, msg.id) for msg in msgs})
+    for keyChunk in chunks(keys, INSERT_CHUNK):
+        txn.execute(
+            f"WITH k(f, m) AS (VALUES {', '.join(['(?, ?)'] * len(keyChunk))})"
+            f" SELECT {', '.join('messages.' + c.strip() for c in _MESSAGE_COLUMNS.split(','))}"
+            " FROM k JOIN messages ON messages.from_id = k.f AND messages.message_id = k.m",
+            [value for key in keyChunk for value in key],
+        )
+        for row in txn.fetchall():
+            stored = _messageFromRow(row)
+            existing[(stored.fromId, stored.id)] = stored
+    fresh: list[int] = []
+    firstOf: dict[tuple[str, str], int] = {}
+    repeats: list[tuple[int, int]] = []
+    for index, msg in enumerate(msgs):
+        key = (msg.fromId, msg.id)
+        found = existing.get(key)
+        if found is not None:
+            results[index] = (True, StoreOutcome(message=found, created=False))
+        elif key in firstOf:
+            repeats.append((index, firstOf[key]))
+        else:
+            firstOf[key] = index
+            fresh.append(index)
+    for chunk in chunks(fresh, INSERT_CHUNK):
+        try:
+            txn.execute(
+                _INSERT_COLUMNS + ", ".join([_ROW] * len(chunk)),
+                [value for index in chunk for value in _insertRow(msgs[index])],
+            )
+            if txn.rowcount != len(chunk):
+                raise RuntimeError("multi-row insert changed an unexpected number of rows")
+            last = txn.lastInsertedId()
+        except Exception:
+            # One bad row must not fail the others: one statement each.
+            for index in chunk:
+                try:
+                    results[index] = (True, storeMessage_txn(txn, msgs[index]))
+                except Exception:
+                    results[index] = (False, Failure())
+            continue
+        first = last - len(chunk) + 1
+        for offset, index in enumerate(chunk):
+            results[index] = (True, StoreOutcome(message=_newStored(msgs[index], first + offset), created=True))
+    for index, original in repeats:
+        ok, outcome = results[original]
+        results[index] = (True, StoreOutcome(message=outcome.message, created=False)) if ok else (ok, outcome)
+    return results
+
+
 def markDelivered_txn(txn: Transaction, seqs: Sequence[int]) -> None:
     """
     Mark the messages with these seqs delivered.
@@ -282,7 +397,14 @@ def _writeBatch_txn(txn: Transaction, batch: Sequence["_Write"]) -> list[tuple[b
     """
     results: list[tuple[bool, Any]] = [(True, None)] * len(batch)
     delivered: list[int] = []
+    messages = [(index, write.message) for index, write in enumerate(batch) if write.message is not None]
+    if messages:
+        stored = storeMessages_txn(txn, [msg for _, msg in messages])
+        for (index, _), result in zip(messages, stored):
+            results[index] = result
     for index, write in enumerate(batch):
+        if write.message is not None:
+            continue
         if write.seqs is not None:
             delivered.extend(write.seqs)
             continue
@@ -321,6 +443,8 @@ class _Write:
     atomic: bool = False
     #: a markDelivered write: merged with the others of its batch
     seqs: Sequence[int] | None = None
+    #: a storeMessage write: inserted with the others of its batch
+    message: NewMessage | None = None
 
 
 @implementer(IMessageStore, IFileMetadata)
@@ -334,6 +458,8 @@ class SQLMessageStore:
 
     log = Logger()
     maxBatch = 1000
+    #: seconds delivered marks may wait for a write to ride along with
+    lazyDelay = 0.5
 
     def __init__(self, database: Database) -> None:
         """
@@ -343,6 +469,9 @@ class SQLMessageStore:
         self._opened = False
         self._closed = False
         self._queue: list[_Write] = []
+        # Queued writes other than delivered marks (which may wait).
+        self._urgent = 0
+        self._lazyCall: Any = None
         self._inFlight = False
         self._drainWaiters: list[Deferred[None]] = []
         self._closeResult: object = _PENDING
@@ -365,6 +494,7 @@ class SQLMessageStore:
         return self.database.start()
 
     async def _close(self) -> None:
+        self._flush()
         if self._inFlight or self._queue:
             drained: Deferred[None] = Deferred()
             self._drainWaiters.append(drained)
@@ -407,6 +537,7 @@ class SQLMessageStore:
         func: Callable[[Transaction], _R],
         atomic: bool = False,
         seqs: Sequence[int] | None = None,
+        message: NewMessage | None = None,
     ) -> Deferred[_R]:
         """
         Queue a write for the next group commit.
@@ -414,7 +545,9 @@ class SQLMessageStore:
         if not self._opened or self._closed:
             return fail(StoreClosedError(f"{desc}: the store is not open"))
         d: Deferred[_R] = Deferred()
-        self._queue.append(_Write(desc, func, d, atomic, seqs))
+        self._queue.append(_Write(desc, func, d, atomic, seqs, message))
+        if seqs is None:
+            self._urgent += 1
         self._flush()
         return d
 
@@ -429,8 +562,20 @@ class SQLMessageStore:
             for waiter in waiters:
                 waiter.callback(None)
             return
+        if not self._urgent and not self._closed:
+            # Only delivered marks: nothing waits on them (a crash before
+            # they commit repeats a delivery, it never loses one), so they
+            # ride along with the next write instead of costing a
+            # transaction each; at the latest after lazyDelay.
+            if self._lazyCall is None:
+                self._lazyCall = self.database.clock.callLater(self.lazyDelay, self._lazyFlush)
+            return
+        if self._lazyCall is not None:
+            self._lazyCall.cancel()
+            self._lazyCall = None
         batch = self._queue[: self.maxBatch]
         del self._queue[: self.maxBatch]
+        self._urgent -= sum(1 for write in batch if write.seqs is None)
         self._inFlight = True
         try:
             d = self.database.runInteraction(
@@ -444,6 +589,14 @@ class SQLMessageStore:
             callbackArgs=(batch,),
             errbackArgs=(batch,),
         )
+
+    def _lazyFlush(self) -> None:
+        self._lazyCall = None
+        self._urgent += 1  # let the waiting marks go now
+        try:
+            self._flush()
+        finally:
+            self._urgent -= 1
 
     def _batchCommitted(
         self, results: list[tuple[bool, Any]], batch: list[_Write]
@@ -478,7 +631,7 @@ class SQLMessageStore:
         """
         See L{IMessageStore.storeMessage}.
         """
-        return self._write("storeMessage", lambda txn: storeMessage_txn(txn, msg), atomic=True)
+        return self._write("storeMessage", lambda txn: storeMessage_txn(txn, msg), message=msg)
 
     def markDelivered(self, seqs: Sequence[int]) -> Deferred[None]:
         """

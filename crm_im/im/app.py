@@ -88,6 +88,10 @@ class IMApplication:
         self._catchingUp: dict[str, list[StoredMessage]] = {}
         # Messages emitted live whose "delivered" flag is not committed yet.
         self._unflushed: set[int] = set()
+        # Once server:shutdown went out, the sessions closing announce
+        # nothing (N closing sockets would broadcast N offline changes to
+        # each other).
+        self._shuttingDown = False
         presence.userLeft = self._userLeft
         sio.on("connect", self._connected)
         sio.on("disconnect", self._disconnected)
@@ -201,6 +205,8 @@ class IMApplication:
             self._announceOffline(outcome.user)
 
     def _announceOffline(self, user: UserPresence) -> None:
+        if self._shuttingDown:
+            return
         self._broadcast({"userId": user.id, "status": INVISIBLE, "timestamp": self.now()})
 
     def _userLeft(self, user: UserPresence) -> None:
@@ -505,4 +511,5 @@ class IMApplication:
         """
         Send C{server:shutdown} to every connected socket.
         """
+        self._shuttingDown = True
         self.sio.emit("server:shutdown", {"message": self.settings.shutdownMessage, "timestamp": self.now()})

@@ -1,0 +1,131 @@
+"""
+Tests for L{crm_im.tap} and the twistd plugin: options become one
+L{Config}; bad options are usage errors; the plugin is discoverable.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from crm_im.config import Config
+from crm_im.tap import Options
+
+
+def parse(*args: str) -> Config:
+    """
+    Parse C{args} as C{twistd crm_im} would.
+    """
+    options = Options()
+    options.parseOptions(list(args))
+    config: Config = options.config
+    return config
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Command line and environment to L{Config}.
+    """
+
+    def setUp(self) -> None:
+        self.saved = {key: os.environ.get(key) for key in ("PORT", "QUIET")}
+        for key in self.saved:
+            os.environ.pop(key, None)
+
+    def tearDown(self) -> None:
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    def test_defaults(self) -> None:
+        """
+        Without options: port 8080, data in C{crm_im-data}, the contract's
+        Engine.IO defaults, every origin allowed, event logging on.
+        """
+        config = parse()
+        self.assertEqual(config.listen, ("tcp:8080",))
+        self.assertEqual(config.dataDir, "crm_im-data")
+        self.assertEqual((config.pingInterval, config.pingTimeout, config.maxPayload), (25000, 20000, 1_000_000))
+        self.assertEqual(config.connectTimeout, 45000)
+        self.assertIsNone(config.corsOrigins)
+        self.assertTrue(config.logEvents)
+
+    def test_portFromEnvironment(self) -> None:
+        """
+        C{PORT} in the environment picks the port; C{--port} wins over it.
+        """
+        os.environ["PORT"] = "9001"
+        self.assertEqual(parse().listen, ("tcp:9001",))
+        self.assertEqual(parse("--port", "9002").listen, ("tcp:9002",))
+
+    def test_listenRepeatable(self) -> None:
+        """
+        C{--listen} takes endpoint strings, several times, and replaces the
+        port.
+        """
+        config = parse("--listen", "tcp:1:interface=127.0.0.1", "--listen", "unix:/tmp/s", "--port", "5")
+        self.assertEqual(config.listen, ("tcp:1:interface=127.0.0.1", "unix:/tmp/s"))
+
+    def test_tuning(self) -> None:
+        """
+        Every tuning option lands in the config.
+        """
+        config = parse(
+            "--ping-interval", "1000", "--ping-timeout", "2000", "--max-payload", "5000",
+            "--connect-timeout", "3000", "--max-message-length", "10", "--presence-grace", "1.5",
+            "--cors-origin", "https://a.example", "--cors-origin", "https://b.example",
+            "--sqlite-synchronous", "normal", "--quiet", "--data-dir", "/tmp/x",
+        )
+        self.assertEqual((config.pingInterval, config.pingTimeout, config.maxPayload), (1000, 2000, 5000))
+        self.assertEqual((config.connectTimeout, config.maxMessageLength), (3000, 10))
+        self.assertEqual(config.presenceGrace, 1.5)
+        self.assertEqual(config.corsOrigins, ("https://a.example", "https://b.example"))
+        self.assertEqual(config.sqliteSynchronous, "NORMAL")
+        self.assertFalse(config.logEvents)
+        self.assertEqual(config.dataDir, "/tmp/x")
+        self.assertEqual(config.engineConfig().corsOrigins, config.corsOrigins)
+
+    def test_quietFromEnvironment(self) -> None:
+        """
+        C{QUIET=1} turns the per-event log lines off.
+        """
+        os.environ["QUIET"] = "1"
+        self.assertFalse(parse().logEvents)
+
+    def test_badValues(self) -> None:
+        """
+        Nonsense values are usage errors, naming the option.
+        """
+        for args in (
+            ["--port", "abc"],
+            ["--port", "70000"],
+            ["--ping-interval", "0"],
+            ["--max-payload", "-5"],
+            ["--presence-grace", "soon"],
+            ["--sqlite-synchronous", "sometimes"],
+        ):
+            with self.subTest(args=args):
+                error = self.assertRaises(usage.UsageError, parse, *args)
+                self.assertIn(args[0].lstrip("-").split("-")[0], str(error))
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    The twistd plugin.
+    """
+
+    def test_discoverable(self) -> None:
+        """
+        C{twistd} finds a service maker named C{crm_im} built on
+        L{crm_im.tap}.
+        """
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        self.assertIn("crm_im", makers)
+        self.assertEqual(makers["crm_im"].module, "crm_im.tap")
+        self.assertIsInstance(makers["crm_im"].options(), Options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import attrs
 
 from .engineio.config import EngineIOConfig
+from .limits import LimitSettings
 
 
 @attrs.frozen
@@ -30,6 +31,14 @@ class Config:
     @ivar logEvents: log one line per event (C{[消息]} and the like).
     @ivar shutdownGrace: seconds to wait on stop for polling clients to
         collect C{server:shutdown}.
+    @ivar auth: the authentication mode, C{open} or C{jwt}.
+    @ivar jwtSecret: the HS256 secret (JWT mode), kept out of C{repr}.
+    @ivar jwtPublicKey: the PEM public key for RS256/ES256 (JWT mode).
+    @ivar jwtIssuer: the required C{iss}, if any.
+    @ivar jwtAudience: the required C{aud}, if any.
+    @ivar jwtLeeway: seconds of clock skew tolerated on C{exp}/C{nbf}.
+    @ivar limits: rate and abuse limits.
+    @ivar maxSessions: the most concurrent Engine.IO sessions.
     """
 
     listen: tuple[str, ...] = ("tcp:8080",)
@@ -44,6 +53,14 @@ class Config:
     sqliteSynchronous: str = "FULL"
     logEvents: bool = True
     shutdownGrace: float = 2.0
+    auth: str = "open"
+    jwtSecret: str | None = attrs.field(default=None, repr=False)
+    jwtPublicKey: bytes | None = attrs.field(default=None, repr=False)
+    jwtIssuer: str | None = None
+    jwtAudience: str | None = None
+    jwtLeeway: float = 0.0
+    limits: LimitSettings = LimitSettings()
+    maxSessions: int = 100_000
 
     def engineConfig(self) -> EngineIOConfig:
         """
@@ -54,4 +71,7 @@ class Config:
             pingTimeout=self.pingTimeout,
             maxPayload=self.maxPayload,
             corsOrigins=self.corsOrigins,
+            maxSessions=self.maxSessions,
+            maxSessionsPerAddress=self.limits.connectionsPerAddress,
+            exemptAddresses=self.limits.exemptAddresses,
         )

@@ -19,16 +19,20 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
 
+from .auth import OPEN, authenticatorFor
 from .config import Config
 from .engineio.cors import CORSPolicy
 from .engineio.resource import EngineIOResource
 from .engineio.session import CLOSING
 from .engineio.site import EngineIOSite
 from .im.app import IMApplication, IMSettings
+from .metrics import IMMetrics
 from .presence import Presence
 from .socketio.server import SocketIOServer
 from .storage import DiskFileStore, SQLiteMessageStore
 from .web.files import FilesResource
+from .web.health import HealthResource
+from .web.metrics import MetricsResource
 from .web.root import buildRoot
 from .web.status import OnlineUsersResource, ServerStatusResource
 
@@ -70,6 +74,9 @@ class CRMIMService(Service):
         self.presence = Presence(reactor, config.presenceGrace)
         engineConfig = config.engineConfig()
         self.sio = SocketIOServer(reactor, engineConfig, connectTimeout=config.connectTimeout / 1000)
+        self.authenticator = authenticatorFor(config, reactor)
+        self.metrics = IMMetrics()
+        self.metrics.watch(self.sio.engine, self.presence)
         self.app = IMApplication(
             self.sio,
             self.presence,
@@ -77,15 +84,20 @@ class CRMIMService(Service):
             self.files,
             reactor,
             IMSettings(maxMessageLength=config.maxMessageLength, logEvents=config.logEvents),
+            authenticator=self.authenticator,
+            limits=config.limits,
+            metrics=self.metrics,
         )
         cors = CORSPolicy(config.corsOrigins)
         root = buildRoot(
             index=ServerStatusResource(self.presence, reactor, cors),
             onlineUsers=OnlineUsersResource(self.presence, cors),
-            files=FilesResource(self.files, cors),
+            files=FilesResource(self.files, cors, self.authenticator),
             engine=EngineIOResource(self.sio.engine, reactor, cors),
             cors=cors,
         )
+        root.putChild(b"metrics", MetricsResource(self.metrics.registry))
+        root.putChild(b"health", HealthResource(self.store, reactor, lambda: bool(self.running)))
         self.site = EngineIOSite(root, engineConfig, reactor)
         self.ports: list[IListeningPort] = []
         self.ready: Deferred[list[IListeningPort]] = Deferred()
@@ -105,14 +117,18 @@ class CRMIMService(Service):
         await self.store.open()
         self.presence.start()
         self.sio.start()
+        self.app.start()
         for description in self.config.listen:
             port = await serverFromString(self.reactor, description).listen(self.site)
             self.ports.append(port)
             self.log.info("crm_im listening on {address}", address=port.getHost())
         tuneGarbageCollector()
-        self.log.warn(
-            "authentication mode is 'open': clients say who they are; do not expose this server to untrusted networks"
-        )
+        if self.authenticator.mode == OPEN:
+            self.log.warn(
+                "authentication mode is 'open': clients say who they are; do not expose this server to untrusted networks"
+            )
+        else:
+            self.log.info("authentication mode is {mode}", mode=self.authenticator.mode)
         return self.ports
 
     def _startFailed(self, failure: Any) -> None:
@@ -143,6 +159,7 @@ class CRMIMService(Service):
         ports, self.ports = self.ports, []
         await DeferredList([maybeDeferred(port.stopListening) for port in ports])
         self.presence.stop()
+        self.app.stop()
         await self.store.close()
         if self.threadpool.started:
             self.threadpool.stop()

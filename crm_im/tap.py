@@ -11,10 +11,42 @@ from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
+from twisted.python.filepath import FilePath
 
+from .auth import JWT, MODES, OPEN
 from .config import Config
+from .limits import LimitSettings
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def _number(name: str, value: Any, kind: type = int) -> Any:
+    """
+    A non-negative number option (C{0} turns a limit off).
+    """
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"--{name} must be a number, not {value!r}")
+    if number < 0:
+        raise usage.UsageError(f"--{name} must not be negative")
+    return number
+
+
+def _limits(options: "Options") -> LimitSettings:
+    defaults = LimitSettings()
+    return LimitSettings(
+        eventsPerSecond=_number("rate-events", options["rate-events"], float),
+        eventBurst=_number("burst-events", options["burst-events"]),
+        messagesPerSecond=_number("rate-messages", options["rate-messages"], float),
+        messageBurst=_number("burst-messages", options["burst-messages"]),
+        abuseRefusals=_number("abuse-refusals", options["abuse-refusals"]),
+        connectionsPerAddress=_number("max-connections-per-ip", options["max-connections-per-ip"]),
+        exemptAddresses=() if options["limit-loopback"] else defaults.exemptAddresses,
+        devicesPerUser=_number("max-devices-per-user", options["max-devices-per-user"]),
+        loginFailuresPerMinute=_number("login-failures-per-minute", options["login-failures-per-minute"], float),
+        loginFailureBurst=_number("login-failure-burst", options["login-failure-burst"]),
+    )
 
 
 def _positive(name: str, value: Any) -> int:
@@ -39,6 +71,7 @@ class Options(usage.Options):
     )
     optFlags = [
         ["quiet", "q", "Do not log a line per event (also: QUIET=1 in the environment)."],
+        ["limit-loopback", None, "Apply --max-connections-per-ip to loopback clients too (default: exempt)."],
     ]
     optParameters = [
         ["port", "p", None, "TCP port to listen on (default: $PORT or 8080).", str],
@@ -51,6 +84,23 @@ class Options(usage.Options):
         ["presence-grace", None, 0, "Seconds a user stays online after the last device disconnects."],
         ["sqlite-synchronous", None, "FULL", "SQLite synchronous pragma: FULL (survives power loss) or NORMAL."],
         ["shutdown-grace", None, 2, "Seconds to wait on stop for clients to collect server:shutdown."],
+        ["auth", None, None, "Authentication mode: open (default; clients say who they are) or jwt "
+         "(also: $CRM_IM_AUTH)."],
+        ["jwt-secret", None, None, "HS256 secret for --auth jwt; prefer $CRM_IM_JWT_SECRET (not shown by ps)."],
+        ["jwt-public-key", None, None, "PEM public key file for RS256/ES256 tokens (--auth jwt)."],
+        ["jwt-issuer", None, None, "Require this 'iss' claim."],
+        ["jwt-audience", None, None, "Require this 'aud' claim."],
+        ["jwt-leeway", None, 0, "Seconds of clock skew tolerated on 'exp' and 'nbf'."],
+        ["rate-events", None, 100, "Sustained events per second per socket (0: no limit)."],
+        ["burst-events", None, 500, "Events a socket may send at once."],
+        ["rate-messages", None, 50, "Sustained messages and files per second per socket (0: no limit)."],
+        ["burst-messages", None, 250, "Messages a socket may send at once."],
+        ["abuse-refusals", None, 200, "Rate-limit refusals (beyond 1/s) after which a socket is disconnected (0: never)."],
+        ["max-connections-per-ip", None, 1000, "Concurrent sessions per client address (0: no limit)."],
+        ["max-devices-per-user", None, 16, "Sockets logged in as one user at once (0: no limit)."],
+        ["max-sessions", None, 100_000, "Concurrent sessions in total."],
+        ["login-failures-per-minute", None, 10, "Failed token checks per client address per minute (JWT mode)."],
+        ["login-failure-burst", None, 20, "Failed token checks per client address at once (JWT mode)."],
     ]
 
     def __init__(self) -> None:
@@ -92,6 +142,23 @@ class Options(usage.Options):
         if synchronous not in _SYNCHRONOUS:
             raise usage.UsageError(f"--sqlite-synchronous must be one of {', '.join(_SYNCHRONOUS)}")
         quiet = self["quiet"] or os.environ.get("QUIET") == "1"
+        auth = self["auth"] or os.environ.get("CRM_IM_AUTH") or OPEN
+        if auth not in MODES:
+            raise usage.UsageError(f"--auth must be one of {', '.join(MODES)}")
+        secret = self["jwt-secret"] or os.environ.get("CRM_IM_JWT_SECRET") or None
+        publicKey = None
+        if self["jwt-public-key"] is not None:
+            try:
+                publicKey = FilePath(self["jwt-public-key"]).getContent()
+            except OSError as error:
+                raise usage.UsageError(f"--jwt-public-key: cannot read {self['jwt-public-key']}: {error.strerror}")
+        if auth == JWT:
+            if (secret is None) == (publicKey is None):
+                raise usage.UsageError(
+                    "--auth jwt needs exactly one of --jwt-secret (or $CRM_IM_JWT_SECRET) and --jwt-public-key"
+                )
+        else:
+            secret = publicKey = None
         self.config = Config(
             listen=tuple(listen),
             dataDir=self["data-dir"],
@@ -105,7 +172,25 @@ class Options(usage.Options):
             sqliteSynchronous=synchronous,
             logEvents=not quiet,
             shutdownGrace=shutdownGrace,
+            auth=auth,
+            jwtSecret=secret,
+            jwtPublicKey=publicKey,
+            jwtIssuer=self["jwt-issuer"],
+            jwtAudience=self["jwt-audience"],
+            jwtLeeway=_number("jwt-leeway", self["jwt-leeway"], float),
+            limits=_limits(self),
+            maxSessions=_positive("max-sessions", self["max-sessions"]),
         )
+        if auth == JWT:
+            from twisted.internet.task import Clock
+
+            from .auth import authenticatorFor
+
+            try:
+                # Only to refuse an unusable key now, not at start-up.
+                authenticatorFor(self.config, Clock())
+            except ValueError as error:
+                raise usage.UsageError(str(error))
 
 
 def _exitZeroAfterShutdown(reactor: Any) -> None:

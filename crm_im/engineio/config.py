@@ -32,6 +32,9 @@ class EngineIOConfig:
     @ivar transports: the transports offered.
     @ivar maxSessions: the most concurrent sessions; handshakes past it get
         HTTP 503.
+    @ivar maxSessionsPerAddress: the most concurrent sessions from one
+        remote address (C{0}: no limit); handshakes past it get HTTP 429.
+    @ivar exemptAddresses: addresses without that limit.
     """
 
     pingInterval: int = 25000
@@ -45,6 +48,8 @@ class EngineIOConfig:
     checkWebSocketOrigin: bool = False
     transports: tuple[str, ...] = ("polling", "websocket")
     maxSessions: int = 100_000
+    maxSessionsPerAddress: int = 0
+    exemptAddresses: tuple[str, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         for name in ("pingInterval", "pingTimeout", "maxPayload", "upgradeTimeout"):

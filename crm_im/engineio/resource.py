@@ -83,6 +83,7 @@ class EngineIOResource(Resource):
                 query,
                 isWebSocket,
                 origin.decode("latin-1") if origin is not None else None,
+                getattr(request.getClientAddress(), "host", ""),
             )
         except EngineIOError as error:
             return refuse(request, error)

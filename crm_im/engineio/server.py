@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from . import packet
 from .._json import dumps
+from ..limits import AddressCounter
 from .config import EngineIOConfig
 from .interfaces import IEngineIOApplication, IWebSocketChannel
 from .session import POLLING, WEBSOCKET, EngineIOSession
@@ -50,6 +51,7 @@ BAD_REQUEST = EngineIOError(3, "Bad request")
 FORBIDDEN = EngineIOError(4, "Forbidden", status=403)
 UNSUPPORTED_PROTOCOL_VERSION = EngineIOError(5, "Unsupported protocol version")
 SERVICE_UNAVAILABLE = EngineIOError(3, "Server at capacity", status=503)
+TOO_MANY_SESSIONS = EngineIOError(3, "Too many sessions from this address", status=429)
 
 
 def newSessionId() -> str:
@@ -94,6 +96,7 @@ class EngineIOServer:
         self.config = config if config is not None else EngineIOConfig()
         self.sessions: dict[str, EngineIOSession] = {}
         self.stats = EngineIOStats()
+        self.addresses = AddressCounter(self.config.maxSessionsPerAddress, self.config.exemptAddresses)
         self.wheel = DeadlineWheel(clock, self._deadlinePassed)
         self._newSid = newSid
 
@@ -119,6 +122,7 @@ class EngineIOServer:
         query: Mapping[str, str],
         isWebSocket: bool,
         origin: str | None,
+        remoteAddress: str | None = None,
     ) -> tuple[str, EngineIOSession | None]:
         """
         Check an Engine.IO request the way the official server does.
@@ -127,6 +131,8 @@ class EngineIOServer:
         @param query: the query arguments (first value of each).
         @param isWebSocket: whether this is a WebSocket upgrade request.
         @param origin: the C{Origin} header, if any.
+        @param remoteAddress: the client's address, checked against the
+            per-address limit on a handshake (C{None}: not checked).
         @return: the transport name and the session named by C{sid} (C{None}
             for a handshake).
         @raise EngineIOError: the refusal to send.
@@ -159,6 +165,8 @@ class EngineIOServer:
             raise BAD_REQUEST
         if len(self.sessions) >= self.config.maxSessions:
             raise SERVICE_UNAVAILABLE
+        if remoteAddress is not None and self.addresses.full(remoteAddress):
+            raise TOO_MANY_SESSIONS
         return transport, None
 
     # ---- sessions
@@ -190,6 +198,7 @@ class EngineIOServer:
         session = EngineIOSession(self, sid, transportName, remoteAddress)
         self.sessions[sid] = session
         self.stats.opened += 1
+        self.addresses.add(remoteAddress)
         upgrades = [WEBSOCKET] if transportName == POLLING and WEBSOCKET in self.config.transports else []
         fields: dict[str, object] = {"sid": sid}
         fields.update(self.openPacket(upgrades))
@@ -207,6 +216,7 @@ class EngineIOServer:
         if self.sessions.get(session.sid) is session:
             del self.sessions[session.sid]
             self.stats.closed += 1
+            self.addresses.remove(session.remoteAddress)
 
     def sessionUpgraded(self, session: EngineIOSession) -> None:
         """

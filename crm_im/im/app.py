@@ -26,18 +26,25 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..auth import IAuthenticator, OpenAuthenticator
 from ..engineio.packet import Frame
+from ..limits import DISCONNECT, FailureLimiter, LimitSettings, SocketRateLimiter
+from ..metrics import IMMetrics
 from ..presence import INVISIBLE, ONLINE, Presence, UserPresence
 from ..socketio.packet import encodeEvent
 from ..socketio.server import Socket, SocketIOServer
 from ..storage import IFileStore, IMessageStore, NewMessage, StoredMessage, StoreOutcome
 from . import validation
-from .errors import ALREADY_LOGGED_IN, INTERNAL, NOT_LOGGED_IN, IMError
+from .errors import ALREADY_LOGGED_IN, INTERNAL, NOT_LOGGED_IN, RATE_LIMITED, UNAUTHORIZED, IMError
+from .tokens import TokenGate
 
 #: How many offline messages are fetched and sent per round.
 PENDING_BATCH = 200
 
 Ack = Callable[..., None]
+
+#: The events charged to the message bucket as well as the event bucket.
+_MESSAGE_EVENTS = frozenset(["message", "file_transfer"])
 
 
 @attrs.frozen
@@ -75,6 +82,9 @@ class IMApplication:
         files: IFileStore,
         clock: IReactorTime,
         settings: IMSettings | None = None,
+        authenticator: IAuthenticator | None = None,
+        limits: LimitSettings | None = None,
+        metrics: IMMetrics | None = None,
     ) -> None:
         self.sio = sio
         self.presence = presence
@@ -92,6 +102,16 @@ class IMApplication:
         # nothing (N closing sockets would broadcast N offline changes to
         # each other).
         self._shuttingDown = False
+        self.limits = limits if limits is not None else LimitSettings()
+        self.metrics = metrics if metrics is not None else IMMetrics()
+        self.rates = SocketRateLimiter(self.limits)
+        self.tokens = TokenGate(
+            authenticator if authenticator is not None else OpenAuthenticator(),
+            clock,
+            self._tokenExpired,
+            FailureLimiter(self.limits.loginFailuresPerMinute, self.limits.loginFailureBurst),
+            self.metrics.authFailures.inc,
+        )
         presence.userLeft = self._userLeft
         sio.on("connect", self._connected)
         sio.on("disconnect", self._disconnected)
@@ -103,6 +123,7 @@ class IMApplication:
         self._route("file_transfer", self.fileTransfer)
         self._route("get_history", self.getHistory, replyEvent="history")
         self._route("message:read", self.messageRead)
+        self._route("auth:refresh", self.refreshToken)
 
     # ---- plumbing
 
@@ -118,9 +139,19 @@ class IMApplication:
         method: Callable[[Socket, Any], Any],
         replyEvent: str | None = None,
     ) -> None:
+        metrics = self.metrics
+        rates = self.rates
+        clock = self.clock
+        isMessage = event in _MESSAGE_EVENTS
+
         def handler(sid: str, ack: Ack | None, *args: Any) -> None:
             socket = self._sockets.get(sid)
             if socket is None:
+                return
+            metrics.event(event)
+            verdict = rates.check(sid, isMessage, clock.seconds())
+            if verdict:
+                self._rateLimited(socket, ack, event, args, verdict)
                 return
             try:
                 result = method(socket, args[0] if args else None)
@@ -148,6 +179,7 @@ class IMApplication:
             socket.sendFrames(_frames(replyEvent, value))
 
     def _refuse(self, socket: Socket, ack: Ack | None, event: str, error: IMError) -> None:
+        self.metrics.error(error.code)
         socket.sendFrames(_frames("error", error.event(event)))
         if ack is not None:
             ack(error.ack())
@@ -158,6 +190,62 @@ class IMApplication:
             return
         self.log.failure("handling {event}", failure, event=event)
         self._refuse(socket, ack, event, IMError(INTERNAL, "internal error"))
+
+    def _rateLimited(self, socket: Socket, ack: Ack | None, event: str, args: tuple[Any, ...], verdict: int) -> None:
+        data = args[0] if args else None
+        id = data.get("id") if isinstance(data, dict) else None
+        if not isinstance(id, str) or len(id) > validation.MAX_ID:
+            id = None
+        self._refuse(socket, ack, event, IMError(RATE_LIMITED, "too many events; slow down and send again", id))
+        if verdict == DISCONNECT:
+            self.log.warn(
+                "disconnecting {sid} from {remote}: it kept sending past its rate limit",
+                sid=socket.sid,
+                remote=socket.session.remoteAddress,
+            )
+            self.metrics.abuseDisconnects.inc()
+            self.sio.disconnect(socket.sid, closeConnection=True)
+
+    def _tokenExpired(self, sid: str) -> None:
+        socket = self._sockets.get(sid)
+        if socket is None:
+            return
+        self.metrics.tokenExpiries.inc()
+        self.metrics.error(UNAUTHORIZED)
+        socket.sendFrames(
+            _frames(
+                "error",
+                IMError(UNAUTHORIZED, "token expired; send auth:refresh {token} before it expires").event(
+                    "auth:refresh"
+                ),
+            )
+        )
+        self.sio.disconnect(sid, closeConnection=True)
+
+    def start(self) -> None:
+        """
+        Start the application's sweeps (token expiry).
+        """
+        self.tokens.start()
+
+    def stop(self) -> None:
+        """
+        Stop the application's sweeps.
+        """
+        self.tokens.stop()
+
+    def _timed(self, d: "Deferred[Any]", operation: str) -> "Deferred[Any]":
+        """
+        Observe how long the store took for C{d} (success or failure).
+        """
+        histogram = self.metrics.store[operation]
+        started = self.clock.seconds()
+
+        def observe(result: object) -> object:
+            histogram.observe(self.clock.seconds() - started)
+            return result
+
+        return d.addBoth(observe)
 
     def _user(self, socket: Socket) -> UserPresence:
         user = self.presence.userOfDevice(socket.sid)
@@ -193,10 +281,13 @@ class IMApplication:
     def _connected(self, sid: str, auth: Any) -> None:
         socket = self._sockets.get(sid)
         remote = socket.session.remoteAddress if socket is not None else ""
+        self.tokens.connected(sid, auth, remote)
         if self.settings.logEvents:
             self.log.info("[连接] {sid} {remote}", sid=sid, remote=remote)
 
     def _disconnected(self, sid: str, reason: str) -> None:
+        self.rates.forget(sid)
+        self.tokens.forget(sid)
         outcome = self.presence.logout(sid)
         userId = outcome.user.id if outcome is not None else ""
         if self.settings.logEvents:
@@ -223,6 +314,12 @@ class IMApplication:
         current = self.presence.userOfDevice(socket.sid)
         if current is not None and current.id != request.id:
             raise IMError(ALREADY_LOGGED_IN, f"this socket is logged in as another user; user:logout first")
+        self.tokens.login(socket.sid, request.id, request.token, socket.session.remoteAddress)
+        maxDevices = self.limits.devicesPerUser
+        if maxDevices and current is None:
+            devices = self.presence.devicesOf(request.id)
+            if len(devices) >= maxDevices and socket.sid not in devices:
+                raise IMError(RATE_LIMITED, f"this user already has {maxDevices} devices logged in")
         result = self.presence.login(request.id, socket.sid, request.name, request.avatar)
         user = result.user
         wire = user.toWire()
@@ -256,6 +353,17 @@ class IMApplication:
         self.log.info("[登出] {userId} {sid}", userId=user.id, sid=socket.sid)
         return {"userId": user.id, "status": INVISIBLE}
 
+    def refreshToken(self, socket: Socket, data: Any) -> dict[str, Any]:
+        """
+        C{auth:refresh} C{{token}}: a fresh token for the same user, before
+        the current one expires. Ack payload: C{{userId, expiresAt}}.
+        """
+        token = validation.payloadObject(data, "auth:refresh").get("token")
+        if token is not None:
+            token = validation.text(token, "token", validation.MAX_TOKEN, 1)
+        user = self.presence.userOfDevice(socket.sid)
+        return self.tokens.refresh(socket.sid, token, user.id if user is not None else None, socket.session.remoteAddress)
+
     # ---- offline queue
 
     def _startCatchUp(self, userId: str, socket: Socket) -> None:
@@ -267,7 +375,7 @@ class IMApplication:
     async def _deliverPending(self, userId: str, socket: Socket) -> None:
         delivered: set[int] = set()
         while True:
-            batch = await self.store.pendingFor(userId, PENDING_BATCH)
+            batch = await self._timed(self.store.pendingFor(userId, PENDING_BATCH), "pending")
             fresh = [m for m in batch if m.seq not in self._unflushed and m.seq not in delivered]
             if not fresh:
                 return
@@ -279,6 +387,7 @@ class IMApplication:
                 socket.sendFrames(_frames("message", stored.toWire()))
                 delivered.add(stored.seq)
             await self.store.markDelivered([m.seq for m in fresh])
+            self.metrics.receipts["delivered"].inc(len(fresh))
             for stored in fresh:
                 self._send(
                     self.presence.devicesOf(stored.fromId),
@@ -303,7 +412,7 @@ class IMApplication:
         """
         user = self._user(socket)
         request = validation.message(data, user.id, self.settings.maxMessageLength)
-        stored = self.store.storeMessage(
+        stored = self._timed(self.store.storeMessage(
             NewMessage(
                 fromId=user.id,
                 fromName=user.name,
@@ -317,7 +426,7 @@ class IMApplication:
                 clientTimestamp=request.timestamp,
                 serverTimestamp=self.now(),
             )
-        )
+        ), "store")
         return stored.addCallbacks(
             self._messageStored,
             self._storeFailed,
@@ -334,14 +443,17 @@ class IMApplication:
     def _messageStored(self, outcome: StoreOutcome, socket: Socket) -> dict[str, Any]:
         stored = outcome.message
         if outcome.created:
+            self.metrics.messages[stored.type if stored.type == "file" else "text"].inc()
             delivered = self._deliver(stored, socket.sid)
             if self.settings.logEvents:
                 self.log.info("[消息] {fromId} -> {toId} seq={seq}", fromId=stored.fromId, toId=stored.toId, seq=stored.seq)
         else:
             delivered = stored.delivered or stored.seq in self._unflushed
+        status = "delivered" if delivered else "offline"
+        self.metrics.receipts[status].inc()
         receipt = {
             "messageId": stored.id,
-            "status": "delivered" if delivered else "offline",
+            "status": status,
             "timestamp": stored.serverTimestamp,
         }
         socket.sendFrames(_frames("message:sent", receipt))
@@ -430,6 +542,8 @@ class IMApplication:
             self._send(self.presence.devicesOf(request.toId), frames)
             self._send(self.presence.devicesOf(user.id), frames, skip=socket.sid)
             self.log.info("[文件] {fromId} -> {toId} {size} bytes", fromId=user.id, toId=request.toId, size=len(request.data))
+            self.metrics.messages["file_transfer"].inc()
+            self.metrics.receipts["delivered"].inc()
             receipt = {"messageId": request.id, "status": "delivered", "timestamp": now}
             socket.sendFrames(_frames("message:sent", receipt))
             return receipt
@@ -470,7 +584,10 @@ class IMApplication:
         """
         user = self._user(socket)
         request = validation.history(data)
-        d = self.store.history(user.id, request.friendId, request.topic, request.limit, request.before, request.after)
+        d = self._timed(
+            self.store.history(user.id, request.friendId, request.topic, request.limit, request.before, request.after),
+            "history",
+        )
         return d.addCallback(
             lambda page: {
                 "friendId": request.friendId,
@@ -488,8 +605,11 @@ class IMApplication:
         user = self._user(socket)
         request = validation.read(data)
         now = self.now()
-        d = self.store.markRead(
-            user.id, now, friendId=request.friendId, upToSeq=request.upToSeq, messageIds=request.messageIds
+        d = self._timed(
+            self.store.markRead(
+                user.id, now, friendId=request.friendId, upToSeq=request.upToSeq, messageIds=request.messageIds
+            ),
+            "read",
         )
 
         def notify(newlyRead: list[StoredMessage]) -> dict[str, Any]:

@@ -7,6 +7,11 @@ by twisted.web's static L{File} (ranges, HEAD, streaming with
 back-pressure), with the MIME type recorded at upload and
 C{Content-Disposition: attachment} so a browser never renders uploaded
 content as a page of this origin.
+
+In JWT mode a request needs a token (C{Authorization: Bearer <token>}, or
+C{?token=<token>} for links) and a file is served only to its sender and
+its recipient; anyone else gets the same 404 as for a file that does not
+exist.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import File
 
+from ..auth import AuthenticationError, Claims, IAuthenticator, OpenAuthenticator
 from ..engineio.cors import CORSPolicy
+from ..engineio.resource import parseQuery
+from ..engineio.server import EngineIOError
 from ..storage import FileRecord, IFileStore
 from .json import jsonResponse
 
@@ -32,10 +40,30 @@ class FilesResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, files: IFileStore, cors: CORSPolicy) -> None:
+    def __init__(self, files: IFileStore, cors: CORSPolicy, authenticator: IAuthenticator | None = None) -> None:
         super().__init__()
         self.files = files
         self.cors = cors
+        self.authenticator = authenticator if authenticator is not None else OpenAuthenticator()
+
+    def _claims(self, request: IRequest) -> Claims | None:
+        """
+        The verified claims of the request's token (C{None} in open mode).
+
+        @raise AuthenticationError: if a token is required and bad or absent.
+        """
+        if not self.authenticator.required:
+            return None
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, value = header.partition(b" ")
+        if scheme.lower() == b"bearer" and value.strip():
+            token = value.strip().decode("latin-1")
+        else:
+            try:
+                token = parseQuery(request.uri).get("token", "")
+            except EngineIOError:
+                token = ""
+        return self.authenticator.verify(token)
 
     def render(self, request: IRequest) -> Any:
         if request.method == b"OPTIONS":
@@ -50,7 +78,15 @@ class FilesResource(Resource):
             fileId = postpath[0].decode("ascii")
         except UnicodeDecodeError:
             return jsonResponse(request, {"error": "not found"}, 404)
+        try:
+            claims = self._claims(request)
+        except AuthenticationError as error:
+            request.setHeader(b"www-authenticate", b'Bearer realm="crm_im"')
+            return jsonResponse(request, {"error": error.message}, 401)
         d: Deferred[FileRecord | None] = self.files.get(fileId)
+        if claims is not None:
+            subject = claims.subject
+            d.addCallback(lambda record: record if record is not None and subject in (record.fromId, record.toId) else None)
         d.addCallback(self._serve, request)
         d.addErrback(self._failed, request)
         return NOT_DONE_YET

@@ -396,7 +396,14 @@ def _writeBatch_txn(txn: Transaction, batch: Sequence["_Write"]) -> list[tuple[b
     @return: per write, C{(True, result)} or C{(False, Failure)}.
     """
     results: list[tuple[bool, Any]] = [(True, None)] * len(batch)
-    delivered: list[int] = []
+    # Marks queued before the batch's first message (the lazy ones waiting
+    # for a write) go first, as queued: a resend in the batch reads its
+    # row's delivered flag. Marks queued after it go last.
+    first = next((i for i, write in enumerate(batch) if write.message is not None), len(batch))
+    early = [seq for write in batch[:first] if write.seqs is not None for seq in write.seqs]
+    delivered = [seq for write in batch[first:] if write.seqs is not None for seq in write.seqs]
+    if early:
+        markDelivered_txn(txn, early)
     messages = [(index, write.message) for index, write in enumerate(batch) if write.message is not None]
     if messages:
         stored = storeMessages_txn(txn, [msg for _, msg in messages])
@@ -406,7 +413,6 @@ def _writeBatch_txn(txn: Transaction, batch: Sequence["_Write"]) -> list[tuple[b
         if write.message is not None:
             continue
         if write.seqs is not None:
-            delivered.extend(write.seqs)
             continue
         if write.atomic:
             try:

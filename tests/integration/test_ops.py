@@ -1,0 +1,244 @@
+"""
+Operations: C{GET /metrics} read by prometheus-client's own parser with its
+counters moving with real traffic, C{GET /health} turning 503 when the store
+is gone, JSON log lines, and the systemd deployment (socket activation,
+graceful stop, JSON logs) with a real C{twistd} process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Dict, Generator, Tuple
+
+import treq
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from crm_im.logging import eventAsJSON, jsonLineObserver
+from tests.integration.test_im import serveIM
+from tests.integration.test_twistd import REPO, TWISTD, ProcessTestCase
+from tests.support.clients import DriverTestMixin
+
+Inline = Generator[Deferred[Any], Any, Any]
+Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
+
+
+@inlineCallbacks
+def scrape(url: str) -> Inline:
+    """
+    GET C{url}/metrics and parse it with prometheus-client's parser.
+
+    @return: C{{(sample name, sorted labels): value}}.
+    """
+    response = yield treq.get(url + "/metrics", persistent=False)
+    assert response.code == 200, response.code
+    assert response.headers.getRawHeaders("content-type")[0].startswith("text/plain; version=0.0.4")
+    text = yield response.text("utf-8")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """
+    One sample's value (0 if absent).
+    """
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+class MetricsTests(DriverTestMixin, TestCase):
+    """
+    C{/metrics} with Node clients on both transports.
+    """
+
+    kind = "node"
+
+    @inlineCallbacks
+    def test_countersFollowTraffic(self) -> Inline:
+        """
+        Connections by transport, users online, events and messages by
+        type, receipts by status, errors by code and store latency all move
+        with the traffic; Engine.IO counters are exported.
+        """
+        service, url = yield serveIM(self)
+        before = yield scrape(url)
+        self.assertEqual(value(before, "crm_im_users_online"), 0)
+        self.assertIn(("crm_im_ping_timeouts_total", ()), before)
+        self.assertIn(("crm_im_buffer_overflows_total", ()), before)
+        driver = yield self.startDriver()
+        yield driver.connect("a", url, transports=["websocket"])
+        yield driver.connect("b", url, transports=["polling"])
+        for client in ("a", "b"):
+            yield driver.emit(client, "user:login", {"id": client, "name": client}, ack=True)
+        yield driver.emit("a", "message", {"toId": "b", "content": "hi"}, ack=True)
+        yield driver.emit("a", "message", {"toId": "nobody", "content": "later"}, ack=True)
+        yield driver.emit("a", "message", {"toId": "b", "content": 42}, ack=True)
+        yield driver.emit("a", "get_history", {"friendId": "b"}, ack=True)
+        after = yield scrape(url)
+
+        def delta(name: str, **labels: str) -> float:
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        self.assertEqual(value(after, "crm_im_connections", transport="websocket"), 1)
+        self.assertEqual(value(after, "crm_im_connections", transport="polling"), 1)
+        self.assertEqual(value(after, "crm_im_users_online"), 2)
+        self.assertEqual(delta("crm_im_events_total", event="user:login"), 2)
+        self.assertEqual(delta("crm_im_events_total", event="message"), 3)
+        self.assertEqual(delta("crm_im_events_total", event="get_history"), 1)
+        self.assertEqual(delta("crm_im_messages_total", type="text"), 2)
+        self.assertEqual(delta("crm_im_receipts_total", status="delivered"), 1)
+        self.assertEqual(delta("crm_im_receipts_total", status="offline"), 1)
+        self.assertEqual(delta("crm_im_errors_total", code="INVALID_PAYLOAD"), 1)
+        self.assertEqual(delta("crm_im_store_latency_seconds_count", operation="store"), 2)
+        self.assertEqual(delta("crm_im_store_latency_seconds_count", operation="history"), 1)
+        self.assertGreaterEqual(value(after, "crm_im_sessions_opened_total"), 2)
+
+
+class HealthTests(TestCase):
+    """
+    C{/health}.
+    """
+
+    @inlineCallbacks
+    def test_storeUnavailable(self) -> Inline:
+        """
+        200 while the store answers; 503 once it is closed.
+        """
+        service, url = yield serveIM(self)
+        response = yield treq.get(url + "/health", persistent=False)
+        self.assertEqual((response.code, (yield response.json())), (200, {"status": "ok", "store": "ok"}))
+        yield service.store.close()
+        response = yield treq.get(url + "/health", persistent=False)
+        body = yield response.json()
+        self.assertEqual((response.code, body["status"]), (503, "unavailable"))
+
+    @inlineCallbacks
+    def test_method(self) -> Inline:
+        """
+        Only GET and HEAD.
+        """
+        service, url = yield serveIM(self)
+        response = yield treq.post(url + "/health", persistent=False)
+        self.assertEqual(response.code, 405)
+        yield response.content()
+
+
+class JSONLogTests(SynchronousTestCase):
+    """
+    L{crm_im.logging}.
+    """
+
+    def test_event(self) -> None:
+        """
+        An event is one line of JSON with time, level, namespace, the
+        formatted message and its plain keyword fields.
+        """
+        stream = io.StringIO()
+        observer = jsonLineObserver(stream)
+        log = Logger(namespace="crm_im.test", observer=observer)
+        log.info("[登录] {name}({userId})", name="张三", userId="42", obj=object())
+        (line,) = stream.getvalue().splitlines()
+        record = json.loads(line)
+        self.assertEqual(record["level"], "info")
+        self.assertEqual(record["namespace"], "crm_im.test")
+        self.assertEqual(record["message"], "[登录] 张三(42)")
+        self.assertEqual((record["name"], record["userId"]), ("张三", "42"))
+        self.assertNotIn("obj", record)
+        self.assertRegex(record["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+    def test_failure(self) -> None:
+        """
+        A failure's traceback is in the record, still one line.
+        """
+        stream = io.StringIO()
+        log = Logger(namespace="crm_im.test", observer=jsonLineObserver(stream))
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            log.failure("oops {what}", what="x")
+        (line,) = stream.getvalue().splitlines()
+        record = json.loads(line)
+        self.assertEqual(record["level"], "critical")
+        self.assertIn("ZeroDivisionError", record["traceback"])
+
+    def test_levelDefault(self) -> None:
+        """
+        An event without level or time (a legacy one) still serialises.
+        """
+        record = json.loads(eventAsJSON({"log_format": "plain", "log_level": LogLevel.warn}))
+        self.assertEqual((record["level"], record["message"]), ("warn", "plain"))
+
+
+#: Runs twistd as systemd would with socket activation: the listening
+#: socket on fd 3, LISTEN_FDS=1, LISTEN_FDNAMES (systemd 227+ always sets
+#: it; Twisted wants both) and LISTEN_PID = the pid of the exec'd process.
+ACTIVATE = """
+import os, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(128)
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ.update(LISTEN_FDS="1", LISTEN_FDNAMES="crm_im.socket", LISTEN_PID=str(os.getpid()))
+os.execv(sys.executable, [sys.executable, "-c", sys.argv[2]] + sys.argv[3:])
+"""
+
+
+class SystemdTests(ProcessTestCase):
+    """
+    The unit files in C{deploy/}, and C{twistd} started as they start it.
+    """
+
+    def test_unitFiles(self) -> None:
+        """
+        The service uses socket activation, the JSON logger, SIGTERM and a
+        stop timeout longer than the shutdown grace; the socket listens.
+        """
+        service = (REPO / "deploy" / "crm_im.service").read_text()
+        self.assertIn("--listen systemd:domain=INET:index=0", service)
+        self.assertIn("--logger crm_im.logging.logger", service)
+        self.assertIn("KillSignal=SIGTERM", service)
+        self.assertIn("TimeoutStopSec=30", service)
+        self.assertIn("--shutdown-grace 2", service)
+        self.assertIn("Requires=crm_im.socket", service)
+        self.assertIn("ListenStream=8080", (REPO / "deploy" / "crm_im.socket").read_text())
+
+    @inlineCallbacks
+    def test_socketActivation(self) -> Inline:
+        """
+        twistd serves on the inherited socket, logs JSON lines, and a
+        SIGTERM stops it gracefully with exit code 0.
+        """
+        from tests.integration.test_twistd import freePort
+
+        port = freePort()
+        dataDir = os.path.abspath(self.mktemp())
+        process = self.spawn([
+            sys.executable, "-c", ACTIVATE, str(port), TWISTD, "-n", "--pidfile=",
+            "--logger", "crm_im.logging.logger", "crm_im",
+            "--listen", "systemd:domain=INET:index=0", "--data-dir", dataDir, "--shutdown-grace", "0.5",
+        ])
+        process.port = port
+        yield self.waitUntilServing(process)
+        response = yield treq.get(f"http://127.0.0.1:{port}/health", persistent=False)
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        process.signal("TERM")
+        self.assertEqual((yield self.waitForExit(process)), 0, process.text)
+        records = [json.loads(line) for line in process.text.splitlines() if line.startswith("{")]
+        messages = [record["message"] for record in records]
+        self.assertTrue(any("listening on" in m for m in messages), process.text)
+        self.assertTrue(any("authentication mode is 'open'" in m for m in messages), process.text)
+        self.assertTrue(any("[关闭]" in m for m in messages), process.text)
+        self.assertEqual({r["level"] for r in records} - {"debug", "info", "warn", "error", "critical"}, set())

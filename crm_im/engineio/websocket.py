@@ -32,6 +32,74 @@ from .server import EngineIOError, EngineIOServer
 from .session import EngineIOSession
 
 
+#: Attributes Autobahn keeps after the opening handshake and never reads
+#: again.
+_HANDSHAKE_LEFTOVERS = (
+    "http_request_data",
+    "http_response_data",
+    "http_request_params",
+    "http_headers",
+    "http_status_line",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_host",
+    "_wskey",
+    "websocket_origin",
+    "websocket_protocols",
+    "websocket_extensions",
+)
+
+#: Per-connection state Autobahn initialises to the same value for every
+#: connection; as class attributes they need no slot in each instance.
+_SHARED_DEFAULTS: dict[str, object] = {
+    name: False
+    for name in (
+        "triggered",
+        "wasMaxFramePayloadSizeExceeded",
+        "wasMaxMessagePayloadSizeExceeded",
+        "closedByMe",
+        "failedByMe",
+        "droppedByMe",
+        "wasClean",
+        "wasServerConnectionDropTimeout",
+        "wasOpenHandshakeTimeout",
+        "wasCloseHandshakeTimeout",
+        "wasServingFlashSocketPolicyFile",
+        "inside_message",
+    )
+}
+_SHARED_DEFAULTS.update(
+    {
+        name: None
+        for name in (
+            "_perMessageCompress",
+            "trackedTimings",
+            "wasNotCleanReason",
+            "localCloseCode",
+            "localCloseReason",
+            "remoteCloseCode",
+            "remoteCloseReason",
+            "openHandshakeTimeoutCall",
+            "closeHandshakeTimeoutCall",
+            "autoPingTimeoutCall",
+            "autoPingPending",
+            "autoPingPendingCall",
+            "autoPingPendingSent",
+            "websocket_protocol_in_use",
+            "current_frame",
+            "_probing",
+        )
+    }
+)
+_SHARED_DEFAULTS.update({"send_state": 0, "autoPingPendingSeq": 0})
+
+_MISSING = object()
+
+#: One UTF-8 validator for every connection of the fast path: it is reset
+#: before each message and only used on the reactor thread.
+_UTF8 = Utf8Validator()
+
+
 def preparedMessage(frame: Frame) -> PreparedMessage:
     """
     The WebSocket message for C{frame}, framed once and cached on it.
@@ -86,8 +154,28 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
         Set up the fast path's per-connection state.
         """
         super().connectionMade()
-        self._utf8 = Utf8Validator()
         self._maxPayload = self.factory.engine.config.maxPayload
+
+    def _compact(self) -> None:
+        """
+        Shrink this connection's footprint once it is open.
+
+        Autobahn copies its ~40 options from the factory into every
+        connection and keeps the handshake's request and headers for the
+        connection's life: several KiB per idle client. The options live
+        on a per-factory subclass (L{EngineIOWebSocketFactory}) and the
+        shared defaults on this class, so the instance copies are dropped,
+        the handshake leftovers too, and the instance dictionary rebuilt at
+        its new size (CPython never shrinks a dict in place).
+        """
+        state = self.__dict__
+        for name in _HANDSHAKE_LEFTOVERS:
+            state.pop(name, None)
+        cls = type(self)
+        for name in list(state):
+            if getattr(cls, name, _MISSING) is state[name]:
+                del state[name]
+        self.__dict__ = dict(state)
 
     def onConnect(self, request: Any) -> None:
         """
@@ -112,6 +200,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
         transport.registerProducer(_SessionProducer(self), True)
+        self._compact()
         engine = self.factory.engine
         if self._probing is not None:
             if not self._probing.startUpgrade(self):
@@ -166,7 +255,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
                 break
             payload = XorMaskerSimple(data[start : start + 4]).process(data[start + 4 : end])
             if opcode == 1:
-                validator = self._utf8
+                validator = _UTF8
                 validator.reset()
                 valid, complete, _, _ = validator.validate(payload)
                 if not (valid and complete):
@@ -249,6 +338,10 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
             self.dropConnection(abort=True)
 
 
+for _name, _value in _SHARED_DEFAULTS.items():
+    setattr(EngineIOWebSocketProtocol, _name, _value)
+
+
 class EngineIOWebSocketFactory(WebSocketServerFactory):
     """
     Builds L{EngineIOWebSocketProtocol}s for one L{EngineIOServer}, with
@@ -268,6 +361,20 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
         super().__init__(reactor=reactor, server="crm_im")
         self.engine = engine
         maxPayload = engine.config.maxPayload
+        self._setOptions(maxPayload)
+        # The options as class attributes of a subclass of its own: every
+        # connection of this factory shares them (see _compact).
+        self.protocol = type(  # type: ignore[assignment]
+            "EngineIOWebSocketProtocol",
+            (EngineIOWebSocketProtocol,),
+            {
+                name: getattr(self, name)
+                for name in EngineIOWebSocketProtocol.CONFIG_ATTRS
+                if hasattr(self, name)
+            },
+        )
+
+    def _setOptions(self, maxPayload: int) -> None:
         self.setProtocolOptions(
             maxFramePayloadSize=maxPayload,
             maxMessagePayloadSize=maxPayload,

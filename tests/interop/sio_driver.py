@@ -205,6 +205,32 @@ class DriverClient:
     def _onConnectError(self, namespace: str, data: Any = None) -> None:
         self.connectErrors[namespace] = data
 
+    def _configureTLS(self, opts: Dict[str, Any]) -> None:
+        """
+        Map socket.io-client's TLS options: C{ca} (PEM text of the CA to
+        trust, for both transports; the name is still verified) and
+        C{rejectUnauthorized: false} (python-socketio's C{ssl_verify=False}).
+
+        @param opts: the connect command's options.
+        """
+        ca = opts.get("ca")
+        if ca is not None:
+            import tempfile
+
+            import requests
+
+            with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as caFile:
+                caFile.write(ca)
+            session = requests.Session()
+            session.verify = caFile.name
+            # Else $REQUESTS_CA_BUNDLE would override the session's verify.
+            session.trust_env = False
+            # As python-socketio's http_session option: kept across resets.
+            self.sio.eio.http = session
+            self.sio.eio.external_http = True
+        if opts.get("rejectUnauthorized") is False:
+            self.sio.eio.ssl_verify = False
+
     def connect(self, cmd: Dict[str, Any]) -> None:
         """
         Connect every namespace of the command, then report each.  Blocks:
@@ -231,6 +257,7 @@ class DriverClient:
         url = cmd["url"]
         if opts.get("query"):
             url += ("&" if "?" in url else "?") + urlencode(opts["query"])
+        self._configureTLS(opts)
         self.connectErrors = {}
         self.pendingConnect = True
         try:

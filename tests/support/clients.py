@@ -580,8 +580,9 @@ class ClientDriver:
             this way: a later L{connect} of another namespace of a connected
             python client fails with L{DriverError}.
         @param opts: client options: C{transports}, C{auth}, C{extraHeaders},
-            C{query}, C{path}, C{timeout} (ms) are understood by both kinds;
-            anything else goes to socket.io-client's C{Manager} and is
+            C{query}, C{path}, C{timeout} (ms) are understood by both kinds,
+            and so are the TLS options C{ca} (PEM text) and
+            C{rejectUnauthorized}; anything else goes to socket.io-client's C{Manager} and is
             ignored by python-socketio.  C{reconnection} is off unless given
             (node only).
         @return: a L{Deferred} firing with the connect report

@@ -186,6 +186,23 @@ class DirectWebSocketTests(WebSocketTestMixin, SynchronousTestCase):
         self.assertEqual(session.remoteAddress, "127.0.0.1")
         self.assertEqual(self.app.opened, [session])
 
+    def test_compressionOfferDeclined(self) -> None:
+        """
+        A client offering permessage-deflate (every browser, Node's C{ws})
+        is accepted without compression, on every connection (the options
+        are shared by a per-factory class: a function option must stay a
+        plain function there).
+        """
+        for port in (40001, 40002):
+            connection = Connection(self.site, port)
+            head = connection.upgrade(
+                "EIO=4&transport=websocket",
+                b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+            )
+            self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+            self.assertNotIn(b"permessage-deflate", head)
+            self.assertEqual(connection.frames()[0][1][:1], b"0")
+
     def test_pingOnSchedule(self) -> None:
         """
         PING comes every pingInterval while the client answers PONG.

@@ -12,6 +12,7 @@ L{PreparedMessage}, so a broadcast is framed once for all recipients.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, cast
 
 import txaio
@@ -328,6 +329,20 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
             else:
                 self.transport.write(data)  # type: ignore[union-attr]
 
+    def pauseReading(self) -> None:
+        """
+        Stop reading from the TCP connection.
+        """
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeReading(self) -> None:
+        """
+        Read from the TCP connection again.
+        """
+        if self.transport is not None and self.state != WebSocketServerProtocol.STATE_CLOSED:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
     def closeChannel(self) -> None:
         """
         Close the connection with a normal closure.
@@ -340,6 +355,17 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
 
 for _name, _value in _SHARED_DEFAULTS.items():
     setattr(EngineIOWebSocketProtocol, _name, _value)
+
+
+def _asClassAttribute(value: object) -> object:
+    """
+    An option value as a class attribute that reads back as itself: a
+    plain function would become a bound method (Autobahn calls its
+    C{perMessageCompressionAccept} with the offers only).
+    """
+    if inspect.isfunction(value):
+        return staticmethod(value)
+    return value
 
 
 class EngineIOWebSocketFactory(WebSocketServerFactory):
@@ -368,7 +394,7 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
             "EngineIOWebSocketProtocol",
             (EngineIOWebSocketProtocol,),
             {
-                name: getattr(self, name)
+                name: _asClassAttribute(getattr(self, name))
                 for name in EngineIOWebSocketProtocol.CONFIG_ATTRS
                 if hasattr(self, name)
             },

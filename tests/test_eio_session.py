@@ -75,10 +75,17 @@ class FakeChannel:
     def __init__(self) -> None:
         self.frames: list[Frame] = []
         self.closed = False
+        self.reading = True
 
     def writeFrame(self, frame: Frame) -> None:
         assert not self.closed, "write on a closed channel"
         self.frames.append(frame)
+
+    def pauseReading(self) -> None:
+        self.reading = False
+
+    def resumeReading(self) -> None:
+        self.reading = True
 
     def closeChannel(self) -> None:
         self.closed = True

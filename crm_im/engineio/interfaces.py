@@ -65,6 +65,16 @@ class IWebSocketChannel(Interface):
         Write one packet as one WebSocket message.
         """
 
+    def pauseReading() -> None:
+        """
+        Stop reading from the connection until L{resumeReading}.
+        """
+
+    def resumeReading() -> None:
+        """
+        Read from the connection again.
+        """
+
     def closeChannel() -> None:
         """
         Close the WebSocket connection (after what was written).

@@ -321,6 +321,21 @@ class EngineIOSession:
         self._paused = False
         self._flushChannel()
 
+    def pauseReading(self) -> None:
+        """
+        Stop reading from the client for now (admission control; see
+        L{crm_im.engineio.backpressure}). Long-polling POSTs are not paused.
+        """
+        if self._channel is not None:
+            self._channel.pauseReading()
+
+    def resumeReading(self) -> None:
+        """
+        Read from the client again.
+        """
+        if self._channel is not None:
+            self._channel.resumeReading()
+
     # ---- incoming packets and heartbeat
 
     def packetReceived(self, packetType: int, data: bytes, binary: bool = False) -> None:

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..auth import IAuthenticator, OpenAuthenticator
+from ..engineio.backpressure import ReadGate
 from ..engineio.packet import Frame
 from ..limits import DISCONNECT, FailureLimiter, LimitSettings, SocketRateLimiter
 from ..metrics import IMMetrics
@@ -85,8 +86,10 @@ class IMApplication:
         authenticator: IAuthenticator | None = None,
         limits: LimitSettings | None = None,
         metrics: IMMetrics | None = None,
+        gate: ReadGate | None = None,
     ) -> None:
         self.sio = sio
+        self.gate = gate if gate is not None else ReadGate()
         self.presence = presence
         self.store = store
         self.files = files
@@ -233,6 +236,23 @@ class IMApplication:
         Stop the application's sweeps.
         """
         self.tokens.stop()
+
+    def _admitted(self, socket: Socket, d: "Deferred[Any]") -> "Deferred[Any]":
+        """
+        Count a message write as work in flight (the L{ReadGate} stops
+        reading from clients past its mark) and time it.
+        """
+        gate = self.gate
+        gate.begin(socket.session)
+        histogram = self.metrics.store["store"]
+        started = self.clock.seconds()
+
+        def finished(result: object) -> object:
+            gate.end()
+            histogram.observe(self.clock.seconds() - started)
+            return result
+
+        return d.addBoth(finished)
 
     def _timed(self, d: "Deferred[Any]", operation: str) -> "Deferred[Any]":
         """
@@ -412,7 +432,7 @@ class IMApplication:
         """
         user = self._user(socket)
         request = validation.message(data, user.id, self.settings.maxMessageLength)
-        stored = self._timed(self.store.storeMessage(
+        stored = self._admitted(socket, self.store.storeMessage(
             NewMessage(
                 fromId=user.id,
                 fromName=user.name,
@@ -426,7 +446,7 @@ class IMApplication:
                 clientTimestamp=request.timestamp,
                 serverTimestamp=self.now(),
             )
-        ), "store")
+        ))
         return stored.addCallbacks(
             self._messageStored,
             self._storeFailed,

@@ -8,6 +8,7 @@ tree and the listening ports, started and stopped as one Twisted service.
 from __future__ import annotations
 
 import gc
+import os
 from typing import Any
 
 from twisted.application.service import Service
@@ -62,6 +63,11 @@ class CRMIMService(Service):
     """
 
     log = Logger()
+
+    #: When start-up fails, end the process with status 1 once the reactor
+    #: has stopped (twistd would exit 0, and systemd would not restart us).
+    #: Set by L{crm_im.tap.makeService}; off for services run inside tests.
+    exitOnStartFailure = False
 
     def __init__(self, config: Config, reactor: Any) -> None:
         self.config = config
@@ -134,7 +140,8 @@ class CRMIMService(Service):
     def _startFailed(self, failure: Any) -> None:
         self.log.failure("crm_im could not start", failure)
         self.ready.errback(failure)
-        if self.reactor.running:
+        if self.exitOnStartFailure and self.reactor.running:
+            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
             self.reactor.stop()
 
     def stopService(self) -> Deferred[None]:

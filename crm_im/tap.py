@@ -219,4 +219,6 @@ def makeService(options: Options) -> IService:
     from .server import CRMIMService
 
     _exitZeroAfterShutdown(reactor)
-    return CRMIMService(options.config, reactor)
+    service = CRMIMService(options.config, reactor)
+    service.exitOnStartFailure = True
+    return service

@@ -370,7 +370,8 @@ class IMApplication:
         outcome = self.presence.logout(socket.sid)
         if outcome is not None and outcome.lastDevice and outcome.wasVisible:
             self._announceOffline(outcome.user)
-        self.log.info("[登出] {userId} {sid}", userId=user.id, sid=socket.sid)
+        if self.settings.logEvents:
+            self.log.info("[登出] {userId} {sid}", userId=user.id, sid=socket.sid)
         return {"userId": user.id, "status": INVISIBLE}
 
     def refreshToken(self, socket: Socket, data: Any) -> dict[str, Any]:
@@ -561,7 +562,8 @@ class IMApplication:
             frames = encodeEvent("/", "file_transfer", (payload,))
             self._send(self.presence.devicesOf(request.toId), frames)
             self._send(self.presence.devicesOf(user.id), frames, skip=socket.sid)
-            self.log.info("[文件] {fromId} -> {toId} {size} bytes", fromId=user.id, toId=request.toId, size=len(request.data))
+            if self.settings.logEvents:
+                self.log.info("[文件] {fromId} -> {toId} {size} bytes", fromId=user.id, toId=request.toId, size=len(request.data))
             self.metrics.messages["file_transfer"].inc()
             self.metrics.receipts["delivered"].inc()
             receipt = {"messageId": request.id, "status": "delivered", "timestamp": now}
@@ -593,7 +595,8 @@ class IMApplication:
                 serverTimestamp=now,
             )
         )
-        self.log.info("[文件] {fromId} -> {toId} kept for later", fromId=user.id, toId=request.toId)
+        if self.settings.logEvents:
+            self.log.info("[文件] {fromId} -> {toId} kept for later", fromId=user.id, toId=request.toId)
         return self._messageStored(outcome, socket)
 
     # ---- history and read state

@@ -185,7 +185,9 @@ def message(data: Any, loggedInId: str, maxLength: int) -> MessageRequest:
             timestamp=timestamp,
         )
     except IMError as error:
-        error.id = id
+        # Name the message only by an id the client chose (it can match it).
+        if raw is not None:
+            error.id = id
         raise
 
 
@@ -314,7 +316,8 @@ def fileTransfer(data: Any, loggedInId: str) -> FileRequest:
     Validate C{file_transfer}.
     """
     data = payloadObject(data, "file_transfer")
-    id = messageId(data.get("id"))
+    raw = data.get("id")
+    id = messageId(raw)
     try:
         checkSender(data, loggedInId)
         content = data.get("data")
@@ -341,5 +344,7 @@ def fileTransfer(data: Any, loggedInId: str) -> FileRequest:
             data=blob,
         )
     except IMError as error:
-        error.id = id
+        # Name the message only by an id the client chose (it can match it).
+        if raw is not None:
+            error.id = id
         raise

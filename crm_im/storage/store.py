@@ -71,75 +71,13 @@ def _messageFromRow(row: Sequence[Any]) -> StoredMessage:
     )
 
 
-_INSERT_MESSAGE = (
-    "INSERT INTO messages (message_id, from_id, from_name, to_id,"
-    " conversation, topic, type, content, file_url, file_name,"
-    " client_timestamp, server_timestamp, delivered, read_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL)"
-    " ON CONFLICT (from_id, message_id) DO NOTHING RETURNING seq"
-)
-
-
-def storeMessage_txn(txn: Transaction, msg: NewMessage) -> StoreOutcome:
-    """
-    Insert C{msg} unless its C{(fromId, id)} exists (then return the
-    stored one).
-
-    One statement in the common case: a single statement is atomic in
-    SQLite and PostgreSQL, so this write needs no savepoint of its own.
-    """
-    txn.execute(
-        _INSERT_MESSAGE,
-        (
-            msg.id,
-            msg.fromId,
-            msg.fromName,
-            msg.toId,
-            conversationKey(msg.fromId, msg.toId),
-            msg.topic,
-            msg.type,
-            msg.content,
-            msg.fileUrl,
-            msg.fileName,
-            msg.clientTimestamp,
-            msg.serverTimestamp,
-        ),
-    )
-    row = txn.fetchone()
-    if row is None:
-        txn.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-            " WHERE from_id = ? AND message_id = ?",
-            (msg.fromId, msg.id),
-        )
-        existing = txn.fetchone()
-        assert existing is not None
-        return StoreOutcome(message=_messageFromRow(existing), created=False)
-    stored = StoredMessage(
-        seq=row[0],
-        id=msg.id,
-        fromId=msg.fromId,
-        fromName=msg.fromName,
-        toId=msg.toId,
-        topic=msg.topic,
-        type=msg.type,
-        content=msg.content,
-        fileUrl=msg.fileUrl,
-        fileName=msg.fileName,
-        clientTimestamp=msg.clientTimestamp,
-        serverTimestamp=msg.serverTimestamp,
-        delivered=False,
-        readAt=None,
-    )
-    return StoreOutcome(message=stored, created=True)
-
-
 _INSERT_COLUMNS = (
     "INSERT INTO messages (message_id, from_id, from_name, to_id,"
     " conversation, topic, type, content, file_url, file_name,"
     " client_timestamp, server_timestamp, delivered, read_at) VALUES "
 )
 _ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL)"
+_ON_CONFLICT_RETURNING = " ON CONFLICT (from_id, message_id) DO NOTHING RETURNING seq"
 
 #: Rows per multi-row INSERT (12 parameters each; SQLite allows 32766).
 INSERT_CHUNK = 250
@@ -179,6 +117,28 @@ def _newStored(msg: NewMessage, seq: int) -> StoredMessage:
         delivered=False,
         readAt=None,
     )
+
+
+def storeMessage_txn(txn: Transaction, msg: NewMessage) -> StoreOutcome:
+    """
+    Insert C{msg} unless its C{(fromId, id)} exists (then return the
+    stored one).
+
+    One statement in the common case: a single statement is atomic in
+    SQLite and PostgreSQL, so this write needs no savepoint of its own.
+    """
+    txn.execute(_INSERT_COLUMNS + _ROW + _ON_CONFLICT_RETURNING, _insertRow(msg))
+    row = txn.fetchone()
+    if row is None:
+        txn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+            " WHERE from_id = ? AND message_id = ?",
+            (msg.fromId, msg.id),
+        )
+        existing = txn.fetchone()
+        assert existing is not None
+        return StoreOutcome(message=_messageFromRow(existing), created=False)
+    return StoreOutcome(message=_newStored(msg, row[0]), created=True)
 
 
 def storeMessages_txn(txn: Transaction, msgs: Sequence[NewMessage]) -> list[tuple[bool, Any]]:

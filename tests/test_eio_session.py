@@ -797,6 +797,28 @@ class CheckRequestTests(EngineTestMixin, SynchronousTestCase):
             self.check(query, **kwargs)
         self.assertEqual((context.exception.status, context.exception.code), error, query)
 
+    def test_noHandshakeWhileStopping(self) -> None:
+        """
+        Once the server is stopping, a handshake is refused with 503, while
+        a closed polling session can still collect its last packets.
+        """
+        session = self.pollingSession()
+        session.send(messageFrame(b"bye"))
+        self.server.stop()
+        error = self.assertRaises(
+            EngineIOError,
+            self.server.checkRequest,
+            b"GET",
+            {"EIO": "4", "transport": "polling"},
+            False,
+            None,
+        )
+        self.assertEqual(error.status, 503)
+        _, found = self.server.checkRequest(
+            b"GET", {"EIO": "4", "transport": "polling", "sid": session.sid}, False, None
+        )
+        self.assertIs(found, session)
+
     def test_table(self) -> None:
         """
         Each bad request gets the official status and code.

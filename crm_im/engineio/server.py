@@ -96,6 +96,7 @@ class EngineIOServer:
         self.config = config if config is not None else EngineIOConfig()
         self.sessions: dict[str, EngineIOSession] = {}
         self.stats = EngineIOStats()
+        self.stopping = False
         self.addresses = AddressCounter(self.config.maxSessionsPerAddress, self.config.exemptAddresses)
         self.wheel = DeadlineWheel(clock, self._deadlinePassed)
         self._newSid = newSid
@@ -110,6 +111,7 @@ class EngineIOServer:
         """
         Close every session and stop the sweep.
         """
+        self.stopping = True
         for session in list(self.sessions.values()):
             session.close(reason)
         self.wheel.stop()
@@ -161,6 +163,10 @@ class EngineIOServer:
             return transport, session
         if method != b"GET":
             raise BAD_HANDSHAKE_METHOD
+        if self.stopping:
+            # Closed sessions may still collect their last packets; no new
+            # ones while the server shuts down.
+            raise SERVICE_UNAVAILABLE
         if transport == WEBSOCKET and not isWebSocket:
             raise BAD_REQUEST
         if len(self.sessions) >= self.config.maxSessions:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from typing import Any
 
 from twisted.application.service import Service
@@ -38,19 +39,31 @@ from .web.root import buildRoot
 from .web.status import OnlineUsersResource, ServerStatusResource
 
 
-def tuneGarbageCollector() -> None:
-    """
-    Move everything allocated during start-up out of the collector's sight
-    and make young collections rarer.
+#: The interpreter's thread switch interval, in seconds (CPython's default
+#: is 0.005). The store's pool thread takes the GIL back after every
+#: statement; while the reactor thread is busy each take waits up to one
+#: interval, so a long interval stretches every group commit under load.
+#: Measured with the shared relay bench at 4,000 msg/s: p99 364 ms at
+#: 0.005 s, 271 ms at 0.002 s, 127 ms at 0.0005 s.
+SWITCH_INTERVAL = 0.0005
 
-    A server holds many long-lived objects (sessions, protocols, presence);
-    CPython's default thresholds make it re-scan them often, and a full
-    collection of a large heap pauses the reactor for tens of ms, which is
-    what sets the p99 latency at moderate load.
+
+def tuneInterpreter() -> None:
+    """
+    Tune CPython for a long-running server once start-up is done.
+
+    Everything allocated during start-up is moved out of the collector's
+    sight and young collections made rarer: a server holds many long-lived
+    objects (sessions, protocols, presence); CPython's default thresholds
+    make it re-scan them often, and a full collection of a large heap
+    pauses the reactor for tens of ms, which sets the p99 latency at
+    moderate load. The thread switch interval is shortened (see
+    L{SWITCH_INTERVAL}).
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 class CRMIMService(Service):
@@ -128,7 +141,7 @@ class CRMIMService(Service):
             port = await serverFromString(self.reactor, description).listen(self.site)
             self.ports.append(port)
             self.log.info("crm_im listening on {address}", address=port.getHost())
-        tuneGarbageCollector()
+        tuneInterpreter()
         if self.authenticator.mode == OPEN:
             self.log.warn(
                 "authentication mode is 'open': clients say who they are; do not expose this server to untrusted networks"

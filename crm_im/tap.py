@@ -19,6 +19,9 @@ from .limits import LimitSettings
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
+#: The accept queue of the default listener (Node's default is 511).
+LISTEN_BACKLOG = 1024
+
 
 def _number(name: str, value: Any, kind: type = int) -> Any:
     """
@@ -130,7 +133,9 @@ class Options(usage.Options):
             number = _positive("port", port) if port is not None else 8080
             if number > 65535:
                 raise usage.UsageError("--port must be at most 65535")
-            listen = [f"tcp:{number}"]
+            # Twisted listens with a backlog of 50; a reconnect storm of
+            # thousands of clients needs a deeper accept queue.
+            listen = [f"tcp:{number}:backlog={LISTEN_BACKLOG}"]
         try:
             grace = float(self["presence-grace"])
             shutdownGrace = float(self["shutdown-grace"])

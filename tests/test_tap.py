@@ -49,7 +49,7 @@ class OptionsTests(SynchronousTestCase):
         Engine.IO defaults, every origin allowed, event logging on.
         """
         config = parse()
-        self.assertEqual(config.listen, ("tcp:8080",))
+        self.assertEqual(config.listen, ("tcp:8080:backlog=1024",))
         self.assertEqual(config.dataDir, "crm_im-data")
         self.assertEqual((config.pingInterval, config.pingTimeout, config.maxPayload), (25000, 20000, 1_000_000))
         self.assertEqual(config.connectTimeout, 45000)
@@ -61,8 +61,8 @@ class OptionsTests(SynchronousTestCase):
         C{PORT} in the environment picks the port; C{--port} wins over it.
         """
         os.environ["PORT"] = "9001"
-        self.assertEqual(parse().listen, ("tcp:9001",))
-        self.assertEqual(parse("--port", "9002").listen, ("tcp:9002",))
+        self.assertEqual(parse().listen, ("tcp:9001:backlog=1024",))
+        self.assertEqual(parse("--port", "9002").listen, ("tcp:9002:backlog=1024",))
 
     def test_listenRepeatable(self) -> None:
         """

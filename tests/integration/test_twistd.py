@@ -16,14 +16,13 @@ import socket
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Any, Dict, Generator, List, Optional
+from typing import Any, Dict, Generator, List, Optional, Tuple
 
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -62,23 +61,47 @@ class ServerProcess(ProcessProtocol):
         self.reason: Optional[Failure] = None
         self.port: Optional[int] = None
         self._endWaiters: List[Deferred[None]] = []
+        self._outputWaiters: List[Tuple[bytes, Deferred[None]]] = []
 
     def outReceived(self, data: bytes) -> None:
         """
-        Keep stdout.
+        Keep stdout, and fire the waiters whose text has appeared.
         """
         self.output += data
+        waiting = []
+        for marker, waiter in self._outputWaiters:
+            if marker in self.output:
+                waiter.callback(None)
+            else:
+                waiting.append((marker, waiter))
+        self._outputWaiters = waiting
+
+    def whenOutputContains(self, marker: bytes) -> Deferred[None]:
+        """
+        A new L{Deferred} that fires once C{marker} has appeared in the
+        output.
+        """
+        d: Deferred[None] = Deferred()
+        if marker in self.output:
+            d.callback(None)
+        else:
+            self._outputWaiters.append((marker, d))
+        return d
 
     errReceived = outReceived
 
     def processEnded(self, reason: Failure) -> None:
         """
-        Remember why the process ended and fire L{ended}.
+        Remember why the process ended and fire L{ended}; output waiters
+        still waiting fail.
         """
         self.reason = reason
         waiters, self._endWaiters = self._endWaiters, []
         for waiter in waiters:
             waiter.callback(None)
+        outputWaiters, self._outputWaiters = self._outputWaiters, []
+        for _, outputWaiter in outputWaiters:
+            outputWaiter.errback(reason)
 
     def whenEnded(self) -> Deferred[None]:
         """
@@ -167,26 +190,18 @@ class ProcessTestCase(TestCase):
     def waitUntilServing(self, process: ServerProcess,
                          timeout: float = START_TIMEOUT) -> Inline:
         """
-        Poll C{GET /} every 0.1 s until it answers; fail if the process
-        exits first or C{timeout} passes.
+        Wait until the server logs that it listens, then C{GET /}; fail if
+        the process exits first or C{timeout} passes.
 
         @return: the decoded body of C{GET /}.
         """
-        deadline = reactor.seconds() + timeout
-        url = f"http://127.0.0.1:{process.port}/"
-        while True:
-            if process.reason is not None:
-                self.fail(f"the server exited before serving ({process.reason.value}):\n"
-                          f"{process.text}")
-            try:
-                response = yield treq.get(url, persistent=False, timeout=2)
-                body = yield response.json()
-                return body
-            except Exception:
-                if reactor.seconds() > deadline:
-                    self.fail(f"the server did not serve within {timeout}s:\n"
-                              f"{process.text}")
-            yield deferLater(reactor, 0.1, lambda: None)
+        try:
+            yield process.whenOutputContains(b"crm_im listening on").addTimeout(timeout, reactor)
+        except Exception:
+            self.fail(f"the server did not start serving within {timeout}s:\n{process.text}")
+        response = yield treq.get(f"http://127.0.0.1:{process.port}/", persistent=False, timeout=10)
+        body = yield response.json()
+        return body
 
     @inlineCallbacks
     def waitForExit(self, process: ServerProcess, timeout: float = EXIT_TIMEOUT) -> Inline:

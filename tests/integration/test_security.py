@@ -31,7 +31,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
@@ -44,17 +43,45 @@ Inline = Generator[Deferred[Any], Any, Any]
 SECRET = "security-secret-long-enough-for-hs256-0123456789"
 
 
-@inlineCallbacks
-def waitUntil(condition: Any, timeout: float = 10.0) -> Inline:
+class SessionChanges:
     """
-    Check C{condition()} on every reactor tick group (every 20 ms) until it
-    holds; fail after C{timeout} seconds.
+    Wait for a condition on the engine's sessions, re-checked right after
+    each time a session closes or is forgotten (no polling).
     """
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        yield deferLater(reactor, 0.02, lambda: None)
+
+    def __init__(self, testCase: TestCase, engine: Any) -> None:
+        self._waiters: List[Tuple[Any, Deferred[None]]] = []
+        for owner, name in ((engine, "sessionClosed"), (engine.app, "sessionClosed")):
+            original = getattr(owner, name)
+
+            def notified(*args: Any, _original: Any = original) -> Any:
+                result = _original(*args)
+                # Check once the close that called us has finished (the
+                # engine forgets a session before the application cleans up).
+                reactor.callLater(0, self._check)
+                return result
+
+            testCase.patch(owner, name, notified)
+
+    def _check(self) -> None:
+        waiting = []
+        for condition, waiter in self._waiters:
+            if condition():
+                waiter.callback(None)
+            else:
+                waiting.append((condition, waiter))
+        self._waiters = waiting
+
+    def until(self, condition: Any, timeout: float = 10.0) -> Deferred[None]:
+        """
+        Fire once C{condition()} holds; fail after C{timeout} seconds.
+        """
+        d: Deferred[None] = Deferred()
+        if condition():
+            d.callback(None)
+        else:
+            self._waiters.append((condition, d))
+        return d.addTimeout(timeout, reactor)
 
 
 class RateLimitTests(DriverTestMixin, TestCase):
@@ -102,14 +129,17 @@ class RateLimitTests(DriverTestMixin, TestCase):
         self.assertEqual(got, accepted)
         (page,) = yield driver.emit("b", "get_history", {"friendId": "a", "limit": 200}, ack=True)
         self.assertEqual([m["id"] for m in page["messages"]], accepted)
-        # Slowly, each refused message goes through.
+        # A second later (on the limiter's clock) each refused message
+        # goes through: a second refills 5 tokens at 5 per second.
+        rates = self.service.app.rates
+        check = rates.check
+        later = [0.0]
+        self.patch(rates, "check", lambda sid, isMessage, now: check(sid, isMessage, now + later[0]))
         for messageId in refused:
-            while True:
-                (ack,) = yield driver.emit("a", "message", {"id": messageId, "toId": "b", "content": "again"},
-                                           ack=True)
-                if "status" in ack:
-                    break
-                yield deferLater(reactor, 0.2, lambda: None)
+            later[0] += 1.0
+            (ack,) = yield driver.emit("a", "message", {"id": messageId, "toId": "b", "content": "again"},
+                                       ack=True)
+            self.assertIn("status", ack)
         (page,) = yield driver.emit("b", "get_history", {"friendId": "a", "limit": 200}, ack=True)
         self.assertEqual(sorted(m["id"] for m in page["messages"]), sorted(f"m{i}" for i in range(20)))
 
@@ -195,12 +225,31 @@ class WebSocketProbe(Protocol):
     def __init__(self) -> None:
         self.received = bytearray()
         self.lost: Deferred[None] = Deferred()
+        self._waiters: List[Tuple[bytes, Deferred[None]]] = []
 
     def dataReceived(self, data: bytes) -> None:
         """
-        Keep everything.
+        Keep everything; fire the waiters whose bytes have arrived.
         """
         self.received += data
+        waiting = []
+        for marker, waiter in self._waiters:
+            if marker in self.received:
+                waiter.callback(None)
+            else:
+                waiting.append((marker, waiter))
+        self._waiters = waiting
+
+    def whenReceived(self, marker: bytes) -> Deferred[None]:
+        """
+        A L{Deferred} that fires once C{marker} has been received.
+        """
+        d: Deferred[None] = Deferred()
+        if marker in self.received:
+            d.callback(None)
+        else:
+            self._waiters.append((marker, d))
+        return d
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """
@@ -243,6 +292,7 @@ class AttackReplayTests(TestCase):
         self.service, self.url = yield serveIM(
             self, maxPayload=self.maxPayload, pingInterval=300, pingTimeout=300)
         self.engine = self.service.sio.engine
+        self.changes = SessionChanges(self, self.engine)
         self.bystander = yield self.open("bystander")
 
     @inlineCallbacks
@@ -304,7 +354,7 @@ class AttackReplayTests(TestCase):
         """
         The session C{sid} is gone (or answers its last GET with CLOSE).
         """
-        yield waitUntil(lambda: sid not in self.engine.sessions or self.engine.sessions[sid].state != "open")
+        yield self.changes.until(lambda: sid not in self.engine.sessions or self.engine.sessions[sid].state != "open")
         code, body = yield self.get(sid)
         self.assertTrue(code == 400 or body.endswith(b"1"), (code, body))
 
@@ -396,7 +446,7 @@ class AttackReplayTests(TestCase):
             b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + key
             + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        yield waitUntil(lambda: b'"sid"' in probe.received)
+        yield probe.whenReceived(b'"sid"').addTimeout(10, reactor)
         self.assertTrue(probe.received.startswith(b"HTTP/1.1 101"))
         self.assertEqual(len(self.engine.sessions), 2)
         chunk = b"x" * 16
@@ -407,7 +457,7 @@ class AttackReplayTests(TestCase):
         # Autobahn fails the connection by dropping it (failByDrop): the
         # client got nothing after the OPEN packet.
         self.assertTrue(bytes(probe.received).endswith(b"\"maxPayload\":100000}"))
-        yield waitUntil(lambda: len(self.engine.sessions) == 1)
+        yield self.changes.until(lambda: len(self.engine.sessions) == 1)
         yield self.assertBystanderFine()
 
     @inlineCallbacks
@@ -437,7 +487,7 @@ class AttackReplayTests(TestCase):
         self.assertEqual((len(set(sids)), len(refs)), (count, count))
         # Nobody answers PINGs (the bystander neither, busy opening): every
         # session goes within pingInterval + pingTimeout of its last PONG.
-        yield waitUntil(lambda: not self.engine.sessions, timeout=30)
+        yield self.changes.until(lambda: not self.engine.sessions, timeout=30)
         self.assertEqual(len(self.engine.wheel), 0)
         self.assertEqual(len(self.service.sio._connectWheel), 0)
         self.assertEqual(self.engine.addresses.counts, {})

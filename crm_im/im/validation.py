@@ -13,7 +13,8 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import attrs
 
@@ -35,6 +36,20 @@ _MAX_SEQ = 2**63 - 1
 
 def _invalid(message: str, id: str | None = None) -> IMError:
     return IMError(INVALID_PAYLOAD, message, id)
+
+
+@contextmanager
+def _namedBy(raw: Any, id: str) -> Iterator[None]:
+    """
+    Refusals raised inside name the message by C{id}, but only when the
+    client chose it (an id the server made up means nothing to the client).
+    """
+    try:
+        yield
+    except IMError as error:
+        if raw is not None:
+            error.id = id
+        raise
 
 
 def payloadObject(data: Any, event: str) -> dict[str, Any]:
@@ -137,15 +152,23 @@ class MessageRequest:
     timestamp: int | float | None
 
 
+def clientId(value: Any, field: str) -> str:
+    """
+    A message id a client names: a non-empty string or an integer (kept as
+    a string), at most 128 characters.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return text(value, field, MAX_ID, 1)
+
+
 def messageId(value: Any) -> str:
     """
     A client-chosen message id (or a new UUID when absent).
     """
     if value is None:
         return str(uuid.uuid4())
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    return text(value, "id", MAX_ID, 1)
+    return clientId(value, "id")
 
 
 def message(data: Any, loggedInId: str, maxLength: int) -> MessageRequest:
@@ -155,7 +178,7 @@ def message(data: Any, loggedInId: str, maxLength: int) -> MessageRequest:
     data = payloadObject(data, "message")
     raw = data.get("id")
     id = messageId(raw)
-    try:
+    with _namedBy(raw, id):
         checkSender(data, loggedInId)
         kind = data.get("type", "text")
         if kind is None:
@@ -184,11 +207,6 @@ def message(data: Any, loggedInId: str, maxLength: int) -> MessageRequest:
             fileName=fileName,
             timestamp=timestamp,
         )
-    except IMError as error:
-        # Name the message only by an id the client chose (it can match it).
-        if raw is not None:
-            error.id = id
-        raise
 
 
 @attrs.frozen
@@ -286,7 +304,7 @@ def read(data: Any) -> ReadRequest:
     if ids is not None:
         if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_READ_IDS:
             raise _invalid(f"messageIds must be a list of 1..{MAX_READ_IDS} ids")
-        return ReadRequest(None, None, tuple(messageId(i) if i is not None else text(i, "messageIds[]", MAX_ID) for i in ids))
+        return ReadRequest(None, None, tuple(clientId(i, "messageIds[]") for i in ids))
     if data.get("friendId") is None or data.get("upToSeq") is None:
         raise _invalid("message:read expects {friendId, upToSeq} or {messageIds}")
     return ReadRequest(userId(data["friendId"], "friendId"), sequenceNumber(data["upToSeq"], "upToSeq"), None)
@@ -318,7 +336,7 @@ def fileTransfer(data: Any, loggedInId: str) -> FileRequest:
     data = payloadObject(data, "file_transfer")
     raw = data.get("id")
     id = messageId(raw)
-    try:
+    with _namedBy(raw, id):
         checkSender(data, loggedInId)
         content = data.get("data")
         if isinstance(content, bytes):
@@ -343,8 +361,3 @@ def fileTransfer(data: Any, loggedInId: str) -> FileRequest:
             raw=data,
             data=blob,
         )
-    except IMError as error:
-        # Name the message only by an id the client chose (it can match it).
-        if raw is not None:
-            error.id = id
-        raise

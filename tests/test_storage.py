@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -725,6 +726,43 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
         await self.store.markDelivered([stored.message.seq])
         self.assertEqual(await self.store.pendingFor("bob", 10), [])
 
+    async def test_commitInterval(self) -> None:
+        """
+        Writes arriving within C{commitInterval} of a transaction's start
+        wait and share the next transaction, instead of each starting one
+        as soon as the store is idle.
+        """
+        self.store.commitInterval = 0.2
+        await self.store.storeMessage(newMessage("1"))
+        before = self.store.transactionCount
+        # The first of these would start a transaction of its own at once
+        # (nothing is in flight) and the other two share a second.
+        writes = [self.store.storeMessage(newMessage(str(n))) for n in range(2, 5)]
+        self.assertEqual(self.store.transactionCount, before)
+        for write in writes:
+            await write
+        self.assertEqual(self.store.transactionCount, before + 1)
+
+    async def test_deliveredMarksDueWaitOnlyForInterval(self) -> None:
+        """
+        Delivered marks whose lazy delay ended while the commit interval
+        held them back commit when the interval ends, not a lazy delay
+        later.
+        """
+        self.store.lazyDelay = 0.01
+        self.store.commitInterval = 0.05
+        stored = await self.store.storeMessage(newMessage("1"))
+        marked = self.store.markDelivered([stored.message.seq])
+        # The lazy call is scheduled once the commit's callbacks are done;
+        # another lazy delay after that would take longer than the test may.
+        await deferLater(reactor, 0, lambda: None)
+        self.assertIsNotNone(self.store._lazyCall)
+        self.store.lazyDelay = 1000.0
+        await marked
+        self.assertEqual(await self.store.pendingFor("bob", 10), [])
+
+    test_deliveredMarksDueWaitOnlyForInterval.timeout = 10  # type: ignore[attr-defined]
+
     async def test_writeFiresAfterCommit(self) -> None:
         """
         When a store's L{Deferred} fires, its transaction has committed: a
@@ -770,7 +808,7 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
         state, and file records; the schema is not applied again and seqs keep
         increasing.
         """
-        self.assertEqual(self.store.database.schemaApplied, [1, 2])
+        self.assertEqual(self.store.database.schemaApplied, [1, 2, 3])
         stored = await self.storeAll(newMessage("1"), newMessage("2"), newMessage("3"))
         await self.store.markDelivered([stored[0].seq])
         await self.store.markRead("bob", 42, messageIds=["2"])
@@ -789,6 +827,33 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
         again = await store.storeMessage(newMessage("1"))
         self.assertFalse(again.created)
 
+    async def test_upgradeFromVersion2(self) -> None:
+        """
+        A database made by version 2 of the schema gets version 3 on the
+        next start: the topic index becomes partial and its messages stay.
+        """
+        import sqlite3
+
+        path = self.mktemp()
+        with sqlite3.connect(path) as old:
+            for version, name, sql in schemaFiles()[:2]:
+                for statement in splitStatements(sql):
+                    old.execute(statement)
+            old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+            old.executemany("INSERT INTO schema_version VALUES (?, ?)", [(1, "messages"), (2, "files")])
+            old.execute(
+                "INSERT INTO messages (message_id, from_id, from_name, to_id, conversation, topic, type,"
+                " content, server_timestamp) VALUES ('1', 'alice', 'A', 'bob', ?, 'deal', 'text', 'hi', 1)",
+                (conversationKey("alice", "bob"),),
+            )
+        old.close()
+        store = SQLiteMessageStore(path, reactor)
+        await store.open()
+        self.addCleanup(store.close)
+        self.assertEqual(store.database.schemaApplied, [3])
+        page = await store.history("alice", "bob", "deal", 10, None, None)
+        self.assertEqual([m.id for m in page.messages], ["1"])
+
     async def test_schemaVersionRecorded(self) -> None:
         """
         Applying the schema again on an up-to-date database does nothing;
@@ -802,7 +867,7 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
 
         applied, rows = await self.store.database.runInteraction("test", apply_txn)
         self.assertEqual(applied, [])
-        self.assertEqual(rows, [(1, "messages"), (2, "files")])
+        self.assertEqual(rows, [(1, "messages"), (2, "files"), (3, "partial_topic_index")])
 
     async def test_pragmas(self) -> None:
         """
@@ -814,10 +879,17 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
             txn.execute("PRAGMA journal_mode")
             journal = txn.fetchall()[0][0]
             txn.execute("PRAGMA synchronous")
-            return journal, txn.fetchall()[0][0]
+            synchronous = txn.fetchall()[0][0]
+            txn.execute("PRAGMA temp_store")
+            tempStore = txn.fetchall()[0][0]
+            txn.execute("PRAGMA cache_size")
+            cacheSize = txn.fetchall()[0][0]
+            txn.execute("PRAGMA wal_autocheckpoint")
+            return journal, synchronous, tempStore, cacheSize, txn.fetchall()[0][0]
 
         result = await self.store.database.runInteraction("test", pragmas_txn)
-        self.assertEqual(result, ("wal", 2))
+        # temp_store 2 is MEMORY: statement journals stay out of files.
+        self.assertEqual(result, ("wal", 2, 2, -65536, 10000))
 
     async def test_historyUsesIndexes(self) -> None:
         """
@@ -846,6 +918,32 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
             (key, "deal", 10, 5),
         )
         self.assertIn("messages_conversation_topic_seq", topic)
+        newest = await self.store.database.runInteraction(
+            "test",
+            plan_txn,
+            "SELECT seq FROM messages WHERE conversation = ? AND topic = ?"
+            " ORDER BY seq DESC LIMIT ?",
+            (key, "deal", 5),
+        )
+        self.assertIn("messages_conversation_topic_seq", newest)
+
+    async def test_topicIndexIsPartial(self) -> None:
+        """
+        Messages without a topic stay out of the history-by-topic index: it
+        is partial (each index costs every insert a page at commit), and a
+        database made before version 3 has it rebuilt that way.
+        """
+
+        def sql_txn(txn: Transaction) -> str:
+            txn.execute("SELECT sql FROM sqlite_master WHERE name = 'messages_conversation_topic_seq'")
+            return str(txn.fetchall()[0][0])
+
+        sql = await self.store.database.runInteraction("test", sql_txn)
+        self.assertIn("WHERE topic IS NOT NULL", sql)
+        await self.store.storeMessage(newMessage("1"))
+        await self.store.storeMessage(newMessage("2", topic="deal"))
+        page = await self.store.history("alice", "bob", "deal", 10, None, None)
+        self.assertEqual([m.id for m in page.messages], ["2"])
 
     async def test_notOpen(self) -> None:
         """

@@ -31,6 +31,7 @@ from .interfaces import IWebSocketChannel
 from .packet import Frame
 from .server import EngineIOError, EngineIOServer
 from .session import EngineIOSession
+from .turnwriter import TurnWriter
 
 
 #: Attributes Autobahn keeps after the opening handshake and never reads
@@ -149,6 +150,8 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
     session: EngineIOSession | None = None
     _probing: EngineIOSession | None = None
     _maxPayload = 0
+    #: the factory's L{TurnWriter} (a class attribute of its subclass)
+    _writer: TurnWriter
 
     def connectionMade(self) -> None:
         """
@@ -307,6 +310,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
         """
         Tell the session its WebSocket is gone.
         """
+        self._writer.discard(self.transport)
         session, self.session = self.session, None
         if session is not None:
             session.channelClosed(self)
@@ -327,7 +331,15 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
             if self.send_queue:
                 self.sendData(data)
             else:
-                self.transport.write(data)  # type: ignore[union-attr]
+                self._writer.write(self.transport, data)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """
+        Autobahn writes (handshake, control frames, close) go out after the
+        frames this turn has gathered for the connection.
+        """
+        self._writer.flush(self.transport)
+        super().sendData(data, sync, chopsize)
 
     def pauseReading(self) -> None:
         """
@@ -386,6 +398,7 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
         txaio.set_global_log_level("warn")  # type: ignore[attr-defined]
         super().__init__(reactor=reactor, server="crm_im")
         self.engine = engine
+        self.writer = TurnWriter(reactor)
         maxPayload = engine.config.maxPayload
         self._setOptions(maxPayload)
         # The options as class attributes of a subclass of its own: every
@@ -394,9 +407,12 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
             "EngineIOWebSocketProtocol",
             (EngineIOWebSocketProtocol,),
             {
-                name: _asClassAttribute(getattr(self, name))
-                for name in EngineIOWebSocketProtocol.CONFIG_ATTRS
-                if hasattr(self, name)
+                "_writer": self.writer,
+                **{
+                    name: _asClassAttribute(getattr(self, name))
+                    for name in EngineIOWebSocketProtocol.CONFIG_ATTRS
+                    if hasattr(self, name)
+                },
             },
         )
 

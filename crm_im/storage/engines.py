@@ -66,6 +66,10 @@ class SQLiteEngine(BaseEngine):
     """
 
     beginSQL = "BEGIN"
+    #: the page cache of the connection, KiB
+    cacheKiB = 65536
+    #: WAL pages between automatic checkpoints
+    walAutocheckpoint = 10000
 
     def __init__(self, path: str, synchronous: str = "FULL") -> None:
         """
@@ -88,6 +92,16 @@ class SQLiteEngine(BaseEngine):
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
+        # A multi-row INSERT keeps a statement journal, by default a new
+        # temporary file per transaction with every page it changes written
+        # to it: in memory instead, it roughly halves the kernel time of a
+        # group commit.
+        conn.execute("PRAGMA temp_store=MEMORY")
+        # The index pages a write touches stay cached (the default is 2 MiB).
+        conn.execute(f"PRAGMA cache_size=-{self.cacheKiB}")
+        # Checkpoint every ~40 MiB of WAL rather than 4 MiB: a page written
+        # by many commits is copied into the database once per checkpoint.
+        conn.execute(f"PRAGMA wal_autocheckpoint={self.walAutocheckpoint}")
 
     def makePool(self, reactor: IReactorCore) -> ConnectionPool:
         """

@@ -101,6 +101,8 @@ class IMApplication:
         self._catchingUp: dict[str, list[StoredMessage]] = {}
         # Messages emitted live whose "delivered" flag is not committed yet.
         self._unflushed: set[int] = set()
+        # Delivered this turn, to be marked in one write at its end.
+        self._toMark: list[int] = []
         # Once server:shutdown went out, the sessions closing announce
         # nothing (N closing sockets would broadcast N offline changes to
         # each other).
@@ -500,13 +502,21 @@ class IMApplication:
         if delivered:
             seq = stored.seq
             self._unflushed.add(seq)
-            self.store.markDelivered([seq]).addBoth(self._flushed, seq)
+            # One markDelivered per reactor turn for every message delivered
+            # in it (a commit's batch is delivered in one turn).
+            if not self._toMark:
+                self.clock.callLater(0, self._markDelivered)
+            self._toMark.append(seq)
         return delivered
 
-    def _flushed(self, result: object, seq: int) -> None:
-        self._unflushed.discard(seq)
+    def _markDelivered(self) -> None:
+        seqs, self._toMark = self._toMark, []
+        self.store.markDelivered(seqs).addBoth(self._flushed, seqs)
+
+    def _flushed(self, result: object, seqs: list[int]) -> None:
+        self._unflushed.difference_update(seqs)
         if isinstance(result, Failure):
-            self.log.failure("marking {seq} delivered", result, seq=seq)
+            self.log.failure("marking {count} messages delivered", result, count=len(seqs))
 
     # ---- status, typing
 

@@ -22,7 +22,7 @@ from crm_im.engineio.resource import EngineIOResource
 from crm_im.engineio.server import EngineIOServer
 from crm_im.engineio.session import CLOSED, OPEN
 from crm_im.engineio.site import EngineIOSite
-from crm_im.engineio.websocket import EngineIOWebSocketProtocol, preparedMessage
+from crm_im.engineio.websocket import EngineIOWebSocketProtocol, preparedMessage, webSocketFrame
 
 from .test_eio_session import RecordingApp, sequentialSids
 
@@ -261,6 +261,22 @@ class DirectWebSocketTests(WebSocketTestMixin, SynchronousTestCase):
         for connection in connections:
             self.assertEqual(connection.frames(), [(TEXT, b"4broadcast")])
         self.assertIs(preparedMessage(frame), frame.prepared)
+
+    def test_webSocketFrameMatchesAutobahn(self) -> None:
+        """
+        L{webSocketFrame} builds the frame Autobahn's C{PreparedMessage}
+        builds, for each of the three length encodings, text and binary.
+        """
+        from autobahn.websocket.protocol import PreparedMessage
+
+        for size in (0, 1, 125, 126, 127, 65535, 65536, 70000):
+            payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+            for binary in (False, True):
+                self.assertEqual(
+                    webSocketFrame(payload, binary),
+                    PreparedMessage(payload, binary, False, True).payloadHybi,
+                    (size, binary),
+                )
 
     def test_httpTimeoutDoesNotCloseWebSocket(self) -> None:
         """

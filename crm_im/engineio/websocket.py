@@ -6,19 +6,20 @@ L{EngineIOSession}.
 Autobahn does the WebSocket framing, UTF-8 validation (accelerated by
 wsaccel) and size limits; this module maps frames onto Engine.IO packets,
 honours the transport's back-pressure (a push producer that pauses the
-session's writes) and frames each outgoing packet once through Autobahn's
-L{PreparedMessage}, so a broadcast is framed once for all recipients.
+session's writes) and frames each outgoing packet once with
+L{webSocketFrame} (cached on the frame), so a broadcast is framed once for
+all recipients.
 """
 
 from __future__ import annotations
 
 import inspect
+import struct
 from typing import Any, cast
 
 import txaio
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
 from wsaccel.utf8validator import Utf8Validator
 from wsaccel.xormask import XorMaskerSimple
@@ -102,14 +103,32 @@ _MISSING = object()
 _UTF8 = Utf8Validator()
 
 
-def preparedMessage(frame: Frame) -> PreparedMessage:
+def webSocketFrame(payload: bytes, binary: bool) -> bytes:
     """
-    The WebSocket message for C{frame}, framed once and cached on it.
+    One unfragmented, unmasked (server to client), uncompressed WebSocket
+    data frame (RFC 6455, section 5.2).
+
+    What Autobahn's C{PreparedMessage} builds for this case, without the
+    object and its per-call bookkeeping: it runs for every frame sent.
+    """
+    first = 0x82 if binary else 0x81
+    length = len(payload)
+    if length < 126:
+        return bytes((first, length)) + payload
+    if length < 0x10000:
+        return struct.pack("!BBH", first, 126, length) + payload
+    return struct.pack("!BBQ", first, 127, length) + payload
+
+
+def preparedMessage(frame: Frame) -> bytes:
+    """
+    The WebSocket frame for C{frame}, built once and cached on it (a
+    broadcast is framed once for every recipient).
     """
     prepared = frame.prepared
     if prepared is None:
-        prepared = frame.prepared = PreparedMessage(frame.data, frame.binary, False, True)
-    return cast(PreparedMessage, prepared)
+        prepared = frame.prepared = webSocketFrame(frame.data, frame.binary)
+    return cast(bytes, prepared)
 
 
 @implementer(IPushProducer)
@@ -327,7 +346,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
         if self.state == WebSocketServerProtocol.STATE_OPEN:
             # What sendPreparedMessage does without compression, minus its
             # per-call debug formatting: the frame is already built.
-            data = preparedMessage(frame).payloadHybi
+            data = preparedMessage(frame)
             if self.send_queue:
                 self.sendData(data)
             else:

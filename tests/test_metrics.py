@@ -1,0 +1,77 @@
+"""
+Tests for L{crm_im.metrics}: the plain counts and their exposition.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.trial.unittest import SynchronousTestCase
+
+from crm_im.metrics import IMMetrics, LatencyHistogram
+
+
+def samples(metrics: IMMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """
+    What a scrape of C{metrics} shows, parsed by prometheus-client.
+    """
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+class LatencyHistogramTests(SynchronousTestCase):
+    """
+    L{LatencyHistogram} counts as Prometheus' C{le} buckets do.
+    """
+
+    def test_buckets(self) -> None:
+        """
+        A duration counts in every bucket whose bound is at least it (a
+        value on a bound counts in that bound's bucket); the buckets are
+        cumulative and end with C{+Inf}.
+        """
+        histogram = LatencyHistogram((0.1, 1.0))
+        for seconds in (0.05, 0.1, 0.5, 3.0):
+            histogram.observe(seconds)
+        self.assertEqual(histogram.buckets(), [("0.1", 2), ("1.0", 3), ("+Inf", 4)])
+        self.assertAlmostEqual(histogram.sum, 3.65)
+
+
+class IMMetricsTests(SynchronousTestCase):
+    """
+    L{IMMetrics}' counts appear in a scrape under the names and labels
+    operators query.
+    """
+
+    def test_scrape(self) -> None:
+        """
+        Events (unknown ones as C{other}), messages, receipts, errors, the
+        plain counters and the store latency histogram.
+        """
+        metrics = IMMetrics()
+        metrics.event("message")
+        metrics.event("message")
+        metrics.event("no such event")
+        metrics.messages["text"].inc()
+        metrics.receipts["offline"].inc(3)
+        metrics.error("INVALID_PAYLOAD")
+        metrics.error("NOT A CODE")
+        metrics.abuseDisconnects.inc()
+        metrics.store["store"].observe(0.003)
+        seen = samples(metrics)
+        self.assertEqual(seen[("crm_im_events_total", (("event", "message"),))], 2)
+        self.assertEqual(seen[("crm_im_events_total", (("event", "other"),))], 1)
+        self.assertEqual(seen[("crm_im_events_total", (("event", "typing"),))], 0)
+        self.assertEqual(seen[("crm_im_messages_total", (("type", "text"),))], 1)
+        self.assertEqual(seen[("crm_im_receipts_total", (("status", "offline"),))], 3)
+        self.assertEqual(seen[("crm_im_errors_total", (("code", "INVALID_PAYLOAD"),))], 1)
+        self.assertEqual(seen[("crm_im_abuse_disconnects_total", ())], 1)
+        self.assertEqual(seen[("crm_im_token_expiries_total", ())], 0)
+        store = (("operation", "store"),)
+        self.assertEqual(seen[("crm_im_store_latency_seconds_count", store)], 1)
+        self.assertEqual(seen[("crm_im_store_latency_seconds_bucket", (("le", "0.0025"), *store))], 0)
+        self.assertEqual(seen[("crm_im_store_latency_seconds_bucket", (("le", "0.005"), *store))], 1)

@@ -101,6 +101,8 @@ class IMApplication:
         self._catchingUp: dict[str, list[StoredMessage]] = {}
         # Messages emitted live whose "delivered" flag is not committed yet.
         self._unflushed: set[int] = set()
+        # Users gone offline this turn, announced at its end: (id, when).
+        self._goneOffline: list[tuple[str, int]] = []
         # Delivered this turn, to be marked in one write at its end.
         self._toMark: list[int] = []
         # Once server:shutdown went out, the sessions closing announce
@@ -318,9 +320,33 @@ class IMApplication:
             self._announceOffline(outcome.user)
 
     def _announceOffline(self, user: UserPresence) -> None:
+        """
+        Tell everyone C{user} went offline, at the end of this reactor turn.
+
+        Why not at once: when many connections drop together (a proxy
+        restarts, a network fails, a load test ends) their ends arrive in
+        the same turns, and announcing each at once would write N frames
+        for each of N users, mostly to sockets that are closing too. At the
+        end of the turn the users that left in it are out of presence, so
+        each announcement goes only to those still there.
+        """
         if self._shuttingDown:
             return
-        self._broadcast({"userId": user.id, "status": INVISIBLE, "timestamp": self.now()})
+        if not self._goneOffline:
+            self.clock.callLater(0, self._announceGone)
+        self._goneOffline.append((user.id, self.now()))
+
+    def _announceGone(self) -> None:
+        gone, self._goneOffline = self._goneOffline, []
+        if self._shuttingDown:
+            return
+        devices = list(self.presence.allDevices())
+        for userId, timestamp in gone:
+            if self.presence.user(userId) is not None:
+                # Back (or leaving again) within the turn: nothing changed
+                # for the others.
+                continue
+            self._send(devices, _frames("status_change", {"userId": userId, "status": INVISIBLE, "timestamp": timestamp}))
 
     def _userLeft(self, user: UserPresence) -> None:
         if user.visible:

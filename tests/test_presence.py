@@ -5,6 +5,7 @@ and an explicit clock.
 
 from __future__ import annotations
 
+import orjson
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -66,6 +67,32 @@ class PresenceTests(SynchronousTestCase):
         outcome = self.presence.logout("s1")
         assert outcome is not None
         self.assertFalse(outcome.wasVisible)
+
+    def test_onlineUsersJSON(self) -> None:
+        """
+        C{onlineUsersJSON} serialises to the same JSON as C{onlineUsers},
+        and follows changes of profile and status (each user is encoded
+        once until it changes).
+        """
+        self.presence.login("u1", "s1", "Alice", None)
+        self.presence.login("u2", "s2", "Bob", "b.png")
+
+        def same() -> None:
+            self.assertEqual(
+                orjson.loads(orjson.dumps(self.presence.onlineUsersJSON())), self.presence.onlineUsers()
+            )
+
+        same()
+        user = self.presence.user("u1")
+        assert user is not None
+        self.assertIs(user.wireJSON(), user.wireJSON())
+        self.presence.login("u1", "s3", "Alice B", "a.png")
+        same()
+        self.presence.setStatus("u2", "busy")
+        same()
+        self.presence.setStatus("u1", INVISIBLE)
+        same()
+        self.assertEqual(len(self.presence.onlineUsersJSON()), 1)
 
     def test_unknownStatus(self) -> None:
         """

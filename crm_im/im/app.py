@@ -372,7 +372,7 @@ class IMApplication:
         user = result.user
         wire = user.toWire()
         socket.sendFrames(_frames("user:login:success", wire))
-        socket.sendFrames(_frames("online_users", self.presence.onlineUsers()))
+        socket.sendFrames(_frames("online_users", self.presence.onlineUsersJSON()))
         if result.firstDevice:
             self._broadcast(
                 {

@@ -57,4 +57,4 @@ class OnlineUsersResource(JSONResource):
         self.presence = presence
 
     def value(self, request: IRequest) -> Any:
-        return {"users": self.presence.onlineUsers()}
+        return {"users": self.presence.onlineUsersJSON()}

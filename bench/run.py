@@ -540,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=1000, help="relay: clients (pairs = clients/2)")
     p.add_argument("--idle-n", type=int, default=2000, help="idle: connections")
     p.add_argument("--idle-connect-only", dest="idle_login", action="store_false",
-                   help="idle: Socket.IO CONNECT only; by default every client logs in too (O(N²) presence traffic)")
+                   help="idle: Socket.IO CONNECT only; without it every client logs in too (O(N²) presence "
+                        "traffic; log in by default: %(default)s)")
     p.add_argument("--idle-hold", type=float, default=10, help="idle: seconds held")
     p.add_argument("--storm-n", type=int, default=2000)
     p.add_argument("--storm-concurrency", type=int, default=200)

@@ -159,6 +159,30 @@ class TurnWriterTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(transport._tempDataBuffer, [b"12345"])
 
+    def test_flushSizeKeepsBackPressure(self) -> None:
+        """
+        Once a turn has gathered C{flushSize} bytes for a connection they
+        are sent at once: a connection that does not read fills the
+        kernel's buffer and then the transport's, whose producer pauses the
+        session, instead of gathering the whole turn's output.
+        """
+        self.writer.flushSize = 10
+        transport = FakeTCPTransport(FakeSocket(room=12))
+        for chunk in (b"aaaa", b"bbbb"):
+            self.writer.write(transport, chunk)
+        self.assertEqual(transport.socket.sends, [])
+        self.writer.write(transport, b"cccc")
+        self.assertEqual(transport.socket.sends, [b"aaaabbbbcccc"])
+        self.writer.write(transport, b"dd")
+        self.writer.write(transport, b"x" * 10)
+        self.assertEqual(transport.socket.sends, [b"aaaabbbbcccc", b"ddxxxxxxxxxx"])
+        self.writer.write(transport, b"y" * 10)
+        # A first write of flushSize bytes goes at once too; the socket
+        # is full now (room 12 per send in this fake), the rest buffers.
+        self.assertEqual(transport.socket.sends[-1], b"y" * 10)
+        self.clock.advance(0)
+        self.assertEqual(len(transport.socket.sends), 3)
+
     def test_flushNow(self) -> None:
         """
         C{flush} sends what waits for one connection at once (before another

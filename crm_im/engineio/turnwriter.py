@@ -20,6 +20,12 @@ errors and closing — works as it always does.
 Only plain TCP connections (L{twisted.internet.tcp.Connection} without
 TLS) are written directly; any other transport (TLS, test transports) is
 written through C{transport.write} at once, exactly as before.
+
+Back-pressure is kept: once a turn has gathered C{flushSize} bytes for a
+connection they are sent at once, so a connection that does not read
+fills the kernel's buffer, then Twisted's (which pauses the session's
+producer past its C{bufferSize}), then the session's bounded queue, as
+without the writer, instead of gathering a whole turn's output unbounded.
 """
 
 from __future__ import annotations
@@ -46,9 +52,13 @@ class TurnWriter:
 
     @ivar sendLimit: a gathered write larger than this goes through the
         transport's buffer (as Twisted's own C{SEND_LIMIT}).
+    @ivar flushSize: bytes gathered for one connection that are sent at
+        once rather than at the end of the turn (Twisted's C{bufferSize}:
+        what it buffers before it pauses the producer).
     """
 
     sendLimit = 128 * 1024
+    flushSize = 64 * 1024
 
     def __init__(self, clock: IReactorTime, isDirect: Any = directlyWritable) -> None:
         """
@@ -59,6 +69,8 @@ class TurnWriter:
         self._clock = clock
         self._isDirect = isDirect
         self._pending: dict[Any, list[bytes]] = {}
+        # Bytes gathered per connection, for those past a first write.
+        self._sizes: dict[Any, int] = {}
         self._call: IDelayedCall | None = None
 
     @property
@@ -76,9 +88,18 @@ class TurnWriter:
         pending = self._pending.get(transport)
         if pending is not None:
             pending.append(data)
+            sizes = self._sizes
+            size = sizes.get(transport, len(pending[0])) + len(data)
+            if size >= self.flushSize:
+                self.flush(transport)
+            else:
+                sizes[transport] = size
             return
         if not self._isDirect(transport):
             transport.write(data)
+            return
+        if len(data) >= self.flushSize:
+            self._send(transport, data)
             return
         self._pending[transport] = [data]
         if self._call is None:
@@ -89,6 +110,7 @@ class TurnWriter:
         Send what is waiting for C{transport} now: before another writer
         (Autobahn's control frames, a close) uses the transport directly.
         """
+        self._sizes.pop(transport, None)
         chunks = self._pending.pop(transport, None)
         if chunks:
             self._send(transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
@@ -97,10 +119,12 @@ class TurnWriter:
         """
         Forget what is waiting for C{transport} (its connection is gone).
         """
+        self._sizes.pop(transport, None)
         self._pending.pop(transport, None)
 
     def _flushAll(self) -> None:
         self._call = None
+        self._sizes = {}
         pending, self._pending = self._pending, {}
         for transport, chunks in pending.items():
             self._send(transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))

@@ -330,6 +330,12 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
         Tell the session its WebSocket is gone.
         """
         self._writer.discard(self.transport)
+        # Autobahn leaves the close-handshake timer of a connection that
+        # was lost before the peer answered our close pending (it keeps the
+        # protocol alive for closeHandshakeTimeout seconds): cancel it.
+        timer, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
+        if timer is not None:
+            timer.cancel()
         session, self.session = self.session, None
         if session is not None:
             session.channelClosed(self)

@@ -34,6 +34,9 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+import attrs
+
+from crm_im.engineio.packet import messageFrame
 from crm_im.limits import LimitSettings
 from tests.integration.test_im import serveIM
 from tests.support.clients import ConnectError, DriverTestMixin
@@ -458,6 +461,39 @@ class AttackReplayTests(TestCase):
         # client got nothing after the OPEN packet.
         self.assertTrue(bytes(probe.received).endswith(b"\"maxPayload\":100000}"))
         yield self.changes.until(lambda: len(self.engine.sessions) == 1)
+        yield self.assertBystanderFine()
+
+    @inlineCallbacks
+    def test_clientThatNeverReads(self) -> Inline:
+        """
+        A WebSocket client that stops reading while the server floods it
+        costs the server a bounded amount: the kernel's buffer fills, then
+        the transport's, which pauses the session, then the session's
+        queue, and past its bound the session is closed. Nothing else
+        suffers.
+        """
+        self.engine.config = attrs.evolve(self.engine.config, maxBufferedBytes=1_000_000)
+        port = self.service.ports[0].getHost().port
+        probe = WebSocketProbe()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), probe)
+        probe.transport.write(
+            b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
+            + base64.b64encode(os.urandom(16)) + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        yield probe.whenReceived(b'"sid"').addTimeout(10, reactor)
+        (session,) = [s for s in self.engine.sessions.values() if s.transportName == "websocket"]
+        probe.transport.pauseProducing()
+        overflows = self.engine.stats.bufferOverflows
+        frame = messageFrame(b"x" * 60_000)
+        # 24 MB in one reactor turn: far more than the kernel holds.
+        for _ in range(400):
+            session.send(frame)
+            if session.state != "open":
+                break
+        self.assertEqual(self.engine.stats.bufferOverflows, overflows + 1)
+        self.assertEqual(session.state, "closed")
+        yield self.changes.until(lambda: len(self.engine.sessions) == 1)
+        probe.transport.abortConnection()
         yield self.assertBystanderFine()
 
     @inlineCallbacks

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -721,10 +721,25 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
         """
         With no other write, delivered marks commit after lazyDelay.
         """
-        self.store.lazyDelay = 0.01
+        clock = self.storeClock()
         stored = await self.store.storeMessage(newMessage("1"))
-        await self.store.markDelivered([stored.message.seq])
+        await self.store.ping()
+        before = self.store.transactionCount
+        marked = self.store.markDelivered([stored.message.seq])
+        clock.advance(self.store.lazyDelay - 0.001)
+        self.assertEqual(self.store.transactionCount, before)
+        clock.advance(0.001)
+        await marked
         self.assertEqual(await self.store.pendingFor("bob", 10), [])
+
+    def storeClock(self) -> Clock:
+        """
+        Give the store's own timers (lazy marks, commit interval) a
+        L{Clock}; the database thread still reports through the reactor.
+        """
+        clock = Clock()
+        self.store.database.clock = clock
+        return clock
 
     async def test_commitInterval(self) -> None:
         """
@@ -732,13 +747,19 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
         wait and share the next transaction, instead of each starting one
         as soon as the store is idle.
         """
+        clock = self.storeClock()
         self.store.commitInterval = 0.2
         await self.store.storeMessage(newMessage("1"))
+        # Out of the commit's callbacks (the store is idle again).
+        await self.store.ping()
         before = self.store.transactionCount
         # The first of these would start a transaction of its own at once
         # (nothing is in flight) and the other two share a second.
         writes = [self.store.storeMessage(newMessage(str(n))) for n in range(2, 5)]
+        clock.advance(0.19)
         self.assertEqual(self.store.transactionCount, before)
+        clock.advance(0.01)
+        self.assertEqual(self.store.transactionCount, before + 1)
         for write in writes:
             await write
         self.assertEqual(self.store.transactionCount, before + 1)
@@ -749,19 +770,23 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
         held them back commit when the interval ends, not a lazy delay
         later.
         """
+        clock = self.storeClock()
         self.store.lazyDelay = 0.01
         self.store.commitInterval = 0.05
         stored = await self.store.storeMessage(newMessage("1"))
         marked = self.store.markDelivered([stored.message.seq])
-        # The lazy call is scheduled once the commit's callbacks are done;
-        # another lazy delay after that would take longer than the test may.
-        await deferLater(reactor, 0, lambda: None)
+        # A read queued behind the commit: when it answers, the commit's
+        # callbacks are done and the marks' lazy call is scheduled.
+        await self.store.ping()
         self.assertIsNotNone(self.store._lazyCall)
         self.store.lazyDelay = 1000.0
+        before = self.store.transactionCount
+        clock.advance(0.01)
+        self.assertEqual(self.store.transactionCount, before)
+        clock.advance(0.04)
+        self.assertEqual(self.store.transactionCount, before + 1)
         await marked
         self.assertEqual(await self.store.pendingFor("bob", 10), [])
-
-    test_deliveredMarksDueWaitOnlyForInterval.timeout = 10  # type: ignore[attr-defined]
 
     async def test_writeFiresAfterCommit(self) -> None:
         """

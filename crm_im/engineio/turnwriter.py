@@ -113,7 +113,7 @@ class TurnWriter:
         self._sizes.pop(transport, None)
         chunks = self._pending.pop(transport, None)
         if chunks:
-            self._send(transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            self._send(transport, b"".join(chunks))
 
     def discard(self, transport: Any) -> None:
         """
@@ -127,7 +127,8 @@ class TurnWriter:
         self._sizes = {}
         pending, self._pending = self._pending, {}
         for transport, chunks in pending.items():
-            self._send(transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            # (joining one chunk returns it as it is: no copy)
+            self._send(transport, b"".join(chunks))
 
     def _send(self, transport: Any, data: bytes) -> None:
         """

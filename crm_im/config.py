@@ -28,6 +28,8 @@ class Config:
     @ivar presenceGrace: seconds a user stays online after the last device.
     @ivar sqliteSynchronous: SQLite's C{synchronous} pragma (C{FULL} survives
         power loss; C{NORMAL} survives a killed process).
+    @ivar commitInterval: seconds at least between the starts of two write
+        transactions of the message store (group commit).
     @ivar logEvents: log one line per event (C{[消息]} and the like).
     @ivar shutdownGrace: seconds to wait on stop for polling clients to
         collect C{server:shutdown}.
@@ -51,6 +53,7 @@ class Config:
     maxMessageLength: int = 65536
     presenceGrace: float = 0.0
     sqliteSynchronous: str = "FULL"
+    commitInterval: float = 0.010
     logEvents: bool = True
     shutdownGrace: float = 2.0
     auth: str = "open"

@@ -88,6 +88,7 @@ class CRMIMService(Service):
         dataDir = FilePath(config.dataDir)
         self.dataDir = dataDir
         self.store = SQLiteMessageStore(dataDir.child("crm_im.sqlite3").path, reactor, config.sqliteSynchronous)
+        self.store.commitInterval = config.commitInterval
         self.threadpool = ThreadPool(minthreads=0, maxthreads=4, name="crm_im-files")
         self.files = DiskFileStore(dataDir.child("files"), IReactorFromThreads(reactor), self.threadpool, self.store)
         self.presence = Presence(reactor, config.presenceGrace)

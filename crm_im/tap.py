@@ -86,6 +86,8 @@ class Options(usage.Options):
         ["max-message-length", None, 65536, "Longest text message content, in characters."],
         ["presence-grace", None, 0, "Seconds a user stays online after the last device disconnects."],
         ["sqlite-synchronous", None, "FULL", "SQLite synchronous pragma: FULL (survives power loss) or NORMAL."],
+        ["commit-interval", None, 10, "Milliseconds at least between two message-store commits: writes arriving "
+         "meanwhile share the next one (0: commit as soon as the previous one is done)."],
         ["shutdown-grace", None, 2, "Seconds to wait on stop for clients to collect server:shutdown."],
         ["auth", None, None, "Authentication mode: open (default; clients say who they are) or jwt "
          "(also: $CRM_IM_AUTH)."],
@@ -143,6 +145,9 @@ class Options(usage.Options):
             raise usage.UsageError("--presence-grace and --shutdown-grace must be numbers")
         if grace < 0 or shutdownGrace < 0:
             raise usage.UsageError("--presence-grace and --shutdown-grace must not be negative")
+        commitInterval = _number("commit-interval", self["commit-interval"], float)
+        if not 0 <= commitInterval <= 1000:
+            raise usage.UsageError("--commit-interval must be between 0 and 1000 ms")
         synchronous = str(self["sqlite-synchronous"]).upper()
         if synchronous not in _SYNCHRONOUS:
             raise usage.UsageError(f"--sqlite-synchronous must be one of {', '.join(_SYNCHRONOUS)}")
@@ -175,6 +180,7 @@ class Options(usage.Options):
             maxMessageLength=_positive("max-message-length", self["max-message-length"]),
             presenceGrace=grace,
             sqliteSynchronous=synchronous,
+            commitInterval=commitInterval / 1000,
             logEvents=not quiet,
             shutdownGrace=shutdownGrace,
             auth=auth,

@@ -81,12 +81,14 @@ class OptionsTests(SynchronousTestCase):
             "--connect-timeout", "3000", "--max-message-length", "10", "--presence-grace", "1.5",
             "--cors-origin", "https://a.example", "--cors-origin", "https://b.example",
             "--sqlite-synchronous", "normal", "--quiet", "--data-dir", "/tmp/x",
+            "--commit-interval", "2.5",
         )
         self.assertEqual((config.pingInterval, config.pingTimeout, config.maxPayload), (1000, 2000, 5000))
         self.assertEqual((config.connectTimeout, config.maxMessageLength), (3000, 10))
         self.assertEqual(config.presenceGrace, 1.5)
         self.assertEqual(config.corsOrigins, ("https://a.example", "https://b.example"))
         self.assertEqual(config.sqliteSynchronous, "NORMAL")
+        self.assertEqual(config.commitInterval, 0.0025)
         self.assertFalse(config.logEvents)
         self.assertEqual(config.dataDir, "/tmp/x")
         self.assertEqual(config.engineConfig().corsOrigins, config.corsOrigins)
@@ -109,6 +111,9 @@ class OptionsTests(SynchronousTestCase):
             ["--max-payload", "-5"],
             ["--presence-grace", "soon"],
             ["--sqlite-synchronous", "sometimes"],
+            ["--commit-interval", "-1"],
+            ["--commit-interval", "5000"],
+            ["--commit-interval", "nan"],
         ):
             with self.subTest(args=args):
                 error = self.assertRaises(usage.UsageError, parse, *args)

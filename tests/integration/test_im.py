@@ -885,6 +885,14 @@ class HTTPTests(DriverTestMixin, TestCase):
     """
 
     @inlineCallbacks
+    def test_commitInterval(self) -> Inline:
+        """
+        The configured commit interval is the store's.
+        """
+        service, _ = yield serveIM(self, commitInterval=0.004)
+        self.assertEqual(service.store.commitInterval, 0.004)
+
+    @inlineCallbacks
     def setUp(self) -> Inline:
         """
         Serve crm_im.

@@ -22,7 +22,8 @@ from crm_im.engineio.resource import EngineIOResource
 from crm_im.engineio.server import EngineIOServer
 from crm_im.engineio.session import CLOSED, OPEN
 from crm_im.engineio.site import EngineIOSite
-from crm_im.engineio.websocket import EngineIOWebSocketProtocol, preparedMessage, webSocketFrame
+from crm_im.engineio import websocket
+from crm_im.engineio.websocket import EngineIOWebSocketProtocol, webSocketFrame
 
 from .test_eio_session import RecordingApp, sequentialSids
 
@@ -254,13 +255,21 @@ class DirectWebSocketTests(WebSocketTestMixin, SynchronousTestCase):
         """
         A frame sent to several sessions is framed once.
         """
-        frame = messageFrame(b"broadcast")
+        framed: list[bytes] = []
+
+        def countingFrame(payload: bytes, binary: bool) -> bytes:
+            framed.append(payload)
+            return webSocketFrame(payload, binary)
+
         connections = [self.openWebSocket() for _ in range(3)]
+        self.patch(websocket, "webSocketFrame", countingFrame)
+        frame = messageFrame(b"broadcast")
         for session in self.app.opened:
             session.send(frame)
         for connection in connections:
             self.assertEqual(connection.frames(), [(TEXT, b"4broadcast")])
-        self.assertIs(preparedMessage(frame), frame.prepared)
+        self.assertEqual(framed, [b"4broadcast"])
+        self.assertEqual(frame.prepared, webSocketFrame(b"4broadcast", False))
 
     def test_webSocketFrameMatchesAutobahn(self) -> None:
         """

@@ -120,17 +120,6 @@ def webSocketFrame(payload: bytes, binary: bool) -> bytes:
     return struct.pack("!BBQ", first, 127, length) + payload
 
 
-def preparedMessage(frame: Frame) -> bytes:
-    """
-    The WebSocket frame for C{frame}, built once and cached on it (a
-    broadcast is framed once for every recipient).
-    """
-    prepared = frame.prepared
-    if prepared is None:
-        prepared = frame.prepared = webSocketFrame(frame.data, frame.binary)
-    return cast(bytes, prepared)
-
-
 @implementer(IPushProducer)
 class _SessionProducer:
     """
@@ -351,8 +340,11 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
         """
         if self.state == WebSocketServerProtocol.STATE_OPEN:
             # What sendPreparedMessage does without compression, minus its
-            # per-call debug formatting: the frame is already built.
-            data = preparedMessage(frame)
+            # per-call debug formatting: the frame is already built
+            # (preparedMessage, inlined: this runs for every frame sent).
+            data = frame.prepared
+            if data is None:
+                data = frame.prepared = webSocketFrame(frame.data, frame.binary)
             if self.send_queue:
                 self.sendData(data)
             else:

@@ -171,15 +171,17 @@ class IMApplication:
                 return
             if isinstance(result, Deferred):
                 result.addCallbacks(
-                    lambda value: self._reply(socket, ack, replyEvent, value),
-                    lambda failure: self._failed(socket, ack, event, failure),
+                    self._reply,
+                    self._failed,
+                    callbackArgs=(socket, ack, replyEvent),
+                    errbackArgs=(socket, ack, event),
                 )
             else:
-                self._reply(socket, ack, replyEvent, result)
+                self._reply(result, socket, ack, replyEvent)
 
         self.sio.on(event, handler, wantsAck=True)
 
-    def _reply(self, socket: Socket, ack: Ack | None, replyEvent: str | None, value: Any) -> None:
+    def _reply(self, value: Any, socket: Socket, ack: Ack | None, replyEvent: str | None) -> None:
         if ack is not None:
             ack(value)
         elif replyEvent is not None:
@@ -191,7 +193,7 @@ class IMApplication:
         if ack is not None:
             ack(error.ack())
 
-    def _failed(self, socket: Socket, ack: Ack | None, event: str, failure: Failure) -> None:
+    def _failed(self, failure: Failure, socket: Socket, ack: Ack | None, event: str) -> None:
         if failure.check(IMError):
             self._refuse(socket, ack, event, failure.value)
             return
@@ -241,22 +243,13 @@ class IMApplication:
         """
         self.tokens.stop()
 
-    def _admitted(self, socket: Socket, d: "Deferred[Any]") -> "Deferred[Any]":
+    def _storeFinished(self, started: float) -> None:
         """
-        Count a message write as work in flight (the L{ReadGate} stops
-        reading from clients past its mark) and time it.
+        A message write began at C{started} is over: it no longer counts as
+        work in flight for the L{ReadGate}, and its time is observed.
         """
-        gate = self.gate
-        gate.begin(socket.session)
-        histogram = self.metrics.store["store"]
-        started = self.clock.seconds()
-
-        def finished(result: object) -> object:
-            gate.end()
-            histogram.observe(self.clock.seconds() - started)
-            return result
-
-        return d.addBoth(finished)
+        self.gate.end()
+        self.metrics.store["store"].observe(self.clock.seconds() - started)
 
     def _timed(self, d: "Deferred[Any]", operation: str) -> "Deferred[Any]":
         """
@@ -461,7 +454,7 @@ class IMApplication:
         """
         user = self._user(socket)
         request = validation.message(data, user.id, self.settings.maxMessageLength)
-        stored = self._admitted(socket, self.store.storeMessage(
+        stored = self.store.storeMessage(
             NewMessage(
                 fromId=user.id,
                 fromName=user.name,
@@ -475,19 +468,28 @@ class IMApplication:
                 clientTimestamp=request.timestamp,
                 serverTimestamp=self.now(),
             )
-        ))
+        )
+        # Counted as work in flight (past its mark the ReadGate stops
+        # reading from clients) until the write is over.
+        self.gate.begin(socket.session)
+        started = self.clock.seconds()
         return stored.addCallbacks(
-            self._messageStored,
+            self._messageWritten,
             self._storeFailed,
-            callbackArgs=(socket,),
-            errbackArgs=(request.id,),
+            callbackArgs=(socket, started),
+            errbackArgs=(request.id, started),
         )
 
-    def _storeFailed(self, failure: Failure, messageId: str) -> Failure:
+    def _storeFailed(self, failure: Failure, messageId: str, started: float) -> Failure:
+        self._storeFinished(started)
         if failure.check(IMError):
             return failure
         self.log.failure("storing message {id}", failure, id=messageId)
         raise IMError(INTERNAL, "the message could not be stored; send it again", messageId)
+
+    def _messageWritten(self, outcome: StoreOutcome, socket: Socket, started: float) -> dict[str, Any]:
+        self._storeFinished(started)
+        return self._messageStored(outcome, socket)
 
     def _messageStored(self, outcome: StoreOutcome, socket: Socket) -> dict[str, Any]:
         stored = outcome.message

@@ -13,8 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import attrs
 
@@ -38,18 +37,16 @@ def _invalid(message: str, id: str | None = None) -> IMError:
     return IMError(INVALID_PAYLOAD, message, id)
 
 
-@contextmanager
-def _namedBy(raw: Any, id: str) -> Iterator[None]:
+def _nameRefusal(error: IMError, raw: Any, id: str) -> None:
     """
-    Refusals raised inside name the message by C{id}, but only when the
-    client chose it (an id the server made up means nothing to the client).
+    A refusal of a message names it by C{id}, but only when the client
+    chose it (an id the server made up means nothing to the client).
+
+    (A plain C{try}/C{except} at each caller rather than a context manager:
+    this runs for every message.)
     """
-    try:
-        yield
-    except IMError as error:
-        if raw is not None:
-            error.id = id
-        raise
+    if raw is not None:
+        error.id = id
 
 
 def payloadObject(data: Any, event: str) -> dict[str, Any]:
@@ -178,7 +175,7 @@ def message(data: Any, loggedInId: str, maxLength: int) -> MessageRequest:
     data = payloadObject(data, "message")
     raw = data.get("id")
     id = messageId(raw)
-    with _namedBy(raw, id):
+    try:
         checkSender(data, loggedInId)
         kind = data.get("type", "text")
         if kind is None:
@@ -207,6 +204,9 @@ def message(data: Any, loggedInId: str, maxLength: int) -> MessageRequest:
             fileName=fileName,
             timestamp=timestamp,
         )
+    except IMError as error:
+        _nameRefusal(error, raw, id)
+        raise
 
 
 @attrs.frozen
@@ -336,7 +336,7 @@ def fileTransfer(data: Any, loggedInId: str) -> FileRequest:
     data = payloadObject(data, "file_transfer")
     raw = data.get("id")
     id = messageId(raw)
-    with _namedBy(raw, id):
+    try:
         checkSender(data, loggedInId)
         content = data.get("data")
         if isinstance(content, bytes):
@@ -361,3 +361,6 @@ def fileTransfer(data: Any, loggedInId: str) -> FileRequest:
             raw=data,
             data=blob,
         )
+    except IMError as error:
+        _nameRefusal(error, raw, id)
+        raise

@@ -144,6 +144,14 @@ def encodeEvent(namespace: str, event: str, args: Sequence[Any], id: int | None 
     """
     Encode an EVENT (or BINARY_EVENT) C{event} with C{args}.
     """
+    if namespace == "/" and id is None:
+        # What nearly every emit is: one text frame, C{42[...]}, built
+        # without the packet object (orjson refuses bytes: then the general
+        # path makes attachments).
+        try:
+            return [Frame(b"42" + dumps([event, *args]))]
+        except TypeError:
+            pass
     return encode(SocketIOPacket(EVENT, namespace, [event, *args], id))
 
 

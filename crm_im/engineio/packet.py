@@ -54,7 +54,7 @@ class Frame:
     def __init__(self, data: bytes, binary: bool = False) -> None:
         self.data = data
         self.binary = binary
-        self.prepared: object = None
+        self.prepared: bytes | None = None
 
     def __repr__(self) -> str:
         return f"Frame({self.data!r}, binary={self.binary})"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import struct
-from typing import Any, cast
+from typing import Any
 
 import txaio
 from autobahn.twisted.resource import WebSocketResource

@@ -10,15 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import sys
-from pathlib import Path
 from typing import Any, Dict, Generator, Tuple
 
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from crm_im.logging import eventAsJSON, jsonLineObserver

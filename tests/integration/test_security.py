@@ -23,7 +23,7 @@ import os
 import struct
 import time
 import weakref
-from typing import Any, Dict, Generator, List, Optional, Tuple
+from typing import Any, Generator, List, Optional, Tuple
 
 import jwt
 import treq

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from typing import Any, Dict, Generator, List, Optional, Tuple
+from typing import Any, Dict, Generator, List, Tuple
 
 import treq
 from cryptography import x509

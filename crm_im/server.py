@@ -31,7 +31,7 @@ from .im.app import IMApplication, IMSettings
 from .metrics import IMMetrics
 from .presence import Presence
 from .socketio.server import SocketIOServer
-from .storage import DiskFileStore, SQLiteMessageStore
+from .storage import DiskFileStore, MemoryMessageStore, SQLiteMessageStore
 from .web.files import FilesResource
 from .web.health import HealthResource
 from .web.metrics import MetricsResource
@@ -82,13 +82,24 @@ class CRMIMService(Service):
     #: Set by L{crm_im.tap.makeService}; off for services run inside tests.
     exitOnStartFailure = False
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, store: MemoryMessageStore | None = None) -> None:
+        """
+        @param store: the message store (it also keeps the file records);
+            by default the durable SQLite store in the data directory. The
+            in-memory fake is accepted for measurements of the rest of the
+            server (C{bench/memory_store.tac}), never for service: it
+            forgets everything at exit.
+        """
         self.config = config
         self.reactor = reactor
         dataDir = FilePath(config.dataDir)
         self.dataDir = dataDir
-        self.store = SQLiteMessageStore(dataDir.child("crm_im.sqlite3").path, reactor, config.sqliteSynchronous)
-        self.store.commitInterval = config.commitInterval
+        self.store: SQLiteMessageStore | MemoryMessageStore
+        if store is None:
+            self.store = SQLiteMessageStore(dataDir.child("crm_im.sqlite3").path, reactor, config.sqliteSynchronous)
+            self.store.commitInterval = config.commitInterval
+        else:
+            self.store = store
         self.threadpool = ThreadPool(minthreads=0, maxthreads=4, name="crm_im-files")
         self.files = DiskFileStore(dataDir.child("files"), IReactorFromThreads(reactor), self.threadpool, self.store)
         self.presence = Presence(reactor, config.presenceGrace)

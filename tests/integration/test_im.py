@@ -26,11 +26,13 @@ from typing import Any, Dict, Generator, List, Optional, Tuple
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
 from crm_im import __version__
 from crm_im.config import Config
 from crm_im.server import CRMIMService
+from crm_im.storage import MemoryMessageStore
 from tests.support.clients import ClientDriver, DriverTestMixin
 
 Inline = Generator[Deferred[Any], Any, Any]
@@ -44,11 +46,12 @@ JSON_TYPE = [b"application/json; charset=utf-8"]
 
 
 @inlineCallbacks
-def serveIM(testCase: TestCase, **overrides: Any) -> Inline:
+def serveIM(testCase: TestCase, store: Any = None, **overrides: Any) -> Inline:
     """
     Start a L{CRMIMService} on a loopback port with a fresh data directory,
     stopped at cleanup.
 
+    @param store: the service's message store (default: its SQLite store).
     @param overrides: L{Config} fields.
     @return: a L{Deferred} firing with C{(service, "http://127.0.0.1:PORT")}.
     """
@@ -59,7 +62,7 @@ def serveIM(testCase: TestCase, **overrides: Any) -> Inline:
         shutdownGrace=0.5,
     )
     settings.update(overrides)
-    service = CRMIMService(Config(**settings), reactor)
+    service = CRMIMService(Config(**settings), reactor, store=store)
     service.startService()
     testCase.addCleanup(service.stopService)
     ports = yield service.ready
@@ -891,6 +894,25 @@ class HTTPTests(DriverTestMixin, TestCase):
         """
         service, _ = yield serveIM(self, commitInterval=0.004)
         self.assertEqual(service.store.commitInterval, 0.004)
+
+    @inlineCallbacks
+    def test_injectedStore(self) -> Inline:
+        """
+        A store given to the service is the one messages go to (the bench's
+        in-memory comparison runs on this); no SQLite database is made.
+        """
+        store = MemoryMessageStore()
+        service, url = yield serveIM(self, store=store)
+        self.assertIs(service.store, store)
+        driver = yield self.startDriver()
+        for name in ("a", "b"):
+            yield driver.connect(name, url, transports=["websocket"])
+            yield driver.emit(name, "user:login", {"id": name, "name": name}, ack=True)
+        (receipt,) = yield driver.emit(name, "message", {"toId": "a", "content": "hi", "type": "text"}, ack=True)
+        self.assertEqual(receipt["status"], "delivered")
+        (stored,) = store.messages.values()
+        self.assertEqual((stored.fromId, stored.toId, stored.id), ("b", "a", receipt["messageId"]))
+        self.assertFalse(FilePath(service.config.dataDir).child("crm_im.sqlite3").exists())
 
     @inlineCallbacks
     def setUp(self) -> Inline:

@@ -6,6 +6,7 @@ schema and the real batch functions, without the reactor.
     python bench/store.py                          # batches of 40 on 100,000 stored messages
     python bench/store.py --batch 200 --runs 3
     python bench/store.py --drop-index messages_recipient_message_id
+    python bench/store.py --page-size 1024 --pragma mmap_size=268435456
 
 Each commit is what the server's group commit runs: the delivered marks of
 the previous batch, then a batch of new messages (1,000 users in 500 pairs,
@@ -16,7 +17,8 @@ message, split by statement, after C{--preload} messages are stored.
 
 Why: the relay bench shows the database thread's share of the server's core,
 not what it is made of. Here the schema can be changed one index at a time
-(C{--drop-index}) and the batch size varied, each in a fresh database. Run it
+(C{--drop-index}), the batch size varied and pragmas tried (C{--page-size},
+C{--pragma}), each in a fresh database. Run it
 pinned to one core (C{taskset -c 0}) on a quiet machine, several times: a
 shared machine varies by ±20 % from run to run.
 """
@@ -98,7 +100,12 @@ def run(args: argparse.Namespace, directory: str) -> tuple[float, Counter[str]]:
     import sqlite3
 
     connection = sqlite3.connect(path, check_same_thread=False)
+    if args.page_size:
+        # (only before the first write: WAL mode fixes the page size)
+        connection.execute(f"PRAGMA page_size={args.page_size}")
     engine.onNewConnection(connection)
+    for pragma in args.pragma:
+        connection.execute(f"PRAGMA {pragma}")
     spent: Counter[str] = Counter()
     txn = Transaction(_TimedCursor(connection.cursor(), spent), engine)
     txn.execute("BEGIN")
@@ -135,6 +142,9 @@ def main() -> None:
     parser.add_argument("--preload", type=int, default=100_000, help="messages stored before measuring")
     parser.add_argument("--messages", type=int, default=20_000, help="messages measured")
     parser.add_argument("--drop-index", action="append", default=[], help="drop this index of the schema (repeatable)")
+    parser.add_argument("--page-size", type=int, default=0, help="page size of the fresh database (0: SQLite's default)")
+    parser.add_argument("--pragma", action="append", default=[], metavar="NAME=VALUE",
+                        help="a PRAGMA run after the server's own, e.g. wal_autocheckpoint=50000 (repeatable)")
     parser.add_argument("--runs", type=int, default=1, help="fresh databases, one after the other")
     parser.add_argument("--dir", default=None, help="where the databases go (default: a temporary directory)")
     args = parser.parse_args()

@@ -908,7 +908,7 @@ class HTTPTests(DriverTestMixin, TestCase):
         for name in ("a", "b"):
             yield driver.connect(name, url, transports=["websocket"])
             yield driver.emit(name, "user:login", {"id": name, "name": name}, ack=True)
-        (receipt,) = yield driver.emit(name, "message", {"toId": "a", "content": "hi", "type": "text"}, ack=True)
+        (receipt,) = yield driver.emit("b", "message", {"toId": "a", "content": "hi", "type": "text"}, ack=True)
         self.assertEqual(receipt["status"], "delivered")
         (stored,) = store.messages.values()
         self.assertEqual((stored.fromId, stored.toId, stored.id), ("b", "a", receipt["messageId"]))

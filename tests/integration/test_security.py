@@ -40,6 +40,7 @@ from crm_im.engineio.packet import messageFrame
 from crm_im.limits import LimitSettings
 from tests.integration.test_im import serveIM
 from tests.support.clients import ConnectError, DriverTestMixin
+from tests.support.markers import MarkedBytes
 
 Inline = Generator[Deferred[Any], Any, Any]
 
@@ -226,33 +227,21 @@ class WebSocketProbe(Protocol):
     """
 
     def __init__(self) -> None:
-        self.received = bytearray()
+        self._marked = MarkedBytes()
+        self.received = self._marked.data
         self.lost: Deferred[None] = Deferred()
-        self._waiters: List[Tuple[bytes, Deferred[None]]] = []
 
     def dataReceived(self, data: bytes) -> None:
         """
         Keep everything; fire the waiters whose bytes have arrived.
         """
-        self.received += data
-        waiting = []
-        for marker, waiter in self._waiters:
-            if marker in self.received:
-                waiter.callback(None)
-            else:
-                waiting.append((marker, waiter))
-        self._waiters = waiting
+        self._marked.feed(data)
 
     def whenReceived(self, marker: bytes) -> Deferred[None]:
         """
         A L{Deferred} that fires once C{marker} has been received.
         """
-        d: Deferred[None] = Deferred()
-        if marker in self.received:
-            d.callback(None)
-        else:
-            self._waiters.append((marker, d))
-        return d
+        return self._marked.whenContains(marker)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """

@@ -16,7 +16,7 @@ import socket
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Any, Dict, Generator, List, Optional, Tuple
+from typing import Any, Dict, Generator, List, Optional
 
 import treq
 from twisted.internet import reactor
@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support.clients import requireKind, startDriver
+from tests.support.markers import MarkedBytes
 
 Inline = Generator[Deferred[Any], Any, Any]
 
@@ -57,36 +58,24 @@ class ServerProcess(ProcessProtocol):
     """
 
     def __init__(self) -> None:
-        self.output = bytearray()
+        self._marked = MarkedBytes()
+        self.output = self._marked.data
         self.reason: Optional[Failure] = None
         self.port: Optional[int] = None
         self._endWaiters: List[Deferred[None]] = []
-        self._outputWaiters: List[Tuple[bytes, Deferred[None]]] = []
 
     def outReceived(self, data: bytes) -> None:
         """
         Keep stdout, and fire the waiters whose text has appeared.
         """
-        self.output += data
-        waiting = []
-        for marker, waiter in self._outputWaiters:
-            if marker in self.output:
-                waiter.callback(None)
-            else:
-                waiting.append((marker, waiter))
-        self._outputWaiters = waiting
+        self._marked.feed(data)
 
     def whenOutputContains(self, marker: bytes) -> Deferred[None]:
         """
         A new L{Deferred} that fires once C{marker} has appeared in the
         output.
         """
-        d: Deferred[None] = Deferred()
-        if marker in self.output:
-            d.callback(None)
-        else:
-            self._outputWaiters.append((marker, d))
-        return d
+        return self._marked.whenContains(marker)
 
     errReceived = outReceived
 
@@ -99,9 +88,7 @@ class ServerProcess(ProcessProtocol):
         waiters, self._endWaiters = self._endWaiters, []
         for waiter in waiters:
             waiter.callback(None)
-        outputWaiters, self._outputWaiters = self._outputWaiters, []
-        for _, outputWaiter in outputWaiters:
-            outputWaiter.errback(reason)
+        self._marked.failWaiting(reason)
 
     def whenEnded(self) -> Deferred[None]:
         """

@@ -22,7 +22,7 @@ import attrs
 import orjson
 from twisted.internet.interfaces import IReactorTime
 
-from .engineio.timers import DeadlineWheel
+from .timers import DeadlineWheel
 
 ONLINE = "online"
 AWAY = "away"

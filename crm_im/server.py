@@ -23,7 +23,7 @@ from twisted.python.threadpool import ThreadPool
 
 from .auth import OPEN, authenticatorFor
 from .config import Config
-from .engineio.cors import CORSPolicy
+from .http.cors import CORSPolicy
 from .engineio.resource import EngineIOResource
 from .engineio.session import CLOSING
 from .engineio.site import EngineIOSite

@@ -1,6 +1,6 @@
 """
 Tests for L{crm_im.engineio.resource}, L{crm_im.engineio.polling},
-L{crm_im.engineio.cors} and L{crm_im.engineio.site}: the Engine.IO endpoint
+L{crm_im.http.cors} (as the endpoint applies it) and L{crm_im.engineio.site}: the Engine.IO endpoint
 over HTTP, driven through L{treq.testing.StubTreq}, and the bounded request
 of L{EngineIOSite} over a L{StringTransport}.
 """
@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from crm_im._json import loads
 from crm_im.engineio.config import EngineIOConfig
 from crm_im.engineio.packet import messageFrame
-from crm_im.engineio.resource import EngineIOResource, parseQuery
+from crm_im.engineio.resource import EngineIOResource
 from crm_im.engineio.server import EngineIOError, EngineIOServer
 from crm_im.engineio.session import CLOSED, OPEN
 from crm_im.engineio.site import EngineIOSite
@@ -207,18 +207,6 @@ class PollingResourceTests(ResourceTestMixin, SynchronousTestCase):
         """
         response, body = self.request("GET", "EIO=4&transport=polling", headers={b"origin": [b"http://a\x01b"]})
         self.assertRefused(response, body, 400, 3, "Bad request")
-
-    def test_parseQuery(self) -> None:
-        """
-        L{parseQuery} takes the first value of each argument and refuses a
-        query that is not UTF-8.
-        """
-        self.assertEqual(
-            parseQuery(b"/e/?EIO=4&transport=polling&EIO=3&t=&x=%C3%A9"),
-            {"EIO": "4", "transport": "polling", "t": "", "x": "é"},
-        )
-        self.assertEqual(parseQuery(b"/e/"), {})
-        self.assertRaises(EngineIOError, parseQuery, b"/e/?x=\xff")
 
 
 class CORSTests(ResourceTestMixin, SynchronousTestCase):

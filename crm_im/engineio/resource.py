@@ -12,38 +12,19 @@ buffered, which a plain twisted.web Site would not do.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
-
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from .cors import CORSPolicy
+from ..http.cors import CORSPolicy
+from ..http.query import QueryError, parseQuery
 from .polling import refuse, renderPoll, renderPost
 from .server import BAD_REQUEST, EngineIOError, EngineIOServer
 from .websocket import EngineIOWebSocketFactory, EngineIOWebSocketResource
 
 #: Engine.IO's "payload too large" answer.
 PAYLOAD_TOO_LARGE = EngineIOError(3, "Payload too large", status=413)
-
-
-def parseQuery(uri: bytes) -> dict[str, str]:
-    """
-    The query arguments of C{uri}, first value of each. (twisted.web would
-    also parse form bodies into C{request.args}; Engine.IO must not.)
-
-    @raise EngineIOError: if the query is not UTF-8.
-    """
-    _, _, query = uri.partition(b"?")
-    try:
-        pairs = parse_qsl(query.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-    except UnicodeDecodeError:
-        raise BAD_REQUEST
-    result: dict[str, str] = {}
-    for key, value in pairs:
-        result.setdefault(key, value)
-    return result
 
 
 class EngineIOResource(Resource):
@@ -77,7 +58,10 @@ class EngineIOResource(Resource):
         isWebSocket = upgrade is not None and upgrade.lower() == b"websocket"
         origin = request.getHeader(b"origin")
         try:
-            query = parseQuery(request.uri)
+            try:
+                query = parseQuery(request.uri)
+            except QueryError:
+                raise BAD_REQUEST
             transport, session = self.engine.checkRequest(
                 method,
                 query,

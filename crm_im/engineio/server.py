@@ -23,7 +23,7 @@ from ..limits import AddressCounter
 from .config import EngineIOConfig
 from .interfaces import IEngineIOApplication, IWebSocketChannel
 from .session import POLLING, WEBSOCKET, EngineIOSession
-from .timers import DeadlineWheel
+from ..timers import DeadlineHeap
 
 
 @attrs.frozen
@@ -98,7 +98,7 @@ class EngineIOServer:
         self.stats = EngineIOStats()
         self.stopping = False
         self.addresses = AddressCounter(self.config.maxSessionsPerAddress, self.config.exemptAddresses)
-        self.wheel = DeadlineWheel(clock, self._deadlinePassed)
+        self.wheel = DeadlineHeap(clock, self._deadlinePassed)
         self._newSid = newSid
 
     def start(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Hashable
 from twisted.internet.interfaces import IReactorTime
 
 from ..auth import AuthenticationError, Claims, IAuthenticator, tokenFromAuth
-from ..engineio.timers import DeadlineWheel
+from ..timers import DeadlineWheel
 from ..limits import FailureLimiter
 from ..socketio.server import ConnectionRefused
 from .errors import RATE_LIMITED, UNAUTHORIZED, IMError

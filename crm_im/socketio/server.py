@@ -41,7 +41,7 @@ from ..engineio.interfaces import IEngineIOApplication
 from ..engineio.packet import Frame
 from ..engineio.server import EngineIOServer
 from ..engineio.session import EngineIOSession
-from ..engineio.timers import DeadlineWheel
+from ..timers import DeadlineHeap
 from . import packet as sio
 from .packet import Decoder, DecodeError, SocketIOPacket
 
@@ -254,7 +254,7 @@ class SocketIOServer:
         self.connectTimeout = connectTimeout
         self.maxAttachments = maxAttachments
         self.namespaces: dict[str, Namespace] = {"/": Namespace(self, "/")}
-        self._connectWheel = DeadlineWheel(clock, self._connectTimedOut)
+        self._connectWheel = DeadlineHeap(clock, self._connectTimedOut)
 
     # ---- API
 

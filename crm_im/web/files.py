@@ -26,9 +26,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import File
 
 from ..auth import AuthenticationError, Claims, IAuthenticator, OpenAuthenticator
-from ..engineio.cors import CORSPolicy
-from ..engineio.resource import parseQuery
-from ..engineio.server import EngineIOError
+from ..http import CORSPolicy, QueryError, parseQuery
 from ..storage import FileRecord, IFileStore
 from .json import jsonResponse
 
@@ -61,7 +59,7 @@ class FilesResource(Resource):
         else:
             try:
                 token = parseQuery(request.uri).get("token", "")
-            except EngineIOError:
+            except QueryError:
                 token = ""
         return self.authenticator.verify(token)
 

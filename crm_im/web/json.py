@@ -10,7 +10,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from .._json import dumps
-from ..engineio.cors import CORSPolicy
+from ..http.cors import CORSPolicy
 
 JSON_TYPE = b"application/json; charset=utf-8"
 

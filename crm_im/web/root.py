@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
-from ..engineio.cors import CORSPolicy
+from ..http.cors import CORSPolicy
 from .json import NotFoundResource
 
 

@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from .. import __version__
-from ..engineio.cors import CORSPolicy
+from ..http.cors import CORSPolicy
 from ..presence import Presence
 from .json import JSONResource
 

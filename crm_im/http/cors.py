@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_eio_resource -*-
+# -*- test-case-name: tests.test_http -*-
 """
 Cross-origin resource sharing, shared by the Engine.IO endpoint and the HTTP
 status resources: one policy object, configured once.

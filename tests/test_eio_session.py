@@ -263,6 +263,42 @@ class HeartbeatTests(EngineTestMixin, SynchronousTestCase):
         self.assertEqual(self.server.stats.pingTimeouts, 1)
         self.assertNotIn(session, self.server.wheel)
 
+    def test_shortIntervalsOnTime(self) -> None:
+        """
+        With pingInterval 300 ms and pingTimeout 200 ms (the compliance
+        suites' settings), the PING goes out at 300 ms and a silent session
+        is closed at 500 ms: deadlines are not rounded to a coarse tick
+        (the fixed 250 ms wheel pinged at 500 ms and closed at 750 ms,
+        after the client had given up).
+        """
+        self.server = EngineIOServer(
+            self.app, self.clock, EngineIOConfig(pingInterval=300, pingTimeout=200), newSid=sequentialSids()
+        )
+        session, channel = self.webSocketSession()
+        self.clock.advance(0.299)
+        self.assertEqual(self.pings(channel), 0)
+        self.clock.advance(0.001)
+        self.assertEqual(self.pings(channel), 1)
+        session.packetReceived(packet.PONG, b"")
+        self.clock.advance(0.3)
+        self.assertEqual(self.pings(channel), 2)
+        self.clock.advance(0.199)
+        self.assertEqual(session.state, OPEN)
+        self.clock.advance(0.002)
+        self.assertEqual(self.app.closed, [(session, "ping timeout")])
+
+    def test_heartbeatWithoutStart(self) -> None:
+        """
+        An engine that nobody started still sends its heartbeats: there is
+        no sweep to forget to start.
+        """
+        self.server = EngineIOServer(
+            self.app, self.clock, EngineIOConfig(pingInterval=300, pingTimeout=200), newSid=sequentialSids()
+        )
+        session, channel = self.webSocketSession()
+        self.clock.advance(0.3)
+        self.assertEqual(self.pings(channel), 1)
+
     def test_pongKeepsAlive(self) -> None:
         """
         A session that answers each PING stays open over many intervals,
@@ -413,6 +449,20 @@ class PollingTests(EngineTestMixin, SynchronousTestCase):
         self.assertEqual(self.app.closed, [(session, "transport close")])
         self.assertEqual(self.app.messages, [])
 
+    def test_postCloseAnswersHeldGetWithNoop(self) -> None:
+        """
+        When the client POSTs a CLOSE while its GET is held, the GET is
+        answered with a NOOP (the client asked to close: no CLOSE back) and
+        the session is gone.
+        """
+        session = self.pollingSession()
+        poll = FakePoll()
+        session.pollArrived(poll)
+        session.payloadReceived(b"1")
+        self.assertEqual(poll.bodies, [b"6"])
+        self.assertEqual(self.app.closed, [(session, "transport close")])
+        self.assertNotIn(session.sid, self.server.sessions)
+
     def test_postUpgradeOnPolling(self) -> None:
         """
         An UPGRADE or OPEN packet on an established polling transport is a
@@ -554,7 +604,9 @@ class UpgradeTests(EngineTestMixin, SynchronousTestCase):
     def test_upgradeAnswersGetHeldAfterProbe(self) -> None:
         """
         A GET that arrives between the probe and C{5} is answered with NOOP
-        on C{5}; the packets queued go to the WebSocket.
+        within 100 ms (and the next one too: every 100 ms while the upgrade
+        is pending, as the official server does), not held until the ping
+        timeout; the packets queued go to the WebSocket.
         """
         session = self.pollingSession()
         channel = FakeChannel()
@@ -564,9 +616,34 @@ class UpgradeTests(EngineTestMixin, SynchronousTestCase):
         poll = FakePoll()
         session.pollArrived(poll)
         self.assertFalse(poll.answered)
-        session.upgradePacketReceived(channel, packet.UPGRADE, b"")
+        self.clock.advance(0.1)
         self.assertEqual(poll.bodies, [b"6"])
+        again = FakePoll()
+        session.pollArrived(again)
+        self.clock.advance(0.1)
+        self.assertEqual(again.bodies, [b"6"])
+        last = FakePoll()
+        session.pollArrived(last)
+        session.upgradePacketReceived(channel, packet.UPGRADE, b"")
+        self.assertEqual(last.bodies, [b"6"])
         self.assertEqual(channel.data(), [b"3probe", b"4x"])
+        self.assertNotIn(("noop", session), self.server.wheel)
+
+    def test_noNoopsAfterAbortedUpgrade(self) -> None:
+        """
+        Once an upgrade is aborted the NOOPs stop: a held GET waits for
+        packets again.
+        """
+        session = self.pollingSession()
+        channel = FakeChannel()
+        session.startUpgrade(channel)
+        session.upgradePacketReceived(channel, packet.PING, b"probe")
+        session.channelClosed(channel)
+        poll = FakePoll()
+        session.pollArrived(poll)
+        self.clock.advance(1)
+        self.assertFalse(poll.answered)
+        self.assertNotIn(("noop", session), self.server.wheel)
 
     def test_heartbeatDuringUpgrade(self) -> None:
         """
@@ -845,9 +922,6 @@ class CheckRequestTests(EngineTestMixin, SynchronousTestCase):
             ((400, 2), P, {"method": b"POST"}),
             ((400, 3), W, {}),
             ((400, 3), dict(W, sid=polling.sid), {}),
-            ((400, 3), dict(W, sid=upgraded.sid), {"isWebSocket": True}),
-            ((400, 3), dict(W, sid=upgrading.sid), {"isWebSocket": True}),
-            ((400, 3), dict(W, sid=direct.sid), {"isWebSocket": True}),
             ((400, 3), dict(P, sid=upgraded.sid), {}),
             ((400, 3), dict(P, sid=direct.sid), {}),
             ((400, 3), P, {"origin": "http://a\r\nSet-Cookie: x"}),
@@ -872,6 +946,26 @@ class CheckRequestTests(EngineTestMixin, SynchronousTestCase):
         self.assertEqual(self.check(dict(P, sid=polling.sid), method=b"POST"), ("polling", polling))
         self.assertEqual(self.check(dict(W, sid=polling.sid), isWebSocket=True), ("websocket", polling))
         self.assertEqual(self.check(P, origin="https://crm.example:8443"), ("polling", None))
+
+    def test_webSocketForSessionOnWebSocket(self) -> None:
+        """
+        A WebSocket naming a session already upgraded, being upgraded, or
+        opened over WebSocket passes the request check (its handshake
+        completes, as with the official server) and is then refused by the
+        session: the WebSocket glue closes it.
+        """
+        upgraded = self.pollingSession()
+        channel = FakeChannel()
+        upgraded.startUpgrade(channel)
+        upgraded.upgradePacketReceived(channel, packet.UPGRADE, b"")
+        upgrading = self.pollingSession()
+        upgrading.startUpgrade(FakeChannel())
+        direct, _ = self.webSocketSession()
+        W = {"EIO": "4", "transport": "websocket"}
+        for session in [upgraded, upgrading, direct]:
+            self.assertEqual(self.check(dict(W, sid=session.sid), isWebSocket=True), ("websocket", session))
+            self.assertFalse(session.startUpgrade(FakeChannel()))
+            self.assertEqual(session.state, OPEN)
 
     def test_maxSessions(self) -> None:
         """

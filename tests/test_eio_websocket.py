@@ -410,8 +410,9 @@ class UpgradeOverWebSocketTests(WebSocketTestMixin, SynchronousTestCase):
 
     def test_alreadyUpgraded(self) -> None:
         """
-        A WebSocket with the sid of an already-upgraded session is refused
-        with 400.
+        A WebSocket with the sid of an already-upgraded session completes
+        its handshake and is then closed (what the official server does and
+        the compliance suites check), leaving the session alone.
         """
         session = self.engine.handshake("polling")
         first = Connection(self.site)
@@ -421,9 +422,11 @@ class UpgradeOverWebSocketTests(WebSocketTestMixin, SynchronousTestCase):
         self.assertEqual(session.transportName, "websocket")
         second = Connection(self.site, 40001)
         head = second.upgrade("EIO=4&transport=websocket&sid=" + session.sid)
-        self.assertTrue(head.startswith(b"HTTP/1.1 400 "), head)
-        self.assertEqual(loads(second.buffer), {"code": 3, "message": "Bad request"})
+        self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+        self.assertEqual(second.frames(), [(CLOSE, struct.pack("!H", 1000))])
         self.assertEqual(session.state, OPEN)
+        first.send(clientFrame(b"4still"))
+        self.assertEqual(self.app.messages[-1][1], b"still")
 
     def test_probeClosed(self) -> None:
         """

@@ -156,7 +156,11 @@ class EngineIOServer:
             if session is None:
                 raise UNKNOWN_SID
             if transport == WEBSOCKET:
-                if not isWebSocket or session.transportName != POLLING or session.upgrading:
+                # A WebSocket for a session already on (or moving to)
+                # WebSocket completes its handshake and is then closed
+                # (L{EngineIOSession.startUpgrade} refuses it), as the
+                # official server does.
+                if not isWebSocket:
                     raise BAD_REQUEST
             elif session.transportName != transport:
                 raise BAD_REQUEST
@@ -210,7 +214,7 @@ class EngineIOServer:
         fields.update(self.openPacket(upgrades))
         if channel is not None:
             session.attachWebSocket(channel)
-        session.send(packet.textFrame(packet.OPEN, dumps(fields)))
+        session.sendFrame(packet.textFrame(packet.OPEN, dumps(fields)))
         self.wheel.set(session, self.config.pingInterval / 1000)
         self.app.sessionOpened(session)
         return session
@@ -256,6 +260,8 @@ class EngineIOServer:
             session.upgradeExpired()
         elif kind == "close":
             session.closeExpired()
+        elif kind == "noop":
+            session.upgradeNoopDue()
 
 
 def _validOriginHeader(origin: str) -> bool:

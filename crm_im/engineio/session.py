@@ -6,7 +6,7 @@ One L{EngineIOSession} per handshake: it owns the outgoing queue, the
 heartbeat state, the transport in use (long-polling or WebSocket) and the
 upgrade from one to the other. It knows nothing of HTTP or Autobahn: it
 writes through L{IPollRequest} and L{IWebSocketChannel} providers, and its
-timers are deadlines on the server's L{DeadlineWheel}, so every transition
+timers are deadlines on the server's L{DeadlineHeap}, so every transition
 can be driven in a unit test with a L{task.Clock}.
 """
 
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 POLLING = "polling"
 WEBSOCKET = "websocket"
+
+#: Seconds between the NOOPs that end a held GET while an upgrade is
+#: pending.
+NOOP_INTERVAL = 0.1
 
 OPEN = "open"
 CLOSING = "closing"
@@ -115,10 +119,23 @@ class EngineIOSession:
 
     # ---- sending
 
-    def send(self, frame: Frame) -> None:
+    def send(self, data: Frame | str | bytes) -> None:
         """
-        Send one packet. A closed session drops it; a session whose queue
-        would pass its bounds is closed instead of growing.
+        Send one MESSAGE: C{str} as a text message, C{bytes} as a binary
+        one, a L{Frame} (any packet, already encoded) as it is. A closed
+        session drops it; a session whose queue would pass its bounds is
+        closed instead of growing.
+        """
+        if isinstance(data, Frame):
+            self.sendFrame(data)
+        elif isinstance(data, str):
+            self.sendFrame(packet.messageFrame(data.encode("utf-8")))
+        else:
+            self.sendFrame(packet.binaryFrame(data))
+
+    def sendFrame(self, frame: Frame) -> None:
+        """
+        Send one encoded packet (the fast path of L{send}).
         """
         if self.state is not OPEN:
             return
@@ -133,7 +150,7 @@ class EngineIOSession:
         Send several packets in order.
         """
         for frame in frames:
-            self.send(frame)
+            self.sendFrame(frame)
 
     def _enqueue(self, frame: Frame) -> None:
         config = self.server.config
@@ -263,12 +280,15 @@ class EngineIOSession:
             return
         if packetType == packet.PING and data == b"probe":
             channel.writeFrame(packet.PONG_PROBE_FRAME)
-            # Let the client's pending poll return so it can pause polling.
-            poll, self._poll = self._poll, None
-            if poll is not None:
-                poll.respond(packet.NOOP_FRAME.data)
+            # Let the client's pending poll return so it can pause polling;
+            # a GET that comes meanwhile gets a NOOP too, at the next of
+            # these checks (every 100 ms while upgrading, as the official
+            # server does).
+            self._answerPollWithNoop()
+            self.server.wheel.set(("noop", self), NOOP_INTERVAL)
         elif packetType == packet.UPGRADE:
             self.server.wheel.cancel(("upgrade", self))
+            self.server.wheel.cancel(("noop", self))
             self._upgrading = None
             poll, self._poll = self._poll, None
             if poll is not None:
@@ -280,6 +300,20 @@ class EngineIOSession:
         else:
             self.abortUpgrade(channel)
 
+    def _answerPollWithNoop(self) -> None:
+        poll, self._poll = self._poll, None
+        if poll is not None:
+            poll.respond(packet.NOOP_FRAME.data)
+
+    def upgradeNoopDue(self) -> None:
+        """
+        While a probed upgrade is pending, answer a held GET with NOOP so
+        that the client can pause polling and finish the upgrade.
+        """
+        if self._upgrading is not None and self.state is OPEN:
+            self._answerPollWithNoop()
+            self.server.wheel.set(("noop", self), NOOP_INTERVAL)
+
     def abortUpgrade(self, channel: IWebSocketChannel) -> None:
         """
         The probing WebSocket failed or closed: stay on polling.
@@ -287,6 +321,7 @@ class EngineIOSession:
         if channel is self._upgrading:
             self._upgrading = None
             self.server.wheel.cancel(("upgrade", self))
+            self.server.wheel.cancel(("noop", self))
             channel.closeChannel()
             if self._queue and self._poll is not None:
                 self._flushPoll()
@@ -352,6 +387,9 @@ class EngineIOSession:
                 self._awaitingPong = False
                 self.server.wheel.set(self, self.server.config.pingInterval / 1000)
         elif packetType == packet.CLOSE:
+            # A GET held meanwhile ends with a NOOP, as with the official
+            # server (the client asked to close: no CLOSE back).
+            self._answerPollWithNoop()
             self.close("transport close", flush=False)
         elif packetType == packet.PING or packetType == packet.NOOP:
             # Engine.IO v4 clients do not ping; a stray ping or noop is harmless.
@@ -373,7 +411,7 @@ class EngineIOSession:
             return
         self._awaitingPong = True
         self.server.wheel.set(self, self.server.config.pingTimeout / 1000)
-        self.send(packet.PING_FRAME)
+        self.sendFrame(packet.PING_FRAME)
 
     # ---- closing
 
@@ -391,6 +429,7 @@ class EngineIOSession:
         wheel = self.server.wheel
         wheel.cancel(self)
         wheel.cancel(("upgrade", self))
+        wheel.cancel(("noop", self))
         upgrading, self._upgrading = self._upgrading, None
         if upgrading is not None:
             upgrading.closeChannel()

@@ -148,7 +148,7 @@ class Socket:
         if self.connected:
             session = self.connection.session
             for frame in frames:
-                session.send(frame)
+                session.sendFrame(frame)
         elif self._held is not None:
             self._held.extend(frames)
 

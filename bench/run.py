@@ -7,6 +7,13 @@ other server command), with the shared load generator.
     python bench/run.py --servers crm_im,ref-node,raw-autobahn,raw-node --scenarios relay
     python bench/run.py --add pysio-ref "python ref.py --port {PORT}" --repeats 3
     python bench/run.py --summarize bench/results/latest   # rebuild summary/plot only
+    python bench/run.py --servers crm_im,ref-node,ref-node-durable --scenarios fanout   # group messages
+
+The C{fanout} scenario (group messages, GROUPS.md) runs once per group shape of
+C{--fanout-shapes} (default C{10x100,1x1000}: 10 groups of 100 online members,
+then 1 group of 1,000); its offered rates are given in deliveries per second
+(C{--fanout-deliveries}) and turned into group messages per second for each
+shape, so that both shapes climb the same ladder of deliveries.
 
 What it does:
 
@@ -50,7 +57,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SCENARIOS = ("relay", "idle", "storm")
+SCENARIOS = ("relay", "idle", "storm", "fanout")
+# a run's file name: NAME-SCENARIO.K.json, where fanout's SCENARIO names its shape (fanout-10x100)
+RUN_FILE_RE = re.compile(r"^(.+)-(relay|idle|storm|fanout-\d+x\d+)\.(\d+)\.json$")
 BASE_DEFAULT = "ref-node"
 CRM = "crm_im"
 
@@ -73,6 +82,7 @@ def _is_set_up(d: Path) -> bool:
         and (d / "loadgen" / "loadgen.js").is_file()
         and (d / "loadgen" / "node_modules").is_dir()
         and (d / "ref-node" / "node_modules").is_dir()
+        and (d / "ref-node-durable" / "node_modules").is_dir()
         and (d / "ref-raw" / "node_modules").is_dir()
         and (d / ".venv-raw" / "bin" / "python").exists()
     )
@@ -80,7 +90,8 @@ def _is_set_up(d: Path) -> bool:
 
 def _digest(d: Path) -> str:
     h = hashlib.sha256()
-    for name in ("run.sh", "setup.sh", "loadgen/loadgen.js", "ref-node/server.js", "ref-raw/raw-node.js"):
+    for name in ("run.sh", "setup.sh", "loadgen/loadgen.js", "ref-node/server.js", "ref-node-durable/server.js",
+                 "ref-raw/raw-node.js"):
         p = d / name
         h.update(name.encode())
         if p.is_file():
@@ -151,13 +162,44 @@ def builtin_servers(ws: Path, crm_args: str) -> dict[str, str]:
             f"crm_im --port {{PORT}} --data-dir {{DATA}} {crm_args}"
         ).strip(),
         "ref-node": f"exec node {ws}/ref-node/server.js",
+        # ref-node with its messages in SQLite (WAL, synchronous=FULL, group commit); a fresh database per run
+        "ref-node-durable": f"DB_PATH={{DATA}}/im.db exec node {ws}/ref-node-durable/server.js",
         "ref-pysio": f"exec {ws}/.venv-pysio/bin/python {ws}/ref-pysio/server.py",
         "raw-node": f"exec node {ws}/ref-raw/raw-node.js",
         "raw-autobahn": f"exec {ws}/.venv-raw/bin/python {ws}/ref-raw/raw-autobahn.py",
     }
 
 
-def scenario_flags(a: argparse.Namespace, scen: str) -> list[str]:
+def fanout_shapes(spec: str) -> list[tuple[int, int]]:
+    """C{"10x100,1x1000"} -> C{[(10, 100), (1, 1000)]}: (groups, members per group)."""
+    shapes = []
+    for part in (x.strip() for x in spec.split(",")):
+        m = re.fullmatch(r"(\d+)x(\d+)", part)
+        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 2:
+            raise ValueError(f"fanout shape {part!r}: GROUPSxMEMBERS, e.g. 10x100")
+        shapes.append((int(m.group(1)), int(m.group(2))))
+    return shapes
+
+
+def fanout_rates(deliveries: str, size: int) -> str:
+    """Group messages per second for each offered deliveries/s, for groups of C{size} (each message
+    is delivered to the C{size - 1} other members); duplicates dropped."""
+    rates: list[int] = []
+    for d in (float(x) for x in deliveries.split(",") if x.strip()):
+        r = max(1, round(d / (size - 1)))
+        if r not in rates:
+            rates.append(r)
+    return ",".join(str(r) for r in rates)
+
+
+def scenario_flags(a: argparse.Namespace, scen: str, shape: tuple[int, int] | None = None) -> list[str]:
+    if scen == "fanout":
+        assert shape is not None
+        groups, size = shape
+        f = ["--groups", str(groups), "--group-size", str(size),
+             "--rates", a.fanout_rates or fanout_rates(a.fanout_deliveries, size),
+             "--step-secs", str(a.fanout_step_secs)]
+        return f + shlex.split(a.fanout_flags or "")
     if scen == "relay":
         f = ["--rates", a.rates, "--step-secs", str(a.step_secs), "--clients", str(a.clients)]
     elif scen == "idle":
@@ -186,11 +228,15 @@ def du_kib(p: Path) -> int:
     return total // 1024
 
 
-def run_one(ws: Path, runs: Path, name: str, cmd: str, scen: str, flags: list[str], timeout: int) -> bool:
-    k = next_index(runs, name, scen)
+def run_one(ws: Path, runs: Path, name: str, cmd: str, scen: str, flags: list[str], timeout: int,
+            label: str | None = None) -> bool:
+    """One run of the load generator's C{scen}; its files are kept as C{NAME-LABEL.K.*} (C{label}
+    defaults to C{scen}; fanout's names the group shape)."""
+    label = label or scen
+    k = next_index(runs, name, label)
     data = Path(tempfile.mkdtemp(prefix=f"bench-{name}-data-"))
     full = cmd.replace("{DATA}", shlex.quote(str(data)))
-    log(f"=== {scen} run {k}: {name}")
+    log(f"=== {label} run {k}: {name}")
     t0 = time.monotonic()
     try:
         p = subprocess.run(
@@ -209,15 +255,15 @@ def run_one(ws: Path, runs: Path, name: str, cmd: str, scen: str, flags: list[st
     for ext in ("json", "server.log", "loadgen.log"):
         src = res / f"{name}-{scen}.{ext}"
         if src.exists():
-            shutil.move(str(src), str(runs / f"{name}-{scen}.{k}.{ext}"))
+            shutil.move(str(src), str(runs / f"{name}-{label}.{k}.{ext}"))
     if ok:
-        out = runs / f"{name}-{scen}.{k}.json"
+        out = runs / f"{name}-{label}.{k}.json"
         r = json.loads(out.read_text())
         r["bench_run"] = {"index": k, "rc": rc, "wall_s": round(time.monotonic() - t0, 1), "data_dir_kib": data_kib}
         out.write_text(json.dumps(r, indent=2) + "\n")
     else:
-        (runs / f"{name}-{scen}.{k}.failed").write_text(f"rc {rc}\n")
-        log(f"=== {scen} run {k}: {name} FAILED (rc {rc}); logs in {runs}")
+        (runs / f"{name}-{label}.{k}.failed").write_text(f"rc {rc}\n")
+        log(f"=== {label} run {k}: {name} FAILED (rc {rc}); logs in {runs}")
     return ok
 
 
@@ -227,7 +273,7 @@ def run_one(ws: Path, runs: Path, name: str, cmd: str, scen: str, flags: list[st
 def _load_runs(runs: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for f in sorted(runs.glob("*.json"), key=lambda p: (p.name.rsplit(".", 2)[0], int(p.name.rsplit(".", 2)[1]))):
-        m = re.match(r"^(.+)-(relay|idle|storm)\.(\d+)\.json$", f.name)
+        m = RUN_FILE_RE.match(f.name)
         if not m:
             continue
         try:
@@ -252,6 +298,74 @@ def _gen_bound(x: dict[str, Any] | None) -> bool:
         return False
     lg, sv = x.get("loadgen_cpu"), x.get("server_cpu")
     return lg is not None and lg >= 0.85 and (sv is None or sv < 0.85)
+
+
+FANOUT_STEP_KEYS = (
+    "offered", "offered_deliveries_per_s", "delivered_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "lost",
+    "duplicates", "echoed_to_sender", "receipts", "receipts_sent", "receipt_p99_ms", "server_cpu", "loadgen_cpu",
+    "other_cpu", "server_rss_kib",
+)
+
+
+def _shape_key(label: str) -> tuple[int, int]:
+    groups, size = label[len("fanout-"):].split("x")
+    return int(size), int(groups)
+
+
+def _fanout_rows(scens: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per group shape (C{fanout-10x100}, ...): the best run (capacity, then peak) and every run's figures."""
+    out: dict[str, Any] = {}
+    for label in sorted((x for x in scens if x.startswith("fanout-")), key=_shape_key):
+        fr = [r for r in scens[label] if isinstance(r.get("steps"), list)]
+        if not fr:
+            continue
+        b = max(fr, key=lambda r: (r["capacity"], r["peak_delivered"]))
+        peak_run = max(fr, key=lambda r: r["peak_delivered"])
+        peak_step = max(peak_run["steps"], key=lambda s: s["delivered_per_s"]) if peak_run["steps"] else None
+        at_cap = next((s for s in b["steps"] if s["offered"] == b["capacity"]), None)
+        after_cap = next((s for s in b["steps"] if s["offered"] > b["capacity"]), None)
+        out[label] = {
+            "runs": len(fr),
+            "best_run": b["_file"],
+            "groups": b.get("groups"),
+            "group_size": b.get("group_size"),
+            "clients": b.get("clients"),
+            "step_secs": b.get("step_secs"),
+            "rates": b.get("rates"),
+            "group_create_ms": b.get("group_create_ms"),
+            "group_joined": b.get("group_joined"),
+            "capacity": b["capacity"],
+            "capacity_deliveries_per_s": b.get("capacity_deliveries_per_s"),
+            "capacity_capped": b.get("capacity_capped", False),
+            "capacity_gen_bound": _gen_bound(after_cap),
+            "capacity_all": [r["capacity"] for r in fr],
+            "p50_at_capacity_ms": at_cap and at_cap.get("p50_ms"),
+            "p99_at_capacity_ms": at_cap and at_cap.get("p99_ms"),
+            "peak_delivered": peak_run["peak_delivered"],
+            "peak_gen_bound": _gen_bound(peak_step),
+            "peak_all": [r["peak_delivered"] for r in fr],
+            "steps": [{k: st.get(k) for k in FANOUT_STEP_KEYS} | {"retried": "first_attempt" in st}
+                      for st in b["steps"]],
+            "steps_all_runs": [
+                {"run": r["_file"], "steps": [
+                    {k: st.get(k) for k in ("offered", "delivered_per_s", "p50_ms", "p99_ms", "lost")}
+                    for st in r["steps"]]}
+                for r in fr
+            ],
+            # deliveries lost at steps the server kept up with (>= 99% of the due deliveries per second)
+            "lost_at_passing_steps": sum(
+                st.get("lost", 0) for r in fr for st in r["steps"]
+                if st["delivered_per_s"] >= 0.99 * st["offered_deliveries_per_s"]
+            ),
+            "duplicates": sum(r.get("duplicates", 0) or 0 for r in fr),
+            "echoed_to_sender": sum(r.get("echoed_to_sender", 0) or 0 for r in fr),
+            "misrouted": sum(r.get("misrouted", 0) or 0 for r in fr),
+            "receipts_missing": sum(
+                max(0, st.get("sent", 0) - (st.get("receipts_sent") or 0)) for r in fr for st in r["steps"]
+            ),
+            "sample_problems": sorted({p for r in fr for p in (r.get("sample_problems") or [])}),
+        }
+    return out
 
 
 def summarize(out: Path, base: str = BASE_DEFAULT, order: list[str] | None = None) -> dict[str, Any]:
@@ -342,6 +456,9 @@ def summarize(out: Path, base: str = BASE_DEFAULT, order: list[str] | None = Non
                 "loadgen_cpu": b.get("loadgen_cpu"),
                 "gen_bound": _gen_bound(b),
             }
+        fan = _fanout_rows(runs[name])
+        if fan:
+            row["fanout"] = fan
         every = [r for sc in runs[name].values() for r in sc]
         sd = [r["shutdown"] for r in every if r.get("shutdown")]
         stops = [r.get("sigterm_exit_s") for r in every]
@@ -397,6 +514,14 @@ def render_md(s: dict[str, Any]) -> str:
     B = rows.get(base, {})
     L: list[str] = []
     L.append(f"Generated {s['generated']} on {s.get('machine') or 'unknown machine'}.")
+    if any(r.get(x) for r in rows.values() for x in ("relay", "idle", "storm")):
+        _render_core(L, rows, base, B)
+    _render_fanout(L, rows, base)
+    _render_health(L, s)
+    return "\n".join(L) + "\n"
+
+
+def _render_core(L: list[str], rows: dict[str, Any], base: str, B: dict[str, Any]) -> None:
     L.append("")
     L.append(
         "| server | relay capacity msg/s | peak delivered msg/s | idle KiB/conn | idle RSS MiB | "
@@ -462,7 +587,65 @@ def render_md(s: dict[str, Any]) -> str:
                 c += f"; lost {_fmt(st['lost'])})" if st.get("lost") else ")"
                 cells.append(c)
             L.append(f"| {name} | " + " | ".join(cells) + " |")
-    # health
+
+
+def _render_fanout(L: list[str], rows: dict[str, Any], base: str) -> None:
+    labels = sorted({x for r in rows.values() for x in (r.get("fanout") or {})}, key=_shape_key)
+    for label in labels:
+        have = {n: r["fanout"][label] for n, r in rows.items() if label in (r.get("fanout") or {})}
+        any_f = next(iter(have.values()))
+        G, M = any_f["groups"], any_f["group_size"]
+        bf = have.get(base)
+        L.append("")
+        L.append(
+            f"Fan-out, {G} group{'s' if G != 1 else ''} of {M:,} online members ({G * M:,} clients; each group "
+            f"message is due at the {M - 1:,} other members; {any_f['step_secs']} s steps). Capacity = highest "
+            "step with ≥ 99 % of the due deliveries per second and p99 < 100 ms, in deliveries/s (group "
+            "messages/s); best run shown, all runs after “runs”."
+        )
+        L.append("")
+        L.append("| server | capacity deliveries/s (msg/s) | p50 / p99 ms at capacity | peak deliveries/s | "
+                 "group:create ms | lost at passing steps, dup, echo, receipts missing |")
+        L.append("|---|---|---|---|---|---|")
+        for name, f in have.items():
+            b = bf if name != base else None
+            ge = "≥" if f["capacity_capped"] or f["capacity_gen_bound"] else ""
+            cap = f"{ge}{_fmt(f['capacity_deliveries_per_s'])} ({_fmt(f['capacity'])})"
+            cap += "†" if f["capacity_gen_bound"] else ""
+            cap += _ratio(f["capacity_deliveries_per_s"], b and b["capacity_deliveries_per_s"])
+            cap += f" <br>runs {'/'.join(_fmt(x) for x in f['capacity_all'])} msg/s" if f["runs"] > 1 else ""
+            lat = f"{_fmt(f['p50_at_capacity_ms'], 1)} / {_fmt(f['p99_at_capacity_ms'], 1)}"
+            peak = f"{'≥' if f['peak_gen_bound'] else ''}{_fmt(f['peak_delivered'])}{'†' if f['peak_gen_bound'] else ''}"
+            peak += _ratio(f["peak_delivered"], b and b["peak_delivered"])
+            peak += f" <br>runs {'/'.join(_fmt(x) for x in f['peak_all'])}" if f["runs"] > 1 else ""
+            health = (f"{_fmt(f['lost_at_passing_steps'])}, {_fmt(f['duplicates'])}, {_fmt(f['echoed_to_sender'])}, "
+                      f"{_fmt(f['receipts_missing'])}")
+            L.append(f"| {name} | {cap} | {lat} | {peak} | {_fmt(f['group_create_ms'])} | {health} |")
+        rates = sorted({st["offered"] for f in have.values() for st in f["steps"]})
+        due = {st["offered"]: st["offered_deliveries_per_s"] for f in have.values() for st in f["steps"]}
+        L.append("")
+        L.append("Per step, best run: p50 / p99 ms (deliveries/s at the members; server CPU cores / other processes').")
+        L.append("")
+        L.append("| server | " + " | ".join(f"{x:,} msg/s = {due[x]:,}/s" for x in rates) + " |")
+        L.append("|---|" + "---|" * len(rates))
+        for name, f in have.items():
+            by = {st["offered"]: st for st in f["steps"]}
+            cells = []
+            for x in rates:
+                st = by.get(x)
+                if not st:
+                    cells.append("–")
+                    continue
+                c = f"{_fmt(st['p50_ms'], 1)} / {_fmt(st['p99_ms'], 1)} ({_fmt(st['delivered_per_s'])}"
+                if st.get("server_cpu") is not None:
+                    c += f"; cpu {st['server_cpu']:.2f}/{st.get('other_cpu') or 0:.2f}"
+                c += f"; lost {_fmt(st['lost'])})" if st.get("lost") else ")"
+                cells.append(c)
+            L.append(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def _render_health(L: list[str], s: dict[str, Any]) -> None:
+    rows = s["rows"]
     L.append("")
     L.append("Health: shutdown notices, exit time after SIGTERM, server log lines that look like errors.")
     L.append("")
@@ -492,10 +675,14 @@ def render_md(s: dict[str, Any]) -> str:
             )
     if s["failed_runs"]:
         notes.append(f"- failed runs: {', '.join(s['failed_runs'])}")
+    for name, r in rows.items():
+        for label, f in (r.get("fanout") or {}).items():
+            if f["sample_problems"] or f["misrouted"]:
+                notes.append(f"- {name} {label}: {f['misrouted']} misrouted; content problems: "
+                             f"{'; '.join(f['sample_problems'][:5])}")
     if notes:
         L.append("")
         L.extend(notes)
-    return "\n".join(L) + "\n"
 
 
 def try_plot(out: Path) -> None:
@@ -525,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None, help="where to copy the shared bench when it is not set up [$TMPDIR/crm_im-bench]")
     p.add_argument("--no-setup", action="store_true", help="never run the bench's setup.sh")
     p.add_argument("--servers", default=f"{CRM},{BASE_DEFAULT}",
-                   help="built-in servers: crm_im, ref-node, ref-pysio, raw-node, raw-autobahn")
+                   help="built-in servers: crm_im, ref-node, ref-node-durable, ref-pysio, raw-node, raw-autobahn")
     p.add_argument("--add", nargs=2, action="append", default=[], metavar=("NAME", "COMMAND"),
                    help="another server: shell command with {PORT} (and optionally {DATA}); repeatable")
     p.add_argument("--crm-args", default="", help="extra arguments for the crm_im server, e.g. '--sqlite-synchronous NORMAL'")
@@ -534,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--relay-repeats", type=int, help="override --repeats for relay")
     p.add_argument("--idle-repeats", type=int, default=1, help="runs of idle")
     p.add_argument("--storm-repeats", type=int, help="override --repeats for storm")
+    p.add_argument("--fanout-repeats", type=int, help="override --repeats for fanout")
     p.add_argument("--rates", default="1000,2000,4000,8000,16000", help="relay: offered msg/s steps")
     p.add_argument("--step-secs", type=float, default=5, help="relay: seconds per step")
     p.add_argument("--clients", type=int, default=1000, help="relay: clients (pairs = clients/2)")
@@ -544,9 +732,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-hold", type=float, default=10, help="idle: seconds held")
     p.add_argument("--storm-n", type=int, default=2000)
     p.add_argument("--storm-concurrency", type=int, default=200)
+    p.add_argument("--fanout-shapes", default="10x100,1x1000",
+                   help="fanout: GROUPSxMEMBERS per run, comma-separated (every member is a logged-in client)")
+    p.add_argument("--fanout-deliveries", default="5000,10000,20000,40000,80000,160000",
+                   help="fanout: offered deliveries/s per step, turned into group messages/s for each shape "
+                        "(rate = deliveries / (members - 1), at least 1)")
+    p.add_argument("--fanout-rates", default="",
+                   help="fanout: group messages/s per step for every shape instead of --fanout-deliveries")
+    p.add_argument("--fanout-step-secs", type=float, default=5, help="fanout: seconds per step")
     p.add_argument("--relay-flags", default="", help="more loadgen flags for relay, e.g. '--ack'")
     p.add_argument("--idle-flags", default="")
     p.add_argument("--storm-flags", default="")
+    p.add_argument("--fanout-flags", default="", help="more loadgen flags for fanout, e.g. '--warmup-secs 2'")
     p.add_argument("--timeout", type=int, default=900, help="seconds per run before giving up")
     p.add_argument("--base", default=BASE_DEFAULT, help="server the ratios are against")
     p.add_argument("--out", type=Path, help="results folder (appends to its runs) [bench/results/<date>_<time>]")
@@ -555,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     if a.summarize:
-        s = summarize(a.summarize, a.base, [CRM, a.base, "ref-pysio", "raw-autobahn", "raw-node"])
+        s = summarize(a.summarize, a.base, [CRM, a.base, "ref-node-durable", "ref-pysio", "raw-autobahn", "raw-node"])
         sys.stdout.write((a.summarize / "summary.md").read_text())
         if not a.no_plot:
             try_plot(a.summarize)
@@ -565,6 +762,10 @@ def main(argv: list[str] | None = None) -> int:
     for x in scens:
         if x not in SCENARIOS:
             p.error(f"unknown scenario {x}")
+    try:
+        shapes = fanout_shapes(a.fanout_shapes)
+    except ValueError as e:
+        p.error(str(e))
     for t in ("node", "taskset", "curl", "jq", "ss"):
         if not shutil.which(t):
             sys.exit(f"run.py: {t} is needed (node; apt-get install util-linux curl jq iproute2)")
@@ -608,17 +809,21 @@ def main(argv: list[str] | None = None) -> int:
         "relay": a.relay_repeats or a.repeats,
         "idle": a.idle_repeats,
         "storm": a.storm_repeats or a.repeats,
+        "fanout": a.fanout_repeats or a.repeats,
     }
     t0 = time.monotonic()
     fails = 0
     try:
         for scen in scens:
-            flags = scenario_flags(a, scen)
-            for k in range(repeats[scen]):
-                for name, cmd in servers.items():
-                    log(f"({time.monotonic() - t0:.0f}s elapsed) {scen} {k + 1}/{repeats[scen]}")
-                    if not run_one(ws, runs, name, cmd, scen, flags, a.timeout):
-                        fails += 1
+            # fanout runs once per group shape, each under its own label (fanout-10x100, ...)
+            variants = ([(f"fanout-{g}x{m}", scenario_flags(a, scen, (g, m))) for g, m in shapes]
+                        if scen == "fanout" else [(scen, scenario_flags(a, scen))])
+            for label, flags in variants:
+                for k in range(repeats[scen]):
+                    for name, cmd in servers.items():
+                        log(f"({time.monotonic() - t0:.0f}s elapsed) {label} {k + 1}/{repeats[scen]}")
+                        if not run_one(ws, runs, name, cmd, scen, flags, a.timeout, label):
+                            fails += 1
     except KeyboardInterrupt:
         log("interrupted; summarizing what finished")
     finally:

@@ -15,6 +15,9 @@ TOO_LARGE = "TOO_LARGE"
 RATE_LIMITED = "RATE_LIMITED"
 ALREADY_LOGGED_IN = "ALREADY_LOGGED_IN"
 INTERNAL = "INTERNAL"
+#: GROUPS.md: an unknown group, room, message or file, or one the caller may
+#: not see (a private thing's existence is never revealed).
+NOT_FOUND = "NOT_FOUND"
 
 
 class IMError(Exception):

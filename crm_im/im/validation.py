@@ -140,13 +140,45 @@ class MessageRequest:
     """
 
     id: str
-    toId: str
+    toId: str | None
     topic: str | None
     type: str
     content: str
     fileUrl: str | None
     fileName: str | None
     timestamp: int | float | None
+    groupId: str | None = None
+    roomId: str | None = None
+
+
+@attrs.frozen
+class Target:
+    """
+    The conversation a payload names: exactly one of a user (1:1), a
+    group or a room.
+    """
+
+    toId: str | None
+    groupId: str | None
+    roomId: str | None
+
+
+def target(data: dict[str, Any], userField: str = "toId") -> Target:
+    """
+    Exactly one of C{userField} (C{toId}, or C{friendId} for history),
+    C{groupId} and C{roomId} (GROUPS.md: any other combination is
+    C{INVALID_PAYLOAD}).
+    """
+    user = data.get(userField)
+    group = data.get("groupId")
+    room = data.get("roomId")
+    if (user is not None) + (group is not None) + (room is not None) != 1:
+        raise _invalid(f"name exactly one of {userField}, groupId and roomId")
+    return Target(
+        toId=None if user is None else userId(user, userField),
+        groupId=None if group is None else clientId(group, "groupId"),
+        roomId=None if room is None else clientId(room, "roomId"),
+    )
 
 
 def clientId(value: Any, field: str) -> str:
@@ -194,15 +226,31 @@ def message(data: Any, loggedInId: str, maxLength: int) -> MessageRequest:
         timestamp = data.get("timestamp")
         if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float, type(None))):
             raise _invalid("timestamp must be a number")
+        toId = data.get("toId")
+        if toId is not None and data.get("groupId") is None and data.get("roomId") is None:
+            # the 1:1 message, the hot path: no Target object
+            return MessageRequest(
+                id=id,
+                toId=userId(toId, "toId"),
+                topic=optionalText(data.get("topic"), "topic", MAX_TOPIC),
+                type=kind,
+                content=content,
+                fileUrl=fileUrl,
+                fileName=fileName,
+                timestamp=timestamp,
+            )
+        where = target(data)
         return MessageRequest(
             id=id,
-            toId=userId(data.get("toId"), "toId"),
+            toId=None,
             topic=optionalText(data.get("topic"), "topic", MAX_TOPIC),
             type=kind,
             content=content,
             fileUrl=fileUrl,
             fileName=fileName,
             timestamp=timestamp,
+            groupId=where.groupId,
+            roomId=where.roomId,
         )
     except IMError as error:
         _nameRefusal(error, raw, id)
@@ -215,9 +263,11 @@ class TypingRequest:
     A valid C{typing}.
     """
 
-    toId: str
+    toId: str | None
     isTyping: bool
     topic: str | None
+    groupId: str | None = None
+    roomId: str | None = None
 
 
 def typing(data: Any, loggedInId: str) -> TypingRequest:
@@ -229,10 +279,13 @@ def typing(data: Any, loggedInId: str) -> TypingRequest:
     isTyping = data.get("isTyping", False)
     if not isinstance(isTyping, bool):
         raise _invalid("isTyping must be a boolean")
+    where = target(data)
     return TypingRequest(
-        toId=userId(data.get("toId"), "toId"),
+        toId=where.toId,
         isTyping=isTyping,
         topic=optionalText(data.get("topic"), "topic", MAX_TOPIC),
+        groupId=where.groupId,
+        roomId=where.roomId,
     )
 
 
@@ -255,11 +308,13 @@ class HistoryRequest:
     A valid C{get_history}.
     """
 
-    friendId: str
+    friendId: str | None
     topic: str | None
     limit: int
     before: int | None
     after: int | None
+    groupId: str | None = None
+    roomId: str | None = None
 
 
 def history(data: Any) -> HistoryRequest:
@@ -274,12 +329,15 @@ def history(data: Any) -> HistoryRequest:
         raise _invalid("limit must be a positive integer")
     before = data.get("before")
     after = data.get("after")
+    where = target(data, "friendId")
     return HistoryRequest(
-        friendId=userId(data.get("friendId"), "friendId"),
+        friendId=where.toId,
         topic=optionalText(data.get("topic"), "topic", MAX_TOPIC),
         limit=min(limit, MAX_HISTORY),
         before=None if before is None else sequenceNumber(before, "before"),
         after=None if after is None else sequenceNumber(after, "after"),
+        groupId=where.groupId,
+        roomId=where.roomId,
     )
 
 
@@ -293,6 +351,7 @@ class ReadRequest:
     friendId: str | None
     upToSeq: int | None
     messageIds: tuple[str, ...] | None
+    groupId: str | None = None
 
 
 def read(data: Any) -> ReadRequest:
@@ -305,8 +364,12 @@ def read(data: Any) -> ReadRequest:
         if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_READ_IDS:
             raise _invalid(f"messageIds must be a list of 1..{MAX_READ_IDS} ids")
         return ReadRequest(None, None, tuple(clientId(i, "messageIds[]") for i in ids))
+    if data.get("groupId") is not None:
+        if data.get("friendId") is not None or data.get("upToSeq") is None:
+            raise _invalid("message:read expects {groupId, upToSeq}")
+        return ReadRequest(None, sequenceNumber(data["upToSeq"], "upToSeq"), None, clientId(data["groupId"], "groupId"))
     if data.get("friendId") is None or data.get("upToSeq") is None:
-        raise _invalid("message:read expects {friendId, upToSeq} or {messageIds}")
+        raise _invalid("message:read expects {friendId, upToSeq}, {groupId, upToSeq} or {messageIds}")
     return ReadRequest(userId(data["friendId"], "friendId"), sequenceNumber(data["upToSeq"], "upToSeq"), None)
 
 
@@ -364,3 +427,169 @@ def fileTransfer(data: Any, loggedInId: str) -> FileRequest:
     except IMError as error:
         _nameRefusal(error, raw, id)
         raise
+
+
+#: The most user ids one group request may name (the configured group size
+#: is checked by the handler).
+MAX_USER_IDS = 10_000
+ROLES = ("owner", "admin", "member")
+
+
+def userIds(value: Any, field: str) -> tuple[str, ...]:
+    """
+    A list of user ids, duplicates dropped (first kept).
+    """
+    if not isinstance(value, list) or len(value) > MAX_USER_IDS:
+        raise _invalid(f"{field} must be a list of at most {MAX_USER_IDS} user ids")
+    return tuple(dict.fromkeys(userId(item, field + "[]") for item in value))
+
+
+@attrs.frozen
+class GroupCreateRequest:
+    """
+    A valid C{group:create}.
+    """
+
+    name: str
+    memberIds: tuple[str, ...]
+    avatar: str | None
+    clientId: str | None
+
+
+def groupCreate(data: Any) -> GroupCreateRequest:
+    """
+    Validate C{group:create}.
+    """
+    data = payloadObject(data, "group:create")
+    members = data.get("memberIds", [])
+    return GroupCreateRequest(
+        name=text(data.get("name"), "name", MAX_NAME, 1),
+        memberIds=userIds(members, "memberIds"),
+        avatar=optionalText(data.get("avatar"), "avatar", MAX_AVATAR),
+        clientId=None if data.get("id") is None else clientId(data.get("id"), "id"),
+    )
+
+
+def groupId(data: Any, event: str) -> str:
+    """
+    The C{groupId} of a group event.
+    """
+    return clientId(payloadObject(data, event).get("groupId"), "groupId")
+
+
+@attrs.frozen
+class GroupUpdateRequest:
+    """
+    A valid C{group:update}.
+    """
+
+    groupId: str
+    name: str | None
+    avatar: str | None
+
+
+def groupUpdate(data: Any) -> GroupUpdateRequest:
+    """
+    Validate C{group:update}: at least one of C{name}, C{avatar}.
+    """
+    data = payloadObject(data, "group:update")
+    name = data.get("name")
+    avatar = data.get("avatar")
+    if name is None and "avatar" not in data:
+        raise _invalid("group:update expects name or avatar")
+    return GroupUpdateRequest(
+        groupId=groupId(data, "group:update"),
+        name=None if name is None else text(name, "name", MAX_NAME, 1),
+        avatar=None if "avatar" not in data else ("" if avatar is None else text(avatar, "avatar", MAX_AVATAR)),
+    )
+
+
+def groupMembers(data: Any, event: str) -> tuple[str, tuple[str, ...]]:
+    """
+    C{{groupId, userIds}} of C{group:add_members} and
+    C{group:remove_members}: 1 or more user ids.
+    """
+    data = payloadObject(data, event)
+    ids = userIds(data.get("userIds"), "userIds")
+    if not ids:
+        raise _invalid("userIds must name at least one user")
+    return groupId(data, event), ids
+
+
+def groupRole(data: Any) -> tuple[str, str, str]:
+    """
+    C{{groupId, userId, role}} of C{group:set_role}.
+    """
+    data = payloadObject(data, "group:set_role")
+    role = data.get("role")
+    if role not in ROLES:
+        raise _invalid("role must be owner, admin or member")
+    return groupId(data, "group:set_role"), userId(data.get("userId"), "userId"), str(role)
+
+
+def readReceipts(data: Any) -> tuple[str, str]:
+    """
+    C{{groupId, messageId}} of C{group:read_receipts}.
+    """
+    data = payloadObject(data, "group:read_receipts")
+    return groupId(data, "group:read_receipts"), clientId(data.get("messageId"), "messageId")
+
+
+@attrs.frozen
+class RoomCreateRequest:
+    """
+    A valid C{room:create}.
+    """
+
+    name: str
+    clientId: str | None
+    topic: str | None
+    public: bool
+
+
+def roomCreate(data: Any) -> RoomCreateRequest:
+    """
+    Validate C{room:create}.
+    """
+    data = payloadObject(data, "room:create")
+    public = data.get("public", True)
+    if not isinstance(public, bool):
+        raise _invalid("public must be a boolean")
+    return RoomCreateRequest(
+        name=text(data.get("name"), "name", MAX_NAME, 1),
+        clientId=None if data.get("id") is None else clientId(data.get("id"), "id"),
+        topic=optionalText(data.get("topic"), "topic", MAX_TOPIC),
+        public=public,
+    )
+
+
+def roomId(data: Any, event: str) -> str:
+    """
+    The C{roomId} of a room event.
+    """
+    return clientId(payloadObject(data, event).get("roomId"), "roomId")
+
+
+@attrs.frozen
+class RecallRequest:
+    """
+    A valid C{message:recall}; the conversation is an optional hint.
+    """
+
+    messageId: str
+    toId: str | None
+    groupId: str | None
+    roomId: str | None
+
+
+def recall(data: Any) -> RecallRequest:
+    """
+    Validate C{message:recall}.
+    """
+    data = payloadObject(data, "message:recall")
+    messageId = clientId(data.get("messageId"), "messageId")
+    named = [key for key in ("toId", "groupId", "roomId") if data.get(key) is not None]
+    if len(named) > 1:
+        raise _invalid("name at most one of toId, groupId and roomId")
+    where = target(data) if named else Target(None, None, None)
+    return RecallRequest(messageId, where.toId, where.groupId, where.roomId)

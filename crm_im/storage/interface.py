@@ -3,9 +3,19 @@
 The storage seam: the interfaces the application codes against and the frozen
 values that cross them.
 
-L{IMessageStore} keeps 1:1 messages durably (section 5 and 6 of the wire
-contract), L{IFileMetadata} keeps the records of stored files and
+L{IMessageStore} keeps messages durably (sections 5 and 6 of the wire
+contract; GROUPS.md for group and room messages and recall),
+L{IConversationStore} keeps groups, their members, chat rooms and read
+cursors, L{IFileMetadata} keeps the records of stored files and
 L{IFileStore} keeps the files themselves (section 7).
+
+The message record is defined once, here: L{NewMessage} is what a handler
+asks to store, L{StoredMessage} what the store gives back, and
+L{StoredMessage.toWire} the contract's Message object.
+
+A message belongs to exactly one conversation, named by a I{conversation
+key} (L{directConversation}, L{groupConversation}, L{roomConversation}):
+history, read cursors and recall are all per key.
 """
 
 from __future__ import annotations
@@ -25,14 +35,55 @@ class StoreClosedError(Exception):
     """
 
 
+#: Conversation keys of groups and rooms start with these; a 1:1 key never
+#: starts with NUL (user ids are not empty), so the three kinds never meet.
+GROUP_PREFIX = "\x00g\x00"
+ROOM_PREFIX = "\x00r\x00"
+
+DIRECT = "direct"
+GROUP = "group"
+ROOM = "room"
+
+
+def directConversation(userA: str, userB: str) -> str:
+    """
+    The key shared by both directions of the conversation between two users.
+
+    @return: the two ids sorted and joined with C{NUL}, which no user id
+        contains.
+    """
+    first, second = sorted((userA, userB))
+    return first + "\x00" + second
+
+
+#: The name the 1:1 key had before groups existed.
+conversationKey = directConversation
+
+
+def groupConversation(groupId: str) -> str:
+    """
+    The conversation key of a group.
+    """
+    return GROUP_PREFIX + groupId
+
+
+def roomConversation(roomId: str) -> str:
+    """
+    The conversation key of a chat room.
+    """
+    return ROOM_PREFIX + roomId
+
+
 @attrs.frozen
 class NewMessage:
     """
     A message accepted from a client and about to be stored.
 
+    Exactly one of C{toId}, C{groupId} and C{roomId} is set.
+
     @ivar fromId: the logged-in sender.
     @ivar fromName: the sender's display name.
-    @ivar toId: the recipient.
+    @ivar toId: the recipient of a 1:1 message.
     @ivar id: the message id, client-chosen or made by the server; unique per
         sender.
     @ivar topic: the conversation topic, if any.
@@ -42,11 +93,15 @@ class NewMessage:
     @ivar fileName: a C{file} message's file name.
     @ivar clientTimestamp: the client's C{timestamp}, if it sent one.
     @ivar serverTimestamp: when the server accepted it, ms since the epoch.
+    @ivar groupId: the group of a group message.
+    @ivar roomId: the room of a room message.
+    @ivar system: for C{type: 'system'} (membership changes), what
+        happened: C{{action, by, userIds?, ...}}.
     """
 
     fromId: str
     fromName: str
-    toId: str
+    toId: str | None
     id: str
     topic: str | None
     type: str
@@ -55,6 +110,21 @@ class NewMessage:
     fileName: str | None
     clientTimestamp: int | float | None
     serverTimestamp: int
+    groupId: str | None = None
+    roomId: str | None = None
+    system: dict[str, Any] | None = None
+
+    @property
+    def conversation(self) -> str:
+        """
+        The key of the conversation this message belongs to.
+        """
+        if self.groupId is not None:
+            return GROUP_PREFIX + self.groupId
+        if self.roomId is not None:
+            return ROOM_PREFIX + self.roomId
+        assert self.toId is not None
+        return directConversation(self.fromId, self.toId)
 
 
 @attrs.frozen
@@ -64,8 +134,11 @@ class StoredMessage:
 
     @ivar seq: increases with every stored message.
     @ivar delivered: whether a device of the recipient was sent it (or the
-        recipient read it).
+        recipient read it); always true for group and room messages, which
+        have no offline queue (members catch up from read cursors).
     @ivar readAt: when the recipient marked it read (ms since the epoch), or
+        L{None}; group and room messages use read cursors instead.
+    @ivar recalledBy: who recalled it (its content and file are gone), or
         L{None}.
     """
 
@@ -73,7 +146,7 @@ class StoredMessage:
     id: str
     fromId: str
     fromName: str
-    toId: str
+    toId: str | None
     topic: str | None
     type: str
     content: str
@@ -83,26 +156,79 @@ class StoredMessage:
     serverTimestamp: int
     delivered: bool
     readAt: int | None
+    groupId: str | None = None
+    roomId: str | None = None
+    system: dict[str, Any] | None = None
+    recalledBy: str | None = None
+
+    @property
+    def conversation(self) -> str:
+        """
+        The key of the conversation this message belongs to.
+        """
+        if self.groupId is not None:
+            return GROUP_PREFIX + self.groupId
+        if self.roomId is not None:
+            return ROOM_PREFIX + self.roomId
+        assert self.toId is not None
+        return directConversation(self.fromId, self.toId)
+
+    @classmethod
+    def fromNew(cls, msg: NewMessage, seq: int) -> "StoredMessage":
+        """
+        The stored form of C{msg}, just inserted as C{seq}.
+        """
+        shared = msg.toId is None
+        return cls(
+            seq=seq,
+            id=msg.id,
+            fromId=msg.fromId,
+            fromName=msg.fromName,
+            toId=msg.toId,
+            topic=msg.topic,
+            type=msg.type,
+            content=msg.content,
+            fileUrl=msg.fileUrl,
+            fileName=msg.fileName,
+            clientTimestamp=msg.clientTimestamp,
+            serverTimestamp=msg.serverTimestamp,
+            delivered=shared,
+            readAt=msg.serverTimestamp if shared else None,
+            groupId=msg.groupId,
+            roomId=msg.roomId,
+            system=msg.system,
+        )
 
     def toWire(self) -> dict[str, Any]:
         """
         The contract's Message object for this stored message.
 
-        @return: a dict with C{id}, C{fromId}, C{fromName}, C{toId},
-            C{content}, C{type}, C{serverTimestamp} and C{seq}, plus C{topic},
-            C{timestamp} (the client's), C{fileUrl} and C{fileName} when they
-            are not L{None}.
+        @return: a dict with C{id}, C{fromId}, C{fromName}, one of
+            C{toId}/C{groupId}/C{roomId}, C{content}, C{type},
+            C{serverTimestamp} and C{seq}, plus C{topic}, C{timestamp} (the
+            client's), C{fileUrl}, C{fileName}, C{system} and
+            C{recalled}/C{recalledBy} when they apply.
         """
         wire: dict[str, Any] = {
             "id": self.id,
             "fromId": self.fromId,
             "fromName": self.fromName,
-            "toId": self.toId,
-            "content": self.content,
-            "type": self.type,
-            "serverTimestamp": self.serverTimestamp,
-            "seq": self.seq,
         }
+        if self.toId is not None:
+            wire["toId"] = self.toId
+        elif self.groupId is not None:
+            wire["groupId"] = self.groupId
+        else:
+            wire["roomId"] = self.roomId
+        wire["content"] = self.content
+        wire["type"] = self.type
+        wire["serverTimestamp"] = self.serverTimestamp
+        wire["seq"] = self.seq
+        if self.system is not None:
+            wire["system"] = self.system
+        if self.recalledBy is not None:
+            wire["recalled"] = True
+            wire["recalledBy"] = self.recalledBy
         if self.topic is not None:
             wire["topic"] = self.topic
         if self.clientTimestamp is not None:
@@ -160,16 +286,6 @@ class FileRecord:
     size: int
     createdAt: int
 
-
-def conversationKey(userA: str, userB: str) -> str:
-    """
-    The key shared by both directions of the conversation between two users.
-
-    @return: the two ids sorted and joined with C{NUL}, which no user id
-        contains.
-    """
-    first, second = sorted((userA, userB))
-    return first + "\x00" + second
 
 
 class IMessageStore(Interface):
@@ -248,6 +364,37 @@ class IMessageStore(Interface):
             completely.
         """
 
+    def conversationHistory(
+        conversation: str,
+        limit: int,
+        before: int | None,
+        after: int | None,
+    ) -> Deferred[HistoryPage]:
+        """
+        One page of the conversation with key C{conversation} (a group's or
+        a room's), paged as L{history}.
+        """
+
+    def findMessage(fromId: str, messageId: str) -> Deferred[StoredMessage | None]:
+        """
+        The message C{fromId} sent with id C{messageId}, if any.
+        """
+
+    def findSharedMessages(messageId: str) -> Deferred[list[StoredMessage]]:
+        """
+        The group and room messages whose id is C{messageId} (ids are
+        unique per sender only, so there may be several).
+        """
+
+    def recall(seq: int, by: str, now: int) -> Deferred[StoredMessage | None]:
+        """
+        Recall the message C{seq}: its content, file name and URL are
+        erased, C{recalledBy} is set. A write.
+
+        @return: the stub, or L{None} if there is no such message or it was
+            recalled already.
+        """
+
     def ping() -> Deferred[None]:
         """
         Run a cheap query; fails if the database is unusable.
@@ -299,4 +446,198 @@ class IFileStore(Interface):
     def pathFor(record: FileRecord) -> FilePath[str]:
         """
         Where the bytes of C{record} are.
+        """
+
+
+OWNER = "owner"
+ADMIN = "admin"
+MEMBER = "member"
+
+
+@attrs.frozen
+class GroupRecord:
+    """
+    A group as stored.
+
+    @ivar createdBy: who created it (with C{clientId}, what makes a retried
+        C{group:create} find it again).
+    @ivar clientId: the C{id} its creator asked for, if any.
+    """
+
+    id: str
+    name: str
+    avatar: str | None
+    ownerId: str
+    createdBy: str
+    clientId: str | None
+    createdAt: int
+
+
+@attrs.frozen
+class MemberRecord:
+    """
+    A member of a group.
+
+    @ivar role: L{OWNER}, L{ADMIN} or L{MEMBER}.
+    @ivar joinedAt: ms since the epoch; the longest-serving member has the
+        smallest (ties broken by C{order}).
+    @ivar order: increases with every member added to the group.
+    """
+
+    userId: str
+    role: str
+    joinedAt: int
+    order: int = 0
+
+
+@attrs.frozen
+class GroupState:
+    """
+    A group with its current members and the users who were members once.
+
+    @ivar lastSeq: the seq of its last message when read, 0 if none.
+    """
+
+    group: GroupRecord
+    members: dict[str, MemberRecord]
+    former: frozenset[str]
+    lastSeq: int = 0
+
+
+@attrs.frozen
+class GroupChange:
+    """
+    One change of a group, applied in one transaction with its system
+    message.
+
+    @ivar add: members to add (re-adding a former member makes them current).
+    @ivar remove: user ids to remove (they become former members).
+    @ivar roles: new roles of current members.
+    @ivar ownerId: the new owner, if ownership moves.
+    @ivar name: a new name. @ivar avatar: a new avatar (C{""} clears it).
+    @ivar dissolve: dissolve the group (it is gone for everyone).
+    @ivar system: the system message recording the change, if any.
+    """
+
+    groupId: str
+    now: int
+    add: tuple[MemberRecord, ...] = ()
+    remove: tuple[str, ...] = ()
+    roles: tuple[tuple[str, str], ...] = ()
+    ownerId: str | None = None
+    name: str | None = None
+    avatar: str | None = None
+    dissolve: bool = False
+    system: NewMessage | None = None
+
+
+@attrs.frozen
+class GroupSummary:
+    """
+    One line of a user's group list.
+
+    @ivar lastSeq: the seq of the group's last message, 0 if none.
+    @ivar readSeq: the user's read cursor in the group.
+    @ivar unreadCount: messages after the cursor that others sent.
+    """
+
+    group: GroupRecord
+    memberCount: int
+    lastSeq: int
+    readSeq: int
+    unreadCount: int
+    lastMessage: StoredMessage | None
+
+
+@attrs.frozen
+class RoomRecord:
+    """
+    A chat room as stored (who is in it is live state, not stored).
+    """
+
+    id: str
+    name: str
+    topic: str | None
+    public: bool
+    createdBy: str
+    clientId: str | None
+    createdAt: int
+
+
+class IConversationStore(Interface):
+    """
+    Durable groups, members, rooms and read cursors. Every method returns a
+    L{Deferred}; writes share the message store's group commit.
+    """
+
+    def createGroup(
+        group: GroupRecord, members: Sequence[MemberRecord], system: NewMessage
+    ) -> Deferred[tuple[GroupState, bool, StoredMessage | None]]:
+        """
+        Create C{group} with C{members} and store C{system} in it, unless
+        its creator already made a group with the same C{clientId}. An id
+        another group has already is replaced by a new UUID.
+
+        @return: the group's state, whether it was created now, and the
+            stored system message (L{None} if not created now).
+        """
+
+    def group(groupId: str) -> Deferred[GroupState | None]:
+        """
+        The state of a group, or L{None} if there is none or it was
+        dissolved.
+        """
+
+    def changeGroup(change: GroupChange) -> Deferred[StoredMessage | None]:
+        """
+        Apply C{change} (and store its system message) in one transaction.
+
+        @return: the stored system message, if there was one.
+        """
+
+    def groupCounts(userIds: Sequence[str]) -> Deferred[dict[str, int]]:
+        """
+        How many groups each of C{userIds} is a member of.
+        """
+
+    def groupSummaries(userId: str) -> Deferred[list[GroupSummary]]:
+        """
+        The groups C{userId} is a member of, most recent activity first.
+        """
+
+    def readCursors(conversation: str) -> Deferred[dict[str, int]]:
+        """
+        Every read cursor of a conversation, by user.
+        """
+
+    def moveReadCursor(conversation: str, userId: str, upToSeq: int) -> Deferred[tuple[int, bool]]:
+        """
+        Move C{userId}'s cursor forward to C{upToSeq}, never back and never
+        past the conversation's last message.
+
+        @return: the cursor now and whether it moved.
+        """
+
+    def createRoom(room: RoomRecord) -> Deferred[tuple[RoomRecord, bool]]:
+        """
+        Create C{room} unless its creator already made one with the same
+        C{clientId}. An id another room has already is replaced by a new
+        UUID.
+
+        @return: the room and whether it was created now.
+        """
+
+    def room(roomId: str) -> Deferred[RoomRecord | None]:
+        """
+        The room C{roomId}, if any.
+        """
+
+    def publicRooms(limit: int) -> Deferred[list[RoomRecord]]:
+        """
+        The public rooms, oldest first, at most C{limit}.
+        """
+
+    def roomCount(createdBy: str) -> Deferred[int]:
+        """
+        How many rooms C{createdBy} created.
         """

@@ -16,18 +16,20 @@ from zope.interface import implementer
 from .interface import (
     FileRecord,
     HistoryPage,
+    IConversationStore,
     IFileMetadata,
     IMessageStore,
     NewMessage,
     StoreClosedError,
     StoredMessage,
     StoreOutcome,
-    conversationKey,
+    directConversation,
 )
+from .memoryconversations import MemoryConversationStore
 
 
-@implementer(IMessageStore, IFileMetadata)
-class MemoryMessageStore:
+@implementer(IMessageStore, IConversationStore, IFileMetadata)
+class MemoryMessageStore(MemoryConversationStore):
     """
     Messages and file records in dicts.
 
@@ -44,6 +46,7 @@ class MemoryMessageStore:
         self._bySenderId: dict[tuple[str, str], int] = {}
         self._lastSeq = 0
         self._closed = False
+        MemoryConversationStore.__init__(self)
 
     def _check(self, desc: str) -> None:
         """
@@ -77,16 +80,14 @@ class MemoryMessageStore:
         existing = self._bySenderId.get((msg.fromId, msg.id))
         if existing is not None:
             return succeed(StoreOutcome(self.messages[existing], created=False))
+        return succeed(StoreOutcome(self._insert(msg), created=True))
+
+    def _insert(self, msg: NewMessage) -> StoredMessage:
         self._lastSeq += 1
-        stored = StoredMessage(
-            seq=self._lastSeq,
-            delivered=False,
-            readAt=None,
-            **attrs.asdict(msg),
-        )
+        stored = StoredMessage.fromNew(msg, self._lastSeq)
         self.messages[stored.seq] = stored
         self._bySenderId[(msg.fromId, msg.id)] = stored.seq
-        return succeed(StoreOutcome(stored, created=True))
+        return stored
 
     def markDelivered(self, seqs: Sequence[int]) -> Deferred[None]:
         """
@@ -133,12 +134,16 @@ class MemoryMessageStore:
             self._check("history")
         except StoreClosedError:
             return fail()
+        return self._page(directConversation(userId, friendId), topic, limit, before, after)
+
+    def _page(
+        self, key: str, topic: str | None, limit: int, before: int | None, after: int | None
+    ) -> Deferred[HistoryPage]:
         limit = max(limit, 0)
-        key = conversationKey(userId, friendId)
         matching = [
             message
             for message in self.messages.values()
-            if conversationKey(message.fromId, message.toId) == key
+            if message.conversation == key
             and (topic is None or message.topic == topic)
             and (before is None or message.seq < before)
             and (after is None or message.seq > after)
@@ -188,6 +193,46 @@ class MemoryMessageStore:
         for message in marked:
             self.messages[message.seq] = message
         return succeed(marked)
+
+    def conversationHistory(
+        self, conversation: str, limit: int, before: int | None, after: int | None
+    ) -> Deferred[HistoryPage]:
+        """
+        See L{IMessageStore.conversationHistory}.
+        """
+        try:
+            self._check("history")
+        except StoreClosedError:
+            return fail()
+        return self._page(conversation, None, limit, before, after)
+
+    def findMessage(self, fromId: str, messageId: str) -> Deferred[StoredMessage | None]:
+        """
+        See L{IMessageStore.findMessage}.
+        """
+        seq = self._bySenderId.get((fromId, messageId))
+        return succeed(None if seq is None else self.messages[seq])
+
+    def findSharedMessages(self, messageId: str) -> Deferred[list[StoredMessage]]:
+        """
+        See L{IMessageStore.findSharedMessages}.
+        """
+        return succeed([m for m in self.messages.values() if m.toId is None and m.id == messageId])
+
+    def recall(self, seq: int, by: str, now: int) -> Deferred[StoredMessage | None]:
+        """
+        See L{IMessageStore.recall}.
+        """
+        try:
+            self._check("recall")
+        except StoreClosedError:
+            return fail()
+        message = self.messages.get(seq)
+        if message is None or message.recalledBy is not None:
+            return succeed(None)
+        stub = attrs.evolve(message, content="", fileUrl=None, fileName=None, recalledBy=by)
+        self.messages[seq] = stub
+        return succeed(stub)
 
     def ping(self) -> Deferred[None]:
         """

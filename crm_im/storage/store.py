@@ -20,22 +20,27 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence, TypeVar
 
 import attrs
+import orjson
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .conversations import SQLConversationStore
 from .database import Database, Transaction, chunks, placeholders
 from .interface import (
+    GROUP_PREFIX,
+    ROOM_PREFIX,
     FileRecord,
     HistoryPage,
+    IConversationStore,
     IFileMetadata,
     IMessageStore,
     NewMessage,
     StoreClosedError,
     StoredMessage,
     StoreOutcome,
-    conversationKey,
+    directConversation,
 )
 
 _R = TypeVar("_R")
@@ -44,7 +49,8 @@ _PENDING = object()
 
 _MESSAGE_COLUMNS = (
     "seq, message_id, from_id, from_name, to_id, topic, type, content,"
-    " file_url, file_name, client_timestamp, server_timestamp, delivered, read_at"
+    " file_url, file_name, client_timestamp, server_timestamp, delivered, read_at,"
+    " conversation, system, recalled_by"
 )
 _FILE_COLUMNS = "file_id, from_id, to_id, file_name, mime_type, size, created_at"
 
@@ -53,12 +59,22 @@ def _messageFromRow(row: Sequence[Any]) -> StoredMessage:
     """
     A L{StoredMessage} from a row of C{_MESSAGE_COLUMNS}.
     """
+    toId = row[4]
+    groupId = roomId = None
+    if not toId:
+        toId = None
+        conversation: str = row[14]
+        if conversation.startswith(GROUP_PREFIX):
+            groupId = conversation[len(GROUP_PREFIX) :]
+        else:
+            roomId = conversation[len(ROOM_PREFIX) :]
+    system = row[15]
     return StoredMessage(
         seq=row[0],
         id=row[1],
         fromId=row[2],
         fromName=row[3],
-        toId=row[4],
+        toId=toId,
         topic=row[5],
         type=row[6],
         content=row[7],
@@ -68,28 +84,35 @@ def _messageFromRow(row: Sequence[Any]) -> StoredMessage:
         serverTimestamp=row[11],
         delivered=bool(row[12]),
         readAt=row[13],
+        groupId=groupId,
+        roomId=roomId,
+        system=None if system is None else orjson.loads(system),
+        recalledBy=row[16],
     )
 
 
 _INSERT_COLUMNS = (
     "INSERT INTO messages (message_id, from_id, from_name, to_id,"
     " conversation, topic, type, content, file_url, file_name,"
-    " client_timestamp, server_timestamp, delivered, read_at) VALUES "
+    " client_timestamp, server_timestamp, delivered, read_at, system) VALUES "
 )
-_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL)"
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _ON_CONFLICT_RETURNING = " ON CONFLICT (from_id, message_id) DO NOTHING RETURNING seq"
 
-#: Rows per multi-row INSERT (12 parameters each; SQLite allows 32766).
+#: Rows per multi-row INSERT (15 parameters each; SQLite allows 32766).
 INSERT_CHUNK = 250
 
 
 def _insertRow(msg: NewMessage) -> tuple[Any, ...]:
+    # Group and room messages are stored delivered and read: they never
+    # enter the 1:1 offline queue or unread indexes (see 004_conversations).
+    shared = msg.toId is None
     return (
         msg.id,
         msg.fromId,
         msg.fromName,
-        msg.toId,
-        conversationKey(msg.fromId, msg.toId),
+        "" if shared else msg.toId,
+        msg.conversation,
         msg.topic,
         msg.type,
         msg.content,
@@ -97,26 +120,13 @@ def _insertRow(msg: NewMessage) -> tuple[Any, ...]:
         msg.fileName,
         msg.clientTimestamp,
         msg.serverTimestamp,
+        1 if shared else 0,
+        msg.serverTimestamp if shared else None,
+        None if msg.system is None else orjson.dumps(msg.system).decode(),
     )
 
 
-def _newStored(msg: NewMessage, seq: int) -> StoredMessage:
-    return StoredMessage(
-        seq=seq,
-        id=msg.id,
-        fromId=msg.fromId,
-        fromName=msg.fromName,
-        toId=msg.toId,
-        topic=msg.topic,
-        type=msg.type,
-        content=msg.content,
-        fileUrl=msg.fileUrl,
-        fileName=msg.fileName,
-        clientTimestamp=msg.clientTimestamp,
-        serverTimestamp=msg.serverTimestamp,
-        delivered=False,
-        readAt=None,
-    )
+_newStored = StoredMessage.fromNew
 
 
 def storeMessage_txn(txn: Transaction, msg: NewMessage) -> StoreOutcome:
@@ -287,11 +297,25 @@ def history_txn(
     after: int | None,
 ) -> HistoryPage:
     """
-    One page of a conversation; see L{IMessageStore.history}.
+    One page of a 1:1 conversation; see L{IMessageStore.history}.
+    """
+    return conversationHistory_txn(txn, directConversation(userId, friendId), topic, limit, before, after)
+
+
+def conversationHistory_txn(
+    txn: Transaction,
+    conversation: str,
+    topic: str | None,
+    limit: int,
+    before: int | None,
+    after: int | None,
+) -> HistoryPage:
+    """
+    One page of any conversation, by key; see L{IMessageStore.history}.
     """
     limit = max(limit, 0)
     conditions = ["conversation = ?"]
-    args: list[Any] = [conversationKey(userId, friendId)]
+    args: list[Any] = [conversation]
     if topic is not None:
         conditions.append("topic = ?")
         args.append(topic)
@@ -315,6 +339,46 @@ def history_txn(
     if newestFirst:
         messages.reverse()
     return HistoryPage(messages=messages, hasMore=hasMore)
+
+
+def findMessage_txn(txn: Transaction, fromId: str, messageId: str) -> StoredMessage | None:
+    """
+    The message C{fromId} sent as C{messageId}, if any.
+    """
+    txn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE from_id = ? AND message_id = ?",
+        (fromId, messageId),
+    )
+    row = txn.fetchone()
+    return None if row is None else _messageFromRow(row)
+
+
+def findSharedMessages_txn(txn: Transaction, messageId: str) -> list[StoredMessage]:
+    """
+    The group and room messages with id C{messageId} (their C{to_id} is
+    C{''}: the recipient index finds them).
+    """
+    txn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE to_id = '' AND message_id = ? ORDER BY seq LIMIT 100",
+        (messageId,),
+    )
+    return [_messageFromRow(row) for row in txn.fetchall()]
+
+
+def recall_txn(txn: Transaction, seq: int, by: str, now: int) -> StoredMessage | None:
+    """
+    Erase the content (and file) of message C{seq}, keeping its place.
+    """
+    txn.execute(
+        "UPDATE messages SET content = '', file_url = NULL, file_name = NULL,"
+        " recalled_by = ?, recalled_at = ? WHERE seq = ? AND recalled_by IS NULL",
+        (by, now, seq),
+    )
+    if txn.rowcount != 1:
+        return None
+    txn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq = ?", (seq,))
+    row = txn.fetchone()
+    return None if row is None else _messageFromRow(row)
 
 
 def recordFile_txn(txn: Transaction, record: FileRecord) -> None:
@@ -413,8 +477,8 @@ class _Write:
     message: NewMessage | None = None
 
 
-@implementer(IMessageStore, IFileMetadata)
-class SQLMessageStore:
+@implementer(IMessageStore, IConversationStore, IFileMetadata)
+class SQLMessageStore(SQLConversationStore):
     """
     L{IMessageStore} and L{IFileMetadata} on a L{Database}, with group
     commit.
@@ -693,6 +757,34 @@ class SQLMessageStore:
                 txn, userId, friendId, topic, limit, before, after
             ),
         )
+
+    def conversationHistory(
+        self, conversation: str, limit: int, before: int | None, after: int | None
+    ) -> Deferred[HistoryPage]:
+        """
+        See L{IMessageStore.conversationHistory}.
+        """
+        return self._read(
+            "history", lambda txn: conversationHistory_txn(txn, conversation, None, limit, before, after)
+        )
+
+    def findMessage(self, fromId: str, messageId: str) -> Deferred[StoredMessage | None]:
+        """
+        See L{IMessageStore.findMessage}.
+        """
+        return self._read("findMessage", lambda txn: findMessage_txn(txn, fromId, messageId))
+
+    def findSharedMessages(self, messageId: str) -> Deferred[list[StoredMessage]]:
+        """
+        See L{IMessageStore.findSharedMessages}.
+        """
+        return self._read("findSharedMessages", lambda txn: findSharedMessages_txn(txn, messageId))
+
+    def recall(self, seq: int, by: str, now: int) -> Deferred[StoredMessage | None]:
+        """
+        See L{IMessageStore.recall}.
+        """
+        return self._write("recall", lambda txn: recall_txn(txn, seq, by, now))
 
     def fileRecord(self, fileId: str) -> Deferred[FileRecord | None]:
         """

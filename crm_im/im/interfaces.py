@@ -1,0 +1,79 @@
+"""
+The seams of the IM core: who is calling (L{Caller}) and how events reach
+devices (L{IRouter}).
+
+Handlers take a L{Caller} and a request, decide, store, and deliver through
+an L{IRouter}; they never see a socket, a frame or a namespace. The local
+router (L{crm_im.routing.local}) writes to this process's sockets; a
+cluster router implements the same interface across nodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from zope.interface import Interface
+
+
+class Caller:
+    """
+    Who a handler acts for: a logged-in user, on one device.
+
+    @ivar device: the device (socket id) the request came from, or L{None}
+        for callers without one (the admin API, tests).
+    @ivar userId: the logged-in user.
+    @ivar name: their display name.
+    @ivar avatar: their avatar, if any.
+    """
+
+    __slots__ = ("device", "userId", "name", "avatar")
+
+    def __init__(self, device: str | None, userId: str, name: str, avatar: str | None = None) -> None:
+        self.device = device
+        self.userId = userId
+        self.name = name
+        self.avatar = avatar
+
+    def __repr__(self) -> str:
+        return f"<Caller {self.userId} on {self.device}>"
+
+
+class IRouter(Interface):
+    """
+    Delivery of server events to users and devices. Each call encodes its
+    event once, whatever the number of recipients; a recipient that went
+    away is skipped, never an error.
+    """
+
+    def toUsers(userIds: Iterable[str], event: str, payload: Any, exceptDevice: str | None = None) -> int:
+        """
+        Send C{event} to every device of each of C{userIds} but
+        C{exceptDevice}.
+
+        @return: how many devices it was sent to.
+        """
+
+    def toDevices(deviceIds: Iterable[str], event: str, payload: Any, exceptDevice: str | None = None) -> int:
+        """
+        Send C{event} to each of C{deviceIds} but C{exceptDevice}.
+
+        @return: how many devices it was sent to.
+        """
+
+    def toEveryone(event: str, payload: Any, exceptDevice: str | None = None) -> int:
+        """
+        Send C{event} to every logged-in device but C{exceptDevice}.
+
+        @return: how many devices it was sent to.
+        """
+
+    def toConnected(event: str, payload: Any) -> None:
+        """
+        Send C{event} to every connected socket, logged in or not
+        (C{server:shutdown}).
+        """
+
+    def disconnect(device: str) -> None:
+        """
+        Close the connection of C{device}.
+        """

@@ -76,10 +76,14 @@ class FakeChannel:
         self.frames: list[Frame] = []
         self.closed = False
         self.reading = True
+        self.flushes = 0
 
     def writeFrame(self, frame: Frame) -> None:
         assert not self.closed, "write on a closed channel"
         self.frames.append(frame)
+
+    def flushWrites(self) -> None:
+        self.flushes += 1
 
     def pauseReading(self) -> None:
         self.reading = False

@@ -18,6 +18,7 @@ from crm_im.engineio import packet as eio
 from crm_im.engineio.packet import Frame
 from crm_im.engineio.session import CLOSED, OPEN, EngineIOSession
 from crm_im.socketio import ConnectionRefused, SocketIOServer
+from crm_im.socketio.server import HELD_RELEASE_DELAY
 
 from .test_eio_session import FakeChannel
 
@@ -220,10 +221,38 @@ class ConnectTests(ServerTestMixin, SynchronousTestCase):
         client.send(b"0")
         self.assertEqual(client.received(), [])
         pending[0].callback(True)
-        answer, welcome = client.received()
+        (answer,) = client.received()
+        self.clock.advance(HELD_RELEASE_DELAY)
+        (welcome,) = client.received()
         sid = loads(answer[1:])["sid"]
         self.assertEqual(welcome, b'2["welcome","%s"]' % (sid.encode(),))
         self.assertEqual(self.sio.rooms(sid), {sid, "lobby"})
+
+    def test_emitsOfConnectHandlerOnALaterTurn(self) -> None:
+        """
+        What the connect handler emits follows the CONNECT on a later
+        reactor turn, and the CONNECT is pushed to the network first: a
+        client reads them as two messages (the official server's order,
+        which the socket.io-protocol suite relies on). Emits made before
+        that turn queue behind, in order.
+        """
+
+        def connect(sid: str, auth: Any) -> None:
+            self.sio.emit("auth", auth, to=sid)
+
+        self.sio.on("connect", connect)
+        client = self.client()
+        client.send(b'0{"token":"123"}')
+        (answer,) = client.received()
+        self.assertTrue(answer.startswith(b"0{"), answer)
+        self.assertEqual(client.channel.flushes, 1)
+        sid = loads(answer[1:])["sid"]
+        self.sio.emit("second", to=sid)
+        self.assertEqual(client.received(), [])
+        self.clock.advance(HELD_RELEASE_DELAY)
+        self.assertEqual(client.received(), [b'2["auth",{"token":"123"}]', b'2["second"]'])
+        self.sio.emit("third", to=sid)
+        self.assertEqual(client.received(), [b'2["third"]'])
 
     def test_deferredRefusal(self) -> None:
         """

@@ -37,6 +37,7 @@ class EngineIOConfig:
     @ivar exemptAddresses: addresses without that limit.
     """
 
+    allowEIO3: bool = False
     pingInterval: int = 25000
     pingTimeout: int = 20000
     maxPayload: int = 1_000_000

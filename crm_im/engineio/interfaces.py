@@ -65,6 +65,11 @@ class IWebSocketChannel(Interface):
         Write one packet as one WebSocket message.
         """
 
+    def flushWrites() -> None:
+        """
+        Send what was written this reactor turn now, not at its end.
+        """
+
     def pauseReading() -> None:
         """
         Stop reading from the connection until L{resumeReading}.

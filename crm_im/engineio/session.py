@@ -152,6 +152,16 @@ class EngineIOSession:
         for frame in frames:
             self.sendFrame(frame)
 
+    def flushTransport(self) -> None:
+        """
+        Hand what was written to the WebSocket this turn to the network
+        now rather than at the end of the turn (long-polling answers the
+        held GET on the next turn anyway).
+        """
+        channel = self._channel
+        if channel is not None:
+            channel.flushWrites()
+
     def _enqueue(self, frame: Frame) -> None:
         config = self.server.config
         self._queue.append(frame)

@@ -358,6 +358,13 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
         self._writer.flush(self.transport)
         super().sendData(data, sync, chopsize)
 
+    def flushWrites(self) -> None:
+        """
+        Send the frames gathered this turn for this connection now.
+        """
+        if self.transport is not None:
+            self._writer.flush(self.transport)
+
     def pauseReading(self) -> None:
         """
         Stop reading from the TCP connection.

@@ -47,6 +47,10 @@ from .packet import Decoder, DecodeError, SocketIOPacket
 
 Handler = Callable[..., Any]
 
+#: Seconds between a CONNECT answer and what its connect handler emitted:
+#: long enough that a client reads them as separate messages.
+HELD_RELEASE_DELAY = 0.001
+
 _CONNECT_REFUSED = {"message": "Connection rejected by server"}
 _INVALID_NAMESPACE = {"message": "Invalid namespace"}
 
@@ -143,14 +147,16 @@ class Socket:
 
     def sendFrames(self, frames: Sequence[Frame]) -> None:
         """
-        Write already-encoded packets (held until CONNECT is sent).
+        Write already-encoded packets (held until CONNECT is sent, and
+        while the packets held meanwhile wait for their turn).
         """
-        if self.connected:
+        held = self._held
+        if held is not None:
+            held.extend(frames)
+        elif self.connected:
             session = self.connection.session
             for frame in frames:
                 session.sendFrame(frame)
-        elif self._held is not None:
-            self._held.extend(frames)
 
     def emit(self, event: str, *args: Any, callback: Callable[..., Any] | None = None) -> None:
         """
@@ -512,8 +518,20 @@ class SocketIOServer:
         socket.connected = True
         socket.namespace.sockets[socket.sid] = socket
         connection.sendPacket(SocketIOPacket(sio.CONNECT, socket.namespace.name, {"sid": socket.sid}))
+        if socket._held:
+            # What the connect handler emitted follows the CONNECT a moment
+            # later, as with the official server (whose connection handler
+            # runs after the CONNECT's write completed): a client that
+            # waits for one message at a time (the socket.io-protocol
+            # suite does) reads them separately. The CONNECT leaves now.
+            connection.session.flushTransport()
+            self.clock.callLater(HELD_RELEASE_DELAY, self._releaseHeld, socket)
+        else:
+            socket._held = None
+
+    def _releaseHeld(self, socket: Socket) -> None:
         held, socket._held = socket._held, None
-        if held:
+        if held and socket.connected:
             socket.sendFrames(held)
 
     def _refuse(self, socket: Socket, refusal: ConnectionRefused) -> None:

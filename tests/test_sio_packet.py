@@ -483,3 +483,70 @@ class ValidPrefixTests(SynchronousTestCase):
         for text in [b'2["hello",1', b"2[", b'2/admin,["by', b'31["hi"', b"31", b"51-", b'51-["hello"']:
             with self.subTest(text=text):
                 self.assertRaises(DecodeError, Decoder().feed, text, False)
+
+
+class LoneSurrogateTests(SynchronousTestCase):
+    """
+    JSON that C{JSON.parse} accepts and orjson refuses, above all a lone
+    UTF-16 surrogate escape (half of an emoji cut by a mobile keyboard):
+    the packet is accepted, the surrogate becomes U+FFFD, and the value can
+    be encoded again; it never closes the connection.
+    """
+
+    def test_eventPayload(self) -> None:
+        """
+        A lone surrogate in a payload string, high or low, becomes U+FFFD;
+        a proper pair stays the character it encodes.
+        """
+        packet = Decoder().feed(
+            b'2["message",{"toId":"b","content":"x\\ud83d","tail":"\\ude00y","ok":"\\ud83d\\ude00"}]', False
+        )
+        assert packet is not None
+        self.assertEqual(
+            packet.data, ["message", {"toId": "b", "content": "x\ufffd", "tail": "\ufffdy", "ok": "\U0001f600"}]
+        )
+        self.assertEqual(
+            sio.encodeEvent("/", "message", packet.data[1:])[0].data,
+            '42["message",{"toId":"b","content":"x\ufffd","tail":"\ufffdy","ok":"\U0001f600"}]'.encode(),
+        )
+
+    def test_eventNameKeysAndAck(self) -> None:
+        """
+        The same holds for event names, object keys, ack arguments and
+        binary packets' JSON.
+        """
+        decoder = Decoder()
+        event = decoder.feed(b'21["ev\\udc00",{"k\\ud800":["\\ud800"]}]', False)
+        assert event is not None
+        self.assertEqual((event.id, event.data), (1, ["ev\ufffd", {"k\ufffd": ["\ufffd"]}]))
+        ack = decoder.feed(b'37["\\ud83d"]', False)
+        assert ack is not None
+        self.assertEqual(ack.data, ["\ufffd"])
+        self.assertIsNone(decoder.feed(b'51-["up\\ud83d",{"_placeholder":true,"num":0}]', False))
+        binary = decoder.feed(b"\x01", True)
+        assert binary is not None
+        self.assertEqual(binary.data, ["up\ufffd", b"\x01"])
+
+    def test_bigIntegers(self) -> None:
+        """
+        An integer past 64 bits (a double for C{JSON.parse}) is read as a
+        float rather than refused.
+        """
+        packet = Decoder().feed(b'2["n",18446744073709551616,"\\ud800"]', False)
+        assert packet is not None
+        self.assertEqual(packet.data, ["n", 18446744073709551616.0, "\ufffd"])
+
+    def test_stillRefused(self) -> None:
+        """
+        What C{JSON.parse} refuses is still refused on the lenient path:
+        NaN and Infinity, trailing garbage, bad escapes, too deep nesting.
+        """
+        for data in [
+            b'2["x",NaN,"\\ud800"]',
+            b'2["x",Infinity,"\\ud800"]',
+            b'2["x","\\ud800"]]',
+            b'2["x","\\ud80"]',
+            b'2["x",' + b"[" * 200 + b'"\\ud800"' + b"]" * 200 + b"]",
+        ]:
+            with self.subTest(data=data):
+                self.assertRaises(DecodeError, Decoder().feed, data, False)

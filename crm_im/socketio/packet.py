@@ -14,6 +14,8 @@ server must bound (attachment count and total size, ack ids past 2**53).
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Sequence
 
 from .._json import JSONDecodeError, dumps, loads
@@ -196,6 +198,49 @@ def _tooDeep(value: Any, limit: int) -> bool:
     return False
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_MAX_INT64 = 2**63
+
+
+def _noConstants(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _parseInt(digits: str) -> int | float:
+    # JSON.parse reads every number as a double; orjson cannot write
+    # integers past 64 bits.
+    value = int(digits)
+    return value if -_MAX_INT64 <= value < _MAX_INT64 else float(value)
+
+
+def _replaceSurrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replaceSurrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_replaceSurrogates(key): _replaceSurrogates(item) for key, item in value.items()}
+    return value
+
+
+def _loadsLenient(text: bytes) -> Any:
+    """
+    Parse JSON that orjson refused but C{JSON.parse} accepts: the case
+    that matters is a lone UTF-16 surrogate escape (C{"\\ud83d"}, half of
+    a cut emoji), which becomes U+FFFD, so that the value can be handled
+    and relayed. Only the refused packets pay for this.
+
+    @raise DecodeError: if it is not valid JSON for C{JSON.parse} either.
+    """
+    try:
+        value = json.loads(text.decode("utf-8"), parse_constant=_noConstants, parse_int=_parseInt)
+    except (ValueError, RecursionError):
+        raise DecodeError("invalid payload")
+    if isinstance(value, (list, dict)) and _tooDeep(value, MAX_DEPTH):
+        raise DecodeError("payload nested too deeply")
+    return _replaceSurrogates(value)
+
+
 def decodeText(text: bytes) -> tuple[SocketIOPacket, int]:
     """
     Decode the text part of a packet.
@@ -241,7 +286,7 @@ def decodeText(text: bytes) -> tuple[SocketIOPacket, int]:
         try:
             data = loads(text[i:])
         except JSONDecodeError:
-            raise DecodeError("invalid payload")
+            data = _loadsLenient(text[i:])
         # Counting brackets is cheap and bounds the depth from above; only
         # a packet with many of them pays for the walk.
         if text.count(b"[", i) + text.count(b"{", i) > MAX_DEPTH and isinstance(data, (list, dict)):

@@ -29,6 +29,8 @@ class EngineIOConfig:
     @ivar checkWebSocketOrigin: refuse WebSocket upgrades whose C{Origin} is
         not allowed by C{corsOrigins} (browsers only send it; native clients
         send none and are let through).
+    @ivar allowEIO3: also serve Engine.IO v3 clients (C{EIO=3}:
+        socket.io-client 2.x), like the official server's C{allowEIO3}.
     @ivar transports: the transports offered.
     @ivar maxSessions: the most concurrent sessions; handshakes past it get
         HTTP 503.

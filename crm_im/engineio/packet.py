@@ -143,3 +143,117 @@ def decodePayload(body: bytes) -> Iterator[tuple[int, bytes, bool]]:
             packetType, data = decodeText(segment)
             packets.append((packetType, data, False))
     return iter(packets)
+
+
+# ---- Engine.IO v3 (socket.io-client 2.x), served with allowEIO3
+
+
+def _utf16Length(text: bytes) -> int:
+    # The payload's lengths count JavaScript string units (UTF-16).
+    if text.isascii():
+        return len(text)
+    return len(text.decode("utf-8").encode("utf-16-le")) // 2
+
+
+def encodePayloadV3(frames: list[Frame]) -> bytes:
+    """
+    Encode frames as one Engine.IO v3 long-polling response body: each
+    packet as C{<length>:<packet>}, the length in UTF-16 units, binary ones
+    as C{b4} + base64 (every v3 client decodes those in a text payload).
+    """
+    parts = []
+    for frame in frames:
+        if frame.binary:
+            data = b"b4" + b64encode(frame.data)
+            parts.append(b"%d:%s" % (len(data), data))
+        else:
+            parts.append(b"%d:%s" % (_utf16Length(frame.data), frame.data))
+    return b"".join(parts)
+
+
+def decodePayloadV3(body: bytes) -> Iterator[tuple[int, bytes, bool]]:
+    """
+    Decode an Engine.IO v3 long-polling request body: the text form
+    (C{<length>:<packet>}..., lengths in UTF-16 units, C{b4}+base64 for
+    binary) or the binary form a client with binary support sends when a
+    packet is binary (per packet: C{0} for text or C{1} for binary, the
+    length as one byte per decimal digit, C{0xff}, then the packet; a
+    binary packet starts with its type byte).
+
+    @return: an iterator of C{(type, data, binary)}, as L{decodePayload}.
+    @raise PacketError: if anything is malformed.
+    """
+    if body[:1] in (b"\x00", b"\x01"):
+        return iter(_decodeBinaryPayloadV3(body))
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PacketError("payload is not UTF-8")
+    units = text.encode("utf-16-le")
+    packets = []
+    pos = 0
+    end = len(units)
+    if end == 0:
+        raise PacketError("empty payload")
+    while pos < end:
+        colon = units.find(b":\x00", pos)
+        while colon >= 0 and (colon - pos) % 2:
+            colon = units.find(b":\x00", colon + 1)
+        if colon < 0:
+            raise PacketError("missing length")
+        digits = units[pos:colon].decode("utf-16-le")
+        if not digits.isdigit() or len(digits) > 10:
+            raise PacketError("invalid length")
+        length = int(digits)
+        start = colon + 2
+        stop = start + 2 * length
+        if stop > end:
+            raise PacketError("truncated packet")
+        segment = units[start:stop].decode("utf-16-le", "surrogatepass")
+        try:
+            data = segment.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PacketError("packet cut inside a character")
+        pos = stop
+        if not data:
+            continue
+        if data[:2] == b"b4":
+            try:
+                packets.append((MESSAGE, b64decode(data[2:], validate=True), True))
+            except (binascii.Error, ValueError):
+                raise PacketError("invalid base64 in binary packet")
+        else:
+            packetType, payload = decodeText(data)
+            packets.append((packetType, payload, False))
+    return iter(packets)
+
+
+def _decodeBinaryPayloadV3(body: bytes) -> list[tuple[int, bytes, bool]]:
+    packets = []
+    pos = 0
+    end = len(body)
+    while pos < end:
+        isText = body[pos] == 0
+        if body[pos] not in (0, 1):
+            raise PacketError("invalid binary payload")
+        stop = body.find(b"\xff", pos + 1)
+        if stop < 0 or stop - pos - 1 > 10 or stop == pos + 1:
+            raise PacketError("invalid length")
+        length = 0
+        for digit in body[pos + 1 : stop]:
+            if digit > 9:
+                raise PacketError("invalid length")
+            length = length * 10 + digit
+        start = stop + 1
+        pos = start + length
+        if pos > end or length == 0:
+            raise PacketError("truncated packet")
+        data = body[start:pos]
+        if isText:
+            packetType, payload = decodeText(data)
+            packets.append((packetType, payload, False))
+        else:
+            if data[0] != MESSAGE:
+                raise PacketError("binary packet that is not a message")
+            packets.append((MESSAGE, data[1:], True))
+    return packets

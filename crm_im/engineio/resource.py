@@ -76,7 +76,9 @@ class EngineIOResource(Resource):
             return result
         if session is None:
             peer = request.getClientAddress()
-            session = self.engine.handshake("polling", getattr(peer, "host", ""))
+            session = self.engine.handshake(
+                "polling", getattr(peer, "host", ""), protocol=3 if query.get("EIO") == "3" else 4
+            )
             return renderPoll(session, request)
         if method == b"GET":
             return renderPoll(session, request)

@@ -139,8 +139,12 @@ class EngineIOServer:
             for a handshake).
         @raise EngineIOError: the refusal to send.
         """
-        if query.get("EIO") != "4":
+        eio = query.get("EIO")
+        if eio != "4" and not (eio == "3" and self.config.allowEIO3):
             raise UNSUPPORTED_PROTOCOL_VERSION
+        if "j" in query:
+            # JSONP polling (Engine.IO v3 in old browsers) is not served.
+            raise BAD_REQUEST
         transport = query.get("transport")
         if transport not in self.config.transports:
             raise UNKNOWN_TRANSPORT
@@ -155,6 +159,8 @@ class EngineIOServer:
             session = self.sessions.get(sid)
             if session is None:
                 raise UNKNOWN_SID
+            if session.protocol != int(eio):
+                raise BAD_REQUEST
             if transport == WEBSOCKET:
                 # A WebSocket for a session already on (or moving to)
                 # WebSocket completes its handshake and is then closed
@@ -197,6 +203,7 @@ class EngineIOServer:
         transportName: str,
         remoteAddress: str = "",
         channel: IWebSocketChannel | None = None,
+        protocol: int = 4,
     ) -> EngineIOSession:
         """
         Open a session: queue (or write) its OPEN packet, start its
@@ -205,7 +212,7 @@ class EngineIOServer:
         sid = self._newSid()
         while sid in self.sessions:
             sid = self._newSid()
-        session = EngineIOSession(self, sid, transportName, remoteAddress)
+        session = EngineIOSession(self, sid, transportName, remoteAddress, protocol)
         self.sessions[sid] = session
         self.stats.opened += 1
         self.addresses.add(remoteAddress)
@@ -215,9 +222,19 @@ class EngineIOServer:
         if channel is not None:
             session.attachWebSocket(channel)
         session.sendFrame(packet.textFrame(packet.OPEN, dumps(fields)))
-        self.wheel.set(session, self.config.pingInterval / 1000)
+        self.wheel.set(session, self.heartbeatTimeout(session))
         self.app.sessionOpened(session)
         return session
+
+    def heartbeatTimeout(self, session: EngineIOSession) -> float:
+        """
+        Seconds until the session's next heartbeat deadline: the PING for
+        Engine.IO v4; for v3, whose clients ping, how long the server waits
+        for their next PING.
+        """
+        if session.protocol == 3:
+            return (self.config.pingInterval + self.config.pingTimeout) / 1000
+        return self.config.pingInterval / 1000
 
     def sessionClosed(self, session: EngineIOSession) -> None:
         """

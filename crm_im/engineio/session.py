@@ -42,6 +42,9 @@ class EngineIOSession:
     @ivar sid: the session id, as given in the handshake.
     @ivar transportName: C{"polling"} or C{"websocket"}.
     @ivar remoteAddress: the peer's address, for logs and per-IP limits.
+    @ivar protocol: the Engine.IO protocol revision, C{4}, or C{3} for a
+        legacy client (socket.io-client 2.x) served with C{allowEIO3}: its
+        polling payloads are framed differently, and it sends the PINGs.
     @ivar state: C{"open"}, C{"closing"} (a polling session whose last
         packets wait for the next GET) or C{"closed"}.
     @ivar appState: a slot for the application (Socket.IO keeps its
@@ -55,6 +58,7 @@ class EngineIOSession:
         "server",
         "transportName",
         "remoteAddress",
+        "protocol",
         "state",
         "appState",
         "_queue",
@@ -74,8 +78,10 @@ class EngineIOSession:
         sid: str,
         transportName: str,
         remoteAddress: str = "",
+        protocol: int = 4,
     ) -> None:
         self.server = server
+        self.protocol = protocol
         self.sid = sid
         self.transportName = transportName
         self.remoteAddress = remoteAddress
@@ -178,6 +184,11 @@ class EngineIOSession:
             self._flushScheduled = True
             self.server.clock.callLater(0, self._flushPoll)
 
+    def _encodePayload(self, frames: list[Frame]) -> bytes:
+        if self.protocol == 3:
+            return packet.encodePayloadV3(frames)
+        return packet.encodePayload(frames)
+
     def _takeQueue(self) -> list[Frame]:
         frames = self._queue
         self._queue = []
@@ -190,7 +201,7 @@ class EngineIOSession:
         if poll is None or not self._queue:
             return
         self._poll = None
-        poll.respond(packet.encodePayload(self._takeQueue()))
+        poll.respond(self._encodePayload(self._takeQueue()))
 
     def _flushChannel(self) -> None:
         channel = self._channel
@@ -222,13 +233,13 @@ class EngineIOSession:
         if self.state is CLOSING:
             self._poll = None
             if self._queue:
-                poll.respond(packet.encodePayload(self._takeQueue()))
+                poll.respond(self._encodePayload(self._takeQueue()))
                 return True
-            poll.respond(packet.encodePayload([packet.CLOSE_FRAME]))
+            poll.respond(self._encodePayload([packet.CLOSE_FRAME]))
             self._finishClosing()
             return True
         if self._queue and self._upgrading is None:
-            poll.respond(packet.encodePayload(self._takeQueue()))
+            poll.respond(self._encodePayload(self._takeQueue()))
         else:
             self._poll = poll
         return True
@@ -248,7 +259,10 @@ class EngineIOSession:
             C{"parse error"}).
         """
         try:
-            packets = packet.decodePayload(body)
+            if self.protocol == 3:
+                packets = packet.decodePayloadV3(body)
+            else:
+                packets = packet.decodePayload(body)
         except packet.PacketError:
             self.close("parse error")
             return False
@@ -302,7 +316,7 @@ class EngineIOSession:
             self._upgrading = None
             poll, self._poll = self._poll, None
             if poll is not None:
-                poll.respond(packet.NOOP_FRAME.data)
+                poll.respond(self._encodePayload([packet.NOOP_FRAME]))
             self._channel = channel
             self.transportName = WEBSOCKET
             self._flushChannel()
@@ -313,7 +327,7 @@ class EngineIOSession:
     def _answerPollWithNoop(self) -> None:
         poll, self._poll = self._poll, None
         if poll is not None:
-            poll.respond(packet.NOOP_FRAME.data)
+            poll.respond(self._encodePayload([packet.NOOP_FRAME]))
 
     def upgradeNoopDue(self) -> None:
         """
@@ -401,6 +415,11 @@ class EngineIOSession:
             # server (the client asked to close: no CLOSE back).
             self._answerPollWithNoop()
             self.close("transport close", flush=False)
+        elif packetType == packet.PING and self.protocol == 3:
+            # An Engine.IO v3 client pings; its silence for pingInterval +
+            # pingTimeout closes the session.
+            self.server.wheel.set(self, self.server.heartbeatTimeout(self))
+            self.sendFrame(packet.textFrame(packet.PONG, data))
         elif packetType == packet.PING or packetType == packet.NOOP:
             # Engine.IO v4 clients do not ping; a stray ping or noop is harmless.
             pass
@@ -415,7 +434,7 @@ class EngineIOSession:
         """
         if self.state is not OPEN:
             return
-        if self._awaitingPong:
+        if self._awaitingPong or self.protocol == 3:
             self.server.pingTimedOut(self)
             self.close("ping timeout", flush=False)
             return
@@ -461,11 +480,11 @@ class EngineIOSession:
             wheel.set(("close", self), self.server.config.closeTimeout / 1000)
             if self._poll is not None:
                 poll, self._poll = self._poll, None
-                poll.respond(packet.encodePayload(self._takeQueue()))
+                poll.respond(self._encodePayload(self._takeQueue()))
         elif self._poll is not None:
             poll, self._poll = self._poll, None
             self._takeQueue()
-            poll.respond(packet.encodePayload([packet.CLOSE_FRAME]))
+            poll.respond(self._encodePayload([packet.CLOSE_FRAME]))
         else:
             self._takeQueue()
         if self.state is CLOSED:

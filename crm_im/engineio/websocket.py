@@ -158,6 +158,9 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
     session: EngineIOSession | None = None
     _probing: EngineIOSession | None = None
     _maxPayload = 0
+    #: 3 for an Engine.IO v3 client, whose binary messages carry their
+    #: packet type in their first byte.
+    _protocol = 4
     #: the factory's L{TurnWriter} (a class attribute of its subclass)
     _writer: TurnWriter
 
@@ -200,6 +203,8 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
             _, session = self.factory.engine.checkRequest(b"GET", query, True, origin)
         except EngineIOError as error:
             raise ConnectionDeny(error.status, error.message)
+        if query.get("EIO") == "3":
+            self._protocol = 3
         self._probing = session
 
     def onOpen(self) -> None:
@@ -220,7 +225,9 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
                 self.closeChannel()
             return
         peer = transport.getPeer()
-        self.session = engine.handshake("websocket", getattr(peer, "host", ""), channel=self)
+        self.session = engine.handshake(
+            "websocket", getattr(peer, "host", ""), channel=self, protocol=self._protocol
+        )
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -289,6 +296,11 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
         session = self.session
         if session is not None:
             if isBinary:
+                if self._protocol == 3:
+                    if payload[:1] != b"\x04":
+                        session.close("parse error")
+                        return
+                    payload = payload[1:]
                 session.packetReceived(packet.MESSAGE, payload, True)
                 return
             try:
@@ -343,7 +355,10 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
             # per-call debug formatting: the frame is already built
             # (preparedMessage, inlined: this runs for every frame sent).
             data = frame.prepared
-            if data is None:
+            if self._protocol == 3 and frame.binary:
+                # Not cached: the frame may go to v4 clients too.
+                data = webSocketFrame(b"\x04" + frame.data, True)
+            elif data is None:
                 data = frame.prepared = webSocketFrame(frame.data, frame.binary)
             if self.send_queue:
                 self.sendData(data)

@@ -408,10 +408,14 @@ class SocketIOServer:
         """
         Start the connect timeout of a new session.
         """
-        session.appState = Connection(
+        connection = session.appState = Connection(
             session, Decoder(self.maxAttachments, self.engine.config.maxPayload)
         )
         self._connectWheel.set(session, self.connectTimeout)
+        if session.protocol == 3:
+            # Socket.IO protocol v4 (socket.io-client 2.x): the main
+            # namespace is connected implicitly, without a CONNECT.
+            self._connect(connection, SocketIOPacket(sio.CONNECT, "/"))
 
     def messageReceived(self, session: EngineIOSession, data: bytes, binary: bool) -> None:
         """
@@ -465,9 +469,17 @@ class SocketIOServer:
 
     def _connect(self, connection: Connection, packet: SocketIOPacket) -> None:
         name = packet.namespace
+        legacy = connection.session.protocol == 3
+        if legacy:
+            # A v4-protocol CONNECT carries the namespace's query after it
+            # (C{/admin?token=x}); the namespace is what precedes it.
+            name = name.partition("?")[0]
+            if name in connection.sockets:
+                return
         ns = self.namespaces.get(name)
         if ns is None:
-            connection.sendPacket(SocketIOPacket(sio.CONNECT_ERROR, name, _INVALID_NAMESPACE))
+            error: Any = _INVALID_NAMESPACE["message"] if legacy else _INVALID_NAMESPACE
+            connection.sendPacket(SocketIOPacket(sio.CONNECT_ERROR, name, error))
             return
         auth = packet.data if packet.data is not None else {}
         socket = Socket(secrets.token_urlsafe(15), ns, connection)
@@ -517,7 +529,8 @@ class SocketIOServer:
         self._connectWheel.cancel(connection.session)
         socket.connected = True
         socket.namespace.sockets[socket.sid] = socket
-        connection.sendPacket(SocketIOPacket(sio.CONNECT, socket.namespace.name, {"sid": socket.sid}))
+        answer = None if connection.session.protocol == 3 else {"sid": socket.sid}
+        connection.sendPacket(SocketIOPacket(sio.CONNECT, socket.namespace.name, answer))
         if socket._held:
             # What the connect handler emitted follows the CONNECT a moment
             # later, as with the official server (whose connection handler
@@ -544,7 +557,12 @@ class SocketIOServer:
         for room in list(socket.rooms):
             self._leave(socket, room)
         socket._held = None
-        connection.sendPacket(SocketIOPacket(sio.CONNECT_ERROR, socket.namespace.name, refusal.payload()))
+        if connection.session.protocol == 3:
+            # Socket.IO protocol v4: the error is the data, or the message.
+            payload: Any = refusal.data if refusal.data is not None else refusal.message
+        else:
+            payload = refusal.payload()
+        connection.sendPacket(SocketIOPacket(sio.CONNECT_ERROR, socket.namespace.name, payload))
 
     def _event(self, socket: Socket, packet: SocketIOPacket) -> None:
         data = packet.data

@@ -41,6 +41,13 @@ class Config:
     @ivar jwtLeeway: seconds of clock skew tolerated on C{exp}/C{nbf}.
     @ivar limits: rate and abuse limits.
     @ivar maxSessions: the most concurrent Engine.IO sessions.
+    @ivar maxGroupMembers: members per group, the owner included.
+    @ivar maxGroupsPerUser: groups one user may be a member of.
+    @ivar maxRoomSockets: sockets in one chat room at once.
+    @ivar maxRoomsPerUser: chat rooms one user may create (0: no limit).
+    @ivar roomCreators: when not empty, only these users may create rooms.
+    @ivar recallWindow: seconds after sending during which a sender may
+        recall a message.
     """
 
     listen: tuple[str, ...] = ("tcp:8080",)
@@ -64,6 +71,12 @@ class Config:
     jwtLeeway: float = 0.0
     limits: LimitSettings = LimitSettings()
     maxSessions: int = 100_000
+    maxGroupMembers: int = 2000
+    maxGroupsPerUser: int = 500
+    maxRoomSockets: int = 10_000
+    maxRoomsPerUser: int = 100
+    roomCreators: tuple[str, ...] = ()
+    recallWindow: float = 120.0
 
     def engineConfig(self) -> EngineIOConfig:
         """

@@ -27,9 +27,13 @@ from .http.cors import CORSPolicy
 from .engineio.resource import EngineIOResource
 from .engineio.session import CLOSING
 from .engineio.site import EngineIOSite
-from .im.app import IMApplication, IMSettings
+from .gateway.socketio import SocketIOGateway
+from .im.core import IMCore, IMSettings
+from .im.groups import GroupLimits
+from .im.rooms import RoomLimits
 from .metrics import IMMetrics
 from .presence import Presence
+from .routing.local import LocalRouter
 from .socketio.server import SocketIOServer
 from .storage import DiskFileStore, MemoryMessageStore, SQLiteMessageStore
 from .web.files import FilesResource
@@ -108,17 +112,27 @@ class CRMIMService(Service):
         self.authenticator = authenticatorFor(config, reactor)
         self.metrics = IMMetrics()
         self.metrics.watch(self.sio.engine, self.presence)
-        self.app = IMApplication(
-            self.sio,
-            self.presence,
+        namespace = self.sio.namespace("/")
+        self.router = LocalRouter(namespace.sockets, self.presence)
+        self.router.disconnector = lambda sid: self.sio.disconnect(sid, closeConnection=True)
+        self.core = IMCore(
             self.store,
             self.files,
+            self.presence,
+            self.router,
             reactor,
-            IMSettings(maxMessageLength=config.maxMessageLength, logEvents=config.logEvents),
+            IMSettings(
+                maxMessageLength=config.maxMessageLength,
+                logEvents=config.logEvents,
+                recallWindow=config.recallWindow,
+                groups=GroupLimits(config.maxGroupMembers, config.maxGroupsPerUser),
+                rooms=RoomLimits(config.maxRoomSockets, config.maxRoomsPerUser, config.roomCreators),
+            ),
             authenticator=self.authenticator,
             limits=config.limits,
             metrics=self.metrics,
         )
+        self.app = SocketIOGateway(self.sio, self.core, reactor)
         cors = CORSPolicy(config.corsOrigins)
         root = buildRoot(
             index=ServerStatusResource(self.presence, reactor, cors),

@@ -106,12 +106,25 @@ class Options(usage.Options):
         ["max-sessions", None, 100_000, "Concurrent sessions in total."],
         ["login-failures-per-minute", None, 10, "Failed token checks per client address per minute (JWT mode)."],
         ["login-failure-burst", None, 20, "Failed token checks per client address at once (JWT mode)."],
+        ["max-group-members", None, 2000, "Members per group, the owner included."],
+        ["max-groups-per-user", None, 500, "Groups one user may be a member of."],
+        ["max-room-sockets", None, 10_000, "Sockets in one chat room at once."],
+        ["max-rooms-per-user", None, 100, "Chat rooms one user may create (0: no limit)."],
+        ["recall-window", None, 120, "Seconds after sending during which a sender may recall a message."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["cors-origin"] = []
+        self["room-creator"] = []
+
+    def opt_room_creator(self, userId: str) -> None:
+        """
+        Only this user may create chat rooms (repeatable); without any,
+        every logged-in user may.
+        """
+        self["room-creator"].append(userId)
 
     def opt_listen(self, description: str) -> None:
         """
@@ -191,7 +204,15 @@ class Options(usage.Options):
             jwtLeeway=_number("jwt-leeway", self["jwt-leeway"], float),
             limits=_limits(self),
             maxSessions=_positive("max-sessions", self["max-sessions"]),
+            maxGroupMembers=_positive("max-group-members", self["max-group-members"]),
+            maxGroupsPerUser=_positive("max-groups-per-user", self["max-groups-per-user"]),
+            maxRoomSockets=_positive("max-room-sockets", self["max-room-sockets"]),
+            maxRoomsPerUser=_number("max-rooms-per-user", self["max-rooms-per-user"], int),
+            roomCreators=tuple(self["room-creator"]),
+            recallWindow=_number("recall-window", self["recall-window"], float),
         )
+        if self.config.maxRoomsPerUser < 0 or self.config.recallWindow < 0:
+            raise usage.UsageError("--max-rooms-per-user and --recall-window must not be negative")
         if auth == JWT:
             from twisted.internet.task import Clock
 

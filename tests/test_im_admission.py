@@ -1,5 +1,5 @@
 """
-Unit tests of how L{IMApplication} accounts for message writes in flight:
+Unit tests of how the Socket.IO gateway accounts for message writes in flight:
 the L{ReadGate} and the store latency histogram.
 """
 
@@ -13,9 +13,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from crm_im.engineio.backpressure import ReadGate
-from crm_im.im.app import IMApplication
+from crm_im.gateway.socketio import SocketIOGateway
+from crm_im.im.core import IMCore
 from crm_im.im.errors import IMError
 from crm_im.presence import Presence
+from crm_im.routing.local import LocalRouter
 from crm_im.socketio.server import SocketIOServer
 from crm_im.storage import NewMessage, StoreOutcome
 from crm_im.storage.memory import MemoryMessageStore
@@ -70,15 +72,25 @@ class MessageAdmissionTests(SynchronousTestCase):
         self.store = HeldStore()
         self.presence = Presence(self.clock)
         self.gate = ReadGate(high=1, low=0)
-        self.app = IMApplication(
-            SocketIOServer(self.clock), self.presence, self.store, files=None, clock=self.clock, gate=self.gate  # type: ignore[arg-type]
-        )
+        self.sio = SocketIOServer(self.clock)
+        sockets = self.sio.namespace("/").sockets
+        self.core = IMCore(self.store, None, self.presence, LocalRouter(sockets, self.presence), self.clock)  # type: ignore[arg-type]
+        self.app = SocketIOGateway(self.sio, self.core, self.clock, gate=self.gate)
         self.socket = RecordingSocket("sid-a")
         self.socket.session = SessionStub()  # type: ignore[attr-defined]
+        sockets["sid-a"] = self.socket  # type: ignore[assignment]
         self.presence.login("a", "sid-a", "A", None)
+        self.results: list[Any] = []
 
     def send(self, id: str) -> Deferred[Any]:
-        return self.app.message(self.socket, {"id": id, "toId": "b", "content": "hi"})  # type: ignore[arg-type]
+        """
+        Send a message through the gateway's C{message} handler, as the
+        Socket.IO server would, and return a L{Deferred} of its ack.
+        """
+        d: Deferred[Any] = Deferred()
+        handler = self.sio.namespace("/").handlers["message"]
+        handler("sid-a", d.callback, {"id": id, "toId": "b", "content": "hi"})
+        return d
 
     def observed(self) -> int:
         return sum(self.app.metrics.store["store"].counts)
@@ -114,6 +126,7 @@ class MessageAdmissionTests(SynchronousTestCase):
         self.store.fail(Failure(RuntimeError("disk on fire")))
         self.assertEqual(self.gate.inFlight, 0)
         self.assertEqual(self.observed(), 1)
-        error = self.failureResultOf(result, IMError).value
-        self.assertEqual((error.code, error.id), ("INTERNAL", "m1"))
+        self.assertEqual(self.successResultOf(result), {"error": {"message": "the message could not be stored; send it again", "code": "INTERNAL"}})
+        (name, refusal), = self.socket.events()
+        self.assertEqual((name, refusal["code"], refusal["id"]), ("error", "INTERNAL", "m1"))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

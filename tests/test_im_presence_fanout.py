@@ -1,5 +1,5 @@
 """
-Unit tests of how L{IMApplication} announces users going offline.
+Unit tests of how L{Sessions} announces users going offline.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from crm_im._json import loads
 from crm_im.engineio.packet import Frame
-from crm_im.im.app import IMApplication
+from crm_im.gateway.socketio import SocketIOGateway
+from crm_im.im.core import IMCore
 from crm_im.presence import Presence
+from crm_im.routing.local import LocalRouter
 from crm_im.socketio.server import SocketIOServer
 from crm_im.storage.memory import MemoryMessageStore
 
@@ -47,7 +49,9 @@ class OfflineAnnouncementTests(SynchronousTestCase):
         self.clock = Clock()
         self.sio = SocketIOServer(self.clock)
         self.presence = Presence(self.clock)
-        self.app = IMApplication(self.sio, self.presence, MemoryMessageStore(), files=None, clock=self.clock)  # type: ignore[arg-type]
+        router = LocalRouter(self.sio.namespace("/").sockets, self.presence)
+        self.core = IMCore(MemoryMessageStore(), None, self.presence, router, self.clock)  # type: ignore[arg-type]
+        self.app = SocketIOGateway(self.sio, self.core, self.clock)
         self.sockets: dict[str, RecordingSocket] = {}
         for userId in ("a", "b", "c", "d"):
             sid = "sid-" + userId
@@ -91,6 +95,6 @@ class OfflineAnnouncementTests(SynchronousTestCase):
         announced, even those queued before it in the same turn.
         """
         self.app._disconnected("sid-a", "transport close")
-        self.app._shuttingDown = True
+        self.core.sessions.shuttingDown = True
         self.clock.advance(0)
         self.assertEqual(self.offlineSeenBy("sid-d"), [])

@@ -462,7 +462,7 @@ class GroupHandlers:
         """
         return [summaryWire(summary) for summary in await self.store.groupSummaries(userId)]
 
-    async def list(self, caller: Caller, data: Any) -> dict[str, Any]:
+    async def listGroups(self, caller: Caller, data: Any) -> dict[str, Any]:
         """
         C{group:list}.
         """
@@ -487,7 +487,8 @@ class GroupHandlers:
             raise IMError(NOT_FOUND, "no such message in this group", messageId)
         message = found[-1]
         cursors = await self.store.readCursors(groupConversation(groupId))
-        readBy, unreadBy = [], []
+        readBy: list[str] = []
+        unreadBy: list[str] = []
         for member in orderedMembers(state):
             if member.userId == message.fromId:
                 continue

@@ -53,7 +53,7 @@ class TokenGate:
         self.clock = clock
         self.failures = failures
         self.claims: dict[str, Claims] = {}
-        self._expired = expired
+        self.expired = expired
         self._onFailure = onFailure
         self._wheel = DeadlineWheel(clock, self._deadlinePassed)
 
@@ -188,4 +188,4 @@ class TokenGate:
             self._wheel.set(sid, claims.expiresAt - self.clock.seconds())
             return
         del self.claims[sid]
-        self._expired(sid)
+        self.expired(sid)

@@ -182,7 +182,7 @@ class JWTScenario(DriverTestMixin):
         self.assertEqual((error["code"], error["event"]), ("UNAUTHORIZED", "auth:refresh"))
         reason = yield driver.waitForDisconnect("a")
         self.assertEqual(reason, "io server disconnect")
-        self.assertEqual(self.service.app.tokens.claims, {})
+        self.assertEqual(self.service.core.tokens.claims, {})
 
     @inlineCallbacks
     def test_refreshKeepsSession(self) -> Inline:
@@ -216,7 +216,7 @@ class JWTScenario(DriverTestMixin):
         yield self.login(driver, "a", "alice", bearer=token("alice"))
         (ack,) = yield driver.emit("a", "auth:refresh", {"token": token("bob")}, ack=True)
         self.assertEqual(ack["error"]["code"], "UNAUTHORIZED")
-        self.assertEqual(self.service.app.tokens.claims[next(iter(self.service.app.tokens.claims))].subject,
+        self.assertEqual(self.service.core.tokens.claims[next(iter(self.service.core.tokens.claims))].subject,
                          "alice")
 
     @inlineCallbacks

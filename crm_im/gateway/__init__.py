@@ -1,0 +1,3 @@
+"""
+Gateways: transports mapped onto the IM core's handlers (Socket.IO today).
+"""

@@ -1,0 +1,105 @@
+# -*- test-case-name: tests.test_im_core -*-
+"""
+L{IMCore}: the IM handlers built on their dependencies (store, files,
+presence, router, clock, settings), for any caller: the Socket.IO gateway,
+an HTTP API, tests. It only builds; each handler module owns its events.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+from ..auth import IAuthenticator, OpenAuthenticator
+from ..limits import FailureLimiter, LimitSettings
+from ..metrics import IMMetrics
+from ..presence import Presence
+from ..storage.interface import IFileStore
+from .groups import GroupDirectory, GroupHandlers, GroupLimits
+from .interfaces import IRouter
+from .messaging import Messaging, MessagingSettings
+from .rooms import RoomHandlers, RoomLimits, RoomPresence
+from .sessions import SessionSettings, Sessions
+from .tokens import TokenGate
+
+
+@attrs.frozen
+class IMSettings:
+    """
+    The IM application's own settings.
+
+    @ivar maxMessageLength: the longest C{content} of a text message.
+    @ivar shutdownMessage: the text of C{server:shutdown}.
+    @ivar logEvents: log a line per event (the original's C{[消息]} lines).
+    @ivar recallWindow: seconds a sender may recall a message.
+    @ivar groups: group limits. @ivar rooms: room limits.
+    """
+
+    maxMessageLength: int = 65536
+    shutdownMessage: str = "服务器正在关闭"
+    logEvents: bool = True
+    recallWindow: float = 120.0
+    groups: GroupLimits = GroupLimits()
+    rooms: RoomLimits = RoomLimits()
+
+
+class IMCore:
+    """
+    Every IM handler, wired to one store, presence and router.
+    """
+
+    def __init__(
+        self,
+        store: object,
+        files: IFileStore,
+        presence: Presence,
+        router: IRouter,
+        clock: IReactorTime,
+        settings: IMSettings | None = None,
+        authenticator: IAuthenticator | None = None,
+        limits: LimitSettings | None = None,
+        metrics: IMMetrics | None = None,
+    ) -> None:
+        """
+        @param store: provides L{IMessageStore} and L{IConversationStore}.
+        """
+        settings = settings if settings is not None else IMSettings()
+        self.settings = settings
+        self.limits = limits if limits is not None else LimitSettings()
+        self.metrics = metrics if metrics is not None else IMMetrics()
+        self.presence = presence
+        self.router = router
+        self.store: object = store
+        self.tokens = TokenGate(
+            authenticator if authenticator is not None else OpenAuthenticator(),
+            clock,
+            lambda sid: None,
+            FailureLimiter(self.limits.loginFailuresPerMinute, self.limits.loginFailureBurst),
+            self.metrics.authFailures.inc,
+        )
+        self.directory = GroupDirectory(store)  # type: ignore[arg-type]
+        self.groups = GroupHandlers(store, self.directory, router, clock, settings.groups)  # type: ignore[arg-type]
+        self.roomPresence = RoomPresence()
+        self.rooms = RoomHandlers(store, store, self.roomPresence, presence, router, clock, settings.rooms)  # type: ignore[arg-type]
+        self.messaging = Messaging(
+            store,  # type: ignore[arg-type]
+            store,  # type: ignore[arg-type]
+            files,
+            presence,
+            router,
+            self.directory,
+            self.rooms,
+            clock,
+            MessagingSettings(settings.maxMessageLength, settings.recallWindow, settings.logEvents),
+            self.metrics,
+        )
+        self.sessions = Sessions(
+            presence,
+            router,
+            self.tokens,
+            self.messaging,
+            self.groups,
+            self.rooms,
+            clock,
+            SessionSettings(self.limits.devicesPerUser, settings.shutdownMessage, settings.logEvents),
+        )

@@ -1,0 +1,242 @@
+# -*- test-case-name: tests.test_im_presence_fanout -*-
+"""
+Devices coming and going: C{user:login}, C{user:logout}, C{status_change},
+C{auth:refresh}, a socket's connect and disconnect, as transport-free
+handlers. L{Presence} holds the state (pure transitions); this module is
+where presence changes are announced.
+
+Offline changes are announced at the end of the reactor turn: when many
+connections drop together (a proxy restarts, a network fails) their ends
+arrive in the same turns, and announcing each at once would write N frames
+for each of N users, mostly to sockets that are closing too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..storage.interface import StoreClosedError
+from ..presence import INVISIBLE, ONLINE, Presence, UserPresence
+from . import validation
+from .errors import ALREADY_LOGGED_IN, NOT_LOGGED_IN, RATE_LIMITED, IMError
+from .groups import GroupHandlers
+from .interfaces import Caller, IRouter
+from .messaging import Messaging
+from .rooms import RoomHandlers
+from .tokens import TokenGate
+
+
+@attrs.frozen
+class SessionSettings:
+    """
+    @ivar maxDevicesPerUser: devices logged in as one user at once (0: no
+        limit).
+    @ivar shutdownMessage: the text of C{server:shutdown}.
+    @ivar logEvents: log the original's C{[登录]}-style lines.
+    """
+
+    maxDevicesPerUser: int = 16
+    shutdownMessage: str = "服务器正在关闭"
+    logEvents: bool = True
+
+
+class Sessions:
+    """
+    Login, logout, status and the lifecycle of devices.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        presence: Presence,
+        router: IRouter,
+        tokens: TokenGate,
+        messaging: Messaging,
+        groups: GroupHandlers,
+        rooms: RoomHandlers,
+        clock: IReactorTime,
+        settings: SessionSettings | None = None,
+    ) -> None:
+        self.presence = presence
+        self.router = router
+        self.tokens = tokens
+        self.messaging = messaging
+        self.groups = groups
+        self.rooms = rooms
+        self.clock = clock
+        self.settings = settings if settings is not None else SessionSettings()
+        # Users gone offline this turn, announced at its end: (id, when).
+        self._goneOffline: list[tuple[str, int]] = []
+        # Once server:shutdown went out, the sessions closing announce
+        # nothing (N closing sockets would broadcast N offline changes).
+        self.shuttingDown = False
+        presence.userLeft = self._userLeft
+
+    def now(self) -> int:
+        """
+        Milliseconds since the epoch, from the injected clock.
+        """
+        return int(self.clock.seconds() * 1000)
+
+    def caller(self, device: str) -> Caller:
+        """
+        The logged-in user of C{device}.
+
+        @raise IMError: C{NOT_LOGGED_IN}.
+        """
+        user = self.presence.userOfDevice(device)
+        if user is None:
+            raise IMError(NOT_LOGGED_IN, "log in first (user:login)")
+        return Caller(device, user.id, user.name, user.avatar)
+
+    # ---- connect and disconnect
+
+    def connected(self, device: str, auth: Any, remote: str) -> None:
+        """
+        A socket connected (its CONNECT's auth token, if any, is checked).
+        """
+        self.tokens.connected(device, auth, remote)
+        if self.settings.logEvents:
+            self.log.info("[连接] {sid} {remote}", sid=device, remote=remote)
+
+    def disconnected(self, device: str, reason: str) -> None:
+        """
+        A socket is gone.
+        """
+        self.tokens.forget(device)
+        self.rooms.deviceGone(device)
+        outcome = self.presence.logout(device)
+        userId = outcome.user.id if outcome is not None else ""
+        if self.settings.logEvents:
+            self.log.info("[断开] {sid} {userId} {reason}", sid=device, userId=userId, reason=reason)
+        if outcome is not None and outcome.lastDevice and outcome.wasVisible:
+            self._announceOffline(outcome.user)
+
+    def _announceOffline(self, user: UserPresence) -> None:
+        if self.shuttingDown:
+            return
+        if not self._goneOffline:
+            self.clock.callLater(0, self._announceGone)
+        self._goneOffline.append((user.id, self.now()))
+
+    def _announceGone(self) -> None:
+        gone, self._goneOffline = self._goneOffline, []
+        if self.shuttingDown:
+            return
+        devices = list(self.presence.allDevices())
+        for userId, timestamp in gone:
+            if self.presence.user(userId) is not None:
+                # Back (or leaving again) within the turn: nothing changed.
+                continue
+            self.router.toDevices(devices, "status_change", {"userId": userId, "status": INVISIBLE, "timestamp": timestamp})
+
+    def _userLeft(self, user: UserPresence) -> None:
+        if user.visible:
+            self._announceOffline(user)
+
+    # ---- the events
+
+    def login(self, device: str, remote: str, data: Any) -> dict[str, Any]:
+        """
+        C{user:login}: bind the device to a user; then the online list, the
+        offline queue (first device) and the group summaries.
+        """
+        request = validation.login(data)
+        current = self.presence.userOfDevice(device)
+        if current is not None and current.id != request.id:
+            raise IMError(ALREADY_LOGGED_IN, "this socket is logged in as another user; user:logout first")
+        self.tokens.login(device, request.id, request.token, remote)
+        maxDevices = self.settings.maxDevicesPerUser
+        if maxDevices and current is None:
+            devices = self.presence.devicesOf(request.id)
+            if len(devices) >= maxDevices and device not in devices:
+                raise IMError(RATE_LIMITED, f"this user already has {maxDevices} devices logged in")
+        result = self.presence.login(request.id, device, request.name, request.avatar)
+        user = result.user
+        wire = user.toWire()
+        self.router.toDevices((device,), "user:login:success", wire)
+        self.router.toDevices((device,), "online_users", self.presence.onlineUsersJSON())
+        if result.firstDevice:
+            self.router.toEveryone(
+                "status_change",
+                {"userId": user.id, "status": ONLINE, "timestamp": self.now(), "name": user.name, "avatar": user.avatar},
+                exceptDevice=device,
+            )
+        if self.settings.logEvents:
+            self.log.info("[登录] {name}({userId}) {sid}", name=user.name, userId=user.id, sid=device)
+        if current is None:
+            if self.messaging.holding(user.id):
+                self._sendGroups(None, user.id, device)
+            else:
+                self.messaging.catchUp(user.id, device).addCallback(self._sendGroups, user.id, device)
+        return wire
+
+    def _sendGroups(self, _: object, userId: str, device: str) -> Deferred[Any]:
+        """
+        After the 1:1 offline messages: the C{groups} summary.
+        """
+        d: Deferred[Any] = Deferred.fromCoroutine(self.groups.summaries(userId))
+
+        def send(groups: list[dict[str, Any]]) -> None:
+            user = self.presence.userOfDevice(device)
+            if user is not None and user.id == userId:
+                self.router.toDevices((device,), "groups", {"groups": groups})
+
+        def failed(failure: Failure) -> None:
+            if not failure.check(StoreClosedError):  # the server is stopping
+                self.log.failure("group summaries of {userId}", failure, userId=userId)
+
+        d.addCallback(send)
+        d.addErrback(failed)
+        return d
+
+    def logout(self, caller: Caller, data: Any) -> dict[str, Any]:
+        """
+        C{user:logout}: unbind the device; it stays connected.
+        """
+        assert caller.device is not None
+        self.rooms.deviceGone(caller.device)
+        outcome = self.presence.logout(caller.device)
+        if outcome is not None and outcome.lastDevice and outcome.wasVisible:
+            self._announceOffline(outcome.user)
+        if self.settings.logEvents:
+            self.log.info("[登出] {userId} {sid}", userId=caller.userId, sid=caller.device)
+        return {"userId": caller.userId, "status": INVISIBLE}
+
+    def refresh(self, device: str, remote: str, data: Any) -> dict[str, Any]:
+        """
+        C{auth:refresh} C{{token}}: a fresh token for the same user.
+        """
+        token = validation.payloadObject(data, "auth:refresh").get("token")
+        if token is not None:
+            token = validation.text(token, "token", validation.MAX_TOKEN, 1)
+        user = self.presence.userOfDevice(device)
+        return self.tokens.refresh(device, token, user.id if user is not None else None, remote)
+
+    def statusChange(self, caller: Caller, data: Any) -> dict[str, Any]:
+        """
+        C{status_change}: set the user's status and tell everyone else.
+        """
+        status = validation.status(data)
+        self.presence.setStatus(caller.userId, status)
+        payload = {"userId": caller.userId, "status": status, "timestamp": self.now()}
+        self.router.toEveryone(
+            "status_change", dict(payload, name=caller.name, avatar=caller.avatar), exceptDevice=caller.device
+        )
+        if self.settings.logEvents:
+            self.log.info("[状态] {userId} -> {status}", userId=caller.userId, status=status)
+        return payload
+
+    def announceShutdown(self) -> None:
+        """
+        Send C{server:shutdown} to every connected socket.
+        """
+        self.shuttingDown = True
+        self.router.toConnected("server:shutdown", {"message": self.settings.shutdownMessage, "timestamp": self.now()})

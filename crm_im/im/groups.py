@@ -404,7 +404,13 @@ class GroupHandlers:
         )
         self._announce(newState.members, stored)
         if heir is not None:
+            # The handover is part of history too.
+            handover = self._system(
+                caller, groupId, "role", f"{caller.name} 退出，群主转让给 {heir}", userIds=[heir], role=OWNER
+            )
+            handed = await self.store.changeGroup(GroupChange(groupId, self.now(), system=handover))
             self.router.toUsers(newState.members, "group:updated", {"group": self.wire(newState)})
+            self._announce(newState.members, handed)
         return {"groupId": groupId, "left": True}
 
     async def setRole(self, caller: Caller, data: Any) -> dict[str, Any]:

@@ -519,6 +519,12 @@ class Messaging:
             if message.recalledBy is not None or rules.mayRecall(message, caller.userId, role, now, window):
                 return message, role
             refusal = IMError(FORBIDDEN, f"messages can be recalled within {window:g} s of sending", request.messageId)
+        if refusal is None and request.groupId is None and request.roomId is None:
+            # The recipient of a 1:1 message sees it, but only its sender
+            # may recall it.
+            received = await self.store.findReceived(caller.userId, request.messageId)
+            if any(request.toId is None or m.fromId == request.toId for m in received):
+                refusal = IMError(FORBIDDEN, "only its sender may recall a 1:1 message")
         if refusal is not None:
             refusal.id = request.messageId
             raise refusal

@@ -386,6 +386,12 @@ class IMessageStore(Interface):
         unique per sender only, so there may be several).
         """
 
+    def findReceived(toId: str, messageId: str) -> Deferred[list[StoredMessage]]:
+        """
+        The 1:1 messages to C{toId} whose id is C{messageId} (from any
+        sender).
+        """
+
     def recall(seq: int, by: str, now: int) -> Deferred[StoredMessage | None]:
         """
         Recall the message C{seq}: its content, file name and URL are

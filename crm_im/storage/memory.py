@@ -219,6 +219,12 @@ class MemoryMessageStore(MemoryConversationStore):
         """
         return succeed([m for m in self.messages.values() if m.toId is None and m.id == messageId])
 
+    def findReceived(self, toId: str, messageId: str) -> Deferred[list[StoredMessage]]:
+        """
+        See L{IMessageStore.findReceived}.
+        """
+        return succeed([m for m in self.messages.values() if m.toId == toId and m.id == messageId])
+
     def recall(self, seq: int, by: str, now: int) -> Deferred[StoredMessage | None]:
         """
         See L{IMessageStore.recall}.

@@ -353,14 +353,14 @@ def findMessage_txn(txn: Transaction, fromId: str, messageId: str) -> StoredMess
     return None if row is None else _messageFromRow(row)
 
 
-def findSharedMessages_txn(txn: Transaction, messageId: str) -> list[StoredMessage]:
+def findReceived_txn(txn: Transaction, toId: str, messageId: str) -> list[StoredMessage]:
     """
-    The group and room messages with id C{messageId} (their C{to_id} is
-    C{''}: the recipient index finds them).
+    The messages to C{toId} with id C{messageId}; with C{toId} C{''}, the
+    group and room messages with that id (the recipient index finds both).
     """
     txn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE to_id = '' AND message_id = ? ORDER BY seq LIMIT 100",
-        (messageId,),
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE to_id = ? AND message_id = ? ORDER BY seq LIMIT 100",
+        (toId, messageId),
     )
     return [_messageFromRow(row) for row in txn.fetchall()]
 
@@ -778,7 +778,13 @@ class SQLMessageStore(SQLConversationStore):
         """
         See L{IMessageStore.findSharedMessages}.
         """
-        return self._read("findSharedMessages", lambda txn: findSharedMessages_txn(txn, messageId))
+        return self._read("findSharedMessages", lambda txn: findReceived_txn(txn, "", messageId))
+
+    def findReceived(self, toId: str, messageId: str) -> Deferred[list[StoredMessage]]:
+        """
+        See L{IMessageStore.findReceived}.
+        """
+        return self._read("findReceived", lambda txn: findReceived_txn(txn, toId, messageId))
 
     def recall(self, seq: int, by: str, now: int) -> Deferred[StoredMessage | None]:
         """

@@ -15,7 +15,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from crm_im.engineio.backpressure import ReadGate
 from crm_im.gateway.socketio import SocketIOGateway
 from crm_im.im.core import IMCore
-from crm_im.im.errors import IMError
 from crm_im.presence import Presence
 from crm_im.routing.local import LocalRouter
 from crm_im.socketio.server import SocketIOServer

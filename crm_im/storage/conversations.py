@@ -42,7 +42,7 @@ _ROOM_COLUMNS = "room_id, name, topic, public, created_by, client_id, created_at
 
 
 def _storeSystem_txn(txn: Transaction, system: NewMessage) -> StoredMessage:
-    from .store import storeMessage_txn
+    from .messages import storeMessage_txn
 
     return storeMessage_txn(txn, system).message
 
@@ -184,7 +184,7 @@ def groupSummaries_txn(txn: Transaction, userId: str) -> list[GroupSummary]:
     See L{IConversationStore.groupSummaries}: a handful of index look-ups
     per group, whatever its history holds.
     """
-    from .store import _MESSAGE_COLUMNS, _messageFromRow
+    from .messages import _MESSAGE_COLUMNS, _messageFromRow
 
     txn.execute(
         f"SELECT {', '.join('g.' + c.strip() for c in _GROUP_COLUMNS.split(','))}"

@@ -9,7 +9,7 @@ L{crm_im.storage.conversations}; every L{Deferred} has already fired.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -25,9 +25,6 @@ from .interface import (
     StoredMessage,
     groupConversation,
 )
-
-if TYPE_CHECKING:
-    from .memory import MemoryMessageStore
 
 
 @attrs.define

@@ -1,0 +1,426 @@
+# -*- test-case-name: tests.test_storage -*-
+"""
+Where a message is stored: the message table's SQL, as C{*_txn} functions
+run on the pool thread. One row per message whatever the conversation
+(1:1, group, room); the 1:1 offline queue and read state are flags on the
+row, groups and rooms use read cursors (L{crm_im.storage.conversations}).
+
+L{writeBatch_txn} is how one group commit (L{crm_im.storage.commit}) runs
+its writes: the messages of the batch in a few multi-row statements, the
+delivered marks merged, every other write in its own savepoint.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import attrs
+import orjson
+from twisted.python.failure import Failure
+
+from .database import Transaction, chunks, placeholders
+from .interface import (
+    GROUP_PREFIX,
+    ROOM_PREFIX,
+    HistoryPage,
+    NewMessage,
+    StoredMessage,
+    StoreOutcome,
+    directConversation,
+)
+
+if TYPE_CHECKING:
+    from .commit import Write
+
+
+_MESSAGE_COLUMNS = (
+    "seq, message_id, from_id, from_name, to_id, topic, type, content,"
+    " file_url, file_name, client_timestamp, server_timestamp, delivered, read_at,"
+    " conversation, system, recalled_by"
+)
+
+
+def _messageFromRow(row: Sequence[Any]) -> StoredMessage:
+    """
+    A L{StoredMessage} from a row of C{_MESSAGE_COLUMNS}.
+    """
+    toId = row[4]
+    groupId = roomId = None
+    if not toId:
+        toId = None
+        conversation: str = row[14]
+        if conversation.startswith(GROUP_PREFIX):
+            groupId = conversation[len(GROUP_PREFIX) :]
+        else:
+            roomId = conversation[len(ROOM_PREFIX) :]
+    system = row[15]
+    return StoredMessage(
+        seq=row[0],
+        id=row[1],
+        fromId=row[2],
+        fromName=row[3],
+        toId=toId,
+        topic=row[5],
+        type=row[6],
+        content=row[7],
+        fileUrl=row[8],
+        fileName=row[9],
+        clientTimestamp=row[10],
+        serverTimestamp=row[11],
+        delivered=bool(row[12]),
+        readAt=row[13],
+        groupId=groupId,
+        roomId=roomId,
+        system=None if system is None else orjson.loads(system),
+        recalledBy=row[16],
+    )
+
+
+_INSERT_COLUMNS = (
+    "INSERT INTO messages (message_id, from_id, from_name, to_id,"
+    " conversation, topic, type, content, file_url, file_name,"
+    " client_timestamp, server_timestamp, delivered, read_at, system) VALUES "
+)
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ON_CONFLICT_RETURNING = " ON CONFLICT (from_id, message_id) DO NOTHING RETURNING seq"
+
+#: Rows per multi-row INSERT (15 parameters each; SQLite allows 32766).
+INSERT_CHUNK = 250
+
+
+def _insertRow(msg: NewMessage) -> tuple[Any, ...]:
+    # Group and room messages are stored delivered and read: they never
+    # enter the 1:1 offline queue or unread indexes (see 004_conversations).
+    shared = msg.toId is None
+    return (
+        msg.id,
+        msg.fromId,
+        msg.fromName,
+        "" if shared else msg.toId,
+        msg.conversation,
+        msg.topic,
+        msg.type,
+        msg.content,
+        msg.fileUrl,
+        msg.fileName,
+        msg.clientTimestamp,
+        msg.serverTimestamp,
+        1 if shared else 0,
+        msg.serverTimestamp if shared else None,
+        None if msg.system is None else orjson.dumps(msg.system).decode(),
+    )
+
+
+_newStored = StoredMessage.fromNew
+
+
+def storeMessage_txn(txn: Transaction, msg: NewMessage) -> StoreOutcome:
+    """
+    Insert C{msg} unless its C{(fromId, id)} exists (then return the
+    stored one).
+
+    One statement in the common case: a single statement is atomic in
+    SQLite and PostgreSQL, so this write needs no savepoint of its own.
+    """
+    txn.execute(_INSERT_COLUMNS + _ROW + _ON_CONFLICT_RETURNING, _insertRow(msg))
+    row = txn.fetchone()
+    if row is None:
+        txn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+            " WHERE from_id = ? AND message_id = ?",
+            (msg.fromId, msg.id),
+        )
+        existing = txn.fetchone()
+        assert existing is not None
+        return StoreOutcome(message=_messageFromRow(existing), created=False)
+    return StoreOutcome(message=_newStored(msg, row[0]), created=True)
+
+
+def storeMessages_txn(txn: Transaction, msgs: Sequence[NewMessage]) -> list[tuple[bool, Any]]:
+    """
+    Insert many messages with a handful of statements, whatever their
+    number: one look-up of the keys that already exist, then multi-row
+    C{INSERT}s.
+
+    Why: the pool thread releases and re-takes the GIL around every
+    statement step, and under load each re-take waits for the reactor
+    thread to let go of it; a statement per message made the database
+    thread crawl exactly when the batches grew. Consecutive rows of one
+    C{INSERT} get consecutive C{seq}s (one connection writes, and
+    C{AUTOINCREMENT} allocates in order); the row count is checked, and any
+    surprise falls back to one statement per message.
+
+    @return: per message, C{(True, StoreOutcome)} or C{(False, Failure)}.
+    """
+    results: list[tuple[bool, Any]] = [(True, None)] * len(msgs)
+    existing: dict[tuple[str, str], StoredMessage] = {}
+    keys = list({(msg.fromId, msg.id) for msg in msgs})
+    for keyChunk in chunks(keys, INSERT_CHUNK):
+        txn.execute(
+            f"WITH k(f, m) AS (VALUES {', '.join(['(?, ?)'] * len(keyChunk))})"
+            f" SELECT {', '.join('messages.' + c.strip() for c in _MESSAGE_COLUMNS.split(','))}"
+            " FROM k JOIN messages ON messages.from_id = k.f AND messages.message_id = k.m",
+            [value for key in keyChunk for value in key],
+        )
+        for row in txn.fetchall():
+            stored = _messageFromRow(row)
+            existing[(stored.fromId, stored.id)] = stored
+    fresh: list[int] = []
+    firstOf: dict[tuple[str, str], int] = {}
+    repeats: list[tuple[int, int]] = []
+    for index, msg in enumerate(msgs):
+        key = (msg.fromId, msg.id)
+        found = existing.get(key)
+        if found is not None:
+            results[index] = (True, StoreOutcome(message=found, created=False))
+        elif key in firstOf:
+            repeats.append((index, firstOf[key]))
+        else:
+            firstOf[key] = index
+            fresh.append(index)
+    for chunk in chunks(fresh, INSERT_CHUNK):
+        try:
+            txn.execute(
+                _INSERT_COLUMNS + ", ".join([_ROW] * len(chunk)),
+                [value for index in chunk for value in _insertRow(msgs[index])],
+            )
+            if txn.rowcount != len(chunk):
+                raise RuntimeError("multi-row insert changed an unexpected number of rows")
+            last = txn.lastInsertedId()
+        except Exception:
+            # One bad row must not fail the others: one statement each.
+            for index in chunk:
+                try:
+                    results[index] = (True, storeMessage_txn(txn, msgs[index]))
+                except Exception:
+                    results[index] = (False, Failure())
+            continue
+        first = last - len(chunk) + 1
+        for offset, index in enumerate(chunk):
+            results[index] = (True, StoreOutcome(message=_newStored(msgs[index], first + offset), created=True))
+    for index, original in repeats:
+        ok, outcome = results[original]
+        results[index] = (True, StoreOutcome(message=outcome.message, created=False)) if ok else (ok, outcome)
+    return results
+
+
+def markDelivered_txn(txn: Transaction, seqs: Sequence[int]) -> None:
+    """
+    Mark the messages with these seqs delivered.
+    """
+    for chunk in chunks(sorted(set(seqs))):
+        txn.execute(
+            "UPDATE messages SET delivered = 1"
+            f" WHERE delivered = 0 AND seq IN ({placeholders(len(chunk))})",
+            chunk,
+        )
+
+
+def markRead_txn(
+    txn: Transaction,
+    readerId: str,
+    now: int,
+    friendId: str | None,
+    upToSeq: int | None,
+    messageIds: Sequence[str] | None,
+) -> list[StoredMessage]:
+    """
+    Mark unread messages to C{readerId} read (and delivered): from
+    C{friendId} up to C{upToSeq}, or those with an id in C{messageIds}.
+
+    @return: the messages marked now, seq ascending.
+    """
+    found: list[StoredMessage] = []
+    if friendId is not None and upToSeq is not None:
+        txn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+            " WHERE to_id = ? AND from_id = ? AND seq <= ? AND read_at IS NULL"
+            " ORDER BY seq",
+            (readerId, friendId, upToSeq),
+        )
+        found = [_messageFromRow(row) for row in txn.fetchall()]
+    elif messageIds is not None:
+        for chunk in chunks(sorted(set(messageIds))):
+            txn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+                f" WHERE to_id = ? AND message_id IN ({placeholders(len(chunk))})"
+                " AND read_at IS NULL",
+                (readerId, *chunk),
+            )
+            found.extend(_messageFromRow(row) for row in txn.fetchall())
+        found.sort(key=lambda message: message.seq)
+    else:
+        raise ValueError("markRead needs friendId and upToSeq, or messageIds")
+    for seqChunk in chunks([message.seq for message in found]):
+        txn.execute(
+            "UPDATE messages SET read_at = ?, delivered = 1"
+            f" WHERE seq IN ({placeholders(len(seqChunk))})",
+            (now, *seqChunk),
+        )
+    return [attrs.evolve(message, readAt=now, delivered=True) for message in found]
+
+
+def pendingFor_txn(txn: Transaction, userId: str, limit: int) -> list[StoredMessage]:
+    """
+    The undelivered messages to C{userId}, seq ascending.
+    """
+    txn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+        " WHERE to_id = ? AND delivered = 0 ORDER BY seq LIMIT ?",
+        (userId, max(limit, 0)),
+    )
+    return [_messageFromRow(row) for row in txn.fetchall()]
+
+
+def history_txn(
+    txn: Transaction,
+    userId: str,
+    friendId: str,
+    topic: str | None,
+    limit: int,
+    before: int | None,
+    after: int | None,
+) -> HistoryPage:
+    """
+    One page of a 1:1 conversation; see L{IMessageStore.history}.
+    """
+    return conversationHistory_txn(txn, directConversation(userId, friendId), topic, limit, before, after)
+
+
+def conversationHistory_txn(
+    txn: Transaction,
+    conversation: str,
+    topic: str | None,
+    limit: int,
+    before: int | None,
+    after: int | None,
+) -> HistoryPage:
+    """
+    One page of any conversation, by key; see L{IMessageStore.history}.
+    """
+    limit = max(limit, 0)
+    conditions = ["conversation = ?"]
+    args: list[Any] = [conversation]
+    if topic is not None:
+        conditions.append("topic = ?")
+        args.append(topic)
+    if before is not None:
+        conditions.append("seq < ?")
+        args.append(before)
+    if after is not None:
+        conditions.append("seq > ?")
+        args.append(after)
+    newestFirst = after is None
+    args.append(limit + 1)
+    txn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+        f" WHERE {' AND '.join(conditions)}"
+        f" ORDER BY seq {'DESC' if newestFirst else 'ASC'} LIMIT ?",
+        args,
+    )
+    messages = [_messageFromRow(row) for row in txn.fetchall()]
+    hasMore = len(messages) > limit
+    del messages[limit:]
+    if newestFirst:
+        messages.reverse()
+    return HistoryPage(messages=messages, hasMore=hasMore)
+
+
+def findMessage_txn(txn: Transaction, fromId: str, messageId: str) -> StoredMessage | None:
+    """
+    The message C{fromId} sent as C{messageId}, if any.
+    """
+    txn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE from_id = ? AND message_id = ?",
+        (fromId, messageId),
+    )
+    row = txn.fetchone()
+    return None if row is None else _messageFromRow(row)
+
+
+def findReceived_txn(txn: Transaction, toId: str, messageId: str) -> list[StoredMessage]:
+    """
+    The messages to C{toId} with id C{messageId}; with C{toId} C{''}, the
+    group and room messages with that id (the recipient index finds both).
+    """
+    txn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE to_id = ? AND message_id = ? ORDER BY seq LIMIT 100",
+        (toId, messageId),
+    )
+    return [_messageFromRow(row) for row in txn.fetchall()]
+
+
+def recall_txn(txn: Transaction, seq: int, by: str, now: int) -> StoredMessage | None:
+    """
+    Erase the content (and file) of message C{seq}, keeping its place.
+    """
+    txn.execute(
+        "UPDATE messages SET content = '', file_url = NULL, file_name = NULL,"
+        " recalled_by = ?, recalled_at = ? WHERE seq = ? AND recalled_by IS NULL",
+        (by, now, seq),
+    )
+    if txn.rowcount != 1:
+        return None
+    txn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq = ?", (seq,))
+    row = txn.fetchone()
+    return None if row is None else _messageFromRow(row)
+
+
+def ping_txn(txn: Transaction) -> None:
+    """
+    A query that touches the schema.
+    """
+    txn.execute("SELECT version FROM schema_version LIMIT 1")
+    txn.fetchall()
+
+
+def writeBatch_txn(txn: Transaction, batch: Sequence["Write"]) -> list[tuple[bool, Any]]:
+    """
+    Run the writes of one group commit.
+
+    Single-statement writes (message inserts) run as they are: a failed
+    statement is undone by the database alone. Every C{markDelivered} of
+    the batch becomes one C{UPDATE}. Other writes run in order, each in
+    its own savepoint, so one failing write fails alone.
+
+    @return: per write, C{(True, result)} or C{(False, Failure)}.
+    """
+    results: list[tuple[bool, Any]] = [(True, None)] * len(batch)
+    # Marks queued before the batch's first message (the lazy ones waiting
+    # for a write) go first, as queued: a resend in the batch reads its
+    # row's delivered flag. Marks queued after it go last.
+    first = next((i for i, write in enumerate(batch) if write.message is not None), len(batch))
+    early = [seq for write in batch[:first] if write.seqs is not None for seq in write.seqs]
+    delivered = [seq for write in batch[first:] if write.seqs is not None for seq in write.seqs]
+    if early:
+        markDelivered_txn(txn, early)
+    messages = [(index, write.message) for index, write in enumerate(batch) if write.message is not None]
+    if messages:
+        stored = storeMessages_txn(txn, [msg for _, msg in messages])
+        for (index, _), result in zip(messages, stored):
+            results[index] = result
+    for index, write in enumerate(batch):
+        if write.message is not None:
+            continue
+        if write.seqs is not None:
+            continue
+        if write.atomic:
+            try:
+                results[index] = (True, write.func(txn))
+            except Exception:
+                results[index] = (False, Failure())
+            continue
+        txn.execute("SAVEPOINT write")
+        try:
+            result = write.func(txn)
+        except Exception:
+            failure = Failure()
+            txn.execute("ROLLBACK TO SAVEPOINT write")
+            txn.execute("RELEASE SAVEPOINT write")
+            results[index] = (False, failure)
+        else:
+            txn.execute("RELEASE SAVEPOINT write")
+            results[index] = (True, result)
+    if delivered:
+        markDelivered_txn(txn, delivered)
+    return results

@@ -30,9 +30,12 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Tuple
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from crm_im.config import Config
+from crm_im.server import CRMIMService
 from tests.integration.test_im import serveIM, user
 from tests.support.clients import ClientDriver, DriverTestMixin
 
@@ -150,6 +153,24 @@ class Scenario(DriverTestMixin):
         Serve crm_im with this scenario's settings.
         """
         self.service, self.url = yield serveIM(self, **self.serverSettings)
+
+    @inlineCallbacks
+    def serveOn(self, dataDir: str) -> Inline:
+        """
+        Start a server on C{dataDir} (which may hold an earlier server's
+        data) and make it the one L{connect} uses; it is stopped at cleanup
+        unless the test stopped it.
+
+        @return: the service.
+        """
+        settings = dict(self.serverSettings, listen=("tcp:0:interface=127.0.0.1",),
+                        dataDir=dataDir, logEvents=False, shutdownGrace=0.5)
+        service = CRMIMService(Config(**settings), reactor)
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        ports = yield service.ready
+        self.url = f"http://127.0.0.1:{ports[0].getHost().port}"
+        return service
 
     def connect(self, driver: ClientDriver, client: str) -> Deferred[Any]:
         """
@@ -353,6 +374,52 @@ class GroupScenario(Scenario):
         self.assertEqual([(m["type"], m.get("system", {}).get("action")) for m in page["messages"]],
                          [("system", "create"), ("text", None)])
 
+    @inlineCallbacks
+    def test_survivesRestart(self) -> Inline:
+        """
+        Groups, members and roles, read cursors, recall stubs and rooms
+        are durable: after a restart on the same data directory a member's
+        login summary, C{group:info}, history and C{room:list} are as they
+        were, and a member who never logged in finds the group.
+        """
+        dataDir = self.mktemp()
+        service = yield self.serveOn(dataDir)
+        driver = yield self.startDriver()
+        yield self.login(driver, "a", "a", "Alice")
+        yield self.login(driver, "c", "c", "Carol")
+        yield self.create(driver, "a", "durable", ["b", "c"], id="g-durable")
+        yield self.ask(driver, "a", "group:set_role",
+                       {"groupId": "g-durable", "userId": "c", "role": "admin"})
+        yield self.send(driver, "a", "one", groupId="g-durable", id="d-1")
+        oops = yield self.send(driver, "a", "oops", groupId="g-durable", id="d-2")
+        yield self.ask(driver, "a", "message:recall", {"messageId": "d-2"})
+        yield self.ask(driver, "c", "message:read", {"groupId": "g-durable", "upToSeq": oops["seq"]})
+        last = yield self.send(driver, "a", "three", groupId="g-durable", id="d-3")
+        yield self.ask(driver, "a", "room:create", {"name": "persist", "id": "persist"})
+        yield self.ask(driver, "a", "room:join", {"roomId": "persist"})
+        yield self.send(driver, "a", "kept", roomId="persist")
+        yield service.stopService()
+        yield self.serveOn(dataDir)
+        yield self.login(driver, "c-again", "c", "Carol")
+        (summary,) = yield driver.waitFor("c-again", "groups")
+        (entry,) = summary["groups"]
+        self.assertEqual((entry["id"], entry["name"], entry["readSeq"], entry["unreadCount"],
+                          entry["lastSeq"], entry["lastMessage"]["id"]),
+                         ("g-durable", "durable", oops["seq"], 1, last["seq"], "d-3"))
+        info = yield self.ask(driver, "c-again", "group:info", {"groupId": "g-durable"})
+        self.assertEqual(roles(info), {"a": "owner", "b": "member", "c": "admin"})
+        (page,) = yield driver.emit("c-again", "get_history", {"groupId": "g-durable"}, ack=True)
+        texts = [(m["id"], m["content"], bool(m.get("recalled")))
+                 for m in page["messages"] if m["type"] != "system"]
+        self.assertEqual(texts, [("d-1", "one", False), ("d-2", "", True), ("d-3", "three", False)])
+        yield self.login(driver, "b", "b", "Bob")
+        (summary,) = yield driver.waitFor("b", "groups")
+        self.assertEqual([g["id"] for g in summary["groups"]], ["g-durable"])
+        listed = yield self.ask(driver, "b", "room:list")
+        self.assertEqual([(r["id"], r["onlineCount"]) for r in listed["rooms"]], [("persist", 0)])
+        (page,) = yield driver.emit("b", "get_history", {"roomId": "persist"}, ack=True)
+        self.assertEqual([m["content"] for m in page["messages"]], ["kept"])
+
     # ---- group messages
 
     @inlineCallbacks
@@ -388,11 +455,14 @@ class GroupScenario(Scenario):
                 "content": "大家好 🌏", "type": "text", "topic": "deal-7",
                 "timestamp": 1700000000000, "serverTimestamp": receipt["timestamp"],
                 "seq": receipt["seq"]})
+        yield self.send(driver, "a1", "direct", toId="x", id="gm-direct")
+        (direct,) = yield driver.waitFor("x", "message", predicate=withId("gm-direct"))
+        self.assertGreater(direct["seq"], receipt["seq"])
         again = yield self.send(driver, "a1", "大家好 🌏", groupId=gid, id="gm-1")
         self.assertEqual(again, receipt)
         second = yield self.send(driver, "b", "second", groupId=gid)
         self.assertRegex(second["messageId"], UUID)
-        self.assertGreater(second["seq"], receipt["seq"])
+        self.assertGreater(second["seq"], direct["seq"])
         for client in ("a1", "a2", "c"):
             yield driver.waitFor(client, "message", predicate=withContent("second"))
         yield self.barrier(driver, "x", [("a1", "a"), ("b", "b"), ("c", "c")])
@@ -613,6 +683,11 @@ class GroupScenario(Scenario):
                              ("新名字", updated["members"]))
             (system,) = yield driver.waitFor(client, "message", predicate=systemAction(gid, "rename"))
             self.assertEqual((system["fromId"], system["system"]["by"]), ("a", "a"))
+        avatarOnly = yield self.ask(driver, "a", "group:update",
+                                    {"groupId": gid, "avatar": "https://x/2.png"})
+        self.assertEqual((avatarOnly["name"], avatarOnly["avatar"]), ("新名字", "https://x/2.png"))
+        (system,) = yield driver.waitFor("c", "message", predicate=systemAction(gid, "update"))
+        self.assertEqual(system["system"]["by"], "a")
         yield self.refused(driver, "c", "group:update", {"groupId": gid, "name": "mine"}, "FORBIDDEN")
         yield self.refused(driver, "x", "group:update", {"groupId": gid, "name": "mine"}, "NOT_FOUND")
         yield self.refused(driver, "a", "group:update", {"groupId": gid, "name": ""},
@@ -641,6 +716,10 @@ class GroupScenario(Scenario):
         self.assertEqual(roles(added), {"a": "owner", "b": "admin", "c": "member",
                                         "d": "member", "e": "member"})
         self.assertEqual(added["memberCount"], 5)
+        order = [m["userId"] for m in added["members"]]
+        self.assertEqual((order[0], sorted(order[1:3]), sorted(order[3:])), ("a", ["b", "c"], ["d", "e"]))
+        joinedAts = [m["joinedAt"] for m in added["members"][1:]]
+        self.assertEqual(joinedAts, sorted(joinedAts))
         for client in ("d", "e"):
             (joined,) = yield driver.waitFor(client, "group:joined", predicate=joinedTo(gid))
             self.assertEqual(joined["group"]["members"], added["members"])
@@ -652,7 +731,8 @@ class GroupScenario(Scenario):
             self.assertEqual((system["fromId"], sorted(system["system"]["userIds"])),
                              ("b", ["d", "e"]))
         (page,) = yield driver.emit("d", "get_history", {"groupId": gid}, ack=True)
-        self.assertEqual([m["system"]["action"] for m in page["messages"]][:2], ["create", "rename"])
+        self.assertEqual([m["system"]["action"] for m in page["messages"]][:3],
+                         ["create", "rename", "update"])
         yield self.refused(driver, "c", "group:add_members", {"groupId": gid, "userIds": ["x"]},
                            "FORBIDDEN")
         yield self.refused(driver, "x", "group:add_members", {"groupId": gid, "userIds": ["x"]},
@@ -718,7 +798,7 @@ class GroupScenario(Scenario):
         actions = [m["system"]["action"] for m in page["messages"] if m["type"] == "system"]
         for action in ("create", "rename", "role", "add", "remove"):
             self.assertIn(action, actions)
-        self.assertEqual(actions[:5], ["create", "rename", "role", "add", "role"])
+        self.assertEqual(actions[:6], ["create", "rename", "update", "role", "add", "role"])
         for message in page["messages"]:
             if message["type"] == "system":
                 self.assertEqual(message["fromId"], message["system"]["by"])
@@ -827,6 +907,9 @@ class GroupScenario(Scenario):
         (stopped,) = yield driver.waitFor("a1", "typing")
         self.assertEqual(stopped, {"fromId": "b", "fromName": "Bob", "isTyping": False,
                                    "groupId": gid})
+        solo = yield self.create(driver, "x", "nobody else online", ["c"])
+        ack = yield self.ask(driver, "x", "typing", {"groupId": solo["id"], "isTyping": True})
+        self.assertEqual(ack, {"groupId": solo["id"], "delivered": False})
         yield self.refused(driver, "x", "typing", {"groupId": gid, "isTyping": True}, "NOT_FOUND")
         yield self.refused(driver, "b", "typing", {"groupId": gid, "toId": "a", "isTyping": True},
                            "INVALID_PAYLOAD")

@@ -152,10 +152,10 @@ def make_workspace(bench: Path, where: Path) -> Path:
 # ---------------------------------------------------------------- servers
 
 
-def builtin_servers(ws: Path, crm_args: str) -> dict[str, str]:
+def builtin_servers(ws: Path, crm_args: str, crm_src: Path | None = None) -> dict[str, str]:
     twistd = Path(sys.executable).with_name("twistd")
     runner = shlex.quote(str(twistd)) if twistd.exists() else f"{shlex.quote(sys.executable)} -m twisted"
-    repo = shlex.quote(str(REPO))
+    repo = shlex.quote(str(crm_src or REPO))
     return {
         CRM: (
             f"cd {repo} && PYTHONPATH={repo}${{PYTHONPATH:+:$PYTHONPATH}} exec {runner} -n --pidfile= "
@@ -716,6 +716,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--add", nargs=2, action="append", default=[], metavar=("NAME", "COMMAND"),
                    help="another server: shell command with {PORT} (and optionally {DATA}); repeatable")
     p.add_argument("--crm-args", default="", help="extra arguments for the crm_im server, e.g. '--sqlite-synchronous NORMAL'")
+    p.add_argument("--crm-src", type=Path, default=None,
+                   help="run crm_im from this source tree instead of the checkout, e.g. a snapshot of one commit "
+                        "(git archive HEAD | tar -x -C DIR) while the working tree is being edited")
     p.add_argument("--scenarios", default="relay,idle,storm")
     p.add_argument("--repeats", type=int, default=2, help="runs of every scenario per server (interleaved)")
     p.add_argument("--relay-repeats", type=int, help="override --repeats for relay")
@@ -792,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
     ws = make_workspace(bench, out)
-    known = builtin_servers(ws, a.crm_args)
+    known = builtin_servers(ws, a.crm_args, a.crm_src.resolve() if a.crm_src else None)
     servers: dict[str, str] = {}
     for n in [x for x in a.servers.split(",") if x]:
         if n not in known:

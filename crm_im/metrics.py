@@ -2,13 +2,17 @@
 """
 Prometheus metrics (exposed with prometheus-client), free on the hot path.
 
+The neutral pieces: L{Count}, L{LatencyHistogram}, L{LabelledCounts} and
+L{ServerCollector}; the IM's own names and counts are registered by the IM
+(L{crm_im.im.metrics}), so this module knows no event name.
+
 Every count the application keeps is a plain integer on an object bound
 once at start-up (L{Count}, L{LatencyHistogram}): counting a message is an
 attribute increment. prometheus-client's own C{Counter} and C{Histogram}
 take a lock and walk their buckets in Python on every call, which showed
 up as several percent of the reactor's time per message; the counts are
 only ever touched on the reactor thread, so they need no lock.
-L{IMCollector} turns them into metric families when C{/metrics} is
+The IM's collector turns them into metric families when C{/metrics} is
 scraped, as L{ServerCollector} does with what the server already counts
 (sessions by transport, users online, the Engine.IO counters). One
 L{CollectorRegistry} per server (never the global one: several servers may
@@ -20,50 +24,14 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from .im.errors import (
-    ALREADY_LOGGED_IN,
-    FORBIDDEN,
-    INTERNAL,
-    INVALID_PAYLOAD,
-    NOT_LOGGED_IN,
-    RATE_LIMITED,
-    TOO_LARGE,
-    UNAUTHORIZED,
-)
 
 if TYPE_CHECKING:
     from .engineio.server import EngineIOServer
     from .presence import Presence
 
-#: The client events counted under their own name; others count as C{other}.
-EVENTS = (
-    "user:login",
-    "user:logout",
-    "message",
-    "status_change",
-    "typing",
-    "file_transfer",
-    "get_history",
-    "message:read",
-    "auth:refresh",
-)
-MESSAGE_TYPES = ("text", "file", "file_transfer")
-RECEIPT_STATUSES = ("delivered", "offline")
-ERROR_CODES = (
-    NOT_LOGGED_IN,
-    INVALID_PAYLOAD,
-    UNAUTHORIZED,
-    FORBIDDEN,
-    TOO_LARGE,
-    RATE_LIMITED,
-    ALREADY_LOGGED_IN,
-    INTERNAL,
-)
-STORE_OPERATIONS = ("store", "history", "read", "pending")
 #: Store latency buckets, in seconds (a durable SQLite commit is ~1-20 ms).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -154,7 +122,7 @@ class LatencyHistogram:
         return result
 
 
-class _Family:
+class LabelledCounts:
     """
     A labelled family of L{Count}s, one per known label value.
     """
@@ -170,89 +138,3 @@ class _Family:
         for value, count in self.children.items():
             family.add_metric([value], count.value)
         return family
-
-
-class IMCollector:
-    """
-    Exposes L{IMMetrics}' counts at scrape time.
-    """
-
-    def __init__(self, metrics: "IMMetrics") -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        """
-        Every family of the application's counts.
-        """
-        metrics = self.metrics
-        for family in metrics._families:
-            yield family.collect()
-        store = HistogramMetricFamily(
-            "crm_im_store_latency_seconds", "Message store operation latency.", labels=["operation"]
-        )
-        for operation, histogram in metrics.store.items():
-            store.add_metric([operation], histogram.buckets(), histogram.sum)
-        yield store
-        for name, text, count in (
-            ("crm_im_auth_failures", "Tokens refused.", metrics.authFailures),
-            ("crm_im_abuse_disconnects", "Sockets disconnected for ignoring rate limits.", metrics.abuseDisconnects),
-            ("crm_im_token_expiries", "Sockets disconnected because their token expired.", metrics.tokenExpiries),
-        ):
-            yield CounterMetricFamily(name, text, value=count.value)
-
-
-class IMMetrics:
-    """
-    The application's counts, each bound once.
-
-    @ivar events: event name -> count.
-    @ivar messages: message type -> count (C{text}, C{file}: stored;
-        C{file_transfer}: files relayed live).
-    @ivar receipts: receipt status -> count.
-    @ivar errors: error code -> count.
-    @ivar store: store operation -> latency histogram.
-    """
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        events = _Family("crm_im_events", "Client events received, by event.", "event", [*EVENTS, "other"])
-        self.events = events.children
-        self.otherEvents = events.children["other"]
-        messages = _Family("crm_im_messages", "Messages accepted, by type.", "type", MESSAGE_TYPES)
-        self.messages = messages.children
-        receipts = _Family("crm_im_receipts", "Receipts sent to senders, by status.", "status", RECEIPT_STATUSES)
-        self.receipts = receipts.children
-        errors = _Family("crm_im_errors", "Refusals sent to clients, by code.", "code", ERROR_CODES)
-        self.errors = errors.children
-        self._families = (events, messages, receipts, errors)
-        self.store = {name: LatencyHistogram(LATENCY_BUCKETS) for name in STORE_OPERATIONS}
-        self.authFailures = Count()
-        self.abuseDisconnects = Count()
-        self.tokenExpiries = Count()
-        self.registry.register(IMCollector(self))
-
-    def event(self, name: str) -> None:
-        """
-        Count one client event.
-        """
-        self.events.get(name, self.otherEvents).value += 1
-
-    def error(self, code: str) -> None:
-        """
-        Count one refusal.
-        """
-        child = self.errors.get(code)
-        if child is not None:
-            child.value += 1
-
-    def watch(self, engine: "EngineIOServer", presence: "Presence") -> None:
-        """
-        Export the server's own state too.
-        """
-        self.registry.register(ServerCollector(engine, presence))
-
-    def families(self) -> Iterable[Metric]:
-        """
-        Every metric family, as a scrape would see them.
-        """
-        return self.registry.collect()

@@ -31,7 +31,7 @@ from .gateway.socketio import SocketIOGateway
 from .im.core import IMCore, IMSettings
 from .im.groups import GroupLimits
 from .im.rooms import RoomLimits
-from .metrics import IMMetrics
+from .im.metrics import IMMetrics
 from .presence import Presence
 from .routing.local import LocalRouter
 from .socketio.server import SocketIOServer

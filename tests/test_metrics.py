@@ -8,7 +8,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
-from crm_im.metrics import IMMetrics, LatencyHistogram
+from crm_im.im.metrics import IMMetrics
+from crm_im.metrics import LatencyHistogram
 
 
 def samples(metrics: IMMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

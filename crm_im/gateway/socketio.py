@@ -28,7 +28,7 @@ from ..im.core import IMCore
 from ..im.errors import INTERNAL, RATE_LIMITED, UNAUTHORIZED, IMError
 from ..limits import DISCONNECT, SocketRateLimiter
 from ..socketio.packet import encodeEvent
-from ..socketio.server import Socket, SocketIOServer
+from ..socketio.server import ConnectionRefused, Socket, SocketIOServer
 
 Ack = Callable[..., None]
 
@@ -231,7 +231,10 @@ class SocketIOGateway:
         self.sio.disconnect(sid, closeConnection=True)
 
     def _connected(self, sid: str, auth: Any) -> None:
-        self.core.sessions.connected(sid, auth, self._remote(sid))
+        try:
+            self.core.sessions.connected(sid, auth, self._remote(sid))
+        except IMError as error:
+            raise ConnectionRefused(error.message, {"code": error.code})
 
     def _disconnected(self, sid: str, reason: str) -> None:
         self.rates.forget(sid)

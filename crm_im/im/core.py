@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from ..auth import IAuthenticator, OpenAuthenticator
 from ..limits import FailureLimiter, LimitSettings
-from ..metrics import IMMetrics
+from .metrics import IMMetrics
 from ..presence import Presence
 from ..storage.interface import IFileStore
 from .groups import GroupDirectory, GroupHandlers, GroupLimits

@@ -16,7 +16,7 @@ coroutine) and marks delivered messages in one write per reactor turn.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 import attrs
@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..metrics import IMMetrics
+from .metrics import IMMetrics
 from ..presence import Presence
 from ..storage.interface import (
     IConversationStore,
@@ -247,6 +247,7 @@ class Messaging:
             self.router.toUsers(current.members, "message", stored.toWire(), caller.device)
             if self.settings.logEvents:
                 self.log.info("[群消息] {fromId} -> {groupId} seq={seq}", fromId=stored.fromId, groupId=groupId, seq=stored.seq)
+        self.metrics.receipts["sent"].inc()
         return self._receipt(
             caller, {"messageId": stored.id, "status": "sent", "timestamp": stored.serverTimestamp, "seq": stored.seq}
         )
@@ -264,6 +265,7 @@ class Messaging:
         if outcome.created:
             self.metrics.messages[stored.type if stored.type == "file" else "text"].inc()
             self.router.toDevices(list(self.rooms.rooms.devices(roomId)), "message", stored.toWire(), caller.device)
+        self.metrics.receipts["sent"].inc()
         return self._receipt(
             caller, {"messageId": stored.id, "status": "sent", "timestamp": stored.serverTimestamp, "seq": stored.seq}
         )

@@ -23,7 +23,6 @@ from twisted.internet.interfaces import IReactorTime
 from ..auth import AuthenticationError, Claims, IAuthenticator, tokenFromAuth
 from ..timers import DeadlineWheel
 from ..limits import FailureLimiter
-from ..socketio.server import ConnectionRefused
 from .errors import RATE_LIMITED, UNAUTHORIZED, IMError
 
 _TOO_MANY = "too many failed authentication attempts from this address; try again later"
@@ -113,8 +112,8 @@ class TokenGate:
         Check the token of a CONNECT's auth object, if it carries one (a
         client may also bring its token with C{user:login}).
 
-        @raise ConnectionRefused: with C{data} C{{"code": ...}} if the token
-            is refused.
+        @raise IMError: C{UNAUTHORIZED} or C{RATE_LIMITED} if the token is
+            refused (the gateway answers the CONNECT with CONNECT_ERROR).
         """
         if not self.required:
             return
@@ -124,9 +123,7 @@ class TokenGate:
                 return
             claims = self._verify(token, address)
         except AuthenticationError as error:
-            raise ConnectionRefused(error.message, {"code": UNAUTHORIZED})
-        except IMError as error:
-            raise ConnectionRefused(error.message, {"code": error.code})
+            raise IMError(UNAUTHORIZED, error.message)
         self._keep(sid, claims)
 
     def login(self, sid: str, userId: str, token: str | None, address: str) -> None:

@@ -3,14 +3,17 @@ Socket.IO v5 on the Engine.IO layer: L{SocketIOServer} and its packet codec.
 """
 
 from .packet import DecodeError, Decoder, SocketIOPacket
-from .server import ConnectionRefused, Namespace, Socket, SocketIOServer
+from .recovery import RecoveryLog
+from .server import ConnectionRefused, Namespace, Socket, SocketIOConfig, SocketIOServer
 
 __all__ = [
     "ConnectionRefused",
     "DecodeError",
     "Decoder",
     "Namespace",
+    "RecoveryLog",
     "Socket",
+    "SocketIOConfig",
     "SocketIOPacket",
     "SocketIOServer",
 ]

@@ -29,6 +29,8 @@ import inspect
 import secrets
 from typing import Any, Callable, Iterable, Sequence
 
+import attrs
+
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -44,6 +46,7 @@ from ..engineio.session import EngineIOSession
 from ..timers import DeadlineHeap
 from . import packet as sio
 from .packet import Decoder, DecodeError, SocketIOPacket
+from .recovery import RECOVERABLE_REASONS, RecoveryLog
 
 Handler = Callable[..., Any]
 
@@ -53,6 +56,37 @@ HELD_RELEASE_DELAY = 0.001
 
 _CONNECT_REFUSED = {"message": "Connection rejected by server"}
 _INVALID_NAMESPACE = {"message": "Invalid namespace"}
+
+
+@attrs.frozen
+class SocketIOConfig:
+    """
+    Socket.IO server settings; times in milliseconds, like
+    L{EngineIOConfig}.
+
+    @ivar connectTimeout: how long a new session may take to connect to a
+        namespace before it is closed.
+    @ivar maxAttachments: the most binary attachments one packet may have.
+    @ivar recoveryWindow: connection state recovery (Socket.IO 4.6+
+        clients), like the official server's C{connectionStateRecovery}
+        with this C{maxDisconnectionDuration}: a socket that lost its
+        connection and comes back within this time gets its sid, rooms and
+        data back and the events it missed. C{0}: off. With it on, every
+        event emitted without an acknowledgement carries an offset as its
+        last argument (as with the official server).
+    @ivar recoveryMaxEvents: the most events kept for recovery.
+    """
+
+    connectTimeout: int = 45000
+    maxAttachments: int = 16
+    recoveryWindow: int = 0
+    recoveryMaxEvents: int = 100_000
+
+    def __attrs_post_init__(self) -> None:
+        if self.connectTimeout <= 0:
+            raise ValueError("connectTimeout must be positive")
+        if self.recoveryWindow < 0:
+            raise ValueError("recoveryWindow must not be negative")
 
 
 class ConnectionRefused(Exception):
@@ -110,6 +144,10 @@ class Socket:
     @ivar sid: the Socket.IO id (not the Engine.IO session id).
     @ivar rooms: the rooms it joined (its own sid is implicit).
     @ivar data: a slot for the application.
+    @ivar recovered: whether this socket is one that lost its connection
+        and came back (connection state recovery): same sid, rooms and
+        data, and the events it missed were sent again.
+    @ivar pid: its private session id when recovery is on, else C{None}.
     """
 
     __slots__ = (
@@ -122,6 +160,9 @@ class Socket:
         "_acks",
         "_nextAckId",
         "_held",
+        "recovered",
+        "pid",
+        "firstOffset",
     )
 
     def __init__(self, sid: str, namespace: "Namespace", connection: "Connection") -> None:
@@ -134,6 +175,9 @@ class Socket:
         self._acks: dict[int, Callable[..., Any]] | None = None
         self._nextAckId = 0
         self._held: list[Frame] | None = None
+        self.recovered = False
+        self.pid: str | None = None
+        self.firstOffset = 0
 
     def __repr__(self) -> str:
         return f"<Socket {self.sid} {self.namespace.name}>"
@@ -164,7 +208,15 @@ class Socket:
         arguments.
         """
         ackId = None
-        if callback is not None:
+        if callback is None:
+            recovery = self.namespace.server.recovery
+            if recovery is not None:
+                offset = recovery.nextOffset()
+                frames = sio.encodeEvent(self.namespace.name, event, (*args, str(offset)))
+                recovery.record(offset, self.namespace.name, self.sid, None, frames)
+                self.sendFrames(frames)
+                return
+        else:
             ackId = self._nextAckId
             self._nextAckId += 1
             if self._acks is None:
@@ -242,8 +294,11 @@ class SocketIOServer:
     A Socket.IO v5 server.
 
     @ivar engine: the L{EngineIOServer} underneath.
+    @ivar config: its settings.
     @ivar connectTimeout: seconds a session may wait before connecting to
-        a namespace.
+        a namespace (C{config.connectTimeout} / 1000).
+    @ivar recovery: the connection state recovery log, or C{None} when
+        recovery is off.
     """
 
     log = Logger()
@@ -252,13 +307,33 @@ class SocketIOServer:
         self,
         clock: IReactorTime,
         engineConfig: EngineIOConfig | None = None,
-        connectTimeout: float = 45.0,
-        maxAttachments: int = 16,
+        connectTimeout: float | None = None,
+        maxAttachments: int | None = None,
+        config: SocketIOConfig | None = None,
     ) -> None:
+        """
+        @param clock: the reactor's time and scheduling.
+        @param engineConfig: the Engine.IO settings.
+        @param config: the Socket.IO settings (milliseconds).
+        @param connectTimeout: deprecated, in seconds: use
+            C{config=SocketIOConfig(connectTimeout=MS)}; overrides it.
+        @param maxAttachments: overrides C{config.maxAttachments}.
+        """
+        config = config if config is not None else SocketIOConfig()
+        if connectTimeout is not None:
+            config = attrs.evolve(config, connectTimeout=max(1, round(connectTimeout * 1000)))
+        if maxAttachments is not None:
+            config = attrs.evolve(config, maxAttachments=maxAttachments)
+        self.config = config
         self.clock = clock
         self.engine = EngineIOServer(self, clock, engineConfig)
-        self.connectTimeout = connectTimeout
-        self.maxAttachments = maxAttachments
+        self.connectTimeout = config.connectTimeout / 1000
+        self.maxAttachments = config.maxAttachments
+        self.recovery = (
+            RecoveryLog(clock, config.recoveryWindow / 1000, config.recoveryMaxEvents)
+            if config.recoveryWindow > 0
+            else None
+        )
         self.namespaces: dict[str, Namespace] = {"/": Namespace(self, "/")}
         self._connectWheel = DeadlineHeap(clock, self._connectTimedOut)
 
@@ -328,7 +403,13 @@ class SocketIOServer:
                 raise ValueError("an emit with a callback needs one connected sid in 'to'")
             ns.sockets[to].emit(event, *args, callback=callback)
             return
-        frames = sio.encodeEvent(namespace, event, args)
+        recovery = self.recovery
+        if recovery is not None:
+            offset = recovery.nextOffset()
+            frames = sio.encodeEvent(namespace, event, (*args, str(offset)))
+            recovery.record(offset, namespace, to, skipSid, frames)
+        else:
+            frames = sio.encodeEvent(namespace, event, args)
         for socket in ns.targets(to):
             if socket.sid != skipSid:
                 socket.sendFrames(frames)
@@ -482,8 +563,22 @@ class SocketIOServer:
             connection.sendPacket(SocketIOPacket(sio.CONNECT_ERROR, name, error))
             return
         auth = packet.data if packet.data is not None else {}
-        socket = Socket(secrets.token_urlsafe(15), ns, connection)
-        socket._held = []
+        recovery = self.recovery if not legacy else None
+        socket = None
+        if recovery is not None and "pid" in auth:
+            # A client that lost its connection asks for its socket back;
+            # the application sees the rest of its auth.
+            auth = dict(auth)
+            pid = auth.pop("pid")
+            offset = auth.pop("offset", None)
+            if isinstance(pid, str) and (offset is None or isinstance(offset, str)):
+                socket = self._restore(connection, ns, recovery, pid, offset)
+        if socket is None:
+            socket = Socket(secrets.token_urlsafe(15), ns, connection)
+            socket._held = []
+            if recovery is not None:
+                socket.pid = recovery.newPid()
+                socket.firstOffset = recovery.lastOffset
         connection.sockets[name] = socket
         # Known by its sid while the handler decides, so that the handler
         # can put it in rooms and emit to it (held until CONNECT is sent).
@@ -509,6 +604,27 @@ class SocketIOServer:
         else:
             self._connectDecided(socket, result)
 
+    def _restore(
+        self, connection: Connection, ns: Namespace, recovery: RecoveryLog, pid: str, offset: str | None
+    ) -> Socket | None:
+        restored = recovery.restore(pid, ns.name, offset)
+        if restored is None:
+            return None
+        state = restored.socket
+        if state.sid in ns.sockets:
+            return None
+        socket = Socket(state.sid, ns, connection)
+        socket.pid = state.pid
+        socket.firstOffset = state.firstOffset
+        socket.recovered = True
+        socket.data = state.data
+        # The events it missed follow the CONNECT, before anything new.
+        socket._held = [frame for frames in restored.missed for frame in frames]
+        for room in state.rooms:
+            socket.rooms.add(room)
+            ns.rooms.setdefault(room, set()).add(socket)
+        return socket
+
     def _connectDecided(self, socket: Socket, accepted: Any) -> None:
         if accepted is False:
             self._refuse(socket, ConnectionRefused())
@@ -529,7 +645,12 @@ class SocketIOServer:
         self._connectWheel.cancel(connection.session)
         socket.connected = True
         socket.namespace.sockets[socket.sid] = socket
-        answer = None if connection.session.protocol == 3 else {"sid": socket.sid}
+        if connection.session.protocol == 3:
+            answer = None
+        elif socket.pid is not None:
+            answer = {"sid": socket.sid, "pid": socket.pid}
+        else:
+            answer = {"sid": socket.sid}
         connection.sendPacket(SocketIOPacket(sio.CONNECT, socket.namespace.name, answer))
         if socket._held:
             # What the connect handler emitted follows the CONNECT a moment
@@ -626,6 +747,9 @@ class SocketIOServer:
         socket.connected = False
         socket._held = None
         ns.sockets.pop(socket.sid, None)
+        recovery = self.recovery
+        if recovery is not None and socket.pid is not None and wasConnected and reason in RECOVERABLE_REASONS:
+            recovery.detach(socket.pid, socket.sid, ns.name, socket.rooms, socket.data, socket.firstOffset)
         for room in list(socket.rooms):
             self._leave(socket, room)
         if not wasConnected:

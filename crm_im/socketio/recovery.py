@@ -1,0 +1,195 @@
+# -*- test-case-name: tests.test_sio_recovery -*-
+"""
+Connection state recovery (Socket.IO 4.6+), the bookkeeping half.
+
+With recovery on, the server gives each socket a private session id
+(C{pid}) in its CONNECT answer and appends an offset to every event it
+emits without an acknowledgement; socket.io-client remembers both and, when
+it reconnects, sends them in its CONNECT. L{RecoveryLog} keeps what that
+needs for C{window} seconds: the events emitted (once per emit, whatever
+the number of recipients, with whom they were for) and the state of each
+socket that went away for a reason worth recovering from (its sid, rooms
+and application data). L{SocketIOServer} asks it, on such a CONNECT, for
+the socket to restore and the events it missed.
+
+It is pure data on an injected clock: no I/O, no timer of its own (expired
+entries are dropped as new ones come in and when looked up).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from typing import Any, Iterable
+
+import attrs
+
+#: The disconnect reasons a client can recover from: the connection broke
+#: or the server went away; not a deliberate disconnect by either side.
+RECOVERABLE_REASONS = frozenset(
+    ["transport error", "transport close", "forced close", "ping timeout", "server shutting down"]
+)
+
+
+@attrs.frozen
+class DetachedSocket:
+    """
+    A socket that went away and may come back.
+
+    @ivar firstOffset: the last offset issued before it connected: with no
+        offset from the client, it missed everything logged after this.
+    """
+
+    pid: str
+    sid: str
+    namespace: str
+    rooms: frozenset[str]
+    data: Any
+    firstOffset: int
+    detachedAt: float
+
+
+@attrs.frozen
+class Restored:
+    """
+    What L{RecoveryLog.restore} gives back: the socket and, in order, the
+    frames of the events it missed.
+    """
+
+    socket: DetachedSocket
+    missed: list[Any]
+
+
+class _Entry:
+    __slots__ = ("offset", "at", "namespace", "to", "skipSid", "frames")
+
+    def __init__(
+        self, offset: int, at: float, namespace: str, to: Any, skipSid: str | None, frames: Any
+    ) -> None:
+        self.offset = offset
+        self.at = at
+        self.namespace = namespace
+        self.to = to
+        self.skipSid = skipSid
+        self.frames = frames
+
+    def reaches(self, namespace: str, sid: str, rooms: frozenset[str]) -> bool:
+        if namespace != self.namespace or sid == self.skipSid:
+            return False
+        to = self.to
+        if to is None:
+            return True
+        if isinstance(to, str):
+            return to == sid or to in rooms
+        return any(name == sid or name in rooms for name in to)
+
+
+class RecoveryLog:
+    """
+    The events and detached sockets of the last C{window} seconds.
+
+    @ivar window: seconds a detached socket may come back within, and
+        events are kept for.
+    @ivar maxEntries: the most events kept (the oldest go first); a client
+        whose offset is older than the oldest kept is not recovered.
+    """
+
+    def __init__(self, clock: Any, window: float, maxEntries: int = 100_000) -> None:
+        self._clock = clock
+        self.window = window
+        self.maxEntries = maxEntries
+        self._entries: deque[_Entry] = deque()
+        self._lastOffset = 0
+        # Every offset up to this one may have been dropped.
+        self._droppedUpTo = 0
+        self._detached: dict[str, DetachedSocket] = {}
+        self._detachedOrder: deque[DetachedSocket] = deque()
+
+    @property
+    def lastOffset(self) -> int:
+        """
+        The offset of the latest event logged (0 before any).
+        """
+        return self._lastOffset
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def newPid() -> str:
+        """
+        A new private session id (never shown to other clients).
+        """
+        return secrets.token_urlsafe(15)
+
+    def nextOffset(self) -> int:
+        """
+        Reserve the offset of the next event.
+        """
+        self._lastOffset += 1
+        return self._lastOffset
+
+    def record(
+        self, offset: int, namespace: str, to: str | Iterable[str] | None, skipSid: str | None, frames: Any
+    ) -> None:
+        """
+        Log the event C{offset} (its encoded C{frames}) emitted to C{to} in
+        C{namespace}.
+        """
+        if to is not None and not isinstance(to, str):
+            to = frozenset(to)
+        now = self._clock.seconds()
+        self._entries.append(_Entry(offset, now, namespace, to, skipSid, frames))
+        self._expire(now)
+
+    def detach(self, pid: str, sid: str, namespace: str, rooms: Iterable[str], data: Any, firstOffset: int) -> None:
+        """
+        Keep the state of a socket that went away for a recoverable reason.
+        """
+        now = self._clock.seconds()
+        socket = DetachedSocket(pid, sid, namespace, frozenset(rooms), data, firstOffset, now)
+        self._detached[pid] = socket
+        self._detachedOrder.append(socket)
+        self._expire(now)
+
+    def restore(self, pid: str, namespace: str, offset: str | None) -> Restored | None:
+        """
+        The detached socket C{pid} of C{namespace} and the events it missed
+        after C{offset} (the last one the client got; C{None} if it got
+        none), or C{None} if it cannot be recovered: unknown, expired, or
+        some events it may have missed are no longer kept. A socket is
+        restored once.
+        """
+        self._expire(self._clock.seconds())
+        socket = self._detached.get(pid)
+        if socket is None or socket.namespace != namespace:
+            return None
+        if offset is None:
+            since = socket.firstOffset
+        elif offset.isdigit() and len(offset) < 16 and int(offset) <= self._lastOffset:
+            since = int(offset)
+        else:
+            return None
+        if since < self._droppedUpTo:
+            return None
+        del self._detached[pid]
+        missed = [
+            entry.frames
+            for entry in self._entries
+            if entry.offset > since and entry.reaches(namespace, socket.sid, socket.rooms)
+        ]
+        return Restored(socket, missed)
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window
+        entries = self._entries
+        while entries and (entries[0].at <= horizon or len(entries) > self.maxEntries):
+            self._droppedUpTo = entries.popleft().offset
+        order = self._detachedOrder
+        while order and order[0].detachedAt <= horizon:
+            socket = order.popleft()
+            if self._detached.get(socket.pid) is socket:
+                del self._detached[socket.pid]
+        # Restored ones stay in the order until they age out; bound it.
+        if len(order) > 2 * len(self._detached) + 1024:
+            self._detachedOrder = deque(s for s in order if self._detached.get(s.pid) is s)

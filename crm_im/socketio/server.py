@@ -334,6 +334,9 @@ class SocketIOServer:
             if config.recoveryWindow > 0
             else None
         )
+        # Connected sockets by pid, for a client that comes back before the
+        # server noticed its connection was gone.
+        self._byPid: dict[str, Socket] = {}
         self.namespaces: dict[str, Namespace] = {"/": Namespace(self, "/")}
         self._connectWheel = DeadlineHeap(clock, self._connectTimedOut)
 
@@ -607,6 +610,14 @@ class SocketIOServer:
     def _restore(
         self, connection: Connection, ns: Namespace, recovery: RecoveryLog, pid: str, offset: str | None
     ) -> Socket | None:
+        stale = self._byPid.get(pid)
+        if stale is not None and stale.namespace is ns and stale.connection is not connection:
+            # The client is back on a new connection while its old one
+            # still looks open (a cut the heartbeat has not caught yet, a
+            # polling GET that failed on the client's side): only that
+            # client knows the pid, so its old session is closed now, and
+            # the socket detached to be restored.
+            stale.connection.session.close("transport close", flush=False)
         restored = recovery.restore(pid, ns.name, offset)
         if restored is None:
             return None
@@ -645,6 +656,8 @@ class SocketIOServer:
         self._connectWheel.cancel(connection.session)
         socket.connected = True
         socket.namespace.sockets[socket.sid] = socket
+        if socket.pid is not None:
+            self._byPid[socket.pid] = socket
         if connection.session.protocol == 3:
             answer = None
         elif socket.pid is not None:
@@ -748,6 +761,8 @@ class SocketIOServer:
         socket._held = None
         ns.sockets.pop(socket.sid, None)
         recovery = self.recovery
+        if socket.pid is not None and self._byPid.get(socket.pid) is socket:
+            del self._byPid[socket.pid]
         if recovery is not None and socket.pid is not None and wasConnected and reason in RECOVERABLE_REASONS:
             recovery.detach(socket.pid, socket.sid, ns.name, socket.rooms, socket.data, socket.firstOffset)
         for room in list(socket.rooms):

@@ -6,7 +6,7 @@
 //
 // Commands (each but "quit" carries a numeric "ref" echoed in its reply):
 //   connect    {client, url, namespace, namespaces?, opts?}
-//              -> {type:"connect", ref, client, namespace, id, transport}
+//              -> {type:"connect", ref, client, namespace, id, transport, recovered}
 //               | {type:"connect_error", ref, client, namespace, message, data}
 //              Extra "namespaces" are opened on the same Manager; their
 //              connect reports carry ref null.
@@ -146,6 +146,7 @@ function attach(client, namespace, socket) {
       namespace,
       id: socket.id,
       transport: transportName(socket.io),
+      recovered: socket.recovered === true,
     });
   });
   socket.on('connect_error', (err) => {

@@ -66,6 +66,18 @@ class GroupDirectory:
         self._loading: dict[str, list[Deferred[GroupState | None]]] = {}
         self._lastSeq: dict[str, int] = {}
         self.maxCached = maxCached
+        #: called with a group id after this process changed the group (a
+        #: cluster tells the other nodes, which L{forget} it)
+        self.changeListeners: list[Callable[[str], object]] = []
+
+    def changed(self, groupId: str) -> Deferred[GroupState | None]:
+        """
+        This process changed C{groupId}: read it again and tell the
+        listeners.
+        """
+        for listener in self.changeListeners:
+            listener(groupId)
+        return self.reload(groupId)
 
     def cached(self, groupId: str) -> GroupState | None:
         """
@@ -251,7 +263,7 @@ class GroupHandlers:
 
     async def _change(self, change: GroupChange) -> tuple[GroupState | None, StoredMessage | None]:
         stored = await self.store.changeGroup(change)
-        state = await self.directory.reload(change.groupId)
+        state = await self.directory.changed(change.groupId)
         return state, stored
 
     async def _member(self, caller: Caller, groupId: str, action: str) -> tuple[GroupState, MemberRecord]:
@@ -381,7 +393,7 @@ class GroupHandlers:
         heir = rules.successor(state.members.values(), caller.userId) if member.role == OWNER else None
         if member.role == OWNER and heir is None:
             await self.store.changeGroup(GroupChange(groupId, now, dissolve=True))
-            self.directory.forget(groupId)
+            await self.directory.changed(groupId)
             self.router.toUsers([caller.userId], "group:left", {"groupId": groupId, "reason": "left", "by": caller.userId})
             return {"groupId": groupId, "left": True}
         system = self._system(caller, groupId, "leave", f"{caller.name} 退出了群组", userIds=[caller.userId])
@@ -457,9 +469,17 @@ class GroupHandlers:
         """
         groupId = validation.groupId(data, "group:dissolve")
         state, _ = await self._member(caller, groupId, rules.DISSOLVE)
+        return await self.dissolveGroup(state, caller.userId)
+
+    async def dissolveGroup(self, state: GroupState, by: str) -> dict[str, Any]:
+        """
+        End the group of C{state} (the caller decided it may) and tell its
+        members; the admin API dissolves through here with C{by="admin"}.
+        """
+        groupId = state.group.id
         await self.store.changeGroup(GroupChange(groupId, self.now(), dissolve=True))
-        self.directory.forget(groupId)
-        self.router.toUsers(state.members, "group:left", {"groupId": groupId, "reason": "dissolved", "by": caller.userId})
+        await self.directory.changed(groupId)
+        self.router.toUsers(state.members, "group:left", {"groupId": groupId, "reason": "dissolved", "by": by})
         return {"groupId": groupId, "dissolved": True}
 
     async def summaries(self, userId: str) -> list[dict[str, Any]]:

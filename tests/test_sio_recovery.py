@@ -9,10 +9,11 @@ from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from crm_im._json import dumps, loads
 from crm_im.socketio import SocketIOConfig, SocketIOServer
-from crm_im.socketio.recovery import RecoveryLog
+from crm_im.socketio.recovery import IConnectionRecovery, RecoveryLog
 from crm_im.socketio.server import HELD_RELEASE_DELAY
 
 from .test_sio_server import Client
@@ -189,6 +190,26 @@ class RecoveryTests(SynchronousTestCase):
         self.clock.advance(HELD_RELEASE_DELAY)
         self.assertEqual(self.events(again), [["lostOnTheOldConnection", "2"]])
 
+    def test_eventFramesForApplications(self) -> None:
+        """
+        An application that writes frames itself (encoded once with
+        L{SocketIOServer.eventFrames}, sent with C{sendFrames}) gets the
+        same offsets and recovery as L{SocketIOServer.emit}.
+        """
+        client, answer = self.connect({})
+        sid = answer["sid"]
+        socket = self.sio.getSocket(sid)
+        assert socket is not None
+        frames = self.sio.eventFrames("message", {"id": "m1"}, to=[sid, "nobody"])
+        socket.sendFrames(frames)
+        self.assertEqual(self.events(client), [["message", {"id": "m1"}, "1"]])
+        self.cut(client)
+        self.sio.eventFrames("message", {"id": "m2"}, to=[sid])
+        again, restored = self.connect({"pid": answer["pid"], "offset": "1"})
+        self.assertEqual(restored["sid"], sid)
+        self.clock.advance(HELD_RELEASE_DELAY)
+        self.assertEqual(self.events(again), [["message", {"id": "m2"}, "2"]])
+
     def test_deliberateDisconnectNotRecoverable(self) -> None:
         """
         A socket the client or the server disconnected on purpose is not
@@ -220,6 +241,12 @@ class RecoveryLogTests(SynchronousTestCase):
     """
     L{RecoveryLog} on its own: what it keeps, and for how long.
     """
+
+    def test_interface(self) -> None:
+        """
+        L{RecoveryLog} provides L{IConnectionRecovery}.
+        """
+        self.assertTrue(verifyObject(IConnectionRecovery, RecoveryLog(Clock(), 1.0)))
 
     def test_boundedEvents(self) -> None:
         """

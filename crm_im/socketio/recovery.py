@@ -23,6 +23,7 @@ from collections import deque
 from typing import Any, Iterable
 
 import attrs
+from zope.interface import Attribute, Interface, implementer
 
 #: The disconnect reasons a client can recover from: the connection broke
 #: or the server went away; not a deliberate disconnect by either side.
@@ -60,6 +61,44 @@ class Restored:
     missed: list[Any]
 
 
+class IConnectionRecovery(Interface):
+    """
+    Where L{SocketIOServer} keeps what connection state recovery needs.
+    L{RecoveryLog} keeps it in memory; an application that can rebuild
+    missed events from its own storage (so that recovery survives a
+    restart, or spans the nodes of a cluster) may provide its own.
+    """
+
+    lastOffset = Attribute("The offset of the latest event issued (an C{int}).")
+
+    def newPid() -> str:
+        """
+        A new private session id for a socket.
+        """
+
+    def nextOffset() -> int:
+        """
+        Reserve the offset of the next event.
+        """
+
+    def record(offset: int, namespace: str, to: Any, skipSid: str | None, frames: Any) -> None:
+        """
+        Keep the event C{offset} (its encoded C{frames}) emitted to C{to}
+        (C{None}: everyone; a sid or room; several) in C{namespace}.
+        """
+
+    def detach(pid: str, sid: str, namespace: str, rooms: Iterable[str], data: Any, firstOffset: int) -> None:
+        """
+        Keep the state of a socket that went away for a recoverable reason.
+        """
+
+    def restore(pid: str, namespace: str, offset: str | None) -> "Restored | None":
+        """
+        The socket C{pid} to restore and the frames it missed after
+        C{offset}, or C{None}.
+        """
+
+
 class _Entry:
     __slots__ = ("offset", "at", "namespace", "to", "skipSid", "frames")
 
@@ -84,6 +123,7 @@ class _Entry:
         return any(name == sid or name in rooms for name in to)
 
 
+@implementer(IConnectionRecovery)
 class RecoveryLog:
     """
     The events and detached sockets of the last C{window} seconds.

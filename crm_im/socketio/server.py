@@ -46,7 +46,7 @@ from ..engineio.session import EngineIOSession
 from ..timers import DeadlineHeap
 from . import packet as sio
 from .packet import Decoder, DecodeError, SocketIOPacket
-from .recovery import RECOVERABLE_REASONS, RecoveryLog
+from .recovery import RECOVERABLE_REASONS, IConnectionRecovery, RecoveryLog
 
 Handler = Callable[..., Any]
 
@@ -209,12 +209,9 @@ class Socket:
         """
         ackId = None
         if callback is None:
-            recovery = self.namespace.server.recovery
-            if recovery is not None:
-                offset = recovery.nextOffset()
-                frames = sio.encodeEvent(self.namespace.name, event, (*args, str(offset)))
-                recovery.record(offset, self.namespace.name, self.sid, None, frames)
-                self.sendFrames(frames)
+            server = self.namespace.server
+            if server.recovery is not None:
+                self.sendFrames(server.eventFrames(event, *args, to=self.sid, namespace=self.namespace.name))
                 return
         else:
             ackId = self._nextAckId
@@ -310,6 +307,7 @@ class SocketIOServer:
         connectTimeout: float | None = None,
         maxAttachments: int | None = None,
         config: SocketIOConfig | None = None,
+        recovery: IConnectionRecovery | None = None,
     ) -> None:
         """
         @param clock: the reactor's time and scheduling.
@@ -318,6 +316,9 @@ class SocketIOServer:
         @param connectTimeout: deprecated, in seconds: use
             C{config=SocketIOConfig(connectTimeout=MS)}; overrides it.
         @param maxAttachments: overrides C{config.maxAttachments}.
+        @param recovery: where connection state recovery keeps its state;
+            by default a L{RecoveryLog} when C{config.recoveryWindow} is
+            set, else recovery is off.
         """
         config = config if config is not None else SocketIOConfig()
         if connectTimeout is not None:
@@ -329,11 +330,9 @@ class SocketIOServer:
         self.engine = EngineIOServer(self, clock, engineConfig)
         self.connectTimeout = config.connectTimeout / 1000
         self.maxAttachments = config.maxAttachments
-        self.recovery = (
-            RecoveryLog(clock, config.recoveryWindow / 1000, config.recoveryMaxEvents)
-            if config.recoveryWindow > 0
-            else None
-        )
+        if recovery is None and config.recoveryWindow > 0:
+            recovery = RecoveryLog(clock, config.recoveryWindow / 1000, config.recoveryMaxEvents)
+        self.recovery = recovery
         # Connected sockets by pid, for a client that comes back before the
         # server noticed its connection was gone.
         self._byPid: dict[str, Socket] = {}
@@ -406,16 +405,33 @@ class SocketIOServer:
                 raise ValueError("an emit with a callback needs one connected sid in 'to'")
             ns.sockets[to].emit(event, *args, callback=callback)
             return
-        recovery = self.recovery
-        if recovery is not None:
-            offset = recovery.nextOffset()
-            frames = sio.encodeEvent(namespace, event, (*args, str(offset)))
-            recovery.record(offset, namespace, to, skipSid, frames)
-        else:
-            frames = sio.encodeEvent(namespace, event, args)
+        frames = self.eventFrames(event, *args, to=to, namespace=namespace, skipSid=skipSid)
         for socket in ns.targets(to):
             if socket.sid != skipSid:
                 socket.sendFrames(frames)
+
+    def eventFrames(
+        self,
+        event: str,
+        *args: Any,
+        to: str | Iterable[str] | None = None,
+        namespace: str = "/",
+        skipSid: str | None = None,
+    ) -> list[Frame]:
+        """
+        Encode C{event} once for the sockets C{to} (as L{emit} names them),
+        for an application that writes the frames itself with
+        L{Socket.sendFrames}. With recovery on, the event gets its offset
+        and is logged for them, so that those of them that are cut off get
+        it when they come back.
+        """
+        recovery = self.recovery
+        if recovery is None:
+            return sio.encodeEvent(namespace, event, args)
+        offset = recovery.nextOffset()
+        frames = sio.encodeEvent(namespace, event, (*args, str(offset)))
+        recovery.record(offset, namespace, to, skipSid, frames)
+        return frames
 
     def getSocket(self, sid: str, namespace: str = "/") -> Socket | None:
         """
@@ -608,7 +624,7 @@ class SocketIOServer:
             self._connectDecided(socket, result)
 
     def _restore(
-        self, connection: Connection, ns: Namespace, recovery: RecoveryLog, pid: str, offset: str | None
+        self, connection: Connection, ns: Namespace, recovery: IConnectionRecovery, pid: str, offset: str | None
     ) -> Socket | None:
         stale = self._byPid.get(pid)
         if stale is not None and stale.namespace is ns and stale.connection is not connection:

@@ -217,6 +217,27 @@ class HandshakeTests(EngineTestMixin, SynchronousTestCase):
         )
         self.assertEqual(len(fields["sid"]), 20)
 
+    def test_sendTextAndBytes(self) -> None:
+        """
+        C{session.send} takes text (a text MESSAGE), bytes (a binary one)
+        or an encoded L{Frame}: what a raw Engine.IO application needs
+        without the packet module.
+        """
+        session, channel = self.webSocketSession()
+        session.send("héllo")
+        session.send(b"\x00\xff")
+        session.send(messageFrame(b"framed"))
+        self.assertEqual(
+            channel.frames[1:],
+            [Frame("4héllo".encode()), Frame(b"\x00\xff", binary=True), Frame(b"4framed")],
+        )
+        polling = self.pollingSession()
+        polling.send("a")
+        polling.send(b"\x01")
+        poll = FakePoll()
+        polling.pollArrived(poll)
+        self.assertEqual(poll.bodies, [b"4a\x1ebAQ=="])
+
     def test_uniqueSids(self) -> None:
         """
         A sid factory that repeats itself does not give two sessions the

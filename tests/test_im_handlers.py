@@ -550,6 +550,20 @@ class GroupLeaveTests(HandlerTestCase):
         self.assertEqual(self.refused(self.core.groups.info, self.caller("a1"), {"groupId": "g1"}), NOT_FOUND)
         self.assertEqual(self.refused(self.core.messaging.send, self.caller("a1"), {"groupId": "g1", "content": "x"}), FORBIDDEN)
 
+    def test_handoverAnnouncesLastSeq(self) -> None:
+        """
+        The C{group:updated} that announces the new owner carries the
+        group's C{lastSeq} as it is then: the C{role} system message of the
+        handover is stored before it is sent, so it is counted (as every
+        other C{group:*} event counts the system message of its change).
+        """
+        self.makeGroup("a1", ["bob"])
+        self.answer(self.core.groups.leave(self.caller("a1"), {"groupId": "g1"}))
+        (updated,) = self.router.events("group:updated")
+        role = self.groupHistory()[-1]
+        self.assertEqual(role["system"]["action"], "role")
+        self.assertEqual(updated.payload["group"]["lastSeq"], role["seq"])
+
     def test_ownerHandsOverToLongestServingMember(self) -> None:
         """
         Without an admin, the member who joined first inherits; members
@@ -1254,3 +1268,39 @@ class GroupLimitTests(HandlerTestCase):
         self.makeGroup("c1", [], id="g3")
         self.assertEqual(self.refused(self.core.groups.addMembers, self.caller("c1"), {"groupId": "g3", "userIds": ["bob"]}), RATE_LIMITED)
         self.assertEqual(set(self.roles("g3")), {"carol"})
+
+    def test_retryAtTheLimit(self) -> None:
+        """
+        A retried C{group:create} (same creator, same C{id}) returns the
+        group it made even when that group brought its users to their
+        limit: the retry creates nothing, so no limit applies to it.
+        """
+        self.makeGroup("a1", ["bob"], id="g1")
+        made = self.makeGroup("a1", ["bob"], id="g2")
+        again = self.answer(self.core.groups.create(self.caller("a1"), {"name": "Team", "memberIds": ["bob"], "id": "g2"}))
+        self.assertEqual(again, made)
+        self.assertEqual(self.router.sent, [])
+
+
+class RoomCreateLimitTests(HandlerTestCase):
+    """
+    Rooms created per user (1 here).
+    """
+
+    roomLimits = RoomLimits(maxRoomsPerUser=1)
+
+    def test_tooManyRooms(self) -> None:
+        """
+        A user past their number of rooms is C{RATE_LIMITED}.
+        """
+        self.answer(self.core.rooms.create(self.caller("a1"), {"name": "One", "id": "r1"}))
+        self.assertEqual(self.refused(self.core.rooms.create, self.caller("a1"), {"name": "Two", "id": "r2"}), RATE_LIMITED)
+        self.assertIsNone(self.successResultOf(self.store.room("r2")))
+
+    def test_retryAtTheLimit(self) -> None:
+        """
+        A retried C{room:create} (same creator, same C{id}) returns the
+        room it made, even at the limit.
+        """
+        made = self.answer(self.core.rooms.create(self.caller("a1"), {"name": "One", "id": "r1"}))
+        self.assertEqual(self.answer(self.core.rooms.create(self.caller("a1"), {"name": "One", "id": "r1"})), made)

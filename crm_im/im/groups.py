@@ -280,6 +280,16 @@ class GroupHandlers:
         a retry with the same C{id} made).
         """
         request = validation.groupCreate(data)
+        if request.clientId is not None:
+            # A retry (its ack was lost) gets its group back, whatever the
+            # limits say now.
+            existing = await self.directory.get(request.clientId)
+            if (
+                existing is not None
+                and existing.group.createdBy == caller.userId
+                and existing.group.clientId == request.clientId
+            ):
+                return self.wire(existing)
         memberIds = [userId for userId in request.memberIds if userId != caller.userId]
         if len(memberIds) + 1 > self.limits.maxMembers:
             raise IMError(TOO_LARGE, f"a group has at most {self.limits.maxMembers} members")
@@ -421,8 +431,8 @@ class GroupHandlers:
                 caller, groupId, "role", f"{caller.name} 退出，群主转让给 {heir}", userIds=[heir], role=OWNER
             )
             handed = await self.store.changeGroup(GroupChange(groupId, self.now(), system=handover))
-            self.router.toUsers(newState.members, "group:updated", {"group": self.wire(newState)})
             self._announce(newState.members, handed)
+            self.router.toUsers(newState.members, "group:updated", {"group": self.wire(newState)})
         return {"groupId": groupId, "left": True}
 
     async def setRole(self, caller: Caller, data: Any) -> dict[str, Any]:

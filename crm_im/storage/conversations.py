@@ -106,7 +106,7 @@ def createGroup_txn(
             (group.id, member.userId, member.role, member.joinedAt, ordinal),
         )
     stored = _storeSystem_txn(txn, attrs.evolve(system, groupId=group.id))
-    return GroupState(group, records, frozenset()), True, stored
+    return GroupState(group, records, frozenset(), stored.seq), True, stored
 
 
 def changeGroup_txn(txn: Transaction, change: GroupChange) -> StoredMessage | None:

@@ -58,10 +58,13 @@ class Claims:
     @ivar subject: the user id (C{sub}), as a string.
     @ivar expiresAt: C{exp} in seconds since the epoch, or C{None} if the
         token never expires.
+    @ivar roles: its C{role} and C{roles} claims (the admin API admits
+        C{admin}).
     """
 
     subject: str
     expiresAt: float | None
+    roles: frozenset[str] = frozenset()
 
 
 class IAuthenticator(Interface):
@@ -222,7 +225,22 @@ class JWTAuthenticator:
         notBefore = _numericClaim(claims, "nbf")
         if notBefore is not None and now + self.leeway < notBefore:
             raise AuthenticationError("token not valid yet")
-        return Claims(subject=subject, expiresAt=expiresAt)
+        return Claims(subject=subject, expiresAt=expiresAt, roles=_roles(claims))
+
+
+def _roles(claims: dict[str, Any]) -> frozenset[str]:
+    """
+    The roles a token claims: C{role} (a string) and C{roles} (a list of
+    strings); the admin API admits C{admin}.
+    """
+    roles = set()
+    role = claims.get("role")
+    if isinstance(role, str):
+        roles.add(role)
+    listed = claims.get("roles")
+    if isinstance(listed, list):
+        roles.update(r for r in listed if isinstance(r, str))
+    return frozenset(roles)
 
 
 def _numericClaim(claims: dict[str, Any], name: str) -> float | None:

@@ -48,6 +48,19 @@ class Config:
     @ivar roomCreators: when not empty, only these users may create rooms.
     @ivar recallWindow: seconds after sending during which a sender may
         recall a message.
+    @ivar pushGateway: the Push Gateway API URL offline push notifications
+        go to, or L{None} (no push).
+    @ivar pushSecret: the HMAC key of C{X-CRM-IM-Signature}, if any.
+    @ivar pushCoalesce: seconds during which a user's notifications merge.
+    @ivar pushContent: C{none} or C{preview}.
+    @ivar pushConcurrency: gateway requests in flight at most.
+    @ivar pushTimeout: seconds a gateway request may take.
+    @ivar pushMaxOutbox: notifications waiting at most (oldest dropped).
+    @ivar adminToken: the admin API's shared token (ADMIN.md), kept out of
+        C{repr}; with neither it nor C{auth="jwt"} the admin API is 404.
+    @ivar adminListen: endpoints serving the admin API and page instead of
+        the main port.
+    @ivar adminUI: serve the C{/admin} namespace of the Socket.IO Admin UI.
     """
 
     listen: tuple[str, ...] = ("tcp:8080",)
@@ -77,6 +90,16 @@ class Config:
     maxRoomsPerUser: int = 100
     roomCreators: tuple[str, ...] = ()
     recallWindow: float = 120.0
+    pushGateway: str | None = None
+    pushSecret: str | None = attrs.field(default=None, repr=False)
+    pushCoalesce: float = 1.0
+    pushContent: str = "none"
+    pushConcurrency: int = 16
+    pushTimeout: float = 10.0
+    pushMaxOutbox: int = 100_000
+    adminToken: str | None = attrs.field(default=None, repr=False)
+    adminListen: tuple[str, ...] = ()
+    adminUI: bool = False
 
     def engineConfig(self) -> EngineIOConfig:
         """

@@ -20,26 +20,34 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
+from twisted.web.server import Site
 
-from .auth import OPEN, authenticatorFor
+from .auth import JWT, OPEN, authenticatorFor
 from .config import Config
 from .http.cors import CORSPolicy
 from .engineio.resource import EngineIOResource
 from .engineio.session import CLOSING
 from .engineio.site import EngineIOSite
+from .gateway.adminui import AdminUINamespace
 from .gateway.socketio import SocketIOGateway
+from .im.admin import AdminHandlers
 from .im.core import IMCore, IMSettings
 from .im.groups import GroupLimits
 from .im.rooms import RoomLimits
 from .im.metrics import IMMetrics
+from .notify import GatewayClient, PushMetrics, PushSender, PushSettings
 from .presence import Presence
+from .rest.admin import mountAdmin
+from .rest.auth import AdminAuthenticator
 from .routing.local import LocalRouter
 from .socketio.server import SocketIOServer
 from .storage import DiskFileStore, MemoryMessageStore, SQLiteMessageStore
+from .storage.admin import adminStoreFor
 from .web.files import FilesResource
 from .web.health import HealthResource
 from .web.metrics import MetricsResource
-from .web.root import buildRoot
+from .web.json import NotFoundResource
+from .web.root import RootResource, buildRoot
 from .web.status import OnlineUsersResource, ServerStatusResource
 
 
@@ -133,6 +141,7 @@ class CRMIMService(Service):
             metrics=self.metrics,
         )
         self.app = SocketIOGateway(self.sio, self.core, reactor)
+        self.pushSender = self._buildPush(config, reactor)
         cors = CORSPolicy(config.corsOrigins)
         root = buildRoot(
             index=ServerStatusResource(self.presence, reactor, cors),
@@ -143,9 +152,101 @@ class CRMIMService(Service):
         )
         root.putChild(b"metrics", MetricsResource(self.metrics.registry))
         root.putChild(b"health", HealthResource(self.store, reactor, lambda: bool(self.running)))
+        self._buildAdmin(config, reactor, root, cors)
         self.site = EngineIOSite(root, engineConfig, reactor)
         self.ports: list[IListeningPort] = []
         self.ready: Deferred[list[IListeningPort]] = Deferred()
+
+    def _buildAdmin(self, config: Config, reactor: Any, root: RootResource, cors: CORSPolicy) -> None:
+        """
+        The back office (ADMIN.md), when admin credentials are configured:
+        its handlers (watching the sessions, refusing banned logins), the
+        API and page on the main port or on C{--admin-listen}, and the
+        Admin UI's namespace with C{--admin-ui}.
+        """
+        self.adminAuth = AdminAuthenticator(
+            reactor, config.adminToken, self.authenticator if config.auth == JWT else None
+        )
+        self.admin = AdminHandlers(
+            self.core,
+            adminStoreFor(self.store),
+            reactor,
+            deviceInfo=self._deviceInfo,
+            sessionsByTransport=self._sessionsByTransport,
+            storeSize=self._storeSize,
+        )
+        self.adminUI: AdminUINamespace | None = None
+        self.adminSite: Site | None = None
+        if not self.adminAuth.configured:
+            return
+        sessions = self.core.sessions
+        sessions.admission = self.admin.admission
+        sessions.watchers.append(self.admin)
+        if config.adminListen:
+            adminRoot = RootResource(NotFoundResource(cors), cors)
+            mountAdmin(adminRoot, self.admin, self.adminAuth)
+            self.adminSite = Site(adminRoot)
+        else:
+            mountAdmin(root, self.admin, self.adminAuth, root.children.get(b"api"))
+        if config.adminUI:
+            self.adminUI = AdminUINamespace(
+                self.sio, self.adminAuth, reactor, self.presence, self.core.roomPresence, self.admin
+            )
+            sessions.watchers.append(self.adminUI)
+
+    def _deviceInfo(self, device: str) -> dict[str, Any]:
+        socket = self.sio.getSocket(device)
+        if socket is None:
+            return {}
+        session = socket.session
+        return {"transport": session.transportName, "address": session.remoteAddress}
+
+    def _sessionsByTransport(self) -> dict[str, int]:
+        counts = {"polling": 0, "websocket": 0}
+        for session in self.sio.engine.sessions.values():
+            counts[session.transportName] = counts.get(session.transportName, 0) + 1
+        return counts
+
+    def _storeSize(self) -> int | None:
+        path = getattr(self.store, "path", None)
+        if not isinstance(path, str):
+            return None
+        total = 0
+        for name in (path, path + "-wal"):
+            try:
+                total += os.stat(name).st_size
+            except OSError:
+                pass
+        return total
+
+    def _buildPush(self, config: Config, reactor: Any) -> PushSender | None:
+        """
+        The offline push sender (PUSH.md), when C{--push-gateway} is set.
+        """
+        if config.pushGateway is None:
+            return None
+        settings = PushSettings(
+            gateway=config.pushGateway,
+            secret=None if config.pushSecret is None else config.pushSecret.encode("utf-8"),
+            coalesce=config.pushCoalesce,
+            content=config.pushContent,
+            concurrency=config.pushConcurrency,
+            timeout=config.pushTimeout,
+            maxOutbox=config.pushMaxOutbox,
+            grace=config.presenceGrace,
+        )
+        client = GatewayClient(reactor, settings.gateway, settings.secret, settings.timeout, settings.concurrency)
+        sender = PushSender(
+            self.store,
+            self.presence,
+            self.core.pushDirectory,
+            reactor,
+            settings,
+            client,
+            PushMetrics(self.metrics.registry),
+        )
+        self.core.enablePush(sender)
+        return sender
 
     def startService(self) -> None:
         """
@@ -160,6 +261,10 @@ class CRMIMService(Service):
         self.dataDir.makedirs(ignoreExistingDirectory=True)
         self.threadpool.start()
         await self.store.open()
+        if self.pushSender is not None:
+            await self.pushSender.start()
+        if self.adminAuth.configured:
+            await self.admin.start()
         self.presence.start()
         self.sio.start()
         self.app.start()
@@ -167,6 +272,11 @@ class CRMIMService(Service):
             port = await serverFromString(self.reactor, description).listen(self.site)
             self.ports.append(port)
             self.log.info("crm_im listening on {address}", address=port.getHost())
+        if self.adminSite is not None:
+            for description in self.config.adminListen:
+                port = await serverFromString(self.reactor, description).listen(self.adminSite)
+                self.ports.append(port)
+                self.log.info("crm_im admin API and page on {address}", address=port.getHost())
         tuneInterpreter()
         if self.authenticator.mode == OPEN:
             self.log.warn(
@@ -206,6 +316,11 @@ class CRMIMService(Service):
         await DeferredList([maybeDeferred(port.stopListening) for port in ports])
         self.presence.stop()
         self.app.stop()
+        self.admin.stop()
+        if self.adminUI is not None:
+            self.adminUI.stop()
+        if self.pushSender is not None:
+            await self.pushSender.stop()
         await self.store.close()
         if self.threadpool.started:
             self.threadpool.stop()

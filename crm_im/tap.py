@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import attrs
 from twisted.application.service import IService
 from twisted.python import usage
 from twisted.python.filepath import FilePath
@@ -75,6 +76,8 @@ class Options(usage.Options):
     optFlags = [
         ["quiet", "q", "Do not log a line per event (also: QUIET=1 in the environment)."],
         ["limit-loopback", None, "Apply --max-connections-per-ip to loopback clients too (default: exempt)."],
+        ["admin-ui", None, "Serve the /admin namespace of the Socket.IO Admin UI (@socket.io/admin-ui), with the "
+         "admin credentials; add the UI's origin to --cors-origin."],
     ]
     optParameters = [
         ["port", "p", None, "TCP port to listen on (default: $PORT or 8080).", str],
@@ -111,6 +114,17 @@ class Options(usage.Options):
         ["max-room-sockets", None, 10_000, "Sockets in one chat room at once."],
         ["max-rooms-per-user", None, 100, "Chat rooms one user may create (0: no limit)."],
         ["recall-window", None, 120, "Seconds after sending during which a sender may recall a message."],
+        ["push-gateway", None, None, "Offline push: the Matrix Push Gateway API URL to notify "
+         "(e.g. http://sygnal:5000/_matrix/push/v1/notify); without it, no push."],
+        ["push-secret", None, None, "Sign push requests (X-CRM-IM-Signature: sha256=HMAC of the body); "
+         "prefer $CRM_IM_PUSH_SECRET (not shown by ps)."],
+        ["push-coalesce-ms", None, 1000, "Milliseconds during which a user's push notifications merge into one."],
+        ["push-content", None, "none", "Message text in push notifications: none (default) or preview (first 100 characters)."],
+        ["push-concurrency", None, 16, "Push gateway requests in flight at most."],
+        ["push-timeout", None, 10, "Seconds a push gateway request may take."],
+        ["push-max-outbox", None, 100_000, "Push notifications waiting at most; past it the oldest are dropped."],
+        ["admin-token", None, None, "Token of the admin API and page at /admin/ (Authorization: Bearer); prefer "
+         "$CRM_IM_ADMIN_TOKEN (not shown by ps). Without it (or --auth jwt) the admin API answers 404."],
     ]
 
     def __init__(self) -> None:
@@ -118,6 +132,14 @@ class Options(usage.Options):
         self["listen"] = []
         self["cors-origin"] = []
         self["room-creator"] = []
+        self["admin-listen"] = []
+
+    def opt_admin_listen(self, description: str) -> None:
+        """
+        Serve the admin API and page on this Twisted endpoint (repeatable)
+        instead of the main port, e.g. tcp:9090:interface=127.0.0.1.
+        """
+        self["admin-listen"].append(description)
 
     def opt_room_creator(self, userId: str) -> None:
         """
@@ -182,6 +204,9 @@ class Options(usage.Options):
                 )
         else:
             secret = publicKey = None
+        adminToken = self["admin-token"] or os.environ.get("CRM_IM_ADMIN_TOKEN") or None
+        if (self["admin-listen"] or self["admin-ui"]) and adminToken is None and auth != JWT:
+            raise usage.UsageError("--admin-listen and --admin-ui need --admin-token (or $CRM_IM_ADMIN_TOKEN) or --auth jwt")
         self.config = Config(
             listen=tuple(listen),
             dataDir=self["data-dir"],
@@ -210,7 +235,11 @@ class Options(usage.Options):
             maxRoomsPerUser=_number("max-rooms-per-user", self["max-rooms-per-user"], int),
             roomCreators=tuple(self["room-creator"]),
             recallWindow=_number("recall-window", self["recall-window"], float),
+            adminToken=adminToken,
+            adminListen=tuple(self["admin-listen"]),
+            adminUI=bool(self["admin-ui"]),
         )
+        self.config = attrs.evolve(self.config, **_push(self))
         if self.config.maxRoomsPerUser < 0 or self.config.recallWindow < 0:
             raise usage.UsageError("--max-rooms-per-user and --recall-window must not be negative")
         if auth == JWT:
@@ -223,6 +252,27 @@ class Options(usage.Options):
                 authenticatorFor(self.config, Clock())
             except ValueError as error:
                 raise usage.UsageError(str(error))
+
+
+def _push(options: "Options") -> dict[str, Any]:
+    """
+    The push notification settings (PUSH.md).
+    """
+    gateway = options["push-gateway"] or None
+    if gateway is not None and not gateway.startswith(("http://", "https://")):
+        raise usage.UsageError("--push-gateway must be an http:// or https:// URL")
+    content = str(options["push-content"])
+    if content not in ("none", "preview"):
+        raise usage.UsageError("--push-content must be one of none, preview")
+    return dict(
+        pushGateway=gateway,
+        pushSecret=options["push-secret"] or os.environ.get("CRM_IM_PUSH_SECRET") or None,
+        pushCoalesce=_number("push-coalesce-ms", options["push-coalesce-ms"], float) / 1000,
+        pushContent=content,
+        pushConcurrency=_positive("push-concurrency", options["push-concurrency"]),
+        pushTimeout=_number("push-timeout", options["push-timeout"], float) or 10.0,
+        pushMaxOutbox=_positive("push-max-outbox", options["push-max-outbox"]),
+    )
 
 
 def _exitZeroAfterShutdown(reactor: Any) -> None:

@@ -93,6 +93,9 @@ class SocketIOGateway:
         self.route("room:list", rooms.listRooms)
         self.route("room:join", rooms.join)
         self.route("room:leave", rooms.leave)
+        self.route("push:register", core.push.register)
+        self.route("push:unregister", core.push.unregister)
+        self.route("group:mute", core.push.mute)
 
     # ---- plumbing
 

@@ -18,6 +18,8 @@ from ..storage.interface import IFileStore
 from .groups import GroupDirectory, GroupHandlers, GroupLimits
 from .interfaces import IRouter
 from .messaging import Messaging, MessagingSettings
+from .push import PushHandlers
+from ..notify.directory import PushDirectory
 from .rooms import RoomHandlers, RoomLimits, RoomPresence
 from .sessions import SessionSettings, Sessions
 from .tokens import TokenGate
@@ -93,6 +95,10 @@ class IMCore:
             MessagingSettings(settings.maxMessageLength, settings.recallWindow, settings.logEvents),
             self.metrics,
         )
+        #: pushkeys and mutes in memory; the message path reads them once
+        #: the wiring enables push (L{enablePush})
+        self.pushDirectory = PushDirectory()
+        self.push = PushHandlers(store, self.pushDirectory, self.directory, clock)
         self.sessions = Sessions(
             presence,
             router,
@@ -103,3 +109,13 @@ class IMCore:
             clock,
             SessionSettings(self.limits.devicesPerUser, settings.shutdownMessage, settings.logEvents),
         )
+
+    def enablePush(self, notifier: object) -> None:
+        """
+        Offline push is on: the message path decides whom to notify from
+        L{pushDirectory} and reports to C{notifier}
+        (L{crm_im.notify.sender.PushSender}).
+        """
+        self.messaging.pushUsers = self.pushDirectory.users
+        self.messaging.pushMutes = self.pushDirectory.mutes
+        self.messaging.notifier = notifier  # type: ignore[assignment]

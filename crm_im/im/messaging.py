@@ -16,7 +16,7 @@ coroutine) and marks delivered messages in one write per reactor turn.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import AbstractSet, Any, Protocol
 from urllib.parse import quote
 
 import attrs
@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .metrics import IMMetrics
+from ..notify.rules import groupRecipients
 from ..presence import Presence
 from ..storage.interface import (
     IConversationStore,
@@ -60,6 +61,19 @@ class MessagingSettings:
     maxMessageLength: int = 65536
     recallWindow: float = 120.0
     logEvents: bool = True
+
+
+class Notifier(Protocol):
+    """
+    Where the message path reports messages to notify by push
+    (L{crm_im.notify.sender.PushSender}).
+    """
+
+    def enqueued(self, userId: str, seq: int, createdAt: int, durable: bool = True) -> None:
+        """
+        Message C{seq} for C{userId} is stored; its outbox row is durable
+        unless C{durable} is false (then the notifier writes it).
+        """
 
 
 def roomNotFound() -> IMError:
@@ -105,6 +119,13 @@ class Messaging:
         self._unflushed: set[int] = set()
         # Delivered this turn, to be marked in one write at its end.
         self._toMark: list[int] = []
+        #: Offline push (PUSH.md), set by the wiring when a gateway is
+        #: configured: the users with pushkeys, the muted groups and where
+        #: to report what to notify. Empty, the message path pays one set
+        #: look-up for it.
+        self.pushUsers: AbstractSet[str] = frozenset()
+        self.pushMutes: AbstractSet[tuple[str, str]] = frozenset()
+        self.notifier: Notifier | None = None
 
     def now(self) -> int:
         """
@@ -132,6 +153,10 @@ class Messaging:
         C{message}: store durably, deliver, then answer with the receipt.
         """
         request = validation.message(data, caller.userId, self.settings.maxMessageLength)
+        toId = request.toId
+        notify: tuple[str, ...] = ()
+        if toId is not None and toId in self.pushUsers:
+            notify = self._directNotify(toId, caller.userId)
         new = NewMessage(
             fromId=caller.userId,
             fromName=caller.name,
@@ -146,13 +171,14 @@ class Messaging:
             serverTimestamp=self.now(),
             groupId=request.groupId,
             roomId=request.roomId,
+            notify=notify,
         )
-        if request.toId is not None:
+        if toId is not None:
             return self.store.storeMessage(new).addCallbacks(
-                self._directStored, self._storeFailed, callbackArgs=(caller,), errbackArgs=(request.id,)
+                self._directStored, self._storeFailed, callbackArgs=(caller, notify), errbackArgs=(request.id,)
             )
         if request.groupId is not None:
-            return ensureDeferred(self._sendToGroup(caller, new))
+            return ensureDeferred(self._sendToGroup(caller, new, request.mentions))
         return ensureDeferred(self._sendToRoom(caller, new))
 
     def _storeFailed(self, failure: Failure, messageId: str) -> Failure:
@@ -175,11 +201,25 @@ class Messaging:
             self.router.toDevices((caller.device,), "message:sent", receipt)
         return receipt
 
-    def _directStored(self, outcome: StoreOutcome, caller: Caller) -> dict[str, Any]:
+    def _directNotify(self, toId: str, fromId: str) -> tuple[str, ...]:
+        """
+        Whom a 1:1 message to C{toId} (who has pushkeys) notifies: C{toId}
+        if no device of theirs is connected.
+        """
+        if toId == fromId or self.presence.devicesOf(toId):
+            return ()
+        return (toId,)
+
+    def _directStored(self, outcome: StoreOutcome, caller: Caller, notify: tuple[str, ...] = ()) -> dict[str, Any]:
         stored = outcome.message
         if outcome.created:
             self.metrics.messages[stored.type if stored.type == "file" else "text"].inc()
             delivered = self._deliverDirect(stored, caller.device)
+            if notify or (not delivered and stored.toId in self.pushUsers and stored.toId != stored.fromId):
+                # Offline (the row was written with the message), or gone
+                # offline while it was stored (the notifier writes the row).
+                if self.notifier is not None and stored.toId is not None:
+                    self.notifier.enqueued(stored.toId, stored.seq, stored.serverTimestamp, bool(notify))
             if self.settings.logEvents:
                 self.log.info("[消息] {fromId} -> {toId} seq={seq}", fromId=stored.fromId, toId=stored.toId, seq=stored.seq)
         else:
@@ -230,17 +270,27 @@ class Messaging:
         if isinstance(result, Failure):
             self.log.failure("marking {count} messages delivered", result, count=len(seqs))
 
-    async def _sendToGroup(self, caller: Caller, new: NewMessage) -> dict[str, Any]:
+    async def _sendToGroup(self, caller: Caller, new: NewMessage, mentions: tuple[str, ...] = ()) -> dict[str, Any]:
         groupId = new.groupId
         assert groupId is not None
         state = self.groups.cached(groupId)
         if state is None:
             state = await self.groups.get(groupId)
         rules.authorize(state, caller.userId, rules.SEND)
+        assert state is not None
+        if self.pushUsers:
+            notify = groupRecipients(
+                state.members, groupId, caller.userId, self.pushUsers, self._connected, self.pushMutes, set(mentions)
+            )
+            if notify:
+                new = attrs.evolve(new, notify=notify)
         outcome = await self._store(new)
         stored = outcome.message
         if outcome.created:
             self.metrics.messages[stored.type if stored.type == "file" else "text"].inc()
+            if new.notify and self.notifier is not None:
+                for userId in new.notify:
+                    self.notifier.enqueued(userId, stored.seq, stored.serverTimestamp)
             self.groups.noteMessage(groupId, stored.seq)
             current = self.groups.cached(groupId) or state
             assert current is not None
@@ -358,6 +408,7 @@ class Messaging:
             self.log.failure("keeping file {id}", id=request.id)
             raise IMError(INTERNAL, "the file could not be stored; send it again", request.id)
         url = "/files/%s/%s" % (record.fileId, quote(request.fileName, safe=""))
+        notify = self._directNotify(request.toId, caller.userId) if request.toId in self.pushUsers else ()
         outcome = await self._store(
             NewMessage(
                 fromId=caller.userId,
@@ -371,11 +422,12 @@ class Messaging:
                 fileName=request.fileName,
                 clientTimestamp=None,
                 serverTimestamp=now,
+                notify=notify,
             )
         )
         if self.settings.logEvents:
             self.log.info("[文件] {fromId} -> {toId} kept for later", fromId=caller.userId, toId=request.toId)
-        return self._directStored(outcome, caller)
+        return self._directStored(outcome, caller, notify)
 
     # ---- history, read state, typing
 
@@ -539,16 +591,25 @@ class Messaging:
         """
         request = validation.recall(data)
         message, _ = await self._recallable(caller, request)
+        await self.recallStored(message, caller.userId)
+        return {"messageId": request.messageId, "recalled": True}
+
+    async def recallStored(self, message: StoredMessage, by: str) -> None:
+        """
+        Recall C{message} (the caller decided it may) and tell whoever sees
+        its conversation; nothing happens to one already recalled. The
+        admin API recalls through here with C{by="admin"}.
+        """
         if message.recalledBy is not None:
-            return {"messageId": request.messageId, "recalled": True}
+            return
         now = self.now()
-        stub = await self.store.recall(message.seq, caller.userId, now)
+        stub = await self.store.recall(message.seq, by, now)
         if stub is not None:
             payload: dict[str, Any] = {
                 "messageId": message.id,
                 "seq": message.seq,
                 "fromId": message.fromId,
-                "by": caller.userId,
+                "by": by,
                 "timestamp": now,
             }
             if message.toId is not None:
@@ -563,13 +624,18 @@ class Messaging:
                 roomId = message.roomId or ""
                 payload["conversation"] = {"roomId": roomId}
                 self.router.toDevices(list(self.rooms.rooms.devices(roomId)), "message:recalled", payload)
-        return {"messageId": request.messageId, "recalled": True}
 
     def findSharedMessages(self, messageId: str) -> Deferred[list[StoredMessage]]:
         """
         The group and room messages with this id (for read receipts).
         """
         return self.store.findSharedMessages(messageId)
+
+    def _connected(self, userId: str) -> bool:
+        """
+        Has C{userId} a connected device?
+        """
+        return bool(self.presence.devicesOf(userId))
 
     def holding(self, userId: str) -> bool:
         """

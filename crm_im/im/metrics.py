@@ -55,6 +55,9 @@ EVENTS = (
     "room:list",
     "room:join",
     "room:leave",
+    "push:register",
+    "push:unregister",
+    "group:mute",
 )
 MESSAGE_TYPES = ("text", "file", "file_transfer")
 RECEIPT_STATUSES = ("delivered", "offline", "sent")

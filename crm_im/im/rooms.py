@@ -153,7 +153,8 @@ class RoomHandlers:
 
     def record(self, roomId: str) -> Deferred[RoomRecord | None]:
         """
-        The room C{roomId} (cached once read: rooms are never deleted).
+        The room C{roomId} (cached once read; only the admin API deletes
+        rooms, through L{closed}).
         """
         known = self._records.get(roomId)
         if known is not None:
@@ -186,14 +187,21 @@ class RoomHandlers:
             return user.toWire()
         return {"id": userId, "name": userId, "avatar": None, "status": "offline"}
 
-    async def create(self, caller: Caller, data: Any) -> dict[str, Any]:
+    async def create(self, caller: Caller, data: Any, privileged: bool = False) -> dict[str, Any]:
         """
-        C{room:create}.
+        C{room:create}; C{privileged} (the admin API) skips the creator
+        rules and limits.
         """
         request = validation.roomCreate(data)
-        if self.limits.creators and caller.userId not in self.limits.creators:
+        if not privileged and self.limits.creators and caller.userId not in self.limits.creators:
             raise IMError(FORBIDDEN, "only the configured users may create rooms")
-        if self.limits.maxRoomsPerUser and await self.store.roomCount(caller.userId) >= self.limits.maxRoomsPerUser:
+        if request.clientId is not None:
+            # A retry (its ack was lost) gets its room back, whatever the
+            # limits say now.
+            existing = await self.record(request.clientId)
+            if existing is not None and existing.createdBy == caller.userId and existing.clientId == request.clientId:
+                return self.wire(existing)
+        if not privileged and self.limits.maxRoomsPerUser and await self.store.roomCount(caller.userId) >= self.limits.maxRoomsPerUser:
             raise IMError(RATE_LIMITED, f"a user creates at most {self.limits.maxRoomsPerUser} rooms")
         room = RoomRecord(
             id=request.clientId if request.clientId is not None else self.newId(),
@@ -259,6 +267,21 @@ class RoomHandlers:
         if outcome is not None:
             self._left(roomId, *outcome)
         return {"roomId": roomId, "left": outcome is not None}
+
+    def closed(self, roomId: str) -> int:
+        """
+        The room C{roomId} was closed (deleted from the store): every
+        socket in it gets C{room:left} C{{roomId, reason: "closed"}} and
+        leaves it.
+
+        @return: how many sockets were in it.
+        """
+        self._records.pop(roomId, None)
+        devices = list(self.rooms.devices(roomId))
+        sent = self.router.toDevices(devices, "room:left", {"roomId": roomId, "reason": "closed"})
+        for device in devices:
+            self.rooms.leave(roomId, device)
+        return sent
 
     def deviceGone(self, device: str) -> None:
         """

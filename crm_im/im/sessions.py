@@ -13,7 +13,7 @@ for each of N users, mostly to sockets that are closing too.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -30,6 +30,34 @@ from .interfaces import Caller, IRouter
 from .messaging import Messaging
 from .rooms import RoomHandlers
 from .tokens import TokenGate
+
+
+class SessionWatcher(Protocol):
+    """
+    Told of devices coming and going (the admin API's users seen and
+    devices, the Socket.IO Admin UI). Called on the reactor thread, in
+    the handler's turn: keep it cheap.
+    """
+
+    def deviceConnected(self, device: str, remote: str) -> None:
+        """
+        A socket connected.
+        """
+
+    def deviceLoggedIn(self, device: str, user: UserPresence) -> None:
+        """
+        C{device} logged in as C{user}.
+        """
+
+    def deviceLoggedOut(self, device: str, user: UserPresence) -> None:
+        """
+        C{device} of C{user} logged out or disconnected.
+        """
+
+    def deviceDisconnected(self, device: str, reason: str) -> None:
+        """
+        A socket is gone.
+        """
 
 
 @attrs.frozen
@@ -78,6 +106,10 @@ class Sessions:
         # nothing (N closing sockets would broadcast N offline changes).
         self.shuttingDown = False
         presence.userLeft = self._userLeft
+        #: Refuses a login by raising L{IMError} (a ban, C{FORBIDDEN});
+        #: set by the admin wiring.
+        self.admission: Callable[[str], None] | None = None
+        self.watchers: list[SessionWatcher] = []
 
     def now(self) -> int:
         """
@@ -103,6 +135,8 @@ class Sessions:
         A socket connected (its CONNECT's auth token, if any, is checked).
         """
         self.tokens.connected(device, auth, remote)
+        for watcher in self.watchers:
+            watcher.deviceConnected(device, remote)
         if self.settings.logEvents:
             self.log.info("[连接] {sid} {remote}", sid=device, remote=remote)
 
@@ -114,6 +148,10 @@ class Sessions:
         self.rooms.deviceGone(device)
         outcome = self.presence.logout(device)
         userId = outcome.user.id if outcome is not None else ""
+        for watcher in self.watchers:
+            if outcome is not None:
+                watcher.deviceLoggedOut(device, outcome.user)
+            watcher.deviceDisconnected(device, reason)
         if self.settings.logEvents:
             self.log.info("[断开] {sid} {userId} {reason}", sid=device, userId=userId, reason=reason)
         if outcome is not None and outcome.lastDevice and outcome.wasVisible:
@@ -153,6 +191,8 @@ class Sessions:
         if current is not None and current.id != request.id:
             raise IMError(ALREADY_LOGGED_IN, "this socket is logged in as another user; user:logout first")
         self.tokens.login(device, request.id, request.token, remote)
+        if self.admission is not None:
+            self.admission(request.id)
         maxDevices = self.settings.maxDevicesPerUser
         if maxDevices and current is None:
             devices = self.presence.devicesOf(request.id)
@@ -160,6 +200,8 @@ class Sessions:
                 raise IMError(RATE_LIMITED, f"this user already has {maxDevices} devices logged in")
         result = self.presence.login(request.id, device, request.name, request.avatar)
         user = result.user
+        for watcher in self.watchers:
+            watcher.deviceLoggedIn(device, user)
         wire = user.toWire()
         self.router.toDevices((device,), "user:login:success", wire)
         self.router.toDevices((device,), "online_users", self.presence.onlineUsersJSON())
@@ -204,6 +246,9 @@ class Sessions:
         assert caller.device is not None
         self.rooms.deviceGone(caller.device)
         outcome = self.presence.logout(caller.device)
+        if outcome is not None:
+            for watcher in self.watchers:
+                watcher.deviceLoggedOut(caller.device, outcome.user)
         if outcome is not None and outcome.lastDevice and outcome.wasVisible:
             self._announceOffline(outcome.user)
         if self.settings.logEvents:

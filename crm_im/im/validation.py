@@ -69,6 +69,9 @@ def userId(value: Any, field: str) -> str:
         value = str(value)
     if not isinstance(value, str) or not value or len(value) > MAX_ID:
         raise _invalid(f"{field} must be a non-empty string or an integer of at most {MAX_ID} characters")
+    if "\x1f" in value or "\x00" in value:
+        # U+001F joins user ids in conversation keys (crm_im.storage).
+        raise _invalid(f"{field} must not contain U+0000 or U+001F")
     return value
 
 
@@ -80,6 +83,9 @@ def text(value: Any, field: str, maxLength: int, minLength: int = 0) -> str:
         raise _invalid(f"{field} must be a string")
     if not minLength <= len(value) <= maxLength:
         raise _invalid(f"{field} must be {minLength}..{maxLength} characters")
+    if "\x00" in value:
+        # Stored text: a PostgreSQL text value cannot hold NUL.
+        raise _invalid(f"{field} must not contain U+0000")
     return value
 
 
@@ -149,6 +155,23 @@ class MessageRequest:
     timestamp: int | float | None
     groupId: str | None = None
     roomId: str | None = None
+    #: users a group message mentions (a muted group still notifies them)
+    mentions: tuple[str, ...] = ()
+
+
+#: Users one message may mention.
+MAX_MENTIONS = 100
+
+
+def mentions(value: Any) -> tuple[str, ...]:
+    """
+    The C{mentions} of a group message: at most L{MAX_MENTIONS} user ids.
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_MENTIONS:
+        raise _invalid(f"mentions must be a list of at most {MAX_MENTIONS} user ids")
+    return tuple(dict.fromkeys(userId(item, "mentions[]") for item in value))
 
 
 @attrs.frozen
@@ -219,6 +242,9 @@ def message(data: Any, loggedInId: str, maxLength: int) -> MessageRequest:
             raise _invalid("content must be a string")
         if len(content) > maxLength:
             raise IMError(TOO_LARGE, f"content is longer than {maxLength} characters")
+        if "\x00" in content:
+            # Stored text: a PostgreSQL text value cannot hold NUL.
+            raise _invalid("content must not contain U+0000")
         fileUrl = fileName = None
         if kind == "file":
             fileUrl = text(data.get("fileUrl"), "fileUrl", MAX_URL, 1)
@@ -251,6 +277,7 @@ def message(data: Any, loggedInId: str, maxLength: int) -> MessageRequest:
             timestamp=timestamp,
             groupId=where.groupId,
             roomId=where.roomId,
+            mentions=mentions(data.get("mentions")) if where.groupId is not None else (),
         )
     except IMError as error:
         _nameRefusal(error, raw, id)

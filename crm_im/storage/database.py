@@ -7,6 +7,14 @@ Schema files are C{crm_im/storage/schema/NNN_name.sql}, applied in order of
 C{NNN}, each in the same transaction as its row in C{schema_version}; files
 already recorded there are skipped, so applying twice is a no-op. Statements
 in a file are separated by a C{;} at the end of a line (no triggers).
+
+A file is written once, in the SQL both engines accept, and runs on both.
+Where a statement must differ (C{AUTOINCREMENT} against C{BIGSERIAL}, a
+rewrite only old SQLite data needs), the version has one variant per engine
+instead, C{NNN_name.sql.sqlite} and C{NNN_name.sql.postgres} (the suffix is
+L{BaseEngine.name}): one numbering for every engine, and a version has a
+shared file or a variant for each engine. A database whose schema is newer
+than the files this code ships is refused (L{SchemaTooNewError}).
 """
 
 from __future__ import annotations
@@ -27,7 +35,17 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _T = TypeVar("_T")
 
-_SCHEMA_FILE = re.compile(r"^(\d{3})_([A-Za-z0-9_]+)\.sql$")
+_SCHEMA_FILE = re.compile(r"^(\d{3})_([A-Za-z0-9_]+)\.sql(?:\.([a-z]+))?$")
+
+#: The engines schema variants may name (L{BaseEngine.name}).
+ENGINE_NAMES = ("sqlite", "postgres")
+
+
+class SchemaTooNewError(RuntimeError):
+    """
+    The database was upgraded by a newer crm_im than this one: starting on
+    it could misread or damage what the newer version wrote.
+    """
 
 #: At most this many values in one SQL C{IN (...)} list.
 MAX_IN_LIST = 500
@@ -102,24 +120,40 @@ def placeholders(count: int) -> str:
     return ", ".join("?" * count)
 
 
-def schemaFiles() -> list[tuple[int, str, str]]:
+def schemaFiles(engine: str = "sqlite") -> list[tuple[int, str, str]]:
     """
-    Read the schema files shipped in the package (blocking: call it on the
-    pool thread).
+    Read the schema files shipped in the package for one engine (blocking:
+    call it on the pool thread).
 
+    @param engine: an engine's L{BaseEngine.name}: its variant of a version
+        (C{NNN_name.sql.<engine>}) is taken over the shared file.
     @return: C{(version, name, sql)} sorted by version.
+    @raise RuntimeError: for two names or two files of one version, or a
+        version with neither a shared file nor a variant for C{engine}.
     """
-    found = []
+    if engine not in ENGINE_NAMES:
+        raise ValueError(f"unknown engine {engine!r}")
+    byVersion: dict[int, dict[str | None, tuple[str, str]]] = {}
     for entry in (resources.files("crm_im.storage") / "schema").iterdir():
         match = _SCHEMA_FILE.match(entry.name)
-        if match is not None:
-            found.append(
-                (int(match.group(1)), match.group(2), entry.read_text("utf-8"))
-            )
-    found.sort()
-    versions = [version for version, _, _ in found]
-    if len(set(versions)) != len(versions):
-        raise RuntimeError(f"duplicate schema versions in {versions}")
+        if match is None:
+            continue
+        version, name, variant = int(match.group(1)), match.group(2), match.group(3)
+        if variant is not None and variant not in ENGINE_NAMES:
+            raise RuntimeError(f"schema file {entry.name}: unknown engine {variant!r}")
+        files = byVersion.setdefault(version, {})
+        if variant in files:
+            raise RuntimeError(f"duplicate schema version {version} ({entry.name})")
+        files[variant] = (name, entry.read_text("utf-8"))
+    found = []
+    for version, files in sorted(byVersion.items()):
+        names = {name for name, _ in files.values()}
+        if len(names) != 1:
+            raise RuntimeError(f"duplicate schema versions in {version}: {sorted(names)}")
+        chosen = files.get(engine) or files.get(None)
+        if chosen is None:
+            raise RuntimeError(f"schema version {version} has no file for {engine}")
+        found.append((version, chosen[0], chosen[1]))
     return found
 
 
@@ -142,6 +176,8 @@ def prepareSchema_txn(
     @param files: C{(version, name, sql)} as from L{schemaFiles}.
     @return: the versions applied now.
     """
+    if txn.engine.schemaLockSQL is not None:
+        txn.execute(txn.engine.schemaLockSQL)
     txn.execute(
         "CREATE TABLE IF NOT EXISTS schema_version ("
         " version INTEGER PRIMARY KEY NOT NULL,"
@@ -149,6 +185,12 @@ def prepareSchema_txn(
     )
     txn.execute("SELECT version FROM schema_version")
     applied = {row[0] for row in txn.fetchall()}
+    known = max((version for version, _, _ in files), default=0)
+    if applied and max(applied) > known:
+        raise SchemaTooNewError(
+            f"the database has schema version {max(applied)}, newer than this"
+            f" crm_im knows ({known}): run the crm_im that upgraded it, or a newer one"
+        )
     appliedNow = []
     for version, name, sql in files:
         if version in applied:
@@ -167,7 +209,7 @@ def _prepareSchemaFromPackage_txn(txn: Transaction) -> list[int]:
     """
     L{prepareSchema_txn} with the schema files of the package.
     """
-    return prepareSchema_txn(txn, schemaFiles())
+    return prepareSchema_txn(txn, schemaFiles(txn.engine.name))
 
 
 class Database:

@@ -3,33 +3,61 @@
 Database engines: what differs between database backends, kept out of the
 store so that its SQL is written once, with C{?} placeholders.
 
-Only SQLite is implemented. A PostgreSQL engine would set C{paramStyle =
-"format"} (so L{convertParamStyle} turns C{?} into C{%s}), make its pool with
-C{psycopg2} and C{cp_reconnect=True}, and open transactions implicitly.
+L{SQLiteEngine} (the standard library's C{sqlite3}, one connection) and
+L{PostgresEngine} (psycopg 3, a pool of connections with C{cp_reconnect}).
+What differs is said here as data and small hooks: the placeholder style,
+how a transaction starts, whether a failed statement aborts its whole
+transaction (PostgreSQL) or only itself (SQLite), the locks that keep seqs
+in commit order and schema upgrades one at a time across nodes, and which
+per-engine variant of a schema file applies (C{.sql.sqlite},
+C{.sql.postgres}; see L{crm_im.storage.database}).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from twisted.enterprise.adbapi import ConnectionPool
 from twisted.internet.interfaces import IReactorCore
 
 SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
+#: The advisory lock keys crm_im takes on PostgreSQL ("crm_im" in ASCII,
+#: then + 1): one around schema upgrades, one around write transactions.
+_SCHEMA_LOCK = 0x63726D5F696D
+_WRITE_LOCK = _SCHEMA_LOCK + 1
+
 
 class BaseEngine:
     """
     What a store needs to know about a database backend.
 
+    @ivar name: names the engine, and the suffix of its schema variants
+        (C{NNN_name.sql.<name>}).
     @ivar paramStyle: C{"qmark"} or C{"format"}.
     @ivar beginSQL: the statement opening a transaction, or L{None} if the
         driver opens one implicitly.
+    @ivar failedStatementAbortsTransaction: after a failed statement the
+        transaction refuses every other one until it is rolled back (to a
+        savepoint): PostgreSQL. SQLite undoes the failed statement alone.
+    @ivar schemaLockSQL: run before the schema is read and upgraded, so that
+        nodes starting together upgrade it once; or L{None}.
+    @ivar writeLockSQL: run first in every write transaction of the group
+        commit, so that seqs are allocated in commit order across nodes (a
+        reader never sees seq 11 before seq 10 commits); or L{None}.
+    @ivar integrityErrors: what the driver raises for a violated constraint.
     """
 
+    name = "base"
     paramStyle = "qmark"
     beginSQL: str | None = None
+    failedStatementAbortsTransaction = False
+    schemaLockSQL: str | None = None
+    writeLockSQL: str | None = None
+    integrityErrors: tuple[type[Exception], ...] = ()
 
     def convertParamStyle(self, sql: str) -> str:
         """
@@ -51,6 +79,12 @@ class BaseEngine:
         """
         raise NotImplementedError()
 
+    def describe(self) -> str:
+        """
+        Where the data is, for logs: never a password.
+        """
+        return self.name
+
 
 class SQLiteEngine(BaseEngine):
     """
@@ -65,7 +99,9 @@ class SQLiteEngine(BaseEngine):
     transaction with C{BEGIN}, so that schema changes are transactional too.
     """
 
+    name = "sqlite"
     beginSQL = "BEGIN"
+    integrityErrors = (sqlite3.IntegrityError,)
     #: the page cache of the connection, KiB
     cacheKiB = 65536
     #: WAL pages between automatic checkpoints
@@ -124,3 +160,126 @@ class SQLiteEngine(BaseEngine):
         rowId = cursor.lastrowid
         assert isinstance(rowId, int)
         return rowId
+
+    def describe(self) -> str:
+        """
+        C{sqlite:PATH}.
+        """
+        return "sqlite:" + self.path
+
+
+def redactURL(url: str) -> str:
+    """
+    C{url} with any password replaced by C{***}: in the user info of a URL
+    and in a C{password} query parameter.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable store URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userInfo, _, hostPart = netloc.rpartition("@")
+        if ":" in userInfo:
+            userInfo = userInfo.split(":", 1)[0] + ":***"
+        netloc = userInfo + "@" + hostPart
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(key, "***" if key == "password" else value) for key, value in pairs], safe="*/:")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _loadNumeric(text: str) -> int | float:
+    """
+    A C{NUMERIC} as SQLite gives it back: an integer stays an C{int}, a
+    fraction is a C{float} (the message's C{client_timestamp}).
+    """
+    value = Decimal(text)
+    if value == value.to_integral_value():
+        return int(value)
+    return float(value)
+
+
+class PostgresEngine(BaseEngine):
+    """
+    PostgreSQL through psycopg 3 (its DB-API module, C{psycopg}), a pool of
+    connections that reconnects after a lost one (C{cp_reconnect}).
+
+    psycopg opens a transaction implicitly on the first statement; adbapi
+    commits or rolls it back. C{seq} comes from a sequence (C{BIGSERIAL}),
+    allocated under L{writeLockSQL} so that commit order is seq order.
+
+    Writes go through one group commit (one write transaction in flight per
+    node), so the pool's other connections serve reads.
+    """
+
+    name = "postgres"
+    paramStyle = "format"
+    failedStatementAbortsTransaction = True
+    schemaLockSQL = f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})"
+    writeLockSQL = f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})"
+    #: seconds libpq waits for a connection unless the URL says otherwise
+    connectTimeout = 10
+
+    def __init__(self, url: str, minConnections: int = 2, maxConnections: int = 8) -> None:
+        """
+        @param url: a libpq connection string, C{postgresql://user@host/db}.
+        @param minConnections: connections the pool opens at start.
+        @param maxConnections: connections at most (one for the group
+            commit's writes, the others for reads).
+        """
+        import psycopg
+
+        self.url = url
+        self.minConnections = minConnections
+        self.maxConnections = maxConnections
+        self.integrityErrors = (psycopg.IntegrityError,)
+
+    def onNewConnection(self, conn: Any) -> None:
+        """
+        Set up a new connection (on a pool thread): C{NUMERIC} comes back as
+        C{int} or C{float}, as from SQLite.
+        """
+        from psycopg.adapt import Loader
+
+        class NumericLoader(Loader):
+            def load(self, data: Any) -> int | float:
+                return _loadNumeric(bytes(data).decode("ascii"))
+
+        conn.adapters.register_loader("numeric", NumericLoader)
+
+    def connectArguments(self) -> dict[str, Any]:
+        """
+        The keyword arguments of C{psycopg.connect} besides the URL.
+        """
+        from psycopg.conninfo import conninfo_to_dict
+
+        given = conninfo_to_dict(self.url)
+        extra: dict[str, Any] = {}
+        if "connect_timeout" not in given:
+            extra["connect_timeout"] = self.connectTimeout
+        if "application_name" not in given:
+            extra["application_name"] = "crm_im"
+        return extra
+
+    def makePool(self, reactor: IReactorCore) -> ConnectionPool:
+        """
+        A pool of C{minConnections} to C{maxConnections} connections.
+        """
+        return ConnectionPool(
+            "psycopg",
+            self.url,
+            cp_min=self.minConnections,
+            cp_max=self.maxConnections,
+            cp_reconnect=True,
+            cp_reactor=reactor,
+            cp_openfun=self.onNewConnection,
+            **self.connectArguments(),
+        )
+
+    def describe(self) -> str:
+        """
+        The URL without its password.
+        """
+        return redactURL(self.url)

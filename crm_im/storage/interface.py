@@ -35,10 +35,16 @@ class StoreClosedError(Exception):
     """
 
 
+#: Joins the parts of a conversation key: the unit separator U+001F, which
+#: no user id contains (L{crm_im.im.validation} refuses it) and which, unlike
+#: NUL, a PostgreSQL C{text} can hold.
+KEY_SEPARATOR = "\x1f"
+
 #: Conversation keys of groups and rooms start with these; a 1:1 key never
-#: starts with NUL (user ids are not empty), so the three kinds never meet.
-GROUP_PREFIX = "\x00g\x00"
-ROOM_PREFIX = "\x00r\x00"
+#: starts with the separator (user ids are not empty and never contain it),
+#: so the three kinds never meet. (Keys used NUL before schema version 5.)
+GROUP_PREFIX = KEY_SEPARATOR + "g" + KEY_SEPARATOR
+ROOM_PREFIX = KEY_SEPARATOR + "r" + KEY_SEPARATOR
 
 DIRECT = "direct"
 GROUP = "group"
@@ -49,11 +55,11 @@ def directConversation(userA: str, userB: str) -> str:
     """
     The key shared by both directions of the conversation between two users.
 
-    @return: the two ids sorted and joined with C{NUL}, which no user id
-        contains.
+    @return: the two ids sorted and joined with L{KEY_SEPARATOR}, which no
+        user id contains.
     """
     first, second = sorted((userA, userB))
-    return first + "\x00" + second
+    return first + KEY_SEPARATOR + second
 
 
 #: The name the 1:1 key had before groups existed.
@@ -97,6 +103,13 @@ class NewMessage:
     @ivar roomId: the room of a room message.
     @ivar system: for C{type: 'system'} (membership changes), what
         happened: C{{action, by, userIds?, ...}}.
+    @ivar notify: the recipients to notify by push (PUSH.md), decided by
+        the handler: their outbox rows are written in the message's own
+        transaction (L{crm_im.storage.outbox}). Not stored with the message.
+    @ivar fileId: a C{file} message's stored file (FILES.md); its
+        C{fileUrl} is then the unsigned path, signed when sent.
+    @ivar fileSize: the stored file's size in bytes.
+    @ivar mimeType: the stored file's MIME type.
     """
 
     fromId: str
@@ -113,6 +126,10 @@ class NewMessage:
     groupId: str | None = None
     roomId: str | None = None
     system: dict[str, Any] | None = None
+    notify: tuple[str, ...] = ()
+    fileId: str | None = None
+    fileSize: int | None = None
+    mimeType: str | None = None
 
     @property
     def conversation(self) -> str:
@@ -160,6 +177,9 @@ class StoredMessage:
     roomId: str | None = None
     system: dict[str, Any] | None = None
     recalledBy: str | None = None
+    fileId: str | None = None
+    fileSize: int | None = None
+    mimeType: str | None = None
 
     @property
     def conversation(self) -> str:
@@ -197,6 +217,9 @@ class StoredMessage:
             groupId=msg.groupId,
             roomId=msg.roomId,
             system=msg.system,
+            fileId=msg.fileId,
+            fileSize=msg.fileSize,
+            mimeType=msg.mimeType,
         )
 
     def toWire(self) -> dict[str, Any]:
@@ -237,6 +260,10 @@ class StoredMessage:
             wire["fileUrl"] = self.fileUrl
         if self.fileName is not None:
             wire["fileName"] = self.fileName
+        if self.fileId is not None:
+            wire["fileId"] = self.fileId
+            wire["fileSize"] = self.fileSize
+            wire["mimeType"] = self.mimeType
         return wire
 
 
@@ -267,15 +294,34 @@ class HistoryPage:
     hasMore: bool
 
 
+#: File record states (FILES.md): bytes arriving, stored, given up (a
+#: C{DELETE} or an upload abandoned past its expiry), removed by retention.
+UPLOADING = "uploading"
+COMPLETE = "complete"
+ABORTED = "aborted"
+EXPIRED = "expired"
+
+
 @attrs.frozen
 class FileRecord:
     """
     The metadata of a stored file.
 
     @ivar fileId: random and url-safe; names the file in URLs and on disk.
+    @ivar fromId: who sent (uploaded) it.
+    @ivar toId: the recipient of a 1:1 file; C{''} for a group's or room's.
     @ivar mimeType: as the sender declared it, if it did.
-    @ivar size: in bytes.
+    @ivar size: in bytes (for an upload: the size announced).
     @ivar createdAt: ms since the epoch.
+    @ivar conversation: the conversation key it was uploaded for; L{None}
+        for a file kept for an offline recipient before uploads existed
+        (readable by C{fromId} and C{toId}, bytes at its own path).
+    @ivar state: L{UPLOADING}, L{COMPLETE}, L{ABORTED} or L{EXPIRED}.
+    @ivar sha256: the content address (hex) once complete; L{None} for the
+        files kept before content addressing.
+    @ivar expectedSha256: the checksum the uploader announced, if any.
+    @ivar expiresAt: while uploading, when the upload is abandoned (ms).
+    @ivar completedAt: when its last byte arrived (ms).
     """
 
     fileId: str
@@ -285,6 +331,12 @@ class FileRecord:
     mimeType: str | None
     size: int
     createdAt: int
+    conversation: str | None = None
+    state: str = COMPLETE
+    sha256: str | None = None
+    expectedSha256: str | None = None
+    expiresAt: int | None = None
+    completedAt: int | None = None
 
 
 
@@ -646,4 +698,60 @@ class IConversationStore(Interface):
     def roomCount(createdBy: str) -> Deferred[int]:
         """
         How many rooms C{createdBy} created.
+        """
+
+
+class IFileRecords(IFileMetadata):
+    """
+    The records of uploaded files and of their content-addressed bytes
+    (FILES.md), kept by the message store's database. Every method returns a
+    L{Deferred}; writes go through the store's group commit.
+    """
+
+    def quotaUsed(userId: str) -> Deferred[int]:
+        """
+        The bytes C{userId}'s uploading and complete files take (announced
+        sizes; identical bytes count for each upload).
+        """
+
+    def touchUpload(fileId: str, expiresAt: int) -> Deferred[None]:
+        """
+        Move an uploading file's expiry (bytes arrived).
+        """
+
+    def completeUpload(fileId: str, sha256: str, now: int) -> Deferred[FileRecord | None]:
+        """
+        Mark an uploading file complete with its content address and take a
+        reference on that blob (created with one reference if new).
+
+        @return: the completed record, or L{None} if it was not uploading.
+        """
+
+    def abortUpload(fileId: str, now: int) -> Deferred[bool]:
+        """
+        Mark an uploading file L{ABORTED}. @return: whether it was uploading.
+        """
+
+    def expiredUploads(now: int, limit: int) -> Deferred[list[FileRecord]]:
+        """
+        Uploading files whose expiry is past, at most C{limit}.
+        """
+
+    def retentionCandidates(cutoff: int, limit: int) -> Deferred[list[FileRecord]]:
+        """
+        Complete files created before C{cutoff} (ms) that no message at or
+        after C{cutoff} refers to, at most C{limit}.
+        """
+
+    def expireFile(fileId: str) -> Deferred[tuple[str | None, bool]]:
+        """
+        Mark a complete file L{EXPIRED} and drop its blob reference.
+
+        @return: its content address and whether that blob has no reference
+            left (its bytes may go).
+        """
+
+    def blobReferenced(sha256: str) -> Deferred[bool]:
+        """
+        Whether any complete file refers to the blob C{sha256}.
         """

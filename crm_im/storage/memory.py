@@ -26,10 +26,12 @@ from .interface import (
     directConversation,
 )
 from .memoryconversations import MemoryConversationStore
+from .memorypush import MemoryPushStore
+from .outbox import IPushStore
 
 
-@implementer(IMessageStore, IConversationStore, IFileMetadata)
-class MemoryMessageStore(MemoryConversationStore):
+@implementer(IMessageStore, IConversationStore, IFileMetadata, IPushStore)
+class MemoryMessageStore(MemoryConversationStore, MemoryPushStore):
     """
     Messages and file records in dicts.
 
@@ -47,6 +49,7 @@ class MemoryMessageStore(MemoryConversationStore):
         self._lastSeq = 0
         self._closed = False
         MemoryConversationStore.__init__(self)
+        MemoryPushStore.__init__(self)
 
     def _check(self, desc: str) -> None:
         """
@@ -80,7 +83,10 @@ class MemoryMessageStore(MemoryConversationStore):
         existing = self._bySenderId.get((msg.fromId, msg.id))
         if existing is not None:
             return succeed(StoreOutcome(self.messages[existing], created=False))
-        return succeed(StoreOutcome(self._insert(msg), created=True))
+        stored = self._insert(msg)
+        if msg.notify:
+            self._enqueueStored(stored, msg.notify)
+        return succeed(StoreOutcome(stored, created=True))
 
     def _insert(self, msg: NewMessage) -> StoredMessage:
         self._lastSeq += 1
@@ -236,7 +242,9 @@ class MemoryMessageStore(MemoryConversationStore):
         message = self.messages.get(seq)
         if message is None or message.recalledBy is not None:
             return succeed(None)
-        stub = attrs.evolve(message, content="", fileUrl=None, fileName=None, recalledBy=by)
+        stub = attrs.evolve(
+            message, content="", fileUrl=None, fileName=None, fileId=None, fileSize=None, mimeType=None, recalledBy=by
+        )
         self.messages[seq] = stub
         return succeed(stub)
 

@@ -29,6 +29,8 @@ from .interface import (
     directConversation,
 )
 
+from .outbox import enqueueStored_txn
+
 if TYPE_CHECKING:
     from .commit import Write
 
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 _MESSAGE_COLUMNS = (
     "seq, message_id, from_id, from_name, to_id, topic, type, content,"
     " file_url, file_name, client_timestamp, server_timestamp, delivered, read_at,"
-    " conversation, system, recalled_by"
+    " conversation, system, recalled_by, file_id, file_size, mime_type"
 )
 
 
@@ -73,18 +75,22 @@ def _messageFromRow(row: Sequence[Any]) -> StoredMessage:
         roomId=roomId,
         system=None if system is None else orjson.loads(system),
         recalledBy=row[16],
+        fileId=row[17],
+        fileSize=row[18],
+        mimeType=row[19],
     )
 
 
 _INSERT_COLUMNS = (
     "INSERT INTO messages (message_id, from_id, from_name, to_id,"
     " conversation, topic, type, content, file_url, file_name,"
-    " client_timestamp, server_timestamp, delivered, read_at, system) VALUES "
+    " client_timestamp, server_timestamp, delivered, read_at, system,"
+    " file_id, file_size, mime_type) VALUES "
 )
-_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _ON_CONFLICT_RETURNING = " ON CONFLICT (from_id, message_id) DO NOTHING RETURNING seq"
 
-#: Rows per multi-row INSERT (15 parameters each; SQLite allows 32766).
+#: Rows per multi-row INSERT (18 parameters each; SQLite allows 32766).
 INSERT_CHUNK = 250
 
 
@@ -108,6 +114,9 @@ def _insertRow(msg: NewMessage) -> tuple[Any, ...]:
         1 if shared else 0,
         msg.serverTimestamp if shared else None,
         None if msg.system is None else orjson.dumps(msg.system).decode(),
+        msg.fileId,
+        msg.fileSize,
+        msg.mimeType,
     )
 
 
@@ -356,6 +365,7 @@ def recall_txn(txn: Transaction, seq: int, by: str, now: int) -> StoredMessage |
     """
     txn.execute(
         "UPDATE messages SET content = '', file_url = NULL, file_name = NULL,"
+        " file_id = NULL, file_size = NULL, mime_type = NULL,"
         " recalled_by = ?, recalled_at = ? WHERE seq = ? AND recalled_by IS NULL",
         (by, now, seq),
     )
@@ -397,8 +407,14 @@ def writeBatch_txn(txn: Transaction, batch: Sequence["Write"]) -> list[tuple[boo
     messages = [(index, write.message) for index, write in enumerate(batch) if write.message is not None]
     if messages:
         stored = storeMessages_txn(txn, [msg for _, msg in messages])
-        for (index, _), result in zip(messages, stored):
+        notify: list[tuple[StoredMessage, Sequence[str]]] = []
+        for (index, msg), result in zip(messages, stored):
             results[index] = result
+            if msg.notify and result[0] and result[1].created:
+                notify.append((result[1].message, msg.notify))
+        if notify:
+            # Push notifications: durable with their messages (PUSH.md).
+            enqueueStored_txn(txn, notify)
     for index, write in enumerate(batch):
         if write.message is not None:
             continue

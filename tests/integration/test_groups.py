@@ -12,8 +12,8 @@ named client of a test.
   - L{GroupScenario}: groups (create and its idempotent retry, update,
     members, leave and the owner's handover, roles, dissolve, list, info,
     read receipts, messages, offline catch-up through the C{groups} summary,
-    several devices, typing, system messages), chat rooms and recall, on a
-    server with the default limits;
+    several devices, typing, system messages, durability across a
+    restart), chat rooms and recall, on a server with the default limits;
   - L{LimitScenario}: C{TOO_LARGE}, C{RATE_LIMITED} and the room-creator
     restriction, on a server with small limits;
   - L{RecallWindowScenario}: a recall window of 0 s, where a sender may
@@ -615,15 +615,15 @@ class GroupScenario(Scenario):
         yield self.login(driver, "x", "x", "X")
         group = yield self.create(driver, "a", "devices", ["b", "c", "d"])
         gid = group["id"]
-        first_ = yield self.send(driver, "a", "one", groupId=gid, id="dev-1")
+        one = yield self.send(driver, "a", "one", groupId=gid, id="dev-1")
         second = yield self.send(driver, "a", "two", groupId=gid, id="dev-2")
         for client in ("b1", "b2", "b3", "c"):
             yield driver.waitFor(client, "message", predicate=withId("dev-2"))
         ack = yield self.ask(driver, "b1", "message:read",
-                             {"groupId": gid, "upToSeq": first_["seq"]})
+                             {"groupId": gid, "upToSeq": one["seq"]})
         for device in ("b2", "b3"):
             (read,) = yield driver.waitFor(device, "message:read")
-            self.assertEqual(read, {"readerId": "b", "groupId": gid, "upToSeq": first_["seq"],
+            self.assertEqual(read, {"readerId": "b", "groupId": gid, "upToSeq": one["seq"],
                                     "timestamp": ack["timestamp"]})
         receipts = yield self.ask(driver, "c", "group:read_receipts",
                                   {"groupId": gid, "messageId": "dev-1"})
@@ -634,7 +634,7 @@ class GroupScenario(Scenario):
                                   {"groupId": gid, "messageId": "dev-2"})
         self.assertEqual((receipts["readBy"], sorted(receipts["unreadBy"])), ([], ["b", "c", "d"]))
         # not moved: nobody is told
-        yield self.ask(driver, "b2", "message:read", {"groupId": gid, "upToSeq": first_["seq"]})
+        yield self.ask(driver, "b2", "message:read", {"groupId": gid, "upToSeq": one["seq"]})
         yield self.ask(driver, "c", "message:read", {"groupId": gid, "upToSeq": second["seq"]})
         receipts = yield self.ask(driver, "b3", "group:read_receipts",
                                   {"groupId": gid, "messageId": "dev-2"})

@@ -1,0 +1,373 @@
+# -*- test-case-name: tests.test_rest_admin -*-
+"""
+The admin HTTP surface (ADMIN.md): the JSON API under C{/admin/api/},
+C{POST /api/publish} (CLUSTER.md), and the single-page back office at
+C{/admin/}, served from files shipped in the package (no build step,
+nothing fetched from outside).
+
+Thin callers of L{crm_im.im.admin.AdminHandlers}: each request is
+authenticated (L{AdminAuthenticator}), its path and query parsed, one
+handler called, and its answer or refusal written as JSON.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any, Awaitable
+
+import orjson
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+
+from .._json import dumps
+from ..http.query import QueryError, parseQuery
+from ..im.admin import Actor, AdminHandlers, Page
+from ..im.errors import FORBIDDEN, INVALID_PAYLOAD, NOT_FOUND, RATE_LIMITED, TOO_LARGE, IMError
+from .auth import AdminAuthenticator, AdminRefused, bearerToken
+
+JSON_TYPE = b"application/json; charset=utf-8"
+
+#: IM refusal code -> HTTP status.
+STATUS = {INVALID_PAYLOAD: 400, FORBIDDEN: 403, NOT_FOUND: 404, TOO_LARGE: 413, RATE_LIMITED: 429}
+
+#: The largest request body, in bytes.
+MAX_BODY = 1_000_000
+
+_CODES = {401: "UNAUTHORIZED", 403: "FORBIDDEN", 429: "RATE_LIMITED"}
+
+#: The page's files: name -> content type.
+PAGE_FILES = {
+    "index.html": b"text/html; charset=utf-8",
+    "app.js": b"text/javascript; charset=utf-8",
+    "app.css": b"text/css; charset=utf-8",
+    "i18n.js": b"text/javascript; charset=utf-8",
+    "favicon.svg": b"image/svg+xml",
+}
+
+#: No framing, no sniffing, nothing from elsewhere.
+PAGE_HEADERS = {
+    b"content-security-policy": b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self';"
+    b" connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    b"x-content-type-options": b"nosniff",
+    b"x-frame-options": b"DENY",
+    b"referrer-policy": b"no-referrer",
+}
+
+
+def writeJSON(request: IRequest, value: Any, code: int = 200) -> bytes:
+    """
+    Set status and headers; the JSON body.
+    """
+    body = dumps(value)
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", JSON_TYPE)
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"content-length", b"%d" % (len(body),))
+    return body
+
+
+def errorBody(code: str, message: str) -> dict[str, Any]:
+    """
+    The API's refusal.
+    """
+    return {"error": {"code": code, "message": message}}
+
+
+def _address(request: IRequest) -> str:
+    client = request.getClientAddress()
+    return str(getattr(client, "host", "") or "")
+
+
+class _AdminLeaf(Resource):
+    """
+    An authenticated JSON leaf: subclasses map C{(method, path)} to a
+    handler call.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, handlers: AdminHandlers, auth: AdminAuthenticator) -> None:
+        super().__init__()
+        self.handlers = handlers
+        self.auth = auth
+
+    def render(self, request: IRequest) -> Any:
+        try:
+            actor = self.auth.check(bearerToken(request.getHeader(b"authorization")), _address(request))
+        except AdminRefused as refused:
+            if refused.status == 401:
+                request.setHeader(b"www-authenticate", b'Bearer realm="crm_im admin"')
+            if refused.status == 429:
+                request.setHeader(b"retry-after", b"60")
+            return writeJSON(request, errorBody(_CODES[refused.status], refused.message), refused.status)
+        try:
+            call = self.route(request, actor)
+        except IMError as error:
+            return writeJSON(request, errorBody(error.code, error.message), STATUS.get(error.code, 400))
+        if call is None:
+            return writeJSON(request, errorBody(NOT_FOUND, "no such admin endpoint"), 404)
+        d = Deferred.fromCoroutine(_awaited(call))
+        finished: list[bool] = []
+        notifyFinish = getattr(request, "notifyFinish")  # twisted.web's Request, not in IRequest
+        notifyFinish().addBoth(lambda _: finished.append(True))
+        d.addCallbacks(self._answer, self._failed, callbackArgs=(request, finished), errbackArgs=(request, finished))
+        return NOT_DONE_YET
+
+    def route(self, request: IRequest, actor: Actor) -> Awaitable[Any] | None:
+        """
+        The handler call for C{request}, or L{None} for an unknown path.
+        """
+        raise NotImplementedError()
+
+    def _answer(self, value: Any, request: IRequest, finished: list[bool]) -> None:
+        if finished:
+            return
+        if isinstance(value, Page):
+            value = value.toWire()
+        request.write(writeJSON(request, value))
+        request.finish()
+
+    def _failed(self, failure: Failure, request: IRequest, finished: list[bool]) -> None:
+        if failure.check(IMError):
+            error = failure.value
+            body, code = errorBody(error.code, error.message), STATUS.get(error.code, 400)
+        else:
+            self.log.failure("admin request {method} {path}", failure, method=request.method, path=request.path)
+            body, code = errorBody("INTERNAL", "internal error"), 500
+        if finished:
+            return
+        request.write(writeJSON(request, body, code))
+        request.finish()
+
+
+async def _awaited(call: Awaitable[Any]) -> Any:
+    return await call
+
+
+def readBody(request: IRequest) -> Any:
+    """
+    The request's JSON body (L{None} when empty).
+
+    @raise IMError: C{INVALID_PAYLOAD} or C{TOO_LARGE}.
+    """
+    content = request.content
+    if content is None:
+        return None
+    raw = content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise IMError(TOO_LARGE, "the body is too large")
+    if not raw.strip():
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise IMError(INVALID_PAYLOAD, "the body is not JSON")
+
+
+def _query(request: IRequest) -> dict[str, str]:
+    try:
+        return parseQuery(request.uri)
+    except QueryError as error:
+        raise IMError(INVALID_PAYLOAD, str(error))
+
+
+def _int(query: dict[str, str], name: str) -> int | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise IMError(INVALID_PAYLOAD, f"{name} must be an integer")
+
+
+def _str(query: dict[str, str], name: str) -> str | None:
+    value = query.get(name)
+    return value if value else None
+
+
+def _bool(query: dict[str, str], name: str) -> bool | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise IMError(INVALID_PAYLOAD, f"{name} must be true or false")
+
+
+class AdminAPIResource(_AdminLeaf):
+    """
+    C{/admin/api/...}: every endpoint of ADMIN.md.
+    """
+
+    def route(self, request: IRequest, actor: Actor) -> Awaitable[Any] | None:
+        """
+        See L{_AdminLeaf.route}.
+        """
+        h = self.handlers
+        method = request.method
+        path = [segment.decode("utf-8", "replace") for segment in request.postpath]
+        while path and path[-1] == "":
+            path.pop()
+        query = _query(request)
+        limit = _int(query, "limit")
+        cursor = _str(query, "cursor")
+        match path, method:
+            case ["stats"], b"GET":
+                return h.stats()
+            case ["users"], b"GET":
+                return h.users(_bool(query, "online"), _str(query, "q"), cursor, limit)
+            case ["users", userId], b"GET":
+                return h.user(userId)
+            case ["users", userId, "disconnect"], b"POST":
+                return h.disconnect(actor, userId, readBody(request))
+            case ["users", userId, "ban"], b"POST":
+                return h.ban(actor, userId, readBody(request))
+            case ["users", userId, "ban"], b"DELETE":
+                return h.unban(actor, userId)
+            case ["broadcast"], b"POST":
+                return h.broadcast(actor, readBody(request))
+            case ["publish"], b"POST":
+                return h.publish(actor, readBody(request))
+            case ["groups"], b"GET":
+                return h.groups(_str(query, "q"), cursor, limit)
+            case ["groups", groupId], b"GET":
+                return h.group(groupId)
+            case ["groups", groupId], b"DELETE":
+                return h.dissolveGroup(actor, groupId)
+            case ["rooms"], b"GET":
+                return h.rooms(cursor, limit)
+            case ["rooms"], b"POST":
+                return h.createRoom(actor, readBody(request))
+            case ["rooms", roomId], b"DELETE":
+                return h.closeRoom(actor, roomId)
+            case ["messages"], b"GET":
+                after = _int(query, "after")
+                before = _int(query, "before")
+                if cursor is not None:
+                    value = _int(query, "cursor")
+                    if before is not None:
+                        before = value
+                    else:
+                        after = value
+                return h.messages(
+                    _str(query, "userId"),
+                    _str(query, "peerId"),
+                    _str(query, "groupId"),
+                    _str(query, "roomId"),
+                    before,
+                    after,
+                    limit,
+                )
+            case ["messages", messageId, "recall"], b"POST":
+                return h.recall(actor, messageId)
+            case ["audit"], b"GET":
+                return h.auditLog(cursor, limit)
+        return None
+
+
+class PublishResource(_AdminLeaf):
+    """
+    C{POST /api/publish} (CLUSTER.md), with admin credentials.
+    """
+
+    def route(self, request: IRequest, actor: Actor) -> Awaitable[Any] | None:
+        """
+        See L{_AdminLeaf.route}.
+        """
+        if request.postpath not in ([], [b""]) or request.method != b"POST":
+            return None
+        return self.handlers.publish(actor, readBody(request))
+
+
+def _pageFile(name: str) -> bytes:
+    return (resources.files("crm_im.rest") / "static" / name).read_bytes()
+
+
+class StaticBytesResource(Resource):
+    """
+    One file of the page, read once from the package.
+    """
+
+    isLeaf = True
+
+    def __init__(self, body: bytes, contentType: bytes) -> None:
+        super().__init__()
+        self.body = body
+        self.contentType = contentType
+
+    def render_GET(self, request: IRequest) -> bytes:
+        """
+        The file, with the page's security headers.
+        """
+        if request.postpath not in ([], [b""]):
+            return writeJSON(request, errorBody(NOT_FOUND, "not found"), 404)
+        request.setHeader(b"content-type", self.contentType)
+        request.setHeader(b"cache-control", b"no-cache")
+        for header, value in PAGE_HEADERS.items():
+            request.setHeader(header, value)
+        return self.body
+
+    render_HEAD = render_GET
+
+
+class AdminRootResource(Resource):
+    """
+    C{/admin}: a redirect to C{/admin/}, the page, its files and the API.
+    """
+
+    def __init__(self, handlers: AdminHandlers, auth: AdminAuthenticator) -> None:
+        super().__init__()
+        self.api = AdminAPIResource(handlers, auth)
+        self.putChild(b"api", self.api)
+        self.files: dict[bytes, IResource] = {
+            name.encode("ascii"): StaticBytesResource(_pageFile(name), contentType) for name, contentType in PAGE_FILES.items()
+        }
+        for name, resource in self.files.items():
+            self.putChild(name, resource)
+        self.putChild(b"", self.files[b"index.html"])
+
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
+        """
+        Unknown names: a JSON 404.
+        """
+        return _NotFound()
+
+    def render(self, request: IRequest) -> bytes:
+        """
+        C{/admin} without its slash: to C{/admin/}.
+        """
+        request.setResponseCode(301)
+        request.setHeader(b"location", b"/admin/")
+        request.setHeader(b"content-length", b"0")
+        return b""
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: IRequest) -> bytes:
+        return writeJSON(request, errorBody(NOT_FOUND, "not found"), 404)
+
+
+def mountAdmin(root: Resource, handlers: AdminHandlers, auth: AdminAuthenticator, api: Resource | None = None) -> None:
+    """
+    Put C{/admin} under C{root} and C{publish} under C{api} (the C{/api}
+    node of the tree), when admin credentials are configured; else
+    nothing is mounted and both stay the tree's JSON 404.
+    """
+    if not auth.configured:
+        return
+    root.putChild(b"admin", AdminRootResource(handlers, auth))
+    if api is None:
+        api = Resource()
+        root.putChild(b"api", api)
+    api.putChild(b"publish", PublishResource(handlers, auth))
+

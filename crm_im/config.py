@@ -6,6 +6,8 @@ from the command line and the environment (L{crm_im.tap}).
 
 from __future__ import annotations
 
+import os
+
 import attrs
 
 from .engineio.config import EngineIOConfig
@@ -26,6 +28,9 @@ class Config:
     @ivar connectTimeout: ms a session may take to send its Socket.IO CONNECT.
     @ivar maxMessageLength: the longest text message C{content}.
     @ivar presenceGrace: seconds a user stays online after the last device.
+    @ivar store: where the messages are: C{sqlite:PATH} or a PostgreSQL
+        URL (C{postgresql://user@host/db}); L{None}, the default, is
+        C{crm_im.sqlite3} in C{dataDir} (L{storeURL}).
     @ivar sqliteSynchronous: SQLite's C{synchronous} pragma (C{FULL} survives
         power loss; C{NORMAL} survives a killed process).
     @ivar commitInterval: seconds at least between the starts of two write
@@ -72,6 +77,7 @@ class Config:
     connectTimeout: int = 45000
     maxMessageLength: int = 65536
     presenceGrace: float = 0.0
+    store: str | None = attrs.field(default=None, repr=False)
     sqliteSynchronous: str = "FULL"
     commitInterval: float = 0.010
     logEvents: bool = True
@@ -100,6 +106,15 @@ class Config:
     adminToken: str | None = attrs.field(default=None, repr=False)
     adminListen: tuple[str, ...] = ()
     adminUI: bool = False
+
+    def storeURL(self) -> str:
+        """
+        The message store's C{--store} value, the default made explicit
+        (C{repr=False} on L{store}: a PostgreSQL URL may hold a password).
+        """
+        if self.store is not None:
+            return self.store
+        return "sqlite:" + os.path.join(self.dataDir, "crm_im.sqlite3")
 
     def engineConfig(self) -> EngineIOConfig:
         """

@@ -41,7 +41,7 @@ from .rest.admin import mountAdmin
 from .rest.auth import AdminAuthenticator
 from .routing.local import LocalRouter
 from .socketio.server import SocketIOServer
-from .storage import DiskFileStore, MemoryMessageStore, SQLiteMessageStore
+from .storage import DiskFileStore, MemoryMessageStore, SQLMessageStore, storeFor
 from .storage.admin import adminStoreFor
 from .web.files import FilesResource
 from .web.health import HealthResource
@@ -97,7 +97,8 @@ class CRMIMService(Service):
     def __init__(self, config: Config, reactor: Any, store: MemoryMessageStore | None = None) -> None:
         """
         @param store: the message store (it also keeps the file records);
-            by default the durable SQLite store in the data directory. The
+            by default the durable store C{config.storeURL()} names (SQLite
+            in the data directory, or PostgreSQL). The
             in-memory fake is accepted for measurements of the rest of the
             server (C{bench/memory_store.tac}), never for service: it
             forgets everything at exit.
@@ -106,9 +107,9 @@ class CRMIMService(Service):
         self.reactor = reactor
         dataDir = FilePath(config.dataDir)
         self.dataDir = dataDir
-        self.store: SQLiteMessageStore | MemoryMessageStore
+        self.store: SQLMessageStore | MemoryMessageStore
         if store is None:
-            self.store = SQLiteMessageStore(dataDir.child("crm_im.sqlite3").path, reactor, config.sqliteSynchronous)
+            self.store = storeFor(config.storeURL(), reactor, config.sqliteSynchronous)
             self.store.commitInterval = config.commitInterval
         else:
             self.store = store

@@ -88,6 +88,8 @@ class Options(usage.Options):
         ["connect-timeout", None, 45000, "Milliseconds a client may take to connect to a namespace."],
         ["max-message-length", None, 65536, "Longest text message content, in characters."],
         ["presence-grace", None, 0, "Seconds a user stays online after the last device disconnects."],
+        ["store", None, None, "Where messages are stored: sqlite:PATH (default: crm_im.sqlite3 in --data-dir) or "
+         "a PostgreSQL URL postgresql://user@host/db (also: $CRM_IM_STORE; prefer it for a password)."],
         ["sqlite-synchronous", None, "FULL", "SQLite synchronous pragma: FULL (survives power loss) or NORMAL."],
         ["commit-interval", None, 10, "Milliseconds at least between two message-store commits: writes arriving "
          "meanwhile share the next one (0: commit as soon as the previous one is done)."],
@@ -186,6 +188,14 @@ class Options(usage.Options):
         synchronous = str(self["sqlite-synchronous"]).upper()
         if synchronous not in _SYNCHRONOUS:
             raise usage.UsageError(f"--sqlite-synchronous must be one of {', '.join(_SYNCHRONOUS)}")
+        store = self["store"] or os.environ.get("CRM_IM_STORE") or None
+        if store is not None:
+            from .storage.engines import engineFor
+
+            try:
+                engineFor(store, synchronous)
+            except ValueError as error:
+                raise usage.UsageError(f"--store: {error}")
         quiet = self["quiet"] or os.environ.get("QUIET") == "1"
         auth = self["auth"] or os.environ.get("CRM_IM_AUTH") or OPEN
         if auth not in MODES:
@@ -217,6 +227,7 @@ class Options(usage.Options):
             connectTimeout=_positive("connect-timeout", self["connect-timeout"]),
             maxMessageLength=_positive("max-message-length", self["max-message-length"]),
             presenceGrace=grace,
+            store=store,
             sqliteSynchronous=synchronous,
             commitInterval=commitInterval / 1000,
             logEvents=not quiet,

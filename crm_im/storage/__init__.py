@@ -3,6 +3,7 @@ Storage: messages, offline queues, read state and files, durably.
 
 The application codes against L{IMessageStore} and L{IFileStore}. The
 implementations: L{SQLiteMessageStore} (one SQLite file, group commit),
+L{PostgresMessageStore} (a PostgreSQL database several nodes may share),
 L{MemoryMessageStore} (a fake for tests) and L{DiskFileStore} (files on disk,
 records in the message store's database through L{IFileMetadata}).
 """
@@ -39,6 +40,7 @@ from .interface import (
     conversationKey,
 )
 from .memory import MemoryMessageStore
+from .postgres import PostgresMessageStore, storeFor
 from .sqlite import SQLiteMessageStore
 from .store import SQLMessageStore
 
@@ -72,6 +74,8 @@ __all__ = [
     "SQLMessageStore",
     "SQLiteEngine",
     "SQLiteMessageStore",
+    "PostgresMessageStore",
+    "storeFor",
     "StoreClosedError",
     "StoreOutcome",
     "StoredMessage",

@@ -206,7 +206,7 @@ class GroupCommit:
         self._inFlight = True
         try:
             d = self.database.runInteraction(
-                "writeBatch", self.runBatch_txn, batch
+                "writeBatch", self._lockedBatch_txn, batch
             )
         except Exception:
             d = fail()
@@ -254,6 +254,19 @@ class GroupCommit:
             write.deferred.errback(failure)
         self._inFlight = False
         self._flush()
+
+    def _lockedBatch_txn(self, txn: Transaction, batch: Sequence[Write]) -> list[tuple[bool, Any]]:
+        """
+        Take the engine's write lock, then run the batch: on PostgreSQL the
+        nodes sharing a database then commit one at a time, and as the lock
+        is held from before the first C{seq} is drawn until the commit, seqs
+        become visible in order (a reader never sees seq 11 while seq 10 is
+        still to commit, and skips it for good).
+        """
+        lock = txn.engine.writeLockSQL
+        if lock is not None:
+            txn.execute(lock)
+        return self.runBatch_txn(txn, batch)
 
     def runBatch_txn(self, txn: Transaction, batch: Sequence[Write]) -> list[tuple[bool, Any]]:
         """

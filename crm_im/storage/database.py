@@ -27,6 +27,7 @@ from twisted.enterprise.adbapi import ConnectionPool
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .engines import BaseEngine
 from .interface import StoreClosedError
@@ -72,6 +73,11 @@ class Transaction:
         """
         Execute one statement.
         """
+        if not args:
+            # No parameters: the SQL goes as written (psycopg reads no
+            # placeholders, so a literal % stays one).
+            self._cursor.execute(sql)
+            return
         if self._convert:
             sql = self.engine.convertParamStyle(sql)
         self._cursor.execute(sql, args)
@@ -103,6 +109,36 @@ class Transaction:
         The primary key of the row the last C{INSERT} made.
         """
         return self.engine.lastInsertedId(self._cursor)
+
+
+def attempt_txn(
+    txn: Transaction, func: Callable[[Transaction], _R], savepoint: bool = True
+) -> tuple[bool, _R | Failure]:
+    """
+    Run C{func(txn)} so that its failure fails it alone, not the rest of
+    the transaction: in a savepoint, rolled back to if C{func} raises.
+
+    @param savepoint: whether one is needed; without, C{func} must be a
+        single statement on an engine where a failed statement undoes only
+        itself (not PostgreSQL, where it aborts the whole transaction: see
+        L{BaseEngine.failedStatementAbortsTransaction}).
+    @return: C{(True, result)} or C{(False, Failure)}.
+    """
+    if not savepoint and not txn.engine.failedStatementAbortsTransaction:
+        try:
+            return True, func(txn)
+        except Exception:
+            return False, Failure()
+    txn.execute("SAVEPOINT write")
+    try:
+        result = func(txn)
+    except Exception:
+        failure = Failure()
+        txn.execute("ROLLBACK TO SAVEPOINT write")
+        txn.execute("RELEASE SAVEPOINT write")
+        return False, failure
+    txn.execute("RELEASE SAVEPOINT write")
+    return True, result
 
 
 def chunks(values: Sequence[_T], size: int = MAX_IN_LIST) -> Iterator[Sequence[_T]]:
@@ -239,6 +275,7 @@ class Database:
     async def _start(self) -> None:
         self._pool = self.engine.makePool(self._reactor)
         self._pool.start()
+        self.log.info("Message store: {store}", store=self.engine.describe())
         self.schemaApplied = await self.runInteraction(
             "prepareSchema", _prepareSchemaFromPackage_txn
         )

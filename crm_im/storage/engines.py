@@ -49,12 +49,17 @@ class BaseEngine:
         commit, so that seqs are allocated in commit order across nodes (a
         reader never sees seq 11 before seq 10 commits); or L{None}.
     @ivar integrityErrors: what the driver raises for a violated constraint.
+    @ivar returningKeys: a multi-row C{INSERT} reports the keys it made with
+        C{RETURNING} (PostgreSQL: a sequence hands out values to concurrent
+        transactions too, so "the last id minus the row count" would be a
+        guess); otherwise through L{lastInsertedId} (SQLite, one writer).
     """
 
     name = "base"
     paramStyle = "qmark"
     beginSQL: str | None = None
     failedStatementAbortsTransaction = False
+    returningKeys = False
     schemaLockSQL: str | None = None
     writeLockSQL: str | None = None
     integrityErrors: tuple[type[Exception], ...] = ()
@@ -217,6 +222,7 @@ class PostgresEngine(BaseEngine):
     name = "postgres"
     paramStyle = "format"
     failedStatementAbortsTransaction = True
+    returningKeys = True
     schemaLockSQL = f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})"
     writeLockSQL = f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})"
     #: seconds libpq waits for a connection unless the URL says otherwise
@@ -263,6 +269,13 @@ class PostgresEngine(BaseEngine):
             extra["application_name"] = "crm_im"
         return extra
 
+    def lastInsertedId(self, cursor: Any) -> int:
+        """
+        Not available: PostgreSQL reports keys with C{RETURNING}
+        (L{returningKeys}).
+        """
+        raise NotImplementedError("use INSERT ... RETURNING on PostgreSQL")
+
     def makePool(self, reactor: IReactorCore) -> ConnectionPool:
         """
         A pool of C{minConnections} to C{maxConnections} connections.
@@ -283,3 +296,32 @@ class PostgresEngine(BaseEngine):
         The URL without its password.
         """
         return redactURL(self.url)
+
+
+#: The schemes L{engineFor} reads as PostgreSQL.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def engineFor(store: str, synchronous: str = "FULL") -> BaseEngine:
+    """
+    The engine a C{--store} value names: C{sqlite:PATH} (or a bare path) or
+    a PostgreSQL URL (C{postgresql://user@host/db?options}, libpq syntax).
+
+    @param synchronous: SQLite's C{PRAGMA synchronous} (ignored by
+        PostgreSQL, whose durability is the server's C{synchronous_commit}).
+    @raise ValueError: for an empty SQLite path or an unknown scheme.
+    """
+    if store.startswith(POSTGRES_SCHEMES):
+        return PostgresEngine(store)
+    if store.startswith("sqlite:"):
+        path = store[len("sqlite:") :]
+        if path.startswith("//"):
+            # sqlite:///abs/path or sqlite://rel/path, as SQLAlchemy writes them
+            path = path[2:]
+    elif "://" in store:
+        raise ValueError(f"unknown store scheme in {redactURL(store)!r}: use sqlite:PATH or postgresql://...")
+    else:
+        path = store
+    if not path:
+        raise ValueError("the SQLite store needs a path: sqlite:PATH")
+    return SQLiteEngine(path, synchronous)

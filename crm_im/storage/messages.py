@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 import orjson
-from twisted.python.failure import Failure
 
-from .database import Transaction, chunks, placeholders
+from .database import Transaction, attempt_txn, chunks, placeholders
 from .interface import (
     GROUP_PREFIX,
     ROOM_PREFIX,
@@ -188,29 +187,45 @@ def storeMessages_txn(txn: Transaction, msgs: Sequence[NewMessage]) -> list[tupl
             firstOf[key] = index
             fresh.append(index)
     for chunk in chunks(fresh, INSERT_CHUNK):
-        try:
-            txn.execute(
-                _INSERT_COLUMNS + ", ".join([_ROW] * len(chunk)),
-                [value for index in chunk for value in _insertRow(msgs[index])],
-            )
-            if txn.rowcount != len(chunk):
-                raise RuntimeError("multi-row insert changed an unexpected number of rows")
-            last = txn.lastInsertedId()
-        except Exception:
+        ok, made = attempt_txn(txn, lambda txn: _insertRows_txn(txn, [msgs[index] for index in chunk]), False)
+        if not ok:
             # One bad row must not fail the others: one statement each.
             for index in chunk:
-                try:
-                    results[index] = (True, storeMessage_txn(txn, msgs[index]))
-                except Exception:
-                    results[index] = (False, Failure())
+                msg = msgs[index]
+                results[index] = attempt_txn(txn, lambda txn: storeMessage_txn(txn, msg), False)
             continue
-        first = last - len(chunk) + 1
-        for offset, index in enumerate(chunk):
-            results[index] = (True, StoreOutcome(message=_newStored(msgs[index], first + offset), created=True))
+        assert isinstance(made, list)
+        for seq, index in zip(made, chunk):
+            results[index] = (True, StoreOutcome(message=_newStored(msgs[index], seq), created=True))
     for index, original in repeats:
         ok, outcome = results[original]
         results[index] = (True, StoreOutcome(message=outcome.message, created=False)) if ok else (ok, outcome)
     return results
+
+
+def _insertRows_txn(txn: Transaction, rows: Sequence[NewMessage]) -> list[int]:
+    """
+    Insert messages none of which is stored yet, with one statement.
+
+    @return: their seqs, in order.
+    @raise RuntimeError: if the database did not insert them all.
+    """
+    sql = _INSERT_COLUMNS + ", ".join([_ROW] * len(rows))
+    args = [value for msg in rows for value in _insertRow(msg)]
+    if txn.engine.returningKeys:
+        # Other transactions draw from the sequence too (other nodes'):
+        # ask for the keys rather than deduce them.
+        txn.execute(sql + " RETURNING seq, from_id, message_id", args)
+        made = {(row[1], row[2]): int(row[0]) for row in txn.fetchall()}
+        if len(made) != len(rows):
+            raise RuntimeError("multi-row insert made an unexpected number of rows")
+        return [made[(msg.fromId, msg.id)] for msg in rows]
+    txn.execute(sql, args)
+    if txn.rowcount != len(rows):
+        raise RuntimeError("multi-row insert changed an unexpected number of rows")
+    # One connection writes and AUTOINCREMENT allocates in order.
+    last = txn.lastInsertedId()
+    return list(range(last - len(rows) + 1, last + 1))
 
 
 def markDelivered_txn(txn: Transaction, seqs: Sequence[int]) -> None:
@@ -420,23 +435,7 @@ def writeBatch_txn(txn: Transaction, batch: Sequence["Write"]) -> list[tuple[boo
             continue
         if write.seqs is not None:
             continue
-        if write.atomic:
-            try:
-                results[index] = (True, write.func(txn))
-            except Exception:
-                results[index] = (False, Failure())
-            continue
-        txn.execute("SAVEPOINT write")
-        try:
-            result = write.func(txn)
-        except Exception:
-            failure = Failure()
-            txn.execute("ROLLBACK TO SAVEPOINT write")
-            txn.execute("RELEASE SAVEPOINT write")
-            results[index] = (False, failure)
-        else:
-            txn.execute("RELEASE SAVEPOINT write")
-            results[index] = (True, result)
+        results[index] = attempt_txn(txn, write.func, savepoint=not write.atomic)
     if delivered:
         markDelivered_txn(txn, delivered)
     return results

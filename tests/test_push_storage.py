@@ -9,13 +9,15 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from crm_im.storage import MemoryMessageStore, SQLiteMessageStore
+from crm_im.storage import MemoryMessageStore
 from crm_im.storage.interface import GroupRecord, MemberRecord, NewMessage, groupConversation
 from crm_im.storage.outbox import IPushStore, Pushkey
+from crm_im.storage.store import SQLMessageStore
+
+from tests.support.stores import PostgresStores, SQLiteStores
 
 _ids = itertools.count(1)
 
@@ -170,28 +172,44 @@ class MemoryPushStoreTests(PushStoreTestsMixin, TestCase):
         return MemoryMessageStore()
 
 
-class SQLitePushStoreTests(PushStoreTestsMixin, TestCase):
+class SQLPushStoreTestsMixin(PushStoreTestsMixin):
     """
-    The push store tests against L{SQLiteMessageStore} in a temporary file.
+    The push store tests against the SQL store on one engine (mixed with
+    L{SQLiteStores} or L{PostgresStores}), and durability.
     """
 
-    def makeStore(self) -> SQLiteMessageStore:
+    newStore: Any
+
+    def makeStore(self) -> SQLMessageStore:
         """
-        A SQLite store in a new temporary file.
+        A store on a database of the test's own.
         """
-        self.path = self.mktemp()
-        return SQLiteMessageStore(self.path, reactor)
+        store: SQLMessageStore = self.newStore()
+        return store
 
     async def test_outboxSurvivesReopen(self) -> None:
         """
         Outbox rows and pushkeys are durable: a store opened again on the
-        file loads them.
+        database loads them.
         """
         await self.store.registerPushkey(key("k1", "bob"), 10)
         await self.store.storeMessage(direct("alice", "bob", ("bob",)))
         await self.store.close()
-        store = SQLiteMessageStore(self.path, reactor)
+        store = self.newStore()
         await store.open()
         self.addCleanup(store.close)
         loaded = await store.loadPush()
         self.assertEqual((loaded.users, loaded.outbox), (frozenset({"bob"}), [("bob", 1000, 1)]))
+
+
+class SQLitePushStoreTests(SQLiteStores, SQLPushStoreTestsMixin, TestCase):
+    """
+    The push store tests against L{SQLiteMessageStore} in a temporary file.
+    """
+
+
+class PostgresPushStoreTests(PostgresStores, SQLPushStoreTestsMixin, TestCase):
+    """
+    The push store tests against L{PostgresMessageStore} in a schema of the
+    test's own.
+    """

@@ -6,6 +6,8 @@ commit, durability across reopen, schema versions, pragmas).
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Any, Sequence
 
 from twisted.internet import reactor
@@ -14,19 +16,28 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from tests.support.postgres import newSchemaURL
+from tests.support.stores import PostgresStores, SQLiteStores
+
 from crm_im.storage import (
     FileRecord,
     IFileMetadata,
     IMessageStore,
     MemoryMessageStore,
     NewMessage,
+    PostgresMessageStore,
     SQLiteEngine,
     SQLiteMessageStore,
     StoreClosedError,
     StoredMessage,
     conversationKey,
+    groupConversation,
+    roomConversation,
 )
+from crm_im.storage.engines import PostgresEngine, engineFor
+from crm_im.storage.store import SQLMessageStore
 from crm_im.storage.database import (
+    SchemaTooNewError,
     Transaction,
     chunks,
     prepareSchema_txn,
@@ -175,6 +186,87 @@ class SchemaTests(SynchronousTestCase):
         versions = [version for version, _, _ in schemaFiles()]
         self.assertEqual(versions, list(range(1, len(versions) + 1)))
         self.assertIn("messages", [name for _, name, _ in schemaFiles()])
+
+    def schemaDirectory(self, files: dict[str, str]) -> Path:
+        """
+        A directory holding schema files with these names and contents.
+        """
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        for name, sql in files.items():
+            (directory / name).write_text(sql)
+        return directory
+
+    def test_variantPerEngine(self) -> None:
+        """
+        An engine's variant of a version wins over the shared file; a
+        version with only a shared file runs on both; files of other names
+        are ignored.
+        """
+        directory = self.schemaDirectory(
+            {
+                "001_a.sql.sqlite": "lite",
+                "001_a.sql.postgres": "pg",
+                "002_b.sql": "both",
+                "003_c.sql": "shared",
+                "003_c.sql.postgres": "pg only",
+                "README": "not a schema file",
+            }
+        )
+        self.assertEqual(
+            schemaFiles("sqlite", directory), [(1, "a", "lite"), (2, "b", "both"), (3, "c", "shared")]
+        )
+        self.assertEqual(
+            schemaFiles("postgres", directory), [(1, "a", "pg"), (2, "b", "both"), (3, "c", "pg only")]
+        )
+
+    def test_variantRefusals(self) -> None:
+        """
+        A version without a file for the engine, a variant for an unknown
+        engine, two names for one version, and an unknown engine asked for
+        are refused.
+        """
+        missing = self.schemaDirectory({"001_a.sql.sqlite": "x"})
+        self.assertEqual(schemaFiles("sqlite", missing), [(1, "a", "x")])
+        self.assertRaises(RuntimeError, schemaFiles, "postgres", missing)
+        unknown = self.schemaDirectory({"001_a.sql.mysql": "x"})
+        self.assertRaises(RuntimeError, schemaFiles, "sqlite", unknown)
+        twoNames = self.schemaDirectory({"001_a.sql": "x", "001_b.sql.postgres": "y"})
+        self.assertRaises(RuntimeError, schemaFiles, "postgres", twoNames)
+        self.assertRaises(ValueError, schemaFiles, "oracle", missing)
+
+    def test_shippedForEveryEngine(self) -> None:
+        """
+        Both engines get every version, with the same names; PostgreSQL's
+        seq is a BIGSERIAL and no SQLite-only syntax reaches it.
+        """
+        lite = schemaFiles("sqlite")
+        pg = schemaFiles("postgres")
+        self.assertEqual([(v, n) for v, n, _ in lite], [(v, n) for v, n, _ in pg])
+        self.assertIn("seq BIGSERIAL PRIMARY KEY", pg[0][2])
+        for _, _, sql in pg:
+            statements = " ".join(splitStatements(sql))
+            self.assertNotIn("AUTOINCREMENT", statements)
+            self.assertNotIn("X'00'", statements)
+
+    def test_engineFor(self) -> None:
+        """
+        A C{--store} value names an engine: C{sqlite:PATH} (or a bare
+        path), C{postgresql://} or C{postgres://}; anything else is refused
+        without echoing a password.
+        """
+        lite = engineFor("sqlite:/var/lib/crm_im/x.db", "normal")
+        assert isinstance(lite, SQLiteEngine)
+        self.assertEqual((lite.path, lite.synchronous), ("/var/lib/crm_im/x.db", "NORMAL"))
+        self.assertEqual(engineFor("sqlite:///abs.db").describe(), "sqlite:/abs.db")
+        self.assertEqual(engineFor("relative.db").describe(), "sqlite:relative.db")
+        pg = engineFor("postgresql://crm:secret@db.example/crm?sslmode=require")
+        self.assertIsInstance(pg, PostgresEngine)
+        self.assertEqual(pg.describe(), "postgresql://crm:***@db.example/crm?sslmode=require")
+        self.assertIsInstance(engineFor("postgres://db/crm"), PostgresEngine)
+        error = self.assertRaises(ValueError, engineFor, "mysql://crm:secret@db/crm")
+        self.assertNotIn("secret", str(error))
+        self.assertRaises(ValueError, engineFor, "sqlite:")
 
     def test_chunks(self) -> None:
         """
@@ -611,25 +703,30 @@ class MemoryMessageStoreTests(MessageStoreTestsMixin, TestCase):
         self.assertTrue(self.successResultOf(d).created)
 
 
-class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
+class SQLMessageStoreTestsMixin(MessageStoreTestsMixin):
     """
-    The store tests against L{SQLiteMessageStore} in a temporary file, plus
-    tests of what only a database does.
+    The store tests against L{SQLMessageStore} on one engine (mixed with
+    L{SQLiteStores} or L{PostgresStores}), plus tests of what only a
+    database does: group commit, durability across reopen, schema versions.
     """
 
-    def makeStore(self) -> SQLiteMessageStore:
-        """
-        A SQLite store in a new temporary file.
-        """
-        self.path = self.mktemp()
-        return SQLiteMessageStore(self.path, reactor)
+    newStore: Any
+    rows: Any
+    integrityError: Any
+    successResultOf: Any
 
-    async def reopen(self) -> SQLiteMessageStore:
+    def makeStore(self) -> SQLMessageStore:
         """
-        Close the store and open a new one on the same file.
+        A store on a database of the test's own.
+        """
+        return self.newStore()
+
+    async def reopen(self) -> SQLMessageStore:
+        """
+        Close the store and open a new one on the same database.
         """
         await self.store.close()
-        store = SQLiteMessageStore(self.path, reactor)
+        store = self.newStore()
         await store.open()
         self.addCleanup(store.close)
         return store
@@ -658,8 +755,6 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
         and of same-batch messages, gets the seqs the rows really have, in
         order, and each duplicate the original row.
         """
-        import sqlite3
-
         from crm_im.storage.store import INSERT_CHUNK
 
         first = await self.store.storeMessage(newMessage("old"))
@@ -668,11 +763,7 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
         writes.append(self.store.storeMessage(newMessage("old")))
         writes.append(self.store.storeMessage(newMessage("m5", content="again")))
         results = await gatherResults(writes)
-        other = sqlite3.connect(self.path)
-        try:
-            rows = dict(other.execute("SELECT message_id, seq FROM messages").fetchall())
-        finally:
-            other.close()
+        rows = dict(self.rows("SELECT message_id, seq FROM messages"))
         for n, outcome in enumerate(results[:count]):
             self.assertTrue(outcome.created)
             self.assertEqual(outcome.message.seq, rows[f"m{n}"])
@@ -690,14 +781,12 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
         A message the database refuses (here a C{NOT NULL} column left
         empty) fails alone; the rest of its multi-row INSERT is stored.
         """
-        import sqlite3
-
         writes: list[Deferred[Any]] = [
             self.store.storeMessage(newMessage("a")),
             self.store.storeMessage(newMessage("b", content=None)),
             self.store.storeMessage(newMessage("c")),
         ]
-        await self.assertFailure(writes.pop(1), sqlite3.IntegrityError)
+        await self.assertFailure(writes.pop(1), self.integrityError)
         for write in writes:
             await write
         page = await self.store.history("alice", "bob", None, 10, None, None)
@@ -791,25 +880,16 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
     async def test_writeFiresAfterCommit(self) -> None:
         """
         When a store's L{Deferred} fires, its transaction has committed: a
-        second connection to the file sees the message.
+        second connection to the database sees the message.
         """
-        import sqlite3
-
         await self.store.storeMessage(newMessage("1"))
-        other = sqlite3.connect(self.path)
-        try:
-            rows = other.execute("SELECT message_id FROM messages").fetchall()
-        finally:
-            other.close()
-        self.assertEqual(rows, [("1",)])
+        self.assertEqual(self.rows("SELECT message_id FROM messages"), [("1",)])
 
     async def test_failingWriteFailsAlone(self) -> None:
         """
         A write that fails inside a batch fails alone: the other writes of
         the batch are committed.
         """
-        import sqlite3
-
         record = FileRecord("f" * 32, "alice", "bob", "a.pdf", None, 3, 1000)
         writes: list[Deferred[Any]] = [
             self.store.storeMessage(newMessage("0")),
@@ -819,7 +899,7 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
             self.store.storeMessage(newMessage("2")),
         ]
         before = self.store.transactionCount
-        await self.assertFailure(writes.pop(3), sqlite3.IntegrityError)
+        await self.assertFailure(writes.pop(3), self.integrityError)
         for write in writes:
             await write
         self.assertTrue(self.store.transactionCount - before <= 1)
@@ -829,11 +909,13 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
 
     async def test_reopenKeepsEverything(self) -> None:
         """
-        Closing and reopening the file keeps messages, delivered and read
+        Closing and reopening the database keeps messages, delivered and read
         state, and file records; the schema is not applied again and seqs keep
         increasing.
         """
-        self.assertEqual(self.store.database.schemaApplied, [version for version, _, _ in schemaFiles()])
+        self.assertEqual(
+            self.store.database.schemaApplied, [version for version, _, _ in schemaFiles(self.engineName)]
+        )
         stored = await self.storeAll(newMessage("1"), newMessage("2"), newMessage("3"))
         await self.store.markDelivered([stored[0].seq])
         await self.store.markRead("bob", 42, messageIds=["2"])
@@ -851,6 +933,61 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
         self.assertTrue(outcome.message.seq > stored[2].seq)
         again = await store.storeMessage(newMessage("1"))
         self.assertFalse(again.created)
+
+    async def test_schemaTooNew(self) -> None:
+        """
+        A database upgraded by a newer crm_im (a schema version this code
+        does not ship) is refused at open, and left as it is.
+        """
+
+        def future_txn(txn: Transaction) -> None:
+            txn.execute("INSERT INTO schema_version (version, name) VALUES (?, ?)", (999, "future"))
+
+        await self.store.database.runInteraction("test", future_txn)
+        await self.store.close()
+        store = self.newStore()
+        self.addCleanup(store.close)
+        await self.assertFailure(store.open(), SchemaTooNewError)
+        self.assertEqual(self.rows("SELECT name FROM schema_version WHERE version = ?", (999,)), [("future",)])
+
+    async def test_schemaVersionRecorded(self) -> None:
+        """
+        Applying the schema again on an up-to-date database does nothing;
+        C{schema_version} lists each version once.
+        """
+
+        def apply_txn(txn: Transaction) -> tuple[list[int], list[tuple[Any, ...]]]:
+            applied = prepareSchema_txn(txn, schemaFiles(txn.engine.name))
+            txn.execute("SELECT version, name FROM schema_version ORDER BY version")
+            return applied, txn.fetchall()
+
+        applied, rows = await self.store.database.runInteraction("test", apply_txn)
+        self.assertEqual(applied, [])
+        self.assertEqual(rows, [(version, name) for version, name, _ in schemaFiles(self.engineName)])
+        self.assertEqual(rows[:4], [(1, "messages"), (2, "files"), (3, "partial_topic_index"), (4, "conversations")])
+
+    async def test_notOpen(self) -> None:
+        """
+        A store that was never opened refuses reads and writes.
+        """
+        store = self.newStore()
+        await self.assertFailure(store.storeMessage(newMessage("1")), StoreClosedError)
+        await self.assertFailure(store.ping(), StoreClosedError)
+
+    async def test_pingAfterClose(self) -> None:
+        """
+        C{ping} fails once the store is closed; closing twice is harmless.
+        """
+        await self.store.close()
+        await self.store.close()
+        await self.assertFailure(self.store.ping(), StoreClosedError)
+
+
+class SQLiteMessageStoreTests(SQLiteStores, SQLMessageStoreTestsMixin, TestCase):
+    """
+    The store tests against L{SQLiteMessageStore} in a temporary file, plus
+    what only SQLite has: pragmas, query plans, upgrades of old files.
+    """
 
     async def test_upgradeFromVersion2(self) -> None:
         """
@@ -878,22 +1015,6 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
         self.assertEqual(store.database.schemaApplied, [version for version, _, _ in schemaFiles() if version > 2])
         page = await store.history("alice", "bob", "deal", 10, None, None)
         self.assertEqual([m.id for m in page.messages], ["1"])
-
-    async def test_schemaVersionRecorded(self) -> None:
-        """
-        Applying the schema again on an up-to-date database does nothing;
-        C{schema_version} lists each version once.
-        """
-
-        def apply_txn(txn: Transaction) -> tuple[list[int], list[tuple[Any, ...]]]:
-            applied = prepareSchema_txn(txn, schemaFiles())
-            txn.execute("SELECT version, name FROM schema_version ORDER BY version")
-            return applied, txn.fetchall()
-
-        applied, rows = await self.store.database.runInteraction("test", apply_txn)
-        self.assertEqual(applied, [])
-        self.assertEqual(rows, [(version, name) for version, name, _ in schemaFiles()])
-        self.assertEqual(rows[:4], [(1, "messages"), (2, "files"), (3, "partial_topic_index"), (4, "conversations")])
 
     async def test_pragmas(self) -> None:
         """
@@ -971,18 +1092,183 @@ class SQLiteMessageStoreTests(MessageStoreTestsMixin, TestCase):
         page = await self.store.history("alice", "bob", "deal", 10, None, None)
         self.assertEqual([m.id for m in page.messages], ["2"])
 
-    async def test_notOpen(self) -> None:
-        """
-        A store that was never opened refuses reads and writes.
-        """
-        store = SQLiteMessageStore(self.mktemp(), reactor)
-        await self.assertFailure(store.storeMessage(newMessage("1")), StoreClosedError)
-        await self.assertFailure(store.ping(), StoreClosedError)
 
-    async def test_pingAfterClose(self) -> None:
+    async def test_upgradeKeysFromNUL(self) -> None:
         """
-        C{ping} fails once the store is closed; closing twice is harmless.
+        A database of schema version 7, whose conversation keys were joined
+        with NUL, gets version 8 on the next start: every key (messages of
+        each kind, read cursors, file records) is joined with U+001F, and
+        history, groups and cursors read as before.
+        """
+        import sqlite3
+
+        path = self.mktemp()
+        nul = "\x00"
+        direct = "alice" + nul + "bob"
+        group = nul + "g" + nul + "g1"
+        room = nul + "r" + nul + "r1"
+        with sqlite3.connect(path) as old:
+            for version, name, sql in schemaFiles()[:7]:
+                for statement in splitStatements(sql):
+                    old.execute(statement)
+            old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+            old.executemany(
+                "INSERT INTO schema_version VALUES (?, ?)", [(v, n) for v, n, _ in schemaFiles()[:7]]
+            )
+            insert = (
+                "INSERT INTO messages (message_id, from_id, from_name, to_id, conversation, type,"
+                " content, server_timestamp, delivered) VALUES (?, 'alice', 'A', ?, ?, 'text', ?, 1, ?)"
+            )
+            old.execute(insert, ("d", "bob", direct, "to bob", 0))
+            old.execute(insert, ("g", "", group, "to the group", 1))
+            old.execute(insert, ("r", "", room, "to the room", 1))
+            old.execute("INSERT INTO groups VALUES ('g1', 'G', NULL, 'alice', 'alice', NULL, 1, NULL)")
+            old.execute("INSERT INTO group_members VALUES ('g1', 'alice', 'owner', 1, 1, NULL)")
+            old.execute("INSERT INTO group_members VALUES ('g1', 'bob', 'member', 1, 2, NULL)")
+            old.execute("INSERT INTO read_cursors VALUES (?, 'bob', 2)", (group,))
+            old.execute(
+                "INSERT INTO files (file_id, from_id, to_id, file_name, size, created_at, conversation)"
+                " VALUES ('f', 'alice', 'bob', 'a.pdf', 1, 1, ?)",
+                (direct,),
+            )
+        old.close()
+        store = SQLiteMessageStore(path, reactor)
+        await store.open()
+        self.addCleanup(store.close)
+        self.assertEqual(store.database.schemaApplied, [8])
+        page = await store.history("alice", "bob", None, 10, None, None)
+        self.assertEqual([m.content for m in page.messages], ["to bob"])
+        page = await store.conversationHistory(groupConversation("g1"), 10, None, None)
+        self.assertEqual([(m.content, m.groupId) for m in page.messages], [("to the group", "g1")])
+        page = await store.conversationHistory(roomConversation("r1"), 10, None, None)
+        self.assertEqual([(m.content, m.roomId) for m in page.messages], [("to the room", "r1")])
+        state = await store.group("g1")
+        assert state is not None
+        self.assertEqual(state.lastSeq, 2)
+        self.assertEqual(await store.readCursors(groupConversation("g1")), {"bob": 2})
+        with sqlite3.connect(path) as check:
+            keys = check.execute(
+                "SELECT conversation FROM messages UNION ALL SELECT conversation FROM read_cursors"
+                " UNION ALL SELECT conversation FROM files"
+            ).fetchall()
+        check.close()
+        self.assertEqual(
+            sorted(key for (key,) in keys),
+            sorted([conversationKey("alice", "bob")] * 2 + [groupConversation("g1")] * 2 + [roomConversation("r1")]),
+        )
+
+
+class PostgresMessageStoreTests(PostgresStores, SQLMessageStoreTestsMixin, TestCase):
+    """
+    The store tests against L{PostgresMessageStore} in a schema of the
+    test's own, plus what only PostgreSQL has: nodes sharing a database.
+    """
+
+    async def otherNode(self) -> SQLMessageStore:
+        """
+        Another open store on the test's database, as a second node has.
+        """
+        store = self.newStore()
+        self.addCleanup(store.close)
+        await store.open()
+        return store
+
+    async def test_seqsCommitInOrderAcrossNodes(self) -> None:
+        """
+        Two stores on one database (two nodes) writing at once: every seq
+        is unique, each store's writes get increasing seqs, and a reader
+        polling meanwhile never sees a seq commit below one it has seen
+        (the write lock makes commit order seq order): what it sees is
+        always every seq from 1 to the highest, no hole to be filled later.
+        """
+        other = await self.otherNode()
+        reader = await self.otherNode()
+        rounds, size = 20, 20
+        for store in (self.store, other):
+            store.commitInterval = 0
+        holes: list[tuple[int, int]] = []
+        polls = 0
+        writing = True
+
+        def poll_txn(txn: Transaction) -> tuple[int, int]:
+            txn.execute("SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM messages")
+            row = txn.fetchone()
+            assert row is not None
+            return int(row[0]), int(row[1])
+
+        async def poll() -> None:
+            nonlocal polls
+            while writing:
+                count, highest = await reader.database.runInteraction("poll", poll_txn)
+                polls += 1
+                if count != highest:
+                    holes.append((count, highest))
+
+        async def write(store: SQLMessageStore, sender: str) -> list[int]:
+            seqs: list[int] = []
+            for round in range(rounds):
+                outcomes = await gatherResults(
+                    [store.storeMessage(newMessage(f"{round}-{n}", fromId=sender)) for n in range(size)]
+                )
+                seqs.extend(outcome.message.seq for outcome in outcomes)
+            return seqs
+
+        polling = Deferred.fromCoroutine(poll())
+        mine, theirs = await gatherResults(
+            [Deferred.fromCoroutine(write(self.store, "alice")), Deferred.fromCoroutine(write(other, "carol"))]
+        )
+        writing = False
+        await polling
+        self.assertEqual(holes, [])
+        self.assertTrue(polls > 0)
+        self.assertEqual(mine, sorted(mine))
+        self.assertEqual(theirs, sorted(theirs))
+        self.assertEqual(sorted(mine + theirs), list(range(1, 2 * rounds * size + 1)))
+
+    async def test_schemaAppliedOnceByNodesStartingTogether(self) -> None:
+        """
+        Stores opened at once on an empty database apply the schema once
+        between them (the schema lock), and all of them start.
         """
         await self.store.close()
+        import psycopg
+
+        url = newSchemaURL(self)
+        stores = [PostgresMessageStore(url, reactor) for _ in range(3)]
+        for store in stores:
+            self.addCleanup(store.close)
+        await gatherResults([store.open() for store in stores])
+        applied = sorted((store.database.schemaApplied for store in stores), key=len)
+        self.assertEqual(applied, [[], [], [version for version, _, _ in schemaFiles("postgres")]])
+        with psycopg.connect(url) as conn:
+            versions = conn.execute("SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_version").fetchone()
+        self.assertEqual(versions, (len(applied[-1]), len(applied[-1])))
+
+    async def test_reconnects(self) -> None:
+        """
+        After the server dropped every connection of the store (a restart,
+        a failover: here C{pg_terminate_backend}), reads and writes carry
+        on: a transaction whose connection broke under it runs again on a
+        new one.
+        """
+        import psycopg
+
         await self.store.close()
-        await self.assertFailure(self.store.ping(), StoreClosedError)
+        name = "crm_im_t_" + uuid.uuid4().hex[:12]
+        store = PostgresMessageStore(self.url + "&application_name=" + name, reactor)
+        self.addCleanup(store.close)
+        await store.open()
+        await store.storeMessage(newMessage("1"))
+        await gatherResults([store.ping() for _ in range(4)])
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+                (name,),
+            ).fetchone()
+        assert killed is not None
+        self.assertTrue(killed[0] >= 1)
+        outcome = await store.storeMessage(newMessage("2"))
+        self.assertTrue(outcome.created)
+        for _ in range(store.database.engine.retriesOnBrokenConnection):
+            self.assertEqual(ids(await store.pendingFor("bob", 10)), ["1", "2"])
+        self.flushLoggedErrors()

@@ -14,11 +14,10 @@ import itertools
 import uuid
 from typing import Any, Sequence
 
-from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from crm_im.storage import MemoryMessageStore, SQLiteMessageStore
+from crm_im.storage import MemoryMessageStore
 from crm_im.storage import conversations as sqlconversations
 from crm_im.storage.interface import (
     ADMIN,
@@ -36,6 +35,9 @@ from crm_im.storage.interface import (
     groupConversation,
     roomConversation,
 )
+from crm_im.storage.store import SQLMessageStore
+
+from tests.support.stores import PostgresStores, SQLiteStores
 
 _ids = itertools.count(1)
 
@@ -609,23 +611,25 @@ class MemoryConversationStoreTests(ConversationStoreTestsMixin, TestCase):
         return MemoryMessageStore()
 
 
-class SQLiteConversationStoreTests(ConversationStoreTestsMixin, TestCase):
+class SQLConversationStoreTestsMixin(ConversationStoreTestsMixin):
     """
-    The conversation store tests against L{SQLiteMessageStore} in a
-    temporary file.
+    The conversation store tests against the SQL store on one engine (mixed with
+    L{SQLiteStores} or L{PostgresStores}), and durability.
     """
 
-    def makeStore(self) -> SQLiteMessageStore:
+    newStore: Any
+
+    def makeStore(self) -> SQLMessageStore:
         """
-        A SQLite store in a new temporary file.
+        A store on a database of the test's own.
         """
-        self.path = self.mktemp()
-        return SQLiteMessageStore(self.path, reactor)
+        store: SQLMessageStore = self.newStore()
+        return store
 
     async def test_survivesReopen(self) -> None:
         """
         Groups (members, former members, roles), cursors and rooms are
-        durable: a store opened again on the file reads the same.
+        durable: a store opened again on the database reads the same.
         """
         await self.createGroup()
         await self.store.changeGroup(GroupChange("g1", 2000, remove=("carol",), roles=(("bob", ADMIN),)))
@@ -634,9 +638,22 @@ class SQLiteConversationStoreTests(ConversationStoreTestsMixin, TestCase):
         await self.store.createRoom(roomRecord())
         before = await self.state()
         await self.store.close()
-        store = SQLiteMessageStore(self.path, reactor)
+        store = self.newStore()
         await store.open()
         self.addCleanup(store.close)
         self.assertEqual(await store.group("g1"), before)
         self.assertEqual(await store.readCursors(groupConversation("g1")), {"alice": said.seq})
         self.assertEqual(await store.room("r1"), roomRecord())
+
+
+class SQLiteConversationStoreTests(SQLiteStores, SQLConversationStoreTestsMixin, TestCase):
+    """
+    The conversation store tests against L{SQLiteMessageStore} in a temporary file.
+    """
+
+
+class PostgresConversationStoreTests(PostgresStores, SQLConversationStoreTestsMixin, TestCase):
+    """
+    The conversation store tests against L{PostgresMessageStore} in a schema of the
+    test's own.
+    """

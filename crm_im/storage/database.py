@@ -13,7 +13,8 @@ Where a statement must differ (C{AUTOINCREMENT} against C{BIGSERIAL}, a
 rewrite only old SQLite data needs), the version has one variant per engine
 instead, C{NNN_name.sql.sqlite} and C{NNN_name.sql.postgres} (the suffix is
 L{BaseEngine.name}): one numbering for every engine, and a version has a
-shared file or a variant for each engine. A database whose schema is newer
+shared file, a variant for each engine, or both (an engine's variant then
+wins over the shared file). Variants of a version bear its one name. A database whose schema is newer
 than the files this code ships is refused (L{SchemaTooNewError}).
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any, Callable, Concatenate, Iterator, ParamSpec, Sequence, TypeVar
 
 from twisted.enterprise.adbapi import ConnectionPool
@@ -156,13 +158,15 @@ def placeholders(count: int) -> str:
     return ", ".join("?" * count)
 
 
-def schemaFiles(engine: str = "sqlite") -> list[tuple[int, str, str]]:
+def schemaFiles(engine: str = "sqlite", directory: Traversable | None = None) -> list[tuple[int, str, str]]:
     """
     Read the schema files shipped in the package for one engine (blocking:
     call it on the pool thread).
 
     @param engine: an engine's L{BaseEngine.name}: its variant of a version
         (C{NNN_name.sql.<engine>}) is taken over the shared file.
+    @param directory: where the files are; by default the package's
+        C{schema} directory.
     @return: C{(version, name, sql)} sorted by version.
     @raise RuntimeError: for two names or two files of one version, or a
         version with neither a shared file nor a variant for C{engine}.
@@ -170,7 +174,9 @@ def schemaFiles(engine: str = "sqlite") -> list[tuple[int, str, str]]:
     if engine not in ENGINE_NAMES:
         raise ValueError(f"unknown engine {engine!r}")
     byVersion: dict[int, dict[str | None, tuple[str, str]]] = {}
-    for entry in (resources.files("crm_im.storage") / "schema").iterdir():
+    if directory is None:
+        directory = resources.files("crm_im.storage") / "schema"
+    for entry in directory.iterdir():
         match = _SCHEMA_FILE.match(entry.name)
         if match is None:
             continue
@@ -309,14 +315,55 @@ class Database:
             raise StoreClosedError(f"{desc}: the database is not open")
         engine = self.engine
         self.transactionCount += 1
+        retries = engine.retriesOnBrokenConnection
+        if not retries:
 
-        def interaction(cursor: Any) -> _R:
+            def interaction(cursor: Any) -> _R:
+                txn = Transaction(cursor, engine)
+                if engine.beginSQL is not None:
+                    txn.execute(engine.beginSQL)
+                return func(txn, *args, **kwargs)
+
+            d: Deferred[_R] = pool.runInteraction(interaction)
+            return d
+        broken: list[bool] = []
+
+        def retriable(cursor: Any) -> _R:
             txn = Transaction(cursor, engine)
             if engine.beginSQL is not None:
                 txn.execute(engine.beginSQL)
-            return func(txn, *args, **kwargs)
+            try:
+                return func(txn, *args, **kwargs)
+            except Exception:
+                if engine.connectionBroken(txn._cursor):
+                    broken.append(True)
+                raise
 
+        d = pool.runInteraction(retriable)
+        d.addErrback(self._retryOnBroken, desc, retriable, broken, retries)
+        return d
+
+    def _retryOnBroken(
+        self, failure: Failure, desc: str, interaction: Callable[[Any], _R], broken: list[bool], retries: int
+    ) -> Deferred[_R] | Failure:
+        """
+        Run a transaction again on another connection when the connection
+        broke under it before it was committed (so it was not: the server
+        rolls back what a lost connection left open). A failure at commit
+        is not retried: whether it committed is unknown.
+        """
+        pool = self._pool
+        if not broken or retries <= 0 or pool is None or not pool.running:
+            return failure
+        del broken[:]
+        self.log.warn(
+            "{desc}: the database connection was lost ({error}); running the transaction again",
+            desc=desc,
+            error=failure.getErrorMessage(),
+        )
+        self.transactionCount += 1
         d: Deferred[_R] = pool.runInteraction(interaction)
+        d.addErrback(self._retryOnBroken, desc, interaction, broken, retries - 1)
         return d
 
     def close(self) -> None:

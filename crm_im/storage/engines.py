@@ -55,6 +55,10 @@ class BaseEngine:
         guess); otherwise through L{lastInsertedId} (SQLite, one writer).
     """
 
+    #: how many times a transaction whose connection broke under it is run
+    #: again on another (see L{connectionBroken})
+    retriesOnBrokenConnection = 0
+
     name = "base"
     paramStyle = "qmark"
     beginSQL: str | None = None
@@ -89,6 +93,14 @@ class BaseEngine:
         Where the data is, for logs: never a password.
         """
         return self.name
+
+    def connectionBroken(self, cursor: Any) -> bool:
+        """
+        Whether the connection of C{cursor} is lost (a failed statement on
+        it then says nothing about the statement: its transaction, never
+        committed, may run again on another connection).
+        """
+        return False
 
 
 class SQLiteEngine(BaseEngine):
@@ -268,6 +280,22 @@ class PostgresEngine(BaseEngine):
         if "application_name" not in given:
             extra["application_name"] = "crm_im"
         return extra
+
+    @property
+    def retriesOnBrokenConnection(self) -> int:  # type: ignore[override]
+        """
+        One per pooled connection: after a restart of the server (or a
+        network cut) every connection of the pool is broken, and each is
+        found out, dropped and replaced (C{cp_reconnect}) by one failure.
+        """
+        return self.maxConnections
+
+    def connectionBroken(self, cursor: Any) -> bool:
+        """
+        psycopg's C{broken}: the server went away (restart, failover,
+        C{pg_terminate_backend}, a network cut).
+        """
+        return bool(getattr(getattr(cursor, "connection", None), "broken", False))
 
     def lastInsertedId(self, cursor: Any) -> int:
         """

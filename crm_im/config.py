@@ -66,6 +66,14 @@ class Config:
     @ivar adminListen: endpoints serving the admin API and page instead of
         the main port.
     @ivar adminUI: serve the C{/admin} namespace of the Socket.IO Admin UI.
+    @ivar maxFileSize: the largest uploaded file, bytes (FILES.md).
+    @ivar fileQuota: bytes one user's files may take (0: no quota).
+    @ivar fileRetentionDays: days file bytes are kept (0: forever).
+    @ivar fileLinkDays: days a signed download link is valid.
+    @ivar uploadExpiry: seconds an unfinished upload stays open after its
+        last byte.
+    @ivar urlSecret: the secret of upload tokens and download links, kept
+        out of C{repr}; L{None}: a key kept in the data directory.
     """
 
     listen: tuple[str, ...] = ("tcp:8080",)
@@ -106,6 +114,12 @@ class Config:
     adminToken: str | None = attrs.field(default=None, repr=False)
     adminListen: tuple[str, ...] = ()
     adminUI: bool = False
+    maxFileSize: int = 100 * 1024 * 1024
+    fileQuota: int = 1024 * 1024 * 1024
+    fileRetentionDays: float = 0.0
+    fileLinkDays: float = 7.0
+    uploadExpiry: float = 3600.0
+    urlSecret: str | None = attrs.field(default=None, repr=False)
 
     def storeURL(self) -> str:
         """

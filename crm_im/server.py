@@ -48,6 +48,13 @@ from .web.health import HealthResource
 from .web.metrics import MetricsResource
 from .web.json import NotFoundResource
 from .web.root import RootResource, buildRoot
+from .http.streaming import streamingRequests
+from .storage.filerecords import SQLFileRecords
+from .storage.interface import IFileRecords
+from .storage.memoryfiles import MemoryFileRecords
+from .uploads.resource import FilesAPIResource, ThumbnailsResource
+from .uploads.service import UploadService, UploadSettings
+from .uploads.signing import URLSigner, loadSecret
 from .web.status import OnlineUsersResource, ServerStatusResource
 
 
@@ -114,7 +121,23 @@ class CRMIMService(Service):
         else:
             self.store = store
         self.threadpool = ThreadPool(minthreads=0, maxthreads=4, name="crm_im-files")
-        self.files = DiskFileStore(dataDir.child("files"), IReactorFromThreads(reactor), self.threadpool, self.store)
+        self.fileRecords: IFileRecords = (
+            MemoryFileRecords(self.store) if isinstance(self.store, MemoryMessageStore) else SQLFileRecords(self.store)
+        )
+        self.files = DiskFileStore(dataDir.child("files"), IReactorFromThreads(reactor), self.threadpool, self.fileRecords)
+        self.uploads = UploadService(
+            self.files,
+            self.fileRecords,
+            URLSigner(loadSecret(dataDir, config.urlSecret), reactor),
+            reactor,
+            UploadSettings(
+                maxFileSize=config.maxFileSize,
+                quota=config.fileQuota,
+                uploadIdle=config.uploadExpiry,
+                linkLifetime=config.fileLinkDays * 86400,
+                retentionDays=config.fileRetentionDays,
+            ),
+        )
         self.presence = Presence(reactor, config.presenceGrace)
         engineConfig = config.engineConfig()
         self.sio = SocketIOServer(reactor, engineConfig, connectTimeout=config.connectTimeout / 1000)
@@ -154,7 +177,12 @@ class CRMIMService(Service):
         root.putChild(b"metrics", MetricsResource(self.metrics.registry))
         root.putChild(b"health", HealthResource(self.store, reactor, lambda: bool(self.running)))
         self._buildAdmin(config, reactor, root, cors)
+        api = root.children[b"api"]
+        api.putChild(b"files", FilesAPIResource(self.uploads, cors))
+        api.putChild(b"thumbnails", ThumbnailsResource(self.uploads, cors))
+        self.core.enableUploads(self.fileRecords, self.uploads, self.uploads.signWire)
         self.site = EngineIOSite(root, engineConfig, reactor)
+        self.site.requestFactory = streamingRequests(self.site.requestFactory, self.uploads.sink)
         self.ports: list[IListeningPort] = []
         self.ready: Deferred[list[IListeningPort]] = Deferred()
 
@@ -267,6 +295,7 @@ class CRMIMService(Service):
         if self.adminAuth.configured:
             await self.admin.start()
         self.presence.start()
+        self.uploads.start()
         self.sio.start()
         self.app.start()
         for description in self.config.listen:
@@ -316,6 +345,7 @@ class CRMIMService(Service):
         ports, self.ports = self.ports, []
         await DeferredList([maybeDeferred(port.stopListening) for port in ports])
         self.presence.stop()
+        self.uploads.stop()
         self.app.stop()
         self.admin.stop()
         if self.adminUI is not None:

@@ -125,6 +125,14 @@ class Options(usage.Options):
         ["push-concurrency", None, 16, "Push gateway requests in flight at most."],
         ["push-timeout", None, 10, "Seconds a push gateway request may take."],
         ["push-max-outbox", None, 100_000, "Push notifications waiting at most; past it the oldest are dropped."],
+        ["max-file-size", None, 100 * 1024 * 1024, "Largest uploaded file, in bytes (FILES.md)."],
+        ["file-quota", None, 1024 * 1024 * 1024, "Bytes one user's uploaded files may take (0: no quota)."],
+        ["file-retention-days", None, 0, "Delete file bytes older than this many days that no newer message "
+         "refers to (0: keep forever)."],
+        ["file-link-days", None, 7, "Days a signed download link (fileUrl) is valid."],
+        ["upload-expiry", None, 3600, "Seconds an unfinished upload stays open after its last byte."],
+        ["url-secret", None, None, "Secret signing upload tokens and download links; prefer $CRM_IM_URL_SECRET. "
+         "Default: a random key kept in the data directory (url-secret)."],
         ["admin-token", None, None, "Token of the admin API and page at /admin/ (Authorization: Bearer); prefer "
          "$CRM_IM_ADMIN_TOKEN (not shown by ps). Without it (or --auth jwt) the admin API answers 404."],
     ]
@@ -251,6 +259,7 @@ class Options(usage.Options):
             adminUI=bool(self["admin-ui"]),
         )
         self.config = attrs.evolve(self.config, **_push(self))
+        self.config = attrs.evolve(self.config, **_files(self))
         if self.config.maxRoomsPerUser < 0 or self.config.recallWindow < 0:
             raise usage.UsageError("--max-rooms-per-user and --recall-window must not be negative")
         if auth == JWT:
@@ -283,6 +292,23 @@ def _push(options: "Options") -> dict[str, Any]:
         pushConcurrency=_positive("push-concurrency", options["push-concurrency"]),
         pushTimeout=_number("push-timeout", options["push-timeout"], float) or 10.0,
         pushMaxOutbox=_positive("push-max-outbox", options["push-max-outbox"]),
+    )
+
+
+def _files(options: "Options") -> dict[str, Any]:
+    """
+    The file upload settings (FILES.md).
+    """
+    secret = options["url-secret"] or os.environ.get("CRM_IM_URL_SECRET") or None
+    if secret is not None and len(secret.encode("utf-8")) < 16:
+        raise usage.UsageError("--url-secret must be at least 16 bytes")
+    return dict(
+        maxFileSize=_positive("max-file-size", options["max-file-size"]),
+        fileQuota=_number("file-quota", options["file-quota"], int),
+        fileRetentionDays=_number("file-retention-days", options["file-retention-days"], float),
+        fileLinkDays=_number("file-link-days", options["file-link-days"], float) or 7.0,
+        uploadExpiry=_number("upload-expiry", options["upload-expiry"], float) or 3600.0,
+        urlSecret=secret,
     )
 
 

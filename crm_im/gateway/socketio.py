@@ -96,6 +96,8 @@ class SocketIOGateway:
         self.route("push:register", core.push.register)
         self.route("push:unregister", core.push.unregister)
         self.route("group:mute", core.push.mute)
+        self.route("file:upload", lambda caller, data: core.fileHandlers().upload(caller, data))
+        self.route("file:url", lambda caller, data: core.fileHandlers().url(caller, data))
 
     # ---- plumbing
 

@@ -7,6 +7,8 @@ an HTTP API, tests. It only builds; each handler module owns its events.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
@@ -14,7 +16,9 @@ from ..auth import IAuthenticator, OpenAuthenticator
 from ..limits import FailureLimiter, LimitSettings
 from .metrics import IMMetrics
 from ..presence import Presence
-from ..storage.interface import IFileStore
+from ..storage.interface import IFileRecords, IFileStore
+from .errors import NOT_FOUND, IMError
+from .files import FileHandlers, UploadDesk
 from .groups import GroupDirectory, GroupHandlers, GroupLimits
 from .interfaces import IRouter
 from .messaging import Messaging, MessagingSettings
@@ -109,6 +113,26 @@ class IMCore:
             clock,
             SessionSettings(self.limits.devicesPerUser, settings.shutdownMessage, settings.logEvents),
         )
+
+    #: C{file:upload} and C{file:url} (FILES.md), once L{enableUploads}
+    files: FileHandlers | None = None
+
+    def enableUploads(self, records: IFileRecords, desk: UploadDesk, signWire: Any) -> None:
+        """
+        Uploaded files are on: C{file:upload}, C{file:url}, file messages
+        by C{fileId}, and file messages' links signed as they are sent.
+        """
+        self.files = FileHandlers(records, desk, self.directory, self.rooms)
+        self.messaging.fileHandlers = self.files
+        self.messaging.fileLinks = signWire
+
+    def fileHandlers(self) -> FileHandlers:
+        """
+        The file handlers. @raise IMError: C{NOT_FOUND} if uploads are off.
+        """
+        if self.files is None:
+            raise IMError(NOT_FOUND, "this server keeps no uploaded files")
+        return self.files
 
     def enablePush(self, notifier: object) -> None:
         """

@@ -16,8 +16,7 @@ coroutine) and marks delivered messages in one write per reactor turn.
 
 from __future__ import annotations
 
-from typing import AbstractSet, Any, Protocol
-from urllib.parse import quote
+from typing import AbstractSet, Any, Callable, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -35,12 +34,14 @@ from ..storage.interface import (
     NewMessage,
     StoredMessage,
     StoreOutcome,
+    directConversation,
     groupConversation,
     roomConversation,
 )
 from . import conversations as rules
 from . import validation
 from .errors import FORBIDDEN, INTERNAL, NOT_FOUND, IMError
+from .files import FileHandlers, baseFileName, filePath
 from .groups import GroupDirectory
 from .interfaces import Caller, IRouter
 from .rooms import RoomHandlers
@@ -126,12 +127,27 @@ class Messaging:
         self.pushUsers: AbstractSet[str] = frozenset()
         self.pushMutes: AbstractSet[tuple[str, str]] = frozenset()
         self.notifier: Notifier | None = None
+        #: Uploaded files (FILES.md), set by the wiring: the handlers that
+        #: resolve a message's C{fileId}, and what fills a file message's
+        #: wire form with fresh signed links.
+        self.fileHandlers: FileHandlers | None = None
+        self.fileLinks: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def now(self) -> int:
         """
         Milliseconds since the epoch, from the injected clock.
         """
         return int(self.clock.seconds() * 1000)
+
+    def wire(self, stored: StoredMessage) -> dict[str, Any]:
+        """
+        The wire form of a stored message, a file message's links signed
+        afresh.
+        """
+        wire = stored.toWire()
+        if stored.fileId is not None and self.fileLinks is not None:
+            self.fileLinks(wire)
+        return wire
 
     def timed(self, d: "Deferred[Any]", operation: str) -> "Deferred[Any]":
         """
@@ -173,6 +189,8 @@ class Messaging:
             roomId=request.roomId,
             notify=notify,
         )
+        if request.fileId is not None:
+            return ensureDeferred(self._sendFile(caller, new, request.fileId, request.mentions))
         if toId is not None:
             return self.store.storeMessage(new).addCallbacks(
                 self._directStored, self._storeFailed, callbackArgs=(caller, notify), errbackArgs=(request.id,)
@@ -180,6 +198,29 @@ class Messaging:
         if request.groupId is not None:
             return ensureDeferred(self._sendToGroup(caller, new, request.mentions))
         return ensureDeferred(self._sendToRoom(caller, new))
+
+    async def _sendFile(self, caller: Caller, new: NewMessage, fileId: str, mentions: tuple[str, ...]) -> dict[str, Any]:
+        """
+        A message carrying an uploaded file: its name, size and type come
+        from the file's record, never from the client.
+        """
+        if self.fileHandlers is None:
+            raise IMError(NOT_FOUND, "this server keeps no uploaded files", new.id)
+        record = await self.fileHandlers.ownFile(caller, fileId, new.id)
+        new = attrs.evolve(
+            new,
+            fileId=record.fileId,
+            fileUrl=filePath(record.fileId, record.fileName),
+            fileName=record.fileName,
+            fileSize=record.size,
+            mimeType=record.mimeType,
+        )
+        if new.toId is not None:
+            outcome = await self._store(new)
+            return self._directStored(outcome, caller, new.notify)
+        if new.groupId is not None:
+            return await self._sendToGroup(caller, new, mentions)
+        return await self._sendToRoom(caller, new)
 
     def _storeFailed(self, failure: Failure, messageId: str) -> Failure:
         if failure.check(IMError):
@@ -238,7 +279,7 @@ class Messaging:
         """
         toId = stored.toId
         assert toId is not None
-        wire = stored.toWire()
+        wire = self.wire(stored)
         held = self._catchingUp.get(toId)
         if held is not None:
             held.append(stored)
@@ -294,7 +335,7 @@ class Messaging:
             self.groups.noteMessage(groupId, stored.seq)
             current = self.groups.cached(groupId) or state
             assert current is not None
-            self.router.toUsers(current.members, "message", stored.toWire(), caller.device)
+            self.router.toUsers(current.members, "message", self.wire(stored), caller.device)
             if self.settings.logEvents:
                 self.log.info("[群消息] {fromId} -> {groupId} seq={seq}", fromId=stored.fromId, groupId=groupId, seq=stored.seq)
         self.metrics.receipts["sent"].inc()
@@ -314,7 +355,7 @@ class Messaging:
         stored = outcome.message
         if outcome.created:
             self.metrics.messages[stored.type if stored.type == "file" else "text"].inc()
-            self.router.toDevices(list(self.rooms.rooms.devices(roomId)), "message", stored.toWire(), caller.device)
+            self.router.toDevices(list(self.rooms.rooms.devices(roomId)), "message", self.wire(stored), caller.device)
         self.metrics.receipts["sent"].inc()
         return self._receipt(
             caller, {"messageId": stored.id, "status": "sent", "timestamp": stored.serverTimestamp, "seq": stored.seq}
@@ -349,7 +390,7 @@ class Messaging:
                 # That device went; the rest waits for the next login.
                 return
             for stored in fresh:
-                self.router.toDevices((device,), "message", stored.toWire())
+                self.router.toDevices((device,), "message", self.wire(stored))
                 delivered.add(stored.seq)
             await self.store.markDelivered([m.seq for m in fresh])
             self.metrics.receipts["delivered"].inc(len(fresh))
@@ -365,69 +406,102 @@ class Messaging:
     def _endCatchUp(self, userId: str) -> None:
         held = self._catchingUp.pop(userId, [])
         for stored in sorted(held, key=lambda m: m.seq):
-            self.router.toUsers((userId,), "message", stored.toWire())
+            self.router.toUsers((userId,), "message", self.wire(stored))
 
     # ---- files sent inline
 
     def fileTransfer(self, caller: Caller, data: Any) -> Any:
         """
-        C{file_transfer}: relay to online devices as it came, or keep the
-        file and queue a C{file} message for an offline recipient.
+        C{file_transfer}: keep the file (content-addressed) and record a
+        C{file} message in history, for online and offline recipients
+        alike; relay the transfer as it came to online devices, queue the
+        message for an offline recipient. A retried transfer (same C{id})
+        is answered from the message stored the first time.
         """
         request = validation.fileTransfer(data, caller.userId)
-        now = self.now()
-        if self.presence.devicesOf(request.toId) or request.toId in self._catchingUp:
-            payload: dict[str, Any] = {
-                "id": request.id,
-                "toId": request.toId,
-                "fileName": request.fileName,
-                "data": request.raw["data"],
-                "fromId": caller.userId,
-                "fromName": caller.name,
-                "serverTimestamp": now,
-            }
-            for key in ("fileSize", "mimeType", "topic"):
-                value = getattr(request, key)
-                if value is not None:
-                    payload[key] = value
-            if request.toId == caller.userId:
-                self.router.toUsers((request.toId,), "file_transfer", payload)
-            else:
-                self.router.toUsers((request.toId, caller.userId), "file_transfer", payload, caller.device)
-            if self.settings.logEvents:
-                self.log.info("[文件] {fromId} -> {toId} {size} bytes", fromId=caller.userId, toId=request.toId, size=len(request.data))
-            self.metrics.messages["file_transfer"].inc()
-            self.metrics.receipts["delivered"].inc()
-            return self._receipt(caller, {"messageId": request.id, "status": "delivered", "timestamp": now})
-        return ensureDeferred(self._keepFile(caller, request, now))
+        return ensureDeferred(self._fileTransfer(caller, request))
 
-    async def _keepFile(self, caller: Caller, request: validation.FileRequest, now: int) -> dict[str, Any]:
+    async def _fileTransfer(self, caller: Caller, request: validation.FileRequest) -> dict[str, Any]:
+        if request.raw.get("id") is not None:
+            earlier = await self.store.findMessage(caller.userId, request.id)
+            if earlier is not None and earlier.toId == request.toId:
+                return self._directStored(StoreOutcome(earlier, created=False), caller)
+        now = self.now()
+        fileName = baseFileName(request.fileName)
         try:
-            record = await self.files.save(caller.userId, request.toId, request.fileName, request.mimeType, request.data, now)
+            record = await self.files.save(
+                caller.userId,
+                request.toId,
+                fileName,
+                request.mimeType,
+                request.data,
+                now,
+                directConversation(caller.userId, request.toId),
+            )
         except Exception:
             self.log.failure("keeping file {id}", id=request.id)
             raise IMError(INTERNAL, "the file could not be stored; send it again", request.id)
-        url = "/files/%s/%s" % (record.fileId, quote(request.fileName, safe=""))
-        notify = self._directNotify(request.toId, caller.userId) if request.toId in self.pushUsers else ()
-        outcome = await self._store(
-            NewMessage(
-                fromId=caller.userId,
-                fromName=caller.name,
-                toId=request.toId,
-                id=request.id,
-                topic=request.topic,
-                type="file",
-                content=request.fileName,
-                fileUrl=url,
-                fileName=request.fileName,
-                clientTimestamp=None,
-                serverTimestamp=now,
-                notify=notify,
-            )
+        toId = request.toId
+        online = bool(self.presence.devicesOf(toId)) or toId in self._catchingUp
+        notify = self._directNotify(toId, caller.userId) if toId in self.pushUsers and not online else ()
+        new = NewMessage(
+            fromId=caller.userId,
+            fromName=caller.name,
+            toId=toId,
+            id=request.id,
+            topic=request.topic,
+            type="file",
+            content=fileName,
+            fileUrl=filePath(record.fileId, fileName),
+            fileName=fileName,
+            clientTimestamp=None,
+            serverTimestamp=now,
+            notify=notify,
+            fileId=record.fileId,
+            fileSize=record.size,
+            mimeType=record.mimeType,
         )
+        if not online:
+            outcome = await self._store(new)
+            if self.settings.logEvents:
+                self.log.info("[文件] {fromId} -> {toId} kept for later", fromId=caller.userId, toId=toId)
+            return self._directStored(outcome, caller, notify)
+        outcome = await self._store(new)
+        stored = outcome.message
+        if not outcome.created:
+            return self._directStored(outcome, caller)
+        # Online: the transfer is relayed as it came (with its stored
+        # file's id and link); the message is history, delivered already.
+        payload: dict[str, Any] = {
+            "id": request.id,
+            "toId": toId,
+            "fileName": request.fileName,
+            "data": request.raw["data"],
+            "fromId": caller.userId,
+            "fromName": caller.name,
+            "serverTimestamp": stored.serverTimestamp,
+            "fileId": record.fileId,
+            "seq": stored.seq,
+        }
+        for key in ("fileSize", "mimeType", "topic"):
+            value = getattr(request, key)
+            if value is not None:
+                payload[key] = value
+        if self.fileLinks is not None:
+            payload["fileUrl"] = self.wire(stored)["fileUrl"]
+        if toId == caller.userId:
+            self.router.toUsers((toId,), "file_transfer", payload)
+        else:
+            self.router.toUsers((toId, caller.userId), "file_transfer", payload, caller.device)
+        self._unflushed.add(stored.seq)
+        if not self._toMark:
+            self.clock.callLater(0, self._markDelivered)
+        self._toMark.append(stored.seq)
         if self.settings.logEvents:
-            self.log.info("[文件] {fromId} -> {toId} kept for later", fromId=caller.userId, toId=request.toId)
-        return self._directStored(outcome, caller, notify)
+            self.log.info("[文件] {fromId} -> {toId} {size} bytes", fromId=caller.userId, toId=toId, size=len(request.data))
+        self.metrics.messages["file_transfer"].inc()
+        self.metrics.receipts["delivered"].inc()
+        return self._receipt(caller, {"messageId": stored.id, "status": "delivered", "timestamp": stored.serverTimestamp})
 
     # ---- history, read state, typing
 
@@ -446,7 +520,7 @@ class Messaging:
             return {
                 "friendId": request.friendId,
                 "topic": request.topic,
-                "messages": [m.toWire() for m in page.messages],
+                "messages": [self.wire(m) for m in page.messages],
                 "hasMore": page.hasMore,
             }
         if request.groupId is not None:
@@ -465,7 +539,7 @@ class Messaging:
         page = await self.timed(
             self.store.conversationHistory(conversation, request.limit, request.before, request.after), "history"
         )
-        answer["messages"] = [m.toWire() for m in page.messages]
+        answer["messages"] = [self.wire(m) for m in page.messages]
         answer["hasMore"] = page.hasMore
         return answer
 

@@ -157,6 +157,8 @@ class MessageRequest:
     roomId: str | None = None
     #: users a group message mentions (a muted group still notifies them)
     mentions: tuple[str, ...] = ()
+    #: an uploaded file a C{file} message carries (FILES.md)
+    fileId: str | None = None
 
 
 #: Users one message may mention.
@@ -245,10 +247,14 @@ def message(data: Any, loggedInId: str, maxLength: int) -> MessageRequest:
         if "\x00" in content:
             # Stored text: a PostgreSQL text value cannot hold NUL.
             raise _invalid("content must not contain U+0000")
-        fileUrl = fileName = None
+        fileUrl = fileName = fileId = None
         if kind == "file":
-            fileUrl = text(data.get("fileUrl"), "fileUrl", MAX_URL, 1)
-            fileName = text(data.get("fileName"), "fileName", MAX_FILE_NAME, 1)
+            if data.get("fileId") is not None:
+                # an uploaded file (FILES.md): the server fills the rest
+                fileId = text(data.get("fileId"), "fileId", MAX_ID, 1)
+            else:
+                fileUrl = text(data.get("fileUrl"), "fileUrl", MAX_URL, 1)
+                fileName = text(data.get("fileName"), "fileName", MAX_FILE_NAME, 1)
         timestamp = data.get("timestamp")
         if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float, type(None))):
             raise _invalid("timestamp must be a number")
@@ -264,6 +270,7 @@ def message(data: Any, loggedInId: str, maxLength: int) -> MessageRequest:
                 fileUrl=fileUrl,
                 fileName=fileName,
                 timestamp=timestamp,
+                fileId=fileId,
             )
         where = target(data)
         return MessageRequest(
@@ -278,6 +285,7 @@ def message(data: Any, loggedInId: str, maxLength: int) -> MessageRequest:
             groupId=where.groupId,
             roomId=where.roomId,
             mentions=mentions(data.get("mentions")) if where.groupId is not None else (),
+            fileId=fileId,
         )
     except IMError as error:
         _nameRefusal(error, raw, id)

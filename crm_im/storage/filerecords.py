@@ -175,6 +175,14 @@ def blobReferenced_txn(txn: Transaction, sha256: str) -> bool:
     return row is not None and row[0] > 0
 
 
+def fileConversations_txn(txn: Transaction, fileId: str) -> list[str]:
+    """
+    See L{IFileRecords.fileConversations}.
+    """
+    txn.execute("SELECT DISTINCT conversation FROM messages WHERE file_id = ? LIMIT 100", (fileId,))
+    return [row[0] for row in txn.fetchall()]
+
+
 @implementer(IFileRecords)
 class SQLFileRecords:
     """
@@ -256,3 +264,9 @@ class SQLFileRecords:
         See L{IFileRecords.blobReferenced}.
         """
         return self._readTxn("blobReferenced", lambda txn: blobReferenced_txn(txn, sha256))
+
+    def fileConversations(self, fileId: str) -> Deferred[list[str]]:
+        """
+        See L{IFileRecords.fileConversations}.
+        """
+        return self._readTxn("fileConversations", lambda txn: fileConversations_txn(txn, fileId))

@@ -1,24 +1,35 @@
 # -*- test-case-name: tests.test_filestore -*-
 """
-L{DiskFileStore}: transferred files as files on disk, their records in the
-message store's database (table C{files}, through L{IFileMetadata}).
+L{DiskFileStore}: the bytes of files on disk, content-addressed, their
+records in the message store's database (through L{IFileRecords}).
 
-A file's id is 32 url-safe characters from L{secrets}; its bytes are at
-C{<directory>/<first two characters>/<id>}. Writing happens on a thread of the
-injected thread pool: to a temporary file, flushed and C{fsync}ed, renamed in
-place, the directory C{fsync}ed; only then is the record committed. So a
-record always names bytes that are there; a crash in between leaves at most an
-unreferenced file. Ids not of that form are refused before any path is built,
-so no id can name a path outside the directory.
+Layout under the directory::
+
+    blobs/<2>/<sha256>        the bytes of every complete file, kept once
+    uploads/<fileId>.part     an upload's bytes while they arrive
+    thumbs/<2>/<sha256>.jpg   thumbnails of images
+    <2>/<fileId>              files kept before content addressing
+
+A file's id is 32 url-safe characters from L{secrets}; ids and digests not
+of their form are refused before any path is built, so no name a client
+sends can reach a path outside the directory. Every blocking operation
+runs on a thread of the injected pool. A blob is written to a temporary
+file (or is the finished C{.part}), flushed and C{fsync}ed, renamed in
+place, its directory C{fsync}ed; only then is the record committed. A
+crash in between leaves at most bytes nobody refers to. Blob bytes are
+deleted only when the last record referring to them goes, and never while
+a new reference to them is being committed (one lock per digest).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
+from typing import IO, Any, Callable, TypeVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -26,9 +37,15 @@ from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from .interface import FileRecord, IFileMetadata, IFileStore
+from .interface import COMPLETE, FileRecord, IFileMetadata, IFileStore
 
 _FILE_ID = re.compile(r"\A[A-Za-z0-9_-]{32}\Z")
+_SHA256 = re.compile(r"\A[0-9a-f]{64}\Z")
+
+#: Bytes read at a time when hashing or copying.
+READ_SIZE = 1 << 20
+
+_R = TypeVar("_R")
 
 
 def newFileId() -> str:
@@ -45,6 +62,21 @@ def isFileId(fileId: str) -> bool:
     return _FILE_ID.match(fileId) is not None
 
 
+def isDigest(sha256: str) -> bool:
+    """
+    Whether C{sha256} is a lower-case hex SHA-256.
+    """
+    return _SHA256.match(sha256) is not None
+
+
+def _fsyncDirectory(directory: FilePath[str]) -> None:
+    fd = os.open(directory.path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _writeDurably(path: FilePath[str], data: bytes) -> None:
     """
     Write C{data} to C{path} atomically and durably (blocking: run it on a
@@ -58,11 +90,7 @@ def _writeDurably(path: FilePath[str], data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(temporary.path, path.path)
-    directoryFd = os.open(parent.path, os.O_RDONLY)
-    try:
-        os.fsync(directoryFd)
-    finally:
-        os.close(directoryFd)
+    _fsyncDirectory(parent)
 
 
 def _remove(path: FilePath[str]) -> None:
@@ -75,10 +103,73 @@ def _remove(path: FilePath[str]) -> None:
         pass
 
 
+def _moveDurably(source: FilePath[str], target: FilePath[str]) -> None:
+    """
+    C{fsync} C{source} and rename it to C{target} (blocking). Identical
+    content may be there already: the rename replaces it atomically.
+    """
+    with open(source.path, "rb") as f:
+        os.fsync(f.fileno())
+    parent = target.parent()
+    parent.makedirs(ignoreExistingDirectory=True)
+    os.replace(source.path, target.path)
+    _fsyncDirectory(parent)
+
+
+def hashFile(path: FilePath[str]) -> str:
+    """
+    The SHA-256 of a file, read a chunk at a time (blocking).
+    """
+    digest = hashlib.sha256()
+    with open(path.path, "rb") as f:
+        while chunk := f.read(READ_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class PartWriter:
+    """
+    Appends to one upload's C{.part} file on the pool's threads; the SHA-256
+    of everything written since offset 0 is kept if C{hasher} was given.
+
+    One writer per upload at a time; its writes are not concurrent (the
+    caller waits for each before the next).
+    """
+
+    def __init__(self, store: "DiskFileStore", handle: IO[bytes], size: int, hasher: Any) -> None:
+        self._store = store
+        self._handle = handle
+        #: bytes in the file when it was opened
+        self.size = size
+        self.hasher = hasher
+
+    def _writeBlocking(self, data: bytes) -> None:
+        self._handle.write(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
+
+    def write(self, data: bytes) -> Deferred[None]:
+        """
+        Append C{data} (written through to the OS before this fires).
+        """
+        return self._store._inThread(self._writeBlocking, data)
+
+    def _closeBlocking(self) -> None:
+        self._handle.flush()
+        self._handle.close()
+
+    def close(self) -> Deferred[None]:
+        """
+        Flush and close the file.
+        """
+        return self._store._inThread(self._closeBlocking)
+
+
 @implementer(IFileStore)
 class DiskFileStore:
     """
-    Files under one directory, records in an L{IFileMetadata}.
+    File bytes under one directory, records in an L{IFileMetadata} (an
+    L{IFileRecords} for uploads and blob reference counts).
     """
 
     log = Logger()
@@ -101,16 +192,72 @@ class DiskFileStore:
         self._reactor = reactor
         self._threadpool = threadpool
         self._metadata = metadata
+        self._blobLocks: dict[str, DeferredLock] = {}
+
+    def _inThread(self, func: Callable[..., _R], *args: Any) -> Deferred[_R]:
+        return deferToThreadPool(self._reactor, self._threadpool, func, *args)
+
+    # ---- paths
 
     def _pathForId(self, fileId: str) -> FilePath[str]:
         """
-        Where the bytes of C{fileId} are.
+        Where the bytes of a file kept before content addressing are.
 
         @raise ValueError: if C{fileId} is not a well-formed id.
         """
         if not isFileId(fileId):
             raise ValueError(f"not a file id: {fileId!r}")
         return self.directory.child(fileId[:2]).child(fileId)
+
+    def blobPath(self, sha256: str) -> FilePath[str]:
+        """
+        Where the bytes with this SHA-256 are.
+
+        @raise ValueError: if C{sha256} is not a lower-case hex digest.
+        """
+        if not isDigest(sha256):
+            raise ValueError(f"not a SHA-256: {sha256!r}")
+        return self.directory.child("blobs").child(sha256[:2]).child(sha256)
+
+    def partPath(self, fileId: str) -> FilePath[str]:
+        """
+        Where an upload's bytes are while they arrive.
+
+        @raise ValueError: if C{fileId} is not a well-formed id.
+        """
+        if not isFileId(fileId):
+            raise ValueError(f"not a file id: {fileId!r}")
+        return self.directory.child("uploads").child(fileId + ".part")
+
+    def thumbnailPath(self, sha256: str) -> FilePath[str]:
+        """
+        Where the thumbnail of the image with this SHA-256 is.
+        """
+        if not isDigest(sha256):
+            raise ValueError(f"not a SHA-256: {sha256!r}")
+        return self.directory.child("thumbs").child(sha256[:2]).child(sha256 + ".jpg")
+
+    def pathFor(self, record: FileRecord) -> FilePath[str]:
+        """
+        See L{IFileStore.pathFor}.
+
+        @raise ValueError: if the record's id or digest is malformed.
+        """
+        if record.sha256 is not None:
+            return self.blobPath(record.sha256)
+        return self._pathForId(record.fileId)
+
+    # ---- files sent inline
+
+    def _writeBlob(self, sha256: str, data: bytes) -> bool:
+        """
+        Write the blob unless it is there. @return: whether it was written.
+        """
+        path = self.blobPath(sha256)
+        if path.exists():
+            return False
+        _writeDurably(path, data)
+        return True
 
     async def _save(
         self,
@@ -120,26 +267,35 @@ class DiskFileStore:
         mimeType: str | None,
         data: bytes,
         now: int,
+        conversation: str | None,
     ) -> FileRecord:
-        record = FileRecord(
-            fileId=newFileId(),
-            fromId=fromId,
-            toId=toId,
-            fileName=fileName,
-            mimeType=mimeType,
-            size=len(data),
-            createdAt=now,
-        )
-        path = self._pathForId(record.fileId)
-        await deferToThreadPool(
-            self._reactor, self._threadpool, _writeDurably, path, data
-        )
-        try:
-            await self._metadata.recordFile(record)
-        except BaseException:
-            await deferToThreadPool(self._reactor, self._threadpool, _remove, path)
-            raise
-        return record
+        sha256 = hashlib.sha256(data).hexdigest()
+
+        async def store() -> FileRecord:
+            written = await self._inThread(self._writeBlob, sha256, data)
+            record = FileRecord(
+                fileId=newFileId(),
+                fromId=fromId,
+                toId=toId,
+                fileName=fileName,
+                mimeType=mimeType,
+                size=len(data),
+                createdAt=now,
+                conversation=conversation,
+                state=COMPLETE,
+                sha256=sha256,
+                completedAt=now,
+            )
+            try:
+                await self._metadata.recordFile(record)
+            except BaseException:
+                # nobody refers to bytes written just now (the lock is ours)
+                if written:
+                    await self._inThread(_remove, self.blobPath(sha256))
+                raise
+            return record
+
+        return await self.withBlob(sha256, store)
 
     def save(
         self,
@@ -149,13 +305,13 @@ class DiskFileStore:
         mimeType: str | None,
         data: bytes,
         now: int,
+        conversation: str | None = None,
     ) -> Deferred[FileRecord]:
         """
-        See L{IFileStore.save}.
+        See L{IFileStore.save}: the bytes are kept once however many files
+        carry them.
         """
-        return Deferred.fromCoroutine(
-            self._save(fromId, toId, fileName, mimeType, data, now)
-        )
+        return Deferred.fromCoroutine(self._save(fromId, toId, fileName, mimeType, data, now, conversation))
 
     def get(self, fileId: str) -> Deferred[FileRecord | None]:
         """
@@ -165,10 +321,100 @@ class DiskFileStore:
             return succeed(None)
         return self._metadata.fileRecord(fileId)
 
-    def pathFor(self, record: FileRecord) -> FilePath[str]:
-        """
-        See L{IFileStore.pathFor}.
+    # ---- blobs
 
-        @raise ValueError: if the record's id is not a well-formed id.
+    async def withBlob(self, sha256: str, action: Callable[[], Any]) -> Any:
         """
-        return self._pathForId(record.fileId)
+        Run C{action} (a coroutine function) holding the lock of the blob
+        C{sha256}: taking or dropping a reference and writing or deleting
+        its bytes never interleave.
+        """
+        lock = self._blobLocks.get(sha256)
+        if lock is None:
+            lock = self._blobLocks[sha256] = DeferredLock()
+        await lock.acquire()
+        try:
+            return await action()
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._blobLocks.pop(sha256, None)
+
+    def removeBlob(self, sha256: str) -> Deferred[None]:
+        """
+        Delete the bytes (and thumbnail) of a blob nobody refers to any more
+        (call it inside L{withBlob}).
+        """
+
+        def remove() -> None:
+            _remove(self.blobPath(sha256))
+            _remove(self.thumbnailPath(sha256))
+
+        return self._inThread(remove)
+
+    def removeLegacy(self, record: FileRecord) -> Deferred[None]:
+        """
+        Delete the bytes of a file kept before content addressing.
+        """
+        return self._inThread(_remove, self._pathForId(record.fileId))
+
+    # ---- uploads
+
+    def _openPartBlocking(self, fileId: str) -> tuple[IO[bytes], int]:
+        path = self.partPath(fileId)
+        path.parent().makedirs(ignoreExistingDirectory=True)
+        handle = open(path.path, "ab")
+        return handle, handle.tell()
+
+    async def _openPart(self, fileId: str, hasher: Any) -> PartWriter:
+        handle, size = await self._inThread(self._openPartBlocking, fileId)
+        return PartWriter(self, handle, size, hasher)
+
+    def openPart(self, fileId: str, hasher: Any = None) -> Deferred[PartWriter]:
+        """
+        Open an upload's C{.part} file for appending (created if absent).
+
+        @param hasher: a C{hashlib} object fed with every byte written, for
+            a file written from its first byte.
+        """
+        return Deferred.fromCoroutine(self._openPart(fileId, hasher))
+
+    def partSize(self, fileId: str) -> Deferred[int]:
+        """
+        The bytes of an upload on disk: where it resumes, after a restart
+        too (0 if nothing arrived).
+        """
+
+        def size() -> int:
+            try:
+                return os.stat(self.partPath(fileId).path).st_size
+            except FileNotFoundError:
+                return 0
+
+        return self._inThread(size)
+
+    def hashPart(self, fileId: str) -> Deferred[str]:
+        """
+        The SHA-256 of an upload's bytes, read from disk (when its stream
+        was not hashed from the first byte, e.g. after a restart).
+        """
+        return self._inThread(hashFile, self.partPath(fileId))
+
+    def commitPart(self, fileId: str, sha256: str) -> Deferred[None]:
+        """
+        Make a finished upload's bytes the blob C{sha256} (call it inside
+        L{withBlob}).
+        """
+        return self._inThread(_moveDurably, self.partPath(fileId), self.blobPath(sha256))
+
+    def removePart(self, fileId: str) -> Deferred[None]:
+        """
+        Delete an abandoned upload's bytes.
+        """
+        return self._inThread(_remove, self.partPath(fileId))
+
+    def run(self, func: Callable[..., _R], *args: Any) -> Deferred[_R]:
+        """
+        Run blocking C{func} (thumbnails) on the store's thread pool.
+        """
+        return self._inThread(func, *args)

@@ -487,9 +487,11 @@ class IFileStore(Interface):
         mimeType: str | None,
         data: bytes,
         now: int,
+        conversation: str | None = None,
     ) -> Deferred[FileRecord]:
         """
-        Store C{data} durably under a new random id.
+        Store C{data} durably under a new random id (its bytes kept once
+        however many files carry them), for C{conversation}.
 
         @return: a L{Deferred} firing with the record once both the bytes and
             the record are durable.
@@ -754,4 +756,10 @@ class IFileRecords(IFileMetadata):
     def blobReferenced(sha256: str) -> Deferred[bool]:
         """
         Whether any complete file refers to the blob C{sha256}.
+        """
+
+    def fileConversations(fileId: str) -> Deferred[list[str]]:
+        """
+        The conversation keys of the messages carrying C{fileId} (at most
+        100; recalled messages carry nothing).
         """

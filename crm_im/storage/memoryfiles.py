@@ -139,3 +139,10 @@ class MemoryFileRecords:
         See L{IFileRecords.blobReferenced}.
         """
         return succeed(self.blobs.get(sha256, 0) > 0)
+
+    def fileConversations(self, fileId: str) -> Deferred[list[str]]:
+        """
+        See L{IFileRecords.fileConversations}.
+        """
+        found = {m.conversation for m in self._store.messages.values() if m.fileId == fileId}
+        return succeed(sorted(found)[:100])

@@ -246,9 +246,10 @@ class JWTScenario(DriverTestMixin):
     @inlineCallbacks
     def test_fileAccess(self) -> Inline:
         """
-        A file kept for an offline recipient is served to its sender and
-        its recipient with their tokens (header or query), to nobody else
-        (404, as for no file) and to nobody without a token (401).
+        A file kept for an offline recipient has a signed link (FILES.md):
+        it is its own credential (an C{<img src>} sends no token), a link
+        with a forged signature is 403, and only its sender and recipient
+        get a fresh link with C{file:url} (anyone else: C{NOT_FOUND}).
         """
         driver = yield self.startDriver()
         yield self.login(driver, "a", "alice", bearer=token("alice"))
@@ -264,11 +265,17 @@ class JWTScenario(DriverTestMixin):
             body = yield response.content()
             return response.code, body
 
-        self.assertEqual((yield fetch())[0], 401)
-        self.assertEqual((yield fetch({"Authorization": "Bearer nonsense"}))[0], 401)
-        self.assertEqual((yield fetch({"Authorization": f"Bearer {token('mallory')}"}))[0], 404)
-        self.assertEqual((yield fetch({"Authorization": f"Bearer {token('alice')}"})), (200, blob))
-        self.assertEqual((yield fetch(query=f"?token={token('bob')}")), (200, blob))
+        self.assertEqual((yield fetch()), (200, blob))
+        forged = url.rsplit("sig=", 1)[0] + "sig=" + "A" * 43
+        response = yield treq.get(forged, persistent=False)
+        yield response.content()
+        self.assertEqual(response.code, 403)
+        fileId = page["messages"][0]["fileId"]
+        (answer,) = yield driver.emit("a", "file:url", {"fileId": fileId}, ack=True)
+        self.assertIn("sig=", answer["fileUrl"])
+        yield self.login(driver, "m", "mallory", bearer=token("mallory"))
+        (refusal,) = yield driver.emit("m", "file:url", {"fileId": fileId}, ack=True)
+        self.assertEqual(refusal["error"]["code"], "NOT_FOUND")
 
 
 class JWTNodeTests(JWTScenario, TestCase):

@@ -632,6 +632,9 @@ class IMScenario(DriverTestMixin):
         self.assertEqual((yield driver.waitFor("a", "message:sent")), [receipt])
         for client in ("b", "a2"):
             (relayed,) = yield driver.waitFor(client, "file_transfer")
+            # FILES.md: the transfer is stored too; the relay names the file
+            stored = {key: relayed.pop(key) for key in ("fileId", "fileUrl", "seq")}
+            self.assertTrue(stored["fileUrl"].startswith("/api/files/" + stored["fileId"] + "/"))
             self.assertEqual(relayed, {
                 "id": "f1", "toId": "b", "fileName": "图.png", "fileSize": len(BLOB),
                 "mimeType": "image/png", "data": BLOB, "topic": "t", "fromId": "a",
@@ -679,7 +682,7 @@ class IMScenario(DriverTestMixin):
         (message,) = yield driver.waitFor("b", "message")
         self.assertEqual((message["id"], message["type"], message["fileName"], message["fromId"]),
                          ("f-off", "file", "合同 v2.pdf", "a"))
-        self.assertTrue(message["fileUrl"].startswith("/files/"))
+        self.assertTrue(message["fileUrl"].startswith("/api/files/"))
         response = yield treq.get(self.url + message["fileUrl"], persistent=False)
         self.assertEqual(response.code, 200)
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/pdf"])

@@ -1,0 +1,694 @@
+# -*- test-case-name: tests.test_uploads_service -*-
+"""
+L{UploadService}: uploads from C{file:upload} to a stored file, signed
+links, thumbnails and the sweeps (FILES.md).
+
+It keeps the tus state (L{crm_im.uploads.tus.Upload}) of the uploads this
+process has seen in memory, loaded on first use from the record and the
+size of the C{.part} file on disk, so an upload resumes after a restart
+(or a kill) from the bytes that reached the disk. Bytes stream through an
+L{UploadSink} per request: each chunk is appended on the file store's
+threads while the connection is paused, so an upload holds at most what
+one read of the connection delivered, whatever the file's size; the
+SHA-256 is computed as the bytes are written. A complete file becomes a
+content-addressed blob (identical bytes kept once). Every timer runs on
+the injected clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from typing import Any, Callable, Optional
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from ..http.streaming import IBodySink
+from ..im.files import FILES_PATH, UploadRefused, filePath
+from ..storage.files import DiskFileStore, isFileId
+from ..storage.interface import ABORTED, COMPLETE, EXPIRED, UPLOADING, FileRecord, IFileRecords
+from . import tus
+from .signing import DOWNLOAD, THUMBNAIL, SignatureError, URLSigner
+from .thumbnails import THUMBNAIL_TYPES, ThumbnailError, makeThumbnail
+
+MiB = 1 << 20
+
+#: Where thumbnails are served.
+THUMBNAILS_PATH = "/api/thumbnails/"
+
+_MIME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\Z")
+
+
+def cleanMimeType(mimeType: str | None) -> str:
+    """
+    A declared MIME type if it is a plain C{type/subtype} (lower-cased),
+    else C{application/octet-stream}: nothing a client declares ends up as
+    parameters or header syntax.
+    """
+    if mimeType is None:
+        return "application/octet-stream"
+    mimeType = mimeType.split(";", 1)[0].strip()
+    if not _MIME.match(mimeType):
+        return "application/octet-stream"
+    return mimeType.lower()
+
+
+@attrs.frozen
+class UploadSettings:
+    """
+    @ivar maxFileSize: the largest file, bytes (C{--max-file-size}).
+    @ivar quota: bytes one user's uploading and stored files may take
+        (C{--file-quota}; 0: no quota).
+    @ivar uploadIdle: seconds an upload stays open after its last byte.
+    @ivar linkLifetime: seconds a signed download link is valid.
+    @ivar retentionDays: days file bytes are kept (0: forever).
+    @ivar sweepInterval: seconds between sweeps.
+    @ivar maxPixels: the largest image a thumbnail is made of.
+    @ivar thumbnailSize: the long side of a thumbnail, px.
+    @ivar thumbnailConcurrency: thumbnails made at once.
+    @ivar sweepBatch: records handled per sweep step.
+    """
+
+    maxFileSize: int = 100 * MiB
+    quota: int = 1024 * MiB
+    uploadIdle: float = 3600.0
+    linkLifetime: float = 7 * 86400.0
+    retentionDays: float = 0.0
+    sweepInterval: float = 60.0
+    maxPixels: int = 50_000_000
+    thumbnailSize: int = 256
+    thumbnailConcurrency: int = 2
+    sweepBatch: int = 100
+
+
+@attrs.define
+class ActiveUpload:
+    """
+    An upload this process knows: its record, its tus state and the
+    running hash of its bytes (L{None} if they were not all hashed here).
+    """
+
+    record: FileRecord
+    upload: tus.Upload
+    hasher: Any
+
+
+def _tusError(error: Exception) -> tus.TusError:
+    if isinstance(error, tus.TusError):
+        return error
+    return tus.TusError(500, "internal error", "INTERNAL")
+
+
+class UploadService:
+    """
+    Uploads, links, thumbnails and sweeps over one L{DiskFileStore} and its
+    L{IFileRecords}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        files: DiskFileStore,
+        records: IFileRecords,
+        signer: URLSigner,
+        clock: IReactorTime,
+        settings: UploadSettings | None = None,
+    ) -> None:
+        self.files = files
+        self.records = records
+        self.signer = signer
+        self.clock = clock
+        self.settings = settings if settings is not None else UploadSettings()
+        self.active: dict[str, ActiveUpload] = {}
+        self._loading: dict[str, Deferred[ActiveUpload]] = {}
+        self._thumbnails = DeferredSemaphore(self.settings.thumbnailConcurrency)
+        self._sweep = LoopingCall(self.sweep)
+        self._sweep.clock = clock
+
+    def nowMs(self) -> int:
+        """
+        Milliseconds since the epoch, from the injected clock.
+        """
+        return int(self.clock.seconds() * 1000)
+
+    # ---- creating (file:upload)
+
+    async def create(
+        self,
+        fromId: str,
+        toId: str,
+        conversation: str,
+        fileName: str,
+        fileSize: int,
+        mimeType: str | None,
+        sha256: str | None,
+        fileId: str,
+    ) -> dict[str, Any]:
+        """
+        Record a new upload after checking the size and the quota.
+
+        @return: C{{fileId, uploadUrl, expiresAt}} (C{expiresAt} in ms).
+        @raise UploadRefused: too large for C{--max-file-size} or the quota.
+        """
+        settings = self.settings
+        if fileSize > settings.maxFileSize:
+            raise UploadRefused(f"files may be at most {settings.maxFileSize} bytes")
+        if settings.quota:
+            used = await self.records.quotaUsed(fromId)
+            if used + fileSize > settings.quota:
+                raise UploadRefused(
+                    f"this file would exceed your storage quota ({used} of {settings.quota} bytes used)"
+                )
+        now = self.nowMs()
+        expiresAt = now + int(settings.uploadIdle * 1000)
+        record = FileRecord(
+            fileId=fileId,
+            fromId=fromId,
+            toId=toId,
+            fileName=fileName,
+            mimeType=cleanMimeType(mimeType),
+            size=fileSize,
+            createdAt=now,
+            conversation=conversation,
+            state=UPLOADING,
+            expectedSha256=sha256,
+            expiresAt=expiresAt,
+        )
+        await self.records.recordFile(record)
+        self.active[fileId] = ActiveUpload(record, tus.Upload(fileId, fileSize, 0, expiresAt), hashlib.sha256())
+        if fileSize == 0:
+            await self._complete(self.active[fileId])
+        return {"fileId": fileId, "uploadUrl": self.uploadUrl(fileId), "expiresAt": expiresAt}
+
+    def uploadUrl(self, fileId: str) -> str:
+        """
+        The C{uploadUrl} of an upload: its path with its token.
+        """
+        return f"{FILES_PATH}{fileId}?token={self.signer.uploadToken(fileId)}"
+
+    # ---- links
+
+    def _expiry(self) -> int:
+        """
+        When a link made now expires: C{linkLifetime} from now, rounded up
+        to the hour so that links made within one hour are the same URL
+        (browsers cache them).
+        """
+        expires = self.clock.seconds() + self.settings.linkLifetime
+        return int(math.ceil(expires / 3600.0) * 3600)
+
+    def filePath(self, fileId: str, fileName: str) -> str:
+        """
+        The unsigned path of a file (what a message stores).
+        """
+        return filePath(fileId, fileName)
+
+    def fileUrl(self, fileId: str, fileName: str) -> str:
+        """
+        A fresh signed download URL.
+        """
+        expires = self._expiry()
+        return f"{self.filePath(fileId, fileName)}?exp={expires}&sig={self.signer.sign(DOWNLOAD, fileId, expires)}"
+
+    def thumbnailUrl(self, fileId: str, mimeType: str | None) -> str | None:
+        """
+        A fresh signed thumbnail URL, for the image types thumbnails are
+        made of.
+        """
+        if mimeType not in THUMBNAIL_TYPES:
+            return None
+        expires = self._expiry()
+        return f"{THUMBNAILS_PATH}{fileId}.jpg?exp={expires}&sig={self.signer.sign(THUMBNAIL, fileId, expires)}"
+
+    def signWire(self, wire: dict[str, Any]) -> dict[str, Any]:
+        """
+        Fill a C{file} message's wire form with fresh links (its C{fileId}
+        is set): C{fileUrl} and, for images, C{thumbnailUrl}.
+        """
+        fileId = wire["fileId"]
+        wire["fileUrl"] = self.fileUrl(fileId, wire.get("fileName") or "file")
+        thumbnail = self.thumbnailUrl(fileId, wire.get("mimeType"))
+        if thumbnail is not None:
+            wire["thumbnailUrl"] = thumbnail
+        return wire
+
+    def verifyLink(self, purpose: str, fileId: str, expires: str | None, signature: str | None) -> None:
+        """
+        @raise SignatureError: if the link is not good now.
+        """
+        self.signer.verify(purpose, fileId, expires, signature)
+
+    # ---- the tus state of an upload
+
+    def load(self, fileId: str) -> Deferred[ActiveUpload]:
+        """
+        The state of an upload, from memory or (first use in this process)
+        from its record and the bytes on disk.
+
+        @raise tus.TusError: 404 unknown, 409 complete, 410 abandoned.
+        """
+        active = self.active.get(fileId)
+        if active is not None:
+            return _succeed(active)
+        loading = self._loading.get(fileId)
+        if loading is None:
+            loading = self._loading[fileId] = Deferred.fromCoroutine(self._load(fileId))
+            loading.addBoth(self._loaded, fileId)
+        result: Deferred[ActiveUpload] = Deferred()
+        loading.addBoth(_chain, result)
+        return result
+
+    def _loaded(self, result: object, fileId: str) -> object:
+        self._loading.pop(fileId, None)
+        return result
+
+    async def _load(self, fileId: str) -> ActiveUpload:
+        record = await self.records.fileRecord(fileId) if isFileId(fileId) else None
+        if record is None:
+            raise tus.TusError(404, "no such upload")
+        if record.state == COMPLETE:
+            upload = tus.Upload(fileId, record.size, record.size, 0, tus.COMPLETE)
+            return ActiveUpload(record, upload, None)
+        if record.state in (ABORTED, EXPIRED) or record.expiresAt is None:
+            raise tus.TusError(410, "this upload was abandoned or expired")
+        size = await self.files.partSize(fileId)
+        if size > record.size:
+            raise tus.TusError(409, "this upload's bytes are longer than announced")
+        active = self.active.get(fileId)
+        if active is None:
+            upload = tus.Upload(fileId, record.size, size, record.expiresAt)
+            active = self.active[fileId] = ActiveUpload(record, upload, hashlib.sha256() if size == 0 else None)
+        return active
+
+    async def authorize(self, fileId: str, token: str | None) -> ActiveUpload:
+        """
+        Check the token of a request to an C{uploadUrl} and load its upload.
+
+        @raise tus.TusError: 401 without a token, 403 with a bad one, and
+            as L{load}.
+        """
+        if not token:
+            raise tus.TusError(401, "an upload needs the token of its uploadUrl")
+        try:
+            self.signer.verifyUploadToken(fileId, token)
+        except SignatureError as error:
+            raise tus.TusError(403, error.message)
+        return await self.load(fileId)
+
+    async def abort(self, active: ActiveUpload) -> None:
+        """
+        C{DELETE}: give the upload up and delete its bytes.
+        """
+        upload = active.upload
+        upload.check(self.nowMs())
+        if upload.state == tus.COMPLETE:
+            raise tus.TusError(409, "this upload is complete; it cannot be terminated")
+        if upload.writer:
+            raise tus.TusError(409, "a request is writing this upload")
+        upload.abort()
+        self.active.pop(upload.fileId, None)
+        await self.records.abortUpload(upload.fileId, self.nowMs())
+        await self.files.removePart(upload.fileId)
+
+    async def finishWrite(self, active: ActiveUpload) -> None:
+        """
+        A request writing the upload ended (its bytes are on disk): complete
+        the file if every byte is in, else move its expiry.
+
+        @raise tus.TusError: 460 if its SHA-256 is not the one announced.
+        """
+        upload = active.upload
+        now = self.nowMs()
+        if upload.endWrite(now, int(self.settings.uploadIdle * 1000)):
+            await self._complete(active)
+        else:
+            await self.records.touchUpload(upload.fileId, upload.expiresAt)
+
+    async def _complete(self, active: ActiveUpload) -> None:
+        upload = active.upload
+        fileId = upload.fileId
+        if active.hasher is not None:
+            sha256 = active.hasher.hexdigest()
+        else:
+            sha256 = await self.files.hashPart(fileId)
+        expected = active.record.expectedSha256
+        if expected is not None and expected.lower() != sha256:
+            upload.abort()
+            self.active.pop(fileId, None)
+            await self.records.abortUpload(fileId, self.nowMs())
+            await self.files.removePart(fileId)
+            raise tus.TusError(460, "the file's SHA-256 is not the one announced; upload it again")
+
+        async def commit() -> FileRecord | None:
+            await self.files.commitPart(fileId, sha256)
+            return await self.records.completeUpload(fileId, sha256, self.nowMs())
+
+        record = await self.files.withBlob(sha256, commit)
+        upload.complete()
+        self.active.pop(fileId, None)
+        if record is not None and record.mimeType in THUMBNAIL_TYPES:
+            # made now so that history has it ready; failures are logged
+            self.thumbnail(record).addErrback(lambda f: None)
+
+    def sink(self, method: bytes, path: bytes, headers: Headers, length: Optional[int], request: Any) -> Optional[IBodySink]:
+        """
+        The L{crm_im.http.streaming.BodyRouter} of uploads: a sink for a
+        C{PATCH} or C{PUT} to an C{uploadUrl}.
+        """
+        if method not in (b"PATCH", b"PUT") or not path.startswith(FILES_PATH.encode("ascii")):
+            return None
+        rest, _, query = path[len(FILES_PATH):].partition(b"?")
+        if b"/" in rest:
+            return None
+        token = None
+        for pair in query.split(b"&"):
+            name, _, value = pair.partition(b"=")
+            if name == b"token":
+                token = value.decode("ascii", "replace")
+        sink = UploadSink(self, request, rest.decode("ascii", "replace"), token, method == b"PUT", headers, length)
+        sink.start()
+        return sink
+
+    # ---- thumbnails
+
+    def thumbnail(self, record: FileRecord) -> Deferred[Any]:
+        """
+        The path of the thumbnail of a complete image, made (once, off the
+        reactor thread, a bounded number at a time) if it is not there.
+
+        @raise ThumbnailError: (in the L{Deferred}) for an image too large,
+            unreadable or of another type.
+        """
+        return ensureDeferred(self._thumbnail(record))
+
+    async def _thumbnail(self, record: FileRecord) -> Any:
+        if record.mimeType not in THUMBNAIL_TYPES or record.sha256 is None:
+            raise ThumbnailError("no thumbnail for this type of file")
+        target = self.files.thumbnailPath(record.sha256)
+        if await self.files.run(target.exists):
+            return target
+        source = self.files.pathFor(record)
+        settings = self.settings
+        await self._thumbnails.acquire()
+        try:
+            await self.files.run(makeThumbnail, source, target, settings.thumbnailSize, settings.maxPixels)
+        finally:
+            self._thumbnails.release()
+        return target
+
+    # ---- sweeps
+
+    def start(self) -> None:
+        """
+        Sweep abandoned uploads (and, with retention, old files) every
+        C{sweepInterval}.
+        """
+        if not self._sweep.running:
+            self._sweep.start(self.settings.sweepInterval, now=False).addErrback(
+                lambda f: self.log.failure("file sweeps stopped", f)
+            )
+
+    def stop(self) -> None:
+        """
+        Stop sweeping.
+        """
+        if self._sweep.running:
+            self._sweep.stop()
+
+    def sweep(self) -> Deferred[None]:
+        """
+        One sweep: abandoned uploads, then files past retention.
+        """
+        d = ensureDeferred(self._sweepOnce())
+        d.addErrback(lambda f: self.log.failure("sweeping files", f))
+        return d
+
+    async def _sweepOnce(self) -> None:
+        now = self.nowMs()
+        batch = self.settings.sweepBatch
+        for record in await self.records.expiredUploads(now, batch):
+            active = self.active.get(record.fileId)
+            if active is not None and (active.upload.writer or active.upload.expiresAt >= now):
+                continue
+            if await self.records.abortUpload(record.fileId, now):
+                self.active.pop(record.fileId, None)
+                await self.files.removePart(record.fileId)
+                self.log.info("abandoned upload {fileId} deleted", fileId=record.fileId)
+        days = self.settings.retentionDays
+        if days > 0:
+            cutoff = now - int(days * 86400 * 1000)
+            for record in await self.records.retentionCandidates(cutoff, batch):
+                await self.expire(record)
+
+    async def expire(self, record: FileRecord) -> None:
+        """
+        Retention: the file's bytes go (once no other file shares them);
+        its record stays, as expired (downloads answer 410).
+        """
+        if record.sha256 is None:
+            await self.records.expireFile(record.fileId)
+            await self.files.removeLegacy(record)
+            return
+        sha256 = record.sha256
+
+        async def drop() -> None:
+            _, last = await self.records.expireFile(record.fileId)
+            if last:
+                await self.files.removeBlob(sha256)
+
+        await self.files.withBlob(sha256, drop)
+
+
+def _succeed(value: Any) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.callback(value)
+    return d
+
+
+def _chain(result: Any, target: Deferred[Any]) -> Any:
+    if isinstance(result, Failure):
+        target.errback(result)
+        return None
+    target.callback(result)
+    return result
+
+
+@implementer(IBodySink)
+class UploadSink:
+    """
+    The body of one C{PATCH} (or C{PUT}) to an C{uploadUrl}, streamed to the
+    upload's C{.part} file by one coroutine (L{_run}) that owns the file.
+
+    While the upload is being loaded and authorised, and while a write is
+    on a thread, the connection is paused: what arrives meanwhile is at
+    most the rest of one read. A refusal decided before the body is in is
+    answered at once (the connection closes; the rest is never read).
+    Whatever was written before a refusal or a dropped connection stays:
+    the client resumes from it.
+
+    @ivar result: fires with C{(status, headers)} for the response, or
+        fails with L{tus.TusError}.
+    @ivar peakQueued: the most body bytes held in memory at once.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        service: UploadService,
+        request: Any,
+        fileId: str,
+        token: str | None,
+        whole: bool,
+        headers: Headers,
+        length: Optional[int],
+    ) -> None:
+        self.service = service
+        self.request = request
+        self.fileId = fileId
+        self.token = token
+        self.whole = whole
+        self.headers = headers
+        self.length = length
+        self.result: Deferred[tuple[int, dict[bytes, bytes]]] = Deferred()
+        self._active: ActiveUpload | None = None
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._bodyDone = False
+        self._lost = False
+        self._error: tus.TusError | None = None
+        self._wake: Deferred[None] | None = None
+        self.peakQueued = 0
+
+    def _header(self, name: bytes) -> bytes | None:
+        value = self.headers.getRawHeaders(name)
+        return value[0] if value else None
+
+    def start(self) -> None:
+        """
+        Pause the connection; load, authorise and write the upload.
+        """
+        self.request.pauseReading()
+        d = ensureDeferred(self._run())
+        d.addErrback(lambda f: self.log.failure("upload {fileId}", f, fileId=self.fileId))
+
+    def _poke(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake.callback(None)
+
+    async def _authorize(self) -> tuple[ActiveUpload, Any]:
+        tus.checkVersion(self._header(b"tus-resumable"))
+        active = await self.service.authorize(self.fileId, self.token)
+        offset = 0 if self.whole else tus.headerNumber(self._header(b"upload-offset"), "Upload-Offset")
+        upload = active.upload
+        upload.beginWrite(self.service.nowMs(), offset, self.length, self._header(b"content-type"), self.whole)
+        try:
+            writer = await self.service.files.openPart(self.fileId, active.hasher)
+            if writer.size != upload.offset:
+                await writer.close()
+                raise tus.TusError(409, "the stored bytes of this upload changed; HEAD it again")
+        except BaseException:
+            upload.writer = False
+            raise
+        return active, writer
+
+    async def _run(self) -> None:
+        try:
+            active, writer = await self._authorize()
+        except Exception as error:
+            self._fail(_tusError(error))
+            return
+        self._active = active
+        upload = active.upload
+        try:
+            try:
+                # bytes that came while authorising count now
+                if self._queued:
+                    upload.received(self._queued)
+                while self._error is None:
+                    if self._queue:
+                        self.request.pauseReading()
+                        chunk = b"".join(self._queue)
+                        self._queue.clear()
+                        self._queued = 0
+                        await writer.write(chunk)
+                        continue
+                    if self._bodyDone or self._lost:
+                        break
+                    self._wake = Deferred()
+                    self.request.resumeReading()
+                    await self._wake
+            finally:
+                await writer.close()
+                await self.service.finishWrite(active)
+        except Exception as error:
+            self._fail(_tusError(error))
+            return
+        if self._error is not None or self._lost:
+            return
+        if self.whole and upload.state != tus.COMPLETE:
+            self._fail(tus.TusError(400, f"a PUT carries the whole file: {upload.length} bytes; {upload.offset} arrived"))
+            return
+        headers = _tusHeaders()
+        headers[b"upload-offset"] = b"%d" % upload.offset
+        if upload.state != tus.COMPLETE:
+            headers[b"upload-expires"] = _httpDate(upload.expiresAt)
+        self.result.callback((204, headers))
+
+    def _fail(self, error: tus.TusError) -> None:
+        """
+        Refuse: drop the body; answer now if it is still arriving.
+        """
+        if self._error is not None:
+            return
+        if error.status == 500:
+            self.log.error("upload {fileId} failed: {message}", fileId=self.fileId, message=str(error))
+        self._error = error
+        self._queue.clear()
+        self._queued = 0
+        if not self._bodyDone and not self._lost:
+            # no render will follow: answer here
+            from .resource import errorBody
+
+            self.request.answerEarly(error.status, _reason(error.status), _tusHeaders(), errorBody(error))
+        elif not self._lost:
+            self.result.errback(error)
+        self._poke()
+
+    def write(self, data: bytes) -> None:
+        """
+        See L{IBodySink.write}.
+        """
+        if self._error is not None or not data:
+            return
+        active = self._active
+        if active is not None:
+            try:
+                active.upload.received(len(data))
+            except tus.TusError as error:
+                self._fail(error)
+                return
+        elif self._queued + len(data) > self.service.settings.maxFileSize:
+            # not authorised yet (the connection is paused)
+            self._fail(tus.TusError(413, "the body is longer than any upload"))
+            return
+        self._queue.append(data)
+        self._queued += len(data)
+        if self._queued > self.peakQueued:
+            self.peakQueued = self._queued
+        self._poke()
+
+    def bodyDone(self) -> None:
+        """
+        See L{IBodySink.bodyDone}.
+        """
+        self._bodyDone = True
+        self._poke()
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        See L{IBodySink.connectionLost}: what arrived is kept.
+        """
+        if self._bodyDone or self._lost:
+            return
+        self._lost = True
+        self._poke()
+
+
+def _tusHeaders() -> dict[bytes, bytes]:
+    return {b"tus-resumable": tus.TUS_VERSION.encode("ascii"), b"cache-control": b"no-store"}
+
+
+def _httpDate(ms: int) -> bytes:
+    from twisted.web.http import datetimeToString
+
+    return datetimeToString(ms // 1000)
+
+
+_REASONS = {
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    409: b"Conflict",
+    410: b"Gone",
+    412: b"Precondition Failed",
+    413: b"Payload Too Large",
+    415: b"Unsupported Media Type",
+    460: b"Checksum Mismatch",
+    500: b"Internal Server Error",
+}
+
+
+def _reason(status: int) -> bytes:
+    return _REASONS.get(status, b"Error")

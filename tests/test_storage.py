@@ -373,8 +373,11 @@ class MessageStoreTestsMixin:
         A fractional client timestamp is kept as it was sent.
         """
         await self.store.storeMessage(newMessage("m1", clientTimestamp=12.25))
+        # 16 significant digits: PostgreSQL's float8-to-numeric cast would
+        # keep 15.
+        await self.store.storeMessage(newMessage("m2", clientTimestamp=1701234567890.123))
         page = await self.store.history("alice", "bob", None, 10, None, None)
-        self.assertEqual(page.messages[0].clientTimestamp, 12.25)
+        self.assertEqual([m.clientTimestamp for m in page.messages], [12.25, 1701234567890.123])
 
     async def test_duplicateNotStoredAgain(self) -> None:
         """

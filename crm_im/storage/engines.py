@@ -218,6 +218,28 @@ def _loadNumeric(text: str) -> int | float:
     return float(value)
 
 
+def setUpConnection(conn: Any) -> None:
+    """
+    Make a psycopg connection read and write numbers as crm_im expects
+    (see L{PostgresEngine.onNewConnection}); the copy tool's too.
+    """
+    import psycopg
+    from psycopg.adapt import Dumper, Loader
+
+    class NumericLoader(Loader):
+        def load(self, data: Any) -> int | float:
+            return _loadNumeric(bytes(data).decode("ascii"))
+
+    class FloatDumper(Dumper):
+        oid = psycopg.adapters.types["numeric"].oid
+
+        def dump(self, obj: Any) -> bytes:
+            return repr(float(obj)).encode("ascii")
+
+    conn.adapters.register_loader("numeric", NumericLoader)
+    conn.adapters.register_dumper(float, FloatDumper)
+
+
 class PostgresEngine(BaseEngine):
     """
     PostgreSQL through psycopg 3 (its DB-API module, C{psycopg}), a pool of
@@ -257,15 +279,12 @@ class PostgresEngine(BaseEngine):
     def onNewConnection(self, conn: Any) -> None:
         """
         Set up a new connection (on a pool thread): C{NUMERIC} comes back as
-        C{int} or C{float}, as from SQLite.
+        C{int} or C{float}, as from SQLite; a C{float} goes as C{NUMERIC}
+        in its shortest exact form (as C{float8}, PostgreSQL would round it
+        to 15 digits storing it in a C{NUMERIC} column: a client's
+        C{timestamp} 1701234567890.123 would come back ...890.12).
         """
-        from psycopg.adapt import Loader
-
-        class NumericLoader(Loader):
-            def load(self, data: Any) -> int | float:
-                return _loadNumeric(bytes(data).decode("ascii"))
-
-        conn.adapters.register_loader("numeric", NumericLoader)
+        setUpConnection(conn)
 
     def connectArguments(self) -> dict[str, Any]:
         """

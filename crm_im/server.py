@@ -37,7 +37,7 @@ from .im.rooms import RoomLimits
 from .im.metrics import IMMetrics
 from .notify import GatewayClient, PushMetrics, PushSender, PushSettings
 from .presence import Presence
-from .rest.admin import mountAdmin
+from .rest.admin import MAX_BODY as ADMIN_MAX_BODY, mountAdmin
 from .rest.auth import AdminAuthenticator
 from .routing.local import LocalRouter
 from .socketio.server import SocketIOServer
@@ -203,6 +203,7 @@ class CRMIMService(Service):
             deviceInfo=self._deviceInfo,
             sessionsByTransport=self._sessionsByTransport,
             storeSize=self._storeSize,
+            outboxDepth=lambda: None if self.pushSender is None else self.pushSender.depth,
         )
         self.adminUI: AdminUINamespace | None = None
         self.adminSite: Site | None = None
@@ -214,7 +215,9 @@ class CRMIMService(Service):
         if config.adminListen:
             adminRoot = RootResource(NotFoundResource(cors), cors)
             mountAdmin(adminRoot, self.admin, self.adminAuth)
-            self.adminSite = Site(adminRoot)
+            # Bounded bodies like the main port's (not the Engine.IO limit:
+            # the admin API's own).
+            self.adminSite = EngineIOSite(adminRoot, config.engineConfig(), reactor, maxBody=ADMIN_MAX_BODY + 4096)
         else:
             mountAdmin(root, self.admin, self.adminAuth, root.children.get(b"api"))
         if config.adminUI:
@@ -228,7 +231,11 @@ class CRMIMService(Service):
         if socket is None:
             return {}
         session = socket.session
-        return {"transport": session.transportName, "address": session.remoteAddress}
+        return {
+            "transport": session.transportName,
+            "address": session.remoteAddress,
+            "userAgent": session.userAgent or None,
+        }
 
     def _sessionsByTransport(self) -> dict[str, int]:
         counts = {"polling": 0, "websocket": 0}

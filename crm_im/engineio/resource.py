@@ -77,7 +77,10 @@ class EngineIOResource(Resource):
         if session is None:
             peer = request.getClientAddress()
             session = self.engine.handshake(
-                "polling", getattr(peer, "host", ""), protocol=3 if query.get("EIO") == "3" else 4
+                "polling",
+                getattr(peer, "host", ""),
+                protocol=3 if query.get("EIO") == "3" else 4,
+                userAgent=(request.getHeader(b"user-agent") or b"")[:256].decode("utf-8", "replace"),
             )
             return renderPoll(session, request)
         if method == b"GET":

@@ -204,15 +204,19 @@ class EngineIOServer:
         remoteAddress: str = "",
         channel: IWebSocketChannel | None = None,
         protocol: int = 4,
+        userAgent: str = "",
     ) -> EngineIOSession:
         """
         Open a session: queue (or write) its OPEN packet, start its
         heartbeat and hand it to the application.
+
+        @param userAgent: the request's C{User-Agent}, kept for the admin
+            API.
         """
         sid = self._newSid()
         while sid in self.sessions:
             sid = self._newSid()
-        session = EngineIOSession(self, sid, transportName, remoteAddress, protocol)
+        session = EngineIOSession(self, sid, transportName, remoteAddress, protocol, userAgent)
         self.sessions[sid] = session
         self.stats.opened += 1
         self.addresses.add(remoteAddress)

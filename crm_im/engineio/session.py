@@ -12,6 +12,7 @@ can be driven in a unit test with a L{task.Clock}.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, Iterable
 
 from twisted.logger import Logger
@@ -34,6 +35,9 @@ OPEN = "open"
 CLOSING = "closing"
 CLOSED = "closed"
 
+#: The longest C{User-Agent} a session keeps.
+MAX_USER_AGENT = 256
+
 
 class EngineIOSession:
     """
@@ -42,6 +46,9 @@ class EngineIOSession:
     @ivar sid: the session id, as given in the handshake.
     @ivar transportName: C{"polling"} or C{"websocket"}.
     @ivar remoteAddress: the peer's address, for logs and per-IP limits.
+    @ivar userAgent: the handshake's C{User-Agent} (at most
+        L{MAX_USER_AGENT} characters, interned: clients share a few), for
+        the admin API's device list.
     @ivar protocol: the Engine.IO protocol revision, C{4}, or C{3} for a
         legacy client (socket.io-client 2.x) served with C{allowEIO3}: its
         polling payloads are framed differently, and it sends the PINGs.
@@ -58,6 +65,7 @@ class EngineIOSession:
         "server",
         "transportName",
         "remoteAddress",
+        "userAgent",
         "protocol",
         "state",
         "appState",
@@ -79,8 +87,10 @@ class EngineIOSession:
         transportName: str,
         remoteAddress: str = "",
         protocol: int = 4,
+        userAgent: str = "",
     ) -> None:
         self.server = server
+        self.userAgent = sys.intern(userAgent[:MAX_USER_AGENT])
         self.protocol = protocol
         self.sid = sid
         self.transportName = transportName

@@ -161,6 +161,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
     #: 3 for an Engine.IO v3 client, whose binary messages carry their
     #: packet type in their first byte.
     _protocol = 4
+    _userAgent = ""
     #: the factory's L{TurnWriter} (a class attribute of its subclass)
     _writer: TurnWriter
 
@@ -205,6 +206,10 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(error.status, error.message)
         if query.get("EIO") == "3":
             self._protocol = 3
+        if session is None:
+            # Kept for the session's device list (admin API); an upgrade
+            # keeps the polling handshake's.
+            self._userAgent = str(request.headers.get("user-agent", ""))[:256]
         self._probing = session
 
     def onOpen(self) -> None:
@@ -226,8 +231,9 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
             return
         peer = transport.getPeer()
         self.session = engine.handshake(
-            "websocket", getattr(peer, "host", ""), channel=self, protocol=self._protocol
+            "websocket", getattr(peer, "host", ""), channel=self, protocol=self._protocol, userAgent=self._userAgent
         )
+        self._userAgent = ""
 
     def dataReceived(self, data: bytes) -> None:
         """

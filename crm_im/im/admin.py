@@ -182,6 +182,7 @@ class AdminHandlers:
         sessionsByTransport: Callable[[], dict[str, int]] = dict,
         storeSize: Callable[[], int | None] = lambda: None,
         node: str | None = None,
+        outboxDepth: Callable[[], int | None] = lambda: None,
     ) -> None:
         """
         @param deviceInfo: a device's C{transport}, C{address} and
@@ -189,6 +190,8 @@ class AdminHandlers:
         @param sessionsByTransport: open sessions by transport name.
         @param storeSize: the store's size in bytes, if known.
         @param node: this node's name (default: the host name and pid).
+        @param outboxDepth: notifications waiting in the push outbox, or
+            L{None} without push.
         """
         self.core = core
         self.store = store
@@ -196,6 +199,7 @@ class AdminHandlers:
         self.deviceInfo = deviceInfo
         self.sessionsByTransport = sessionsByTransport
         self.storeSize = storeSize
+        self.outboxDepth = outboxDepth
         self.node = node if node is not None else f"{socket.gethostname()}#{os.getpid()}"
         self.startedAt = self.now()
         self._bans: dict[str, BanRecord] = {}
@@ -204,7 +208,7 @@ class AdminHandlers:
         self._seenFlush: Any = None
         # (minute start in ms, messages accepted in it), oldest first
         self._minutes: deque[tuple[int, int]] = deque(maxlen=MINUTES_KEPT)
-        self._minuteStart = self.startedAt - self.startedAt % 60_000
+        self._minuteStart = self.startedAt
         self._minuteBase = self.accepted()
         self._sampler = LoopingCall(self._sampleMinute)
         self._sampler.clock = clock
@@ -222,10 +226,10 @@ class AdminHandlers:
         Load the bans (the store is open) and start counting messages per
         minute.
         """
-        self.startedAt = self.now()
-        self._minuteStart = self.startedAt - self.startedAt % 60_000
+        self.startedAt = self._minuteStart = self.now()
+        self._minuteBase = self.accepted()
         if not self._sampler.running:
-            self._sampler.start(60 - (self.startedAt % 60_000) / 1000, now=False)
+            self._sampler.start(60, now=False)
 
         def loaded(bans: list[BanRecord]) -> None:
             self._bans = {ban.userId: ban for ban in bans}
@@ -249,15 +253,13 @@ class AdminHandlers:
         return int(sum(count.value for count in self.core.metrics.messages.values()))
 
     def _sampleMinute(self) -> None:
+        # Minutes since the start, not wall-clock minutes: one looping
+        # call, and every sample covers a whole minute.
         now = self.now()
         count = self.accepted()
         self._minutes.append((self._minuteStart, count - self._minuteBase))
-        self._minuteStart = now - now % 60_000
+        self._minuteStart = now
         self._minuteBase = count
-        if self._sampler.interval != 60:
-            # The first call ended a partial minute; from now on, on the minute.
-            self._sampler.stop()
-            self._sampler.start(60, now=False)
 
     # ---- SessionWatcher
 
@@ -391,7 +393,7 @@ class AdminHandlers:
             "usersSeen": counts.usersSeen,
             "bans": sum(1 for ban in self._bans.values() if ban.active(now)),
             "storeSize": self.storeSize(),
-            "pushOutbox": None,
+            "pushOutbox": self.outboxDepth(),
         }
 
     # ---- users

@@ -716,7 +716,9 @@ class SQLMessageStoreTestsMixin(MessageStoreTestsMixin):
     newStore: Any
     rows: Any
     integrityError: Any
+    engineName: str
     successResultOf: Any
+    assertIsNotNone: Any
 
     def makeStore(self) -> SQLMessageStore:
         """
@@ -786,7 +788,7 @@ class SQLMessageStoreTestsMixin(MessageStoreTestsMixin):
         """
         writes: list[Deferred[Any]] = [
             self.store.storeMessage(newMessage("a")),
-            self.store.storeMessage(newMessage("b", content=None)),
+            self.store.storeMessage(newMessage("b", content=None)),  # type: ignore[arg-type]
             self.store.storeMessage(newMessage("c")),
         ]
         await self.assertFailure(writes.pop(1), self.integrityError)
@@ -1025,7 +1027,7 @@ class SQLiteMessageStoreTests(SQLiteStores, SQLMessageStoreTestsMixin, TestCase)
         default).
         """
 
-        def pragmas_txn(txn: Transaction) -> tuple[Any, Any]:
+        def pragmas_txn(txn: Transaction) -> tuple[Any, ...]:
             txn.execute("PRAGMA journal_mode")
             journal = txn.fetchall()[0][0]
             txn.execute("PRAGMA synchronous")

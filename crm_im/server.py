@@ -178,6 +178,7 @@ class CRMIMService(Service):
         root.putChild(b"health", HealthResource(self.store, reactor, lambda: bool(self.running)))
         self._buildAdmin(config, reactor, root, cors)
         api = root.children[b"api"]
+        self.uploads.cors = cors
         api.putChild(b"files", FilesAPIResource(self.uploads, cors))
         api.putChild(b"thumbnails", ThumbnailsResource(self.uploads, cors))
         self.core.enableUploads(self.fileRecords, self.uploads, self.uploads.signWire)

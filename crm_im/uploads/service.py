@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from ..http.cors import CORSPolicy
 from ..http.streaming import IBodySink
 from ..im.files import FILES_PATH, UploadRefused, filePath
 from ..storage.files import DiskFileStore, isFileId
@@ -129,6 +130,11 @@ class UploadService:
         self.clock = clock
         self.settings = settings if settings is not None else UploadSettings()
         self.active: dict[str, ActiveUpload] = {}
+        #: the most body bytes one request held in memory at once, ever
+        #: (what bounds an upload's memory; observed by the tests)
+        self.peakBuffered = 0
+        #: the CORS policy of answers given before the body is read
+        self.cors: CORSPolicy | None = None
         self._loading: dict[str, Deferred[ActiveUpload]] = {}
         self._thumbnails = DeferredSemaphore(self.settings.thumbnailConcurrency)
         self._sweep = LoopingCall(self.sweep)
@@ -620,7 +626,18 @@ class UploadSink:
             # no render will follow: answer here
             from .resource import errorBody
 
-            self.request.answerEarly(error.status, _reason(error.status), _tusHeaders(), errorBody(error))
+            headers = _tusHeaders()
+            headers[b"content-type"] = b"application/json; charset=utf-8"
+            cors = self.service.cors
+            if cors is not None:
+                origin = self._header(b"origin")
+                if cors.origins is None:
+                    headers[b"access-control-allow-origin"] = b"*"
+                elif origin is not None and cors.allows(origin):
+                    headers[b"access-control-allow-origin"] = origin
+                    headers[b"access-control-allow-credentials"] = b"true"
+                    headers[b"vary"] = b"Origin"
+            self.request.answerEarly(error.status, _reason(error.status), headers, errorBody(error))
         elif not self._lost:
             self.result.errback(error)
         self._poke()
@@ -646,6 +663,8 @@ class UploadSink:
         self._queued += len(data)
         if self._queued > self.peakQueued:
             self.peakQueued = self._queued
+            if self._queued > self.service.peakBuffered:
+                self.service.peakBuffered = self._queued
         self._poke()
 
     def bodyDone(self) -> None:

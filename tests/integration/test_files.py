@@ -239,3 +239,241 @@ class UploadFlowTests(FilesTestCase):
         yield response.content()
         self.assertTrue(response.headers.getRawHeaders(b"content-disposition")[0].startswith(b"attachment;"))
         self.assertNotIn("thumbnailUrl", link)
+
+
+def merge(*headers: Any) -> Any:
+    """
+    Header dicts merged (later ones win).
+    """
+    merged: Dict[bytes, Any] = {}
+    for h in headers:
+        merged.update(h)
+    return merged
+
+
+def vmHWM() -> int:
+    """
+    This process's peak resident memory, bytes (Linux).
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+class BoundedMemoryTests(FilesTestCase):
+    """
+    An upload much larger than one chunk is held a read at a time.
+    """
+
+    settings = {"maxFileSize": 256 * 1024 * 1024, "fileQuota": 0}
+
+    @inlineCallbacks
+    def test_largeUploadIsStreamed(self) -> Inline:
+        """
+        tus-js-client sends 96 MiB in one C{PATCH}: the server (this
+        process) never holds more than a few reads of it (the sinks'
+        largest buffer), its peak memory grows by far less than the file,
+        and the stored bytes have the right SHA-256.
+        """
+        if not os.path.exists("/proc/self/status"):
+            self.skipTest("needs /proc (Linux)")
+        yield self.login("a", "alice")
+        size = 96 * 1024 * 1024
+        ack = yield self.ask("a", "file:upload", {"fileName": "big.bin", "fileSize": size, "toId": "alice"})
+        before = vmHWM()
+        reports = yield runTus(self.url + ack["uploadUrl"], size)
+        self.assertEqual([r["event"] for r in reports if "event" in r], ["success"], reports)
+        grown = vmHWM() - before
+        self.assertLess(self.service.uploads.peakBuffered, 1024 * 1024)
+        self.assertLess(grown, 32 * 1024 * 1024)
+        record = yield self.service.fileRecords.fileRecord(ack["fileId"])
+        self.assertEqual(record.sha256, hashlib.sha256(generated(size)).hexdigest())
+        self.assertEqual(self.service.files.pathFor(record).getsize(), size)
+
+
+class BadInputTests(FilesTestCase):
+    """
+    Every bad request is answered clearly (JSON C{{error, code}} over HTTP,
+    the contract's codes over the socket) and harms nothing.
+    """
+
+    @inlineCallbacks
+    def http(self, method: str, path: str, body: bytes = b"", headers: Any = None) -> Inline:
+        """
+        One request; return C{(status, headers, JSON body or bytes)}.
+        """
+        response = yield treq.request(
+            method, self.url + path, data=body or None, headers=Headers(headers or {}), persistent=False
+        )
+        content = yield response.content()
+        if content and response.headers.getRawHeaders(b"content-type", [b""])[0].startswith(b"application/json"):
+            return response.code, response.headers, json.loads(content)
+        return response.code, response.headers, content
+
+    @inlineCallbacks
+    def refused(self, client: str, event: str, payload: Any, code: str) -> Inline:
+        """
+        C{event} is refused with C{code}.
+        """
+        ack = yield self.ask(client, event, payload)
+        self.assertEqual(ack.get("error", {}).get("code"), code, ack)
+        return ack
+
+    @inlineCallbacks
+    def test_socketRefusals(self) -> Inline:
+        """
+        C{file:upload}: a size past C{--max-file-size} or the quota (even a
+        huge one) is C{TOO_LARGE}; a name with a path, a bad size or
+        checksum is C{INVALID_PAYLOAD}; a group the caller is not in is
+        C{NOT_FOUND}. A file message naming an unfinished, unknown or
+        someone else's file is C{NOT_FOUND}.
+        """
+        yield self.login("a", "alice")
+        yield self.login("b", "bob")
+        base = {"fileName": "a.bin", "toId": "bob"}
+        yield self.refused("a", "file:upload", dict(base, fileSize=8 * 1024 * 1024 + 1), "TOO_LARGE")
+        yield self.refused("a", "file:upload", dict(base, fileSize=10**18), "TOO_LARGE")
+        yield self.refused("a", "file:upload", dict(base, fileSize=-1), "INVALID_PAYLOAD")
+        yield self.refused("a", "file:upload", dict(base, fileSize="12"), "INVALID_PAYLOAD")
+        for name in ("../../etc/passwd", "a/b", "..", "c:\\windows\\x", "a\x01b"):
+            ack = yield self.refused("a", "file:upload", dict(base, fileSize=1, fileName=name), "INVALID_PAYLOAD")
+            self.assertIn("plain file name", ack["error"]["message"])
+        yield self.refused("a", "file:upload", dict(base, fileSize=1, sha256="xyz"), "INVALID_PAYLOAD")
+        yield self.refused("a", "file:upload", {"fileName": "a", "fileSize": 1, "groupId": "nope"}, "NOT_FOUND")
+        yield self.refused("a", "file:upload", {"fileName": "a", "fileSize": 1}, "INVALID_PAYLOAD")
+        # the quota counts unfinished uploads
+        for _ in range(2):
+            yield self.ask("a", "file:upload", dict(base, fileSize=8 * 1024 * 1024))
+        yield self.refused("a", "file:upload", dict(base, fileSize=4 * 1024 * 1024 + 1), "TOO_LARGE")
+
+        pending = yield self.ask("a", "file:upload", dict(base, fileSize=10))
+        yield self.refused("a", "message", {"type": "file", "fileId": pending["fileId"], "toId": "bob"}, "NOT_FOUND")
+        yield self.refused("a", "message", {"type": "file", "fileId": "x" * 32, "toId": "bob"}, "NOT_FOUND")
+        response = yield treq.put(self.url + pending["uploadUrl"], data=b"0123456789", persistent=False)
+        yield response.content()
+        self.assertEqual(response.code, 204)
+        yield self.refused("b", "message", {"type": "file", "fileId": pending["fileId"], "toId": "alice"}, "NOT_FOUND")
+        receipt = yield self.ask("a", "message", {"type": "file", "fileId": pending["fileId"], "toId": "bob"})
+        self.assertEqual(receipt["status"], "delivered")
+
+    @inlineCallbacks
+    def test_httpRefusals(self) -> Inline:
+        """
+        tus requests: no token 401, a bad token 403, an unknown upload 404,
+        a wrong offset 409, a wrong content type 415, another tus version
+        412, a body past the length 413 (at once), a whole-body PUT of
+        another length 400 (nothing taken); C{OPTIONS} advertises the protocol;
+        C{DELETE} ends the upload (410 after) and frees the quota.
+        """
+        yield self.login("a", "alice")
+        ack = yield self.ask("a", "file:upload", {"fileName": "a.bin", "fileSize": 100, "toId": "alice"})
+        url = ack["uploadUrl"]
+        path = url.split("?")[0]
+        patch = merge(TUS, OCTETS)
+
+        status, headers, _ = yield self.http("OPTIONS", path)
+        self.assertEqual(status, 204)
+        self.assertEqual(headers.getRawHeaders(b"tus-version"), [b"1.0.0"])
+        self.assertEqual(headers.getRawHeaders(b"tus-extension"), [b"termination,expiration"])
+        self.assertEqual(headers.getRawHeaders(b"tus-max-size"), [b"%d" % (8 * 1024 * 1024)])
+
+        status, _, body = yield self.http("HEAD", path, headers=TUS)
+        self.assertEqual(status, 401)
+        status, _, body = yield self.http("PATCH", path, b"x", merge(patch, {b"Upload-Offset": [b"0"]}))
+        self.assertEqual((status, body["code"]), (401, "UNAUTHORIZED"))
+        status, _, body = yield self.http("PATCH", path + "?token=forged", b"x", merge(patch, {b"Upload-Offset": [b"0"]}))
+        self.assertEqual((status, body["code"]), (403, "FORBIDDEN"))
+        unknown = "u" * 32
+        token = self.service.uploads.signer.uploadToken(unknown)
+        status, _, body = yield self.http("HEAD", f"/api/files/{unknown}?token={token}", headers=TUS)
+        self.assertEqual(status, 404)
+
+        status, _, body = yield self.http("PATCH", url, b"abc", merge(patch, {b"Upload-Offset": [b"5"]}))
+        self.assertEqual((status, body["code"]), (409, "CONFLICT"))
+        status, _, body = yield self.http("PATCH", url, b"abc", merge(TUS, {b"Upload-Offset": [b"0"], b"Content-Type": [b"text/plain"]}))
+        self.assertEqual(status, 415)
+        status, _, body = yield self.http("PATCH", url, b"abc", merge(patch, {b"Upload-Offset": [b"0"], b"Tus-Resumable": [b"0.2.2"]}))
+        self.assertEqual(status, 412)
+        status, _, body = yield self.http("PATCH", url, b"abc", merge(patch, {b"Upload-Offset": [b"zero"]}))
+        self.assertEqual(status, 400)
+        status, _, body = yield self.http("PATCH", url, b"y" * 101, merge(patch, {b"Upload-Offset": [b"0"]}))
+        self.assertEqual((status, body["code"]), (413, "TOO_LARGE"))
+        # nothing was harmed: the upload is still at 0
+        status, headers, _ = yield self.http("HEAD", url, headers=TUS)
+        self.assertEqual((status, headers.getRawHeaders(b"upload-offset")), (200, [b"0"]))
+
+        status, _, body = yield self.http("PUT", url, b"z" * 60, TUS)
+        self.assertEqual((status, body["code"]), (400, "INVALID_PAYLOAD"))
+        status, headers, _ = yield self.http("HEAD", url, headers=TUS)
+        self.assertEqual(headers.getRawHeaders(b"upload-offset"), [b"0"])
+        status, headers, _ = yield self.http("PATCH", url, b"z" * 60, merge(patch, {b"Upload-Offset": [b"0"]}))
+        self.assertEqual((status, headers.getRawHeaders(b"upload-offset")), (204, [b"60"]))
+        status, headers, _ = yield self.http("PATCH", url, b"z" * 40, merge(patch, {b"Upload-Offset": [b"60"]}))
+        self.assertEqual((status, headers.getRawHeaders(b"upload-offset")), (204, [b"100"]))
+        status, _, body = yield self.http("PATCH", url, b"z", merge(patch, {b"Upload-Offset": [b"100"]}))
+        self.assertEqual(status, 409)
+
+        second = yield self.ask("a", "file:upload", {"fileName": "b.bin", "fileSize": 8 * 1024 * 1024, "toId": "alice"})
+        status, _, _ = yield self.http("DELETE", second["uploadUrl"], headers=TUS)
+        self.assertEqual(status, 204)
+        status, _, body = yield self.http("HEAD", second["uploadUrl"], headers=TUS)
+        self.assertEqual(status, 410)
+        status, _, body = yield self.http("PATCH", second["uploadUrl"], b"x", merge(patch, {b"Upload-Offset": [b"0"]}))
+        self.assertEqual((status, body["code"]), (410, "GONE"))
+        # its 8 MiB are free again: 8 + 8 + 4 MiB fit in the 20 MiB quota
+        for size in (8, 8, 3):
+            more = yield self.ask("a", "file:upload", {"fileName": "c.bin", "fileSize": size * 1024 * 1024, "toId": "alice"})
+            self.assertIn("fileId", more)
+
+    @inlineCallbacks
+    def test_checksumMismatch(self) -> Inline:
+        """
+        Bytes whose SHA-256 is not the one C{file:upload} announced are
+        460 and discarded; the right ones complete.
+        """
+        yield self.login("a", "alice")
+        data = b"hello world"
+        wrong = yield self.ask("a", "file:upload", {"fileName": "h.txt", "fileSize": len(data), "toId": "alice", "sha256": "0" * 64})
+        status, _, body = yield self.http("PUT", wrong["uploadUrl"], data, TUS)
+        self.assertEqual((status, body["code"]), (460, "CHECKSUM_MISMATCH"))
+        status, _, _ = yield self.http("HEAD", wrong["uploadUrl"], headers=TUS)
+        self.assertEqual(status, 410)
+        right = yield self.ask(
+            "a", "file:upload", {"fileName": "h.txt", "fileSize": len(data), "toId": "alice", "sha256": hashlib.sha256(data).hexdigest().upper()}
+        )
+        status, _, _ = yield self.http("PUT", right["uploadUrl"], data, TUS)
+        self.assertEqual(status, 204)
+
+    @inlineCallbacks
+    def test_downloadRefusals(self) -> Inline:
+        """
+        A download with no, a forged or an expired signature is 403; an
+        unknown or unfinished file 404; paths that try to leave the
+        directory reach nothing.
+        """
+        yield self.login("a", "alice")
+        ack = yield self.uploadFile("a", b"secret bytes", toId="alice")
+        link = yield self.ask("a", "file:url", {"fileId": ack["fileId"]})
+        url = link["fileUrl"]
+        status, headers, body = yield self.http("GET", url)
+        self.assertEqual((status, body), (200, b"secret bytes"))
+        status, _, body = yield self.http("GET", url.split("?")[0])
+        self.assertEqual((status, body["code"]), (403, "FORBIDDEN"))
+        status, _, body = yield self.http("GET", url.replace("sig=", "sig=x"))
+        self.assertEqual(status, 403)
+        signer = self.service.uploads.signer
+        fileId = ack["fileId"]
+        expired = f"/api/files/{fileId}/a.bin?exp=1000&sig={signer.sign('download', fileId, 1000)}"
+        status, _, body = yield self.http("GET", expired)
+        self.assertEqual(status, 403)
+        self.assertIn("expired", body["error"])
+        other = yield self.ask("a", "file:upload", {"fileName": "p.bin", "fileSize": 5, "toId": "alice"})
+        fresh = self.service.uploads.fileUrl(other["fileId"], "p.bin")
+        status, _, _ = yield self.http("GET", fresh)
+        self.assertEqual(status, 404)
+        for path in ("/api/files/../../crm_im.sqlite3", "/api/files/%2e%2e%2f%2e%2e%2furl-secret/x", "/api/files/..%2Furl-secret"):
+            status, _, body = yield self.http("GET", path)
+            self.assertIn(status, (403, 404, 405), path)
+            self.assertNotIn(b"crm", body if isinstance(body, bytes) else b"")

@@ -376,6 +376,31 @@ class HeartbeatTests(EngineTestMixin, SynchronousTestCase):
         self.assertEqual(polling.state, CLOSED)
         self.assertEqual(self.server.sessions, {})
 
+    def test_serviceLifecycle(self) -> None:
+        """
+        The server is a Twisted service: under an application it runs with
+        it, and stopping the application closes every session and refuses
+        new ones until it starts again.
+        """
+        from twisted.application.service import IService, MultiService
+
+        self.assertTrue(IService.providedBy(self.server))
+        application = MultiService()
+        self.server.setServiceParent(application)
+        application.startService()
+        self.assertTrue(self.server.running)
+        session, channel = self.webSocketSession()
+        application.stopService()
+        self.assertEqual(self.app.closed, [(session, "server shutting down")])
+        self.assertTrue(channel.closed)
+        with self.assertRaises(EngineIOError):
+            self.server.checkRequest(b"GET", {"EIO": "4", "transport": "polling"}, False, None)
+        application.startService()
+        self.assertEqual(self.server.checkRequest(b"GET", {"EIO": "4", "transport": "polling"}, False, None), ("polling", None))
+        session, channel = self.webSocketSession()
+        self.clock.advance(25)
+        self.assertEqual(self.pings(channel), 1)
+
 
 class PollingTests(EngineTestMixin, SynchronousTestCase):
     """

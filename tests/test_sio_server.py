@@ -63,7 +63,7 @@ class Client:
         self.send(prefix + auth)
         (answer,) = self.received()
         assert answer.startswith(prefix + b"{"), answer
-        return loads(answer[len(prefix) :])["sid"]  # type: ignore[no-any-return]
+        return loads(answer[len(prefix) :])["sid"]
 
     @property
     def open(self) -> bool:
@@ -125,6 +125,23 @@ class ConnectTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(self.calls, [("connect", sid, {})])
         self.assertIsNotNone(self.sio.getSocket(sid))
         self.assertEqual(self.sio.rooms(sid), {sid})
+
+    def test_serviceLifecycle(self) -> None:
+        """
+        The server is a Twisted service: stopping the application it
+        belongs to disconnects every socket ("server shutting down").
+        """
+        from twisted.application.service import MultiService
+
+        self.sio.on("disconnect", self.record("disconnect"))
+        application = MultiService()
+        self.sio.setServiceParent(application)
+        application.startService()
+        client = self.client()
+        sid = client.connect()
+        application.stopService()
+        self.assertEqual(self.calls, [("disconnect", sid, "server shutting down")])
+        self.assertFalse(client.open)
 
     def test_connectWithAuth(self) -> None:
         """

@@ -14,6 +14,7 @@ import secrets
 from typing import Callable, Hashable, Mapping, cast
 
 import attrs
+from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -75,9 +76,15 @@ class EngineIOStats:
     bufferOverflows: int = 0
 
 
-class EngineIOServer:
+class EngineIOServer(Service):
     """
     Sessions of one Engine.IO endpoint.
+
+    Heartbeats and the other deadlines run from construction: a server
+    nobody started still pings and times out its sessions. It is a
+    Twisted L{Service}, so that putting it under the application
+    (C{server.setServiceParent(application)}) is all a raw Engine.IO app
+    does for its lifecycle: stopping the service closes every session.
 
     @ivar sessions: open (and closing) sessions by sid.
     """
@@ -103,18 +110,36 @@ class EngineIOServer:
 
     def start(self) -> None:
         """
-        Start the heartbeat sweep.
+        Accept sessions again after L{stop} and fire the deadlines kept
+        meanwhile. A new server is already running: calling this is
+        optional.
         """
+        self.stopping = False
         self.wheel.start()
 
     def stop(self, reason: str = "server shutting down") -> None:
         """
-        Close every session and stop the sweep.
+        Close every session (what was queued is flushed first), refuse new
+        ones and stop the sweep.
         """
         self.stopping = True
         for session in list(self.sessions.values()):
             session.close(reason)
         self.wheel.stop()
+
+    def startService(self) -> None:
+        """
+        L{IService}: L{start}.
+        """
+        super().startService()
+        self.start()
+
+    def stopService(self) -> None:
+        """
+        L{IService}: L{stop}.
+        """
+        super().stopService()
+        self.stop()
 
     # ---- request checks
 

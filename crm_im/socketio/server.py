@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import attrs
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -286,9 +287,13 @@ class Connection:
 
 
 @implementer(IEngineIOApplication)
-class SocketIOServer:
+class SocketIOServer(Service):
     """
     A Socket.IO v5 server.
+
+    Its heartbeats and connect timeouts run from construction; as a
+    Twisted L{Service} it closes every session when the application
+    stops (C{server.setServiceParent(application)}).
 
     @ivar engine: the L{EngineIOServer} underneath.
     @ivar config: its settings.
@@ -492,6 +497,20 @@ class SocketIOServer:
         """
         self.engine.stop("server shutting down")
         self._connectWheel.stop()
+
+    def startService(self) -> None:
+        """
+        L{IService}: L{start}.
+        """
+        super().startService()
+        self.start()
+
+    def stopService(self) -> None:
+        """
+        L{IService}: L{stop}.
+        """
+        super().stopService()
+        self.stop()
 
     def resource(self) -> IResource:
         """

@@ -359,7 +359,7 @@ class PushTestCase(SynchronousTestCase):
         """
         Send a message as the user of C{device}; return the receipt.
         """
-        return self.answer(self.core.messaging.send(self.caller(device), dict(where, content=content)))  # type: ignore[no-any-return]
+        return self.answer(self.core.messaging.send(self.caller(device), dict(where, content=content)))
 
     def makeGroup(self, memberIds: list[str], id: str = "g1") -> None:
         """

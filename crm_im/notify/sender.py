@@ -176,6 +176,10 @@ class PushSender:
         self._attempts: set[Deferred[None]] = set()
         self._trimming = False
         self._stopping = False
+        #: called with the user's id after each decision or request is
+        #: over (its outcome counted in L{metrics}): for watchers such as
+        #: tests, which wait on it instead of polling C{/metrics}
+        self.attemptEnded: list[Callable[[str], object]] = []
 
     @property
     def users(self) -> set[str]:
@@ -319,6 +323,8 @@ class PushSender:
                 del self._states[userId]
             while self._ready and self._active < self.settings.concurrency:
                 self._launch(self._ready.pop(0))
+        for watcher in list(self.attemptEnded):
+            watcher(userId)
 
     # ---- one decision and request
 

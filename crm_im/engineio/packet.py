@@ -250,6 +250,12 @@ def _decodeBinaryPayloadV3(body: bytes) -> list[tuple[int, bytes, bool]]:
             raise PacketError("truncated packet")
         data = body[start:pos]
         if isText:
+            # engine.io-parser 2 decodes a text packet as UTF-8 and refuses
+            # it if it is not (found by fuzz/eio_packet.py).
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PacketError("text packet is not UTF-8")
             packetType, payload = decodeText(data)
             packets.append((packetType, payload, False))
         else:

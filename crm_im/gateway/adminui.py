@@ -52,7 +52,10 @@ SESSION_LIFETIME = 12 * 3600
 #: Session ids kept at most (the oldest are forgotten past it).
 MAX_SESSIONS = 1000
 
-FEATURES = ["EMIT", "JOIN", "LEAVE", "DISCONNECT", "MJOIN", "MLEAVE", "MDISCONNECT", "AGGREGATED_EVENTS", "ALL_EVENTS"]
+#: What the UI may offer. Not ALL_EVENTS: the UI would show every event
+#: with its arguments, and crm_im shows no message content to anyone but
+#: its recipients (the conversation export is the audited way).
+FEATURES = ["EMIT", "JOIN", "LEAVE", "DISCONNECT", "MJOIN", "MLEAVE", "MDISCONNECT", "AGGREGATED_EVENTS"]
 
 
 def _isoDate(seconds: float) -> str:

@@ -261,6 +261,8 @@ class PostgresEngine(BaseEngine):
     writeLockSQL = f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})"
     #: seconds libpq waits for a connection unless the URL says otherwise
     connectTimeout = 10
+    #: libpq's TCP keepalive settings, unless the URL says otherwise
+    keepalives = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
     def __init__(self, url: str, minConnections: int = 2, maxConnections: int = 8) -> None:
         """
@@ -298,6 +300,13 @@ class PostgresEngine(BaseEngine):
             extra["connect_timeout"] = self.connectTimeout
         if "application_name" not in given:
             extra["application_name"] = "crm_im"
+        # A connection cut without a reset (a failover, a dead network)
+        # is found out in about a minute, not after the kernel's two hours,
+        # and the transaction waiting on it fails instead of holding the
+        # group commit.
+        for key, value in self.keepalives.items():
+            if key not in given:
+                extra[key] = value
         return extra
 
     @property

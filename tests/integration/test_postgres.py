@@ -10,12 +10,50 @@ Skipped when PostgreSQL is unreachable, failed under C{CI=true}
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from twisted.internet.defer import gatherResults, inlineCallbacks
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.protocols.portforward import ProxyFactory, ProxyServer
 
-from tests.integration.test_twistd import Inline, ProcessTestCase
+from tests.integration.test_twistd import Inline, ProcessTestCase, freePort
 from tests.support.clients import requireKind
 from tests.support.postgres import newDatabaseURL
+
+#: seconds a node has to notice the database gone or back
+NOTICE_TIMEOUT = 30.0
+
+
+class CuttableProxy(ProxyFactory):
+    """
+    A TCP proxy to PostgreSQL that the test can cut (every connection
+    reset, nothing listening: the database is gone for the node) and
+    restore.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        ProxyFactory.__init__(self, host, port)
+        self.servers: list[ProxyServer] = []
+        self.listening: Any = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        server = ProxyFactory.buildProtocol(self, addr)
+        self.servers.append(server)
+        return server
+
+    def listen(self, port: int) -> None:
+        self.listening = reactor.listenTCP(port, self, interface="127.0.0.1")
+
+    def cut(self) -> Deferred[None]:
+        servers, self.servers = self.servers, []
+        for server in servers:
+            if server.peer is not None:
+                server.peer.transport.abortConnection()
+            server.transport.abortConnection()
+        listening, self.listening = self.listening, None
+        return listening.stopListening()  # type: ignore[no-any-return]
 
 
 class PostgresNodeTests(ProcessTestCase):
@@ -76,3 +114,66 @@ class PostgresNodeTests(ProcessTestCase):
         self.assertTrue(all(m["seq"] > seqs[-1] for m in messages))
         restarted.signal("TERM")
         self.assertEqual((yield self.waitForExit(restarted)), 0, restarted.text)
+
+    @inlineCallbacks
+    def waitForHealth(self, port: int, status: int) -> Inline:
+        """
+        Poll C{GET /health} (every 0.2 s, bounded) until it answers
+        C{status}; return its body.
+        """
+        deadline = reactor.seconds() + NOTICE_TIMEOUT
+        while True:
+            response = yield treq.get(f"http://127.0.0.1:{port}/health", persistent=False, timeout=10)
+            body = yield response.json()
+            if response.code == status:
+                return body
+            if reactor.seconds() > deadline:
+                self.fail(f"/health still {response.code} {body} after {NOTICE_TIMEOUT}s")
+            yield deferLater(reactor, 0.2, lambda: None)
+
+    @inlineCallbacks
+    def test_databaseOutage(self) -> Inline:
+        """
+        PostgreSQL gone (every connection reset, nothing listening): the
+        node keeps its clients, refuses a message with C{INTERNAL} (it was
+        not stored, so no receipt), answers C{/health} 503; back, it
+        reconnects on its own: C{/health} 200, messages stored and
+        delivered, the refused one never.
+        """
+        requireKind("node")
+        store = urlsplit(newDatabaseURL(self))
+        proxy = CuttableProxy(store.hostname or "127.0.0.1", store.port or 5432)
+        proxyPort = freePort()
+        proxy.listen(proxyPort)
+        self.addCleanup(lambda: proxy.cut() if proxy.listening is not None else None)
+        user = store.username or "postgres"
+        url = urlunsplit((store.scheme, f"{user}@127.0.0.1:{proxyPort}", store.path, "", ""))
+        process = self.spawnTwistd(self.mktemp(), "--store", url)
+        yield self.waitUntilServing(process)
+        driver = yield self.driver("node")
+        base = f"http://127.0.0.1:{process.port}"
+        yield driver.connect("sender", base, transports=["websocket"])
+        yield driver.emit("sender", "user:login", {"id": "s", "name": "S"}, ack=True)
+        (before,) = yield driver.emit("sender", "message", {"id": "before", "toId": "r", "content": "1"}, ack=True)
+        self.assertEqual(before["status"], "offline")
+
+        yield proxy.cut()
+        body = yield self.waitForHealth(process.port, 503)
+        self.assertEqual(body["status"], "unavailable")
+        (refused,) = yield driver.emit("sender", "message", {"id": "during", "toId": "r", "content": "2"},
+                                       ack=True, timeout=30)
+        self.assertEqual(refused["error"]["code"], "INTERNAL")
+
+        proxy.listen(proxyPort)
+        yield self.waitForHealth(process.port, 200)
+        (after,) = yield driver.emit("sender", "message", {"id": "after", "toId": "r", "content": "3"}, ack=True)
+        self.assertEqual(after["status"], "offline")
+        yield driver.connect("recipient", base, transports=["websocket"])
+        yield driver.emit("recipient", "user:login", {"id": "r", "name": "R"}, ack=True)
+        yield driver.waitFor("recipient", "message", predicate=lambda args: args[0]["id"] == "after")
+        got = [args[0] for args in driver.events("recipient", "message")]
+        self.assertEqual([m["id"] for m in got], ["before", "after"])
+        self.assertTrue(got[0]["seq"] < got[1]["seq"])
+        self.assertEqual([r for r in driver.reports if r.get("client") == "sender" and r["type"] == "disconnect"], [])
+        process.signal("TERM")
+        self.assertEqual((yield self.waitForExit(process)), 0, process.text)

@@ -16,7 +16,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
-from twisted.protocols.portforward import ProxyFactory, ProxyServer
+from twisted.protocols.portforward import ProxyFactory
 
 from tests.integration.test_twistd import Inline, ProcessTestCase, freePort
 from tests.support.clients import requireKind
@@ -35,7 +35,7 @@ class CuttableProxy(ProxyFactory):
 
     def __init__(self, host: str, port: int) -> None:
         ProxyFactory.__init__(self, host, port)
-        self.servers: list[ProxyServer] = []
+        self.servers: list[Any] = []
         self.listening: Any = None
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -44,7 +44,7 @@ class CuttableProxy(ProxyFactory):
         return server
 
     def listen(self, port: int) -> None:
-        self.listening = reactor.listenTCP(port, self, interface="127.0.0.1")
+        self.listening = reactor.listenTCP(port, self, interface="127.0.0.1")  # type: ignore[arg-type]
 
     def cut(self) -> Deferred[None]:
         servers, self.servers = self.servers, []
@@ -53,7 +53,8 @@ class CuttableProxy(ProxyFactory):
                 server.peer.transport.abortConnection()
             server.transport.abortConnection()
         listening, self.listening = self.listening, None
-        return listening.stopListening()  # type: ignore[no-any-return]
+        stopped: Deferred[None] = listening.stopListening()
+        return stopped
 
 
 class PostgresNodeTests(ProcessTestCase):
@@ -116,7 +117,7 @@ class PostgresNodeTests(ProcessTestCase):
         self.assertEqual((yield self.waitForExit(restarted)), 0, restarted.text)
 
     @inlineCallbacks
-    def waitForHealth(self, port: int, status: int) -> Inline:
+    def waitForHealth(self, port: Any, status: int) -> Inline:
         """
         Poll C{GET /health} (every 0.2 s, bounded) until it answers
         C{status}; return its body.

@@ -15,8 +15,14 @@ savepoint, so one failing write fails alone; a failed commit fails the
 whole batch. A write's L{Deferred} fires only after its transaction
 committed.
 
-Reads go straight to the pool; with its single connection, a read issued
-after a write's L{Deferred} fired sees that write.
+Reads go straight to the pool; a read issued after a write's L{Deferred}
+fired sees that write (SQLite: the pool's one connection; PostgreSQL: the
+write committed before the read's transaction began).
+
+On PostgreSQL several nodes write to one database, each through its own
+group commit: every batch first takes the engine's write lock (a
+transaction-scoped advisory lock), so that seqs commit in the order they
+were drawn across nodes (L{GroupCommit._lockedBatch_txn}).
 """
 
 from __future__ import annotations

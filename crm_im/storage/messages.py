@@ -153,10 +153,14 @@ def storeMessages_txn(txn: Transaction, msgs: Sequence[NewMessage]) -> list[tupl
     Why: the pool thread releases and re-takes the GIL around every
     statement step, and under load each re-take waits for the reactor
     thread to let go of it; a statement per message made the database
-    thread crawl exactly when the batches grew. Consecutive rows of one
-    C{INSERT} get consecutive C{seq}s (one connection writes, and
-    C{AUTOINCREMENT} allocates in order); the row count is checked, and any
-    surprise falls back to one statement per message.
+    thread crawl exactly when the batches grew. The seqs of the new rows
+    come back with C{RETURNING} (PostgreSQL) or from the last row id
+    (SQLite: consecutive rows of one C{INSERT} get consecutive seqs, one
+    connection writing and C{AUTOINCREMENT} allocating in order; the row
+    count is checked). A failing multi-row C{INSERT} (a row the database
+    refuses) is undone (in a savepoint where a failed statement aborts the
+    transaction) and its messages stored one statement each, so that the
+    bad one fails alone.
 
     @return: per message, C{(True, StoreOutcome)} or C{(False, Failure)}.
     """

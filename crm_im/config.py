@@ -74,6 +74,11 @@ class Config:
         last byte.
     @ivar urlSecret: the secret of upload tokens and download links, kept
         out of C{repr}; L{None}: a key kept in the data directory.
+    @ivar allowEIO3: also serve Engine.IO v3 clients (socket.io-client
+        2.x), like the official server's C{allowEIO3}.
+    @ivar recoveryWindow: seconds within which a Socket.IO 4.6+ client
+        that lost its connection gets its socket back (connection state
+        recovery); C{0}: off.
     """
 
     listen: tuple[str, ...] = ("tcp:8080",)
@@ -120,6 +125,8 @@ class Config:
     fileLinkDays: float = 7.0
     uploadExpiry: float = 3600.0
     urlSecret: str | None = attrs.field(default=None, repr=False)
+    allowEIO3: bool = False
+    recoveryWindow: float = 120.0
 
     def storeURL(self) -> str:
         """
@@ -135,6 +142,7 @@ class Config:
         The Engine.IO part of the configuration.
         """
         return EngineIOConfig(
+            allowEIO3=self.allowEIO3,
             pingInterval=self.pingInterval,
             pingTimeout=self.pingTimeout,
             maxPayload=self.maxPayload,

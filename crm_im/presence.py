@@ -213,10 +213,13 @@ class Presence:
         self._userOfDevice[sid] = user
         return Login(user, first)
 
-    def logout(self, sid: str) -> Logout | None:
+    def logout(self, sid: str, hold: float = 0.0) -> Logout | None:
         """
         Unbind device C{sid} (logout or disconnect).
 
+        @param hold: seconds the user stays online if this was the last
+            device, when longer than the grace period (a connection that
+            may be recovered).
         @return: C{None} if the device was not logged in.
         """
         user = self._userOfDevice.pop(sid, None)
@@ -225,9 +228,10 @@ class Presence:
         user.devices.discard(sid)
         if user.devices:
             return Logout(user, False, user.visible)
-        if self.grace > 0:
+        grace = max(self.grace, hold)
+        if grace > 0:
             user.leaving = True
-            self._wheel.set(user.id, self.grace)
+            self._wheel.set(user.id, grace)
             return Logout(user, False, user.visible)
         del self._users[user.id]
         return Logout(user, True, user.visible)

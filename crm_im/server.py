@@ -40,7 +40,7 @@ from .presence import Presence
 from .rest.admin import MAX_BODY as ADMIN_MAX_BODY, mountAdmin
 from .rest.auth import AdminAuthenticator
 from .routing.local import LocalRouter
-from .socketio.server import SocketIOServer
+from .socketio.server import SocketIOConfig, SocketIOServer
 from .storage import DiskFileStore, MemoryMessageStore, SQLMessageStore, storeFor
 from .storage.admin import adminStoreFor
 from .web.files import FilesResource
@@ -140,7 +140,13 @@ class CRMIMService(Service):
         )
         self.presence = Presence(reactor, config.presenceGrace)
         engineConfig = config.engineConfig()
-        self.sio = SocketIOServer(reactor, engineConfig, connectTimeout=config.connectTimeout / 1000)
+        self.sio = SocketIOServer(
+            reactor,
+            engineConfig,
+            config=SocketIOConfig(
+                connectTimeout=config.connectTimeout, recoveryWindow=round(config.recoveryWindow * 1000)
+            ),
+        )
         self.authenticator = authenticatorFor(config, reactor)
         self.metrics = IMMetrics()
         self.metrics.watch(self.sio.engine, self.presence)

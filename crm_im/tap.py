@@ -76,6 +76,8 @@ class Options(usage.Options):
     optFlags = [
         ["quiet", "q", "Do not log a line per event (also: QUIET=1 in the environment)."],
         ["limit-loopback", None, "Apply --max-connections-per-ip to loopback clients too (default: exempt)."],
+        ["allow-eio3", None, "Also serve Engine.IO v3 clients (socket.io-client 2.x, old mobile apps), like the "
+         "official server's allowEIO3."],
         ["admin-ui", None, "Serve the /admin namespace of the Socket.IO Admin UI (@socket.io/admin-ui), with the "
          "admin credentials; add the UI's origin to --cors-origin."],
     ]
@@ -87,6 +89,8 @@ class Options(usage.Options):
         ["max-payload", None, 1_000_000, "Largest packet or HTTP body, in bytes."],
         ["connect-timeout", None, 45000, "Milliseconds a client may take to connect to a namespace."],
         ["max-message-length", None, 65536, "Longest text message content, in characters."],
+        ["recovery-window", None, 120, "Seconds within which a Socket.IO 4.6+ client that lost its connection "
+         "gets its socket, login, rooms and missed messages back (connection state recovery; 0: off)."],
         ["presence-grace", None, 0, "Seconds a user stays online after the last device disconnects."],
         ["store", None, None, "Where messages are stored: sqlite:PATH (default: crm_im.sqlite3 in --data-dir) or "
          "a PostgreSQL URL postgresql://user@host/db (also: $CRM_IM_STORE; prefer it for a password)."],
@@ -257,9 +261,13 @@ class Options(usage.Options):
             adminToken=adminToken,
             adminListen=tuple(self["admin-listen"]),
             adminUI=bool(self["admin-ui"]),
+            allowEIO3=bool(self["allow-eio3"]),
+            recoveryWindow=_number("recovery-window", self["recovery-window"], float),
         )
         self.config = attrs.evolve(self.config, **_push(self))
         self.config = attrs.evolve(self.config, **_files(self))
+        if not 0 <= self.config.recoveryWindow <= 86400:
+            raise usage.UsageError("--recovery-window must be between 0 and 86400 seconds")
         if self.config.maxRoomsPerUser < 0 or self.config.recallWindow < 0:
             raise usage.UsageError("--max-rooms-per-user and --recall-window must not be negative")
         if auth == JWT:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+import attrs
+
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -92,6 +94,40 @@ class OptionsTests(SynchronousTestCase):
         self.assertFalse(config.logEvents)
         self.assertEqual(config.dataDir, "/tmp/x")
         self.assertEqual(config.engineConfig().corsOrigins, config.corsOrigins)
+
+    def test_legacyClientsAndRecovery(self) -> None:
+        """
+        Engine.IO v3 clients are refused unless C{--allow-eio3}; connection
+        state recovery is on for 120 s by default, C{--recovery-window}
+        sets it (C{0}: off) and the service's Socket.IO server gets both.
+        """
+        from twisted.internet import reactor
+
+        from crm_im.server import CRMIMService
+        from crm_im.storage.memory import MemoryMessageStore
+
+        config = parse()
+        self.assertFalse(config.allowEIO3)
+        self.assertFalse(config.engineConfig().allowEIO3)
+        self.assertEqual(config.recoveryWindow, 120.0)
+        config = parse("--allow-eio3", "--recovery-window", "2.5")
+        self.assertTrue(config.engineConfig().allowEIO3)
+        self.assertEqual(config.recoveryWindow, 2.5)
+        self.assertEqual(parse("--recovery-window", "0").recoveryWindow, 0)
+        for args in (["--recovery-window", "-1"], ["--recovery-window", "soon"], ["--recovery-window", "100000"]):
+            with self.subTest(args=args):
+                error = self.assertRaises(usage.UsageError, parse, *args)
+                self.assertIn("recovery-window", str(error))
+        for window, expected in ((2.5, 2500), (0.0, 0)):
+            with self.subTest(window=window):
+                directory = self.mktemp()
+                # Built, never started: nothing is scheduled on the reactor.
+                service = CRMIMService(
+                    attrs.evolve(config, dataDir=directory, recoveryWindow=window), reactor, MemoryMessageStore()
+                )
+                self.assertTrue(service.sio.engine.config.allowEIO3)
+                self.assertEqual(service.sio.config.recoveryWindow, expected)
+                self.assertEqual(service.sio.recovery is not None, expected > 0)
 
     def test_quietFromEnvironment(self) -> None:
         """

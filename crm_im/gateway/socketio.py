@@ -28,6 +28,7 @@ from ..im.core import IMCore
 from ..im.errors import INTERNAL, RATE_LIMITED, UNAUTHORIZED, IMError
 from ..limits import DISCONNECT, SocketRateLimiter
 from ..socketio.packet import encodeEvent
+from ..socketio.recovery import RECOVERABLE_REASONS
 from ..socketio.server import ConnectionRefused, Socket, SocketIOServer
 
 Ack = Callable[..., None]
@@ -236,14 +237,23 @@ class SocketIOGateway:
         self.sio.disconnect(sid, closeConnection=True)
 
     def _connected(self, sid: str, auth: Any) -> None:
+        remote = self._remote(sid)
         try:
-            self.core.sessions.connected(sid, auth, self._remote(sid))
+            self.core.sessions.connected(sid, auth, remote)
         except IMError as error:
             raise ConnectionRefused(error.message, {"code": error.code})
+        socket = self._sockets.get(sid)
+        if socket is not None and socket.recovered:
+            # Connection state recovery: the same sid is back; it is
+            # logged in again as it was, with what it missed from the store.
+            self.core.sessions.resume(sid, remote)
 
     def _disconnected(self, sid: str, reason: str) -> None:
         self.rates.forget(sid)
-        self.core.sessions.disconnected(sid, reason)
+        window = 0.0
+        if self.sio.recovery is not None and reason in RECOVERABLE_REASONS:
+            window = self.sio.config.recoveryWindow / 1000
+        self.core.sessions.disconnected(sid, reason, resumeWithin=window)
 
     def start(self) -> None:
         """

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from ..storage.interface import StoreClosedError
 from ..presence import INVISIBLE, ONLINE, Presence, UserPresence
+from ..timers import DeadlineHeap
 from . import validation
 from .errors import ALREADY_LOGGED_IN, NOT_LOGGED_IN, RATE_LIMITED, IMError
 from .groups import GroupHandlers
@@ -106,6 +107,10 @@ class Sessions:
         # nothing (N closing sockets would broadcast N offline changes).
         self.shuttingDown = False
         presence.userLeft = self._userLeft
+        # Sockets that may come back (connection state recovery): their
+        # identity (id, name, avatar) until their deadline.
+        self._resumable: dict[str, tuple[str, str, str | None]] = {}
+        self._resumeDeadlines = DeadlineHeap(clock, self._resumeExpired)
         #: Refuses a login by raising L{IMError} (a ban, C{FORBIDDEN});
         #: set by the admin wiring.
         self.admission: Callable[[str], None] | None = None
@@ -140,13 +145,24 @@ class Sessions:
         if self.settings.logEvents:
             self.log.info("[连接] {sid} {remote}", sid=device, remote=remote)
 
-    def disconnected(self, device: str, reason: str) -> None:
+    def disconnected(self, device: str, reason: str, resumeWithin: float = 0.0) -> None:
         """
         A socket is gone.
+
+        @param resumeWithin: seconds within which the socket may come back
+            (connection state recovery, L{resume}): meanwhile its user
+            stays online for the others (unless the hold ends) and it
+            stays in its chat rooms, while new 1:1 messages for it wait in
+            the store's offline queue, as for a user with no device.
         """
         self.tokens.forget(device)
-        self.rooms.deviceGone(device)
-        outcome = self.presence.logout(device)
+        user = self.presence.userOfDevice(device) if resumeWithin > 0 else None
+        if user is not None:
+            self._resumable[device] = (user.id, user.name, user.avatar)
+            self._resumeDeadlines.set(device, resumeWithin)
+        else:
+            self.rooms.deviceGone(device)
+        outcome = self.presence.logout(device, hold=resumeWithin)
         userId = outcome.user.id if outcome is not None else ""
         for watcher in self.watchers:
             if outcome is not None:
@@ -156,6 +172,56 @@ class Sessions:
             self.log.info("[断开] {sid} {userId} {reason}", sid=device, userId=userId, reason=reason)
         if outcome is not None and outcome.lastDevice and outcome.wasVisible:
             self._announceOffline(outcome.user)
+
+    def resume(self, device: str, remote: str) -> bool:
+        """
+        The socket C{device} that went away (L{disconnected} with
+        C{resumeWithin}) is back with its sid (connection state recovery):
+        it is logged in again as the same user without a login (no online
+        change for the others if its user was held), keeps its rooms, and
+        gets from the store the 1:1 messages that waited meanwhile, then
+        the C{groups} summary, as after C{user:login}. With tokens
+        required, its CONNECT must carry a valid token for that user.
+
+        @return: whether the device was logged in again.
+        """
+        identity = self._resumable.pop(device, None)
+        if identity is None:
+            return False
+        self._resumeDeadlines.cancel(device)
+        userId, name, avatar = identity
+        try:
+            self.tokens.login(device, userId, None, remote)
+            if self.admission is not None:
+                self.admission(userId)
+        except IMError:
+            self.rooms.deviceGone(device)
+            return False
+        result = self.presence.login(userId, device, name, avatar)
+        user = result.user
+        for watcher in self.watchers:
+            watcher.deviceLoggedIn(device, user)
+        if result.firstDevice:
+            self.router.toEveryone(
+                "status_change",
+                {"userId": user.id, "status": ONLINE, "timestamp": self.now(), "name": user.name, "avatar": user.avatar},
+                exceptDevice=device,
+            )
+        if self.settings.logEvents:
+            self.log.info("[恢复] {name}({userId}) {sid}", name=user.name, userId=user.id, sid=device)
+        if self.messaging.holding(user.id):
+            self._sendGroups(None, user.id, device)
+        else:
+            self.messaging.catchUp(user.id, device).addCallback(self._sendGroups, user.id, device)
+        return True
+
+    def _resumeExpired(self, device: object) -> None:
+        """
+        A socket that could have come back did not: it leaves its rooms.
+        """
+        assert isinstance(device, str)
+        if self._resumable.pop(device, None) is not None:
+            self.rooms.deviceGone(device)
 
     def _announceOffline(self, user: UserPresence) -> None:
         if self.shuttingDown:

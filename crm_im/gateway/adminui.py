@@ -35,7 +35,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ..im.admin import AdminHandlers
+from ..im.admin import Actor, AdminHandlers, reservedEvent
 from ..im.rooms import RoomPresence
 from ..presence import Presence, UserPresence
 from ..rest.auth import AdminAuthenticator, AdminRefused
@@ -89,7 +89,10 @@ class AdminUINamespace:
         self.namespace = sio.namespace(NAMESPACE)
         self.serverId = f"{_socket.gethostname()}#{os.getpid()}"
         self.startedAt = clock.seconds()
-        self._sessions: dict[str, float] = {}
+        # session id -> (valid until, who signed in with it)
+        self._sessions: dict[str, tuple[float, str]] = {}
+        # UI socket -> who, for the audit log
+        self._actors: dict[str, Actor] = {}
         self._connectedAt: dict[tuple[str, str], float] = {}
         # (second, type) -> count, emptied by every server_stats
         self._events: dict[tuple[int, str], int] = {}
@@ -117,8 +120,9 @@ class AdminUINamespace:
         auth = auth if isinstance(auth, dict) else {}
         sessionId = auth.get("sessionId")
         now = self.clock.seconds()
-        if isinstance(sessionId, str) and self._sessions.get(sessionId, 0) > now:
-            pass
+        known = self._sessions.get(sessionId) if isinstance(sessionId, str) else None
+        if known is not None and known[0] > now:
+            actor = Actor(known[1], address)
         else:
             password = auth.get("password")
             try:
@@ -129,10 +133,11 @@ class AdminUINamespace:
             if len(self._sessions) >= MAX_SESSIONS:
                 for old in list(self._sessions)[: MAX_SESSIONS // 2]:
                     del self._sessions[old]
-            self._sessions[sessionId] = now + SESSION_LIFETIME
+            self._sessions[sessionId] = (now + SESSION_LIFETIME, actor.name)
             self.log.info("[管理] Admin UI signed in: {actor}@{address}", actor=actor.name, address=address)
             self.sio.emit("session", sessionId, to=sid, namespace=NAMESPACE)
         self._connectedAt[(NAMESPACE, sid)] = now
+        self._actors[sid] = actor
         self.sio.emit("config", {"supportedFeatures": FEATURES}, to=sid, namespace=NAMESPACE)
         self.sio.emit("all_sockets", self.allSockets(), to=sid, namespace=NAMESPACE)
         self._socketConnected(NAMESPACE, sid)
@@ -141,6 +146,7 @@ class AdminUINamespace:
         self.clock.callLater(0, self._emitStats)
 
     def _disconnected(self, sid: str, reason: str) -> None:
+        self._actors.pop(sid, None)
         self._socketDisconnected(NAMESPACE, sid, reason)
         if not self.namespace.sockets and self._stats.running:
             self._stats.stop()
@@ -293,18 +299,35 @@ class AdminUINamespace:
             return [s for s in (namespace.sockets.get(d) for d in inRoom) if s is not None]
         return list(namespace.targets(filter))
 
+    def _audit(self, sid: str, action: str, target: Any, detail: dict[str, Any]) -> None:
+        """
+        Write a command to the audit log (as the admin API's actions).
+        """
+        actor = self._actors.get(sid)
+        if self.admin is None or actor is None:
+            return
+        d = self.admin.audit(actor, action, target if isinstance(target, str) else None, detail)
+        d.addErrback(lambda failure: self.log.failure("admin UI audit entry", failure))
+
     def _emit(self, sid: str, nsp: Any = None, filter: Any = None, event: Any = None, *args: Any) -> None:
         if not isinstance(event, str):
             return
+        if reservedEvent(event):
+            # The publish API's rule: the IM's own events cannot be forged.
+            self.log.warn("[管理] Admin UI may not emit the IM's own event {event}", event=event)
+            return
         targets = self._targets(nsp, filter)
         self.log.info("[管理] Admin UI emit {event} to {n} sockets", event=event, n=len(targets))
+        self._audit(sid, "adminui.emit", filter, {"nsp": nsp, "event": event, "sockets": len(targets)})
         for socket in targets:
             self.sio.emit(event, *args, to=socket.sid, namespace=socket.namespace.name)
 
     def _join(self, sid: str, nsp: Any = None, room: Any = None, filter: Any = None) -> None:
         if not isinstance(room, str) or not room:
             return
-        for socket in self._targets(nsp, filter):
+        targets = self._targets(nsp, filter)
+        self._audit(sid, "adminui.join", filter, {"nsp": nsp, "room": room, "sockets": len(targets)})
+        for socket in targets:
             if room not in socket.rooms:
                 self.sio.enterRoom(socket.sid, room, socket.namespace.name)
                 self._toUI("room_joined", socket.namespace.name, room, socket.sid, _isoDate(self.clock.seconds()))
@@ -312,7 +335,9 @@ class AdminUINamespace:
     def _leave(self, sid: str, nsp: Any = None, room: Any = None, filter: Any = None) -> None:
         if not isinstance(room, str) or not room:
             return
-        for socket in self._targets(nsp, filter):
+        targets = self._targets(nsp, filter)
+        self._audit(sid, "adminui.leave", filter, {"nsp": nsp, "room": room, "sockets": len(targets)})
+        for socket in targets:
             if room in socket.rooms:
                 self.sio.leaveRoom(socket.sid, room, socket.namespace.name)
                 self._toUI("room_left", socket.namespace.name, room, socket.sid, _isoDate(self.clock.seconds()))
@@ -320,5 +345,6 @@ class AdminUINamespace:
     def _disconnect(self, sid: str, nsp: Any = None, close: Any = False, filter: Any = None) -> None:
         targets = self._targets(nsp, filter)
         self.log.info("[管理] Admin UI disconnects {n} sockets", n=len(targets))
+        self._audit(sid, "adminui.disconnect", filter, {"nsp": nsp, "close": bool(close), "sockets": len(targets)})
         for socket in targets:
             self.sio.disconnect(socket.sid, socket.namespace.name, closeConnection=bool(close))

@@ -818,3 +818,59 @@ class ClientTests(WithClients):
                          [("publish", "d,b"), ("publish", f"room:{room['id']}"), ("publish", "group:g"),
                           ("publish", "a,offline")])
 
+
+
+class AdminUINamespaceTests(WithClients):
+    """
+    C{--admin-ui}: the C{/admin} namespace of the Socket.IO Admin UI's
+    protocol, driven by a socket.io-client as the UI would (the UI itself
+    runs in L{tests.integration.test_admin_browser.AdminUITests}).
+    """
+
+    serverSettings = {"adminToken": TOKEN, "adminUI": True}
+
+    @inlineCallbacks
+    def test_protocol(self) -> Inline:
+        """
+        A wrong password is refused; the token signs in: C{session},
+        C{config}, C{all_sockets} with the logged-in socket and its
+        C{user:} room, C{server_stats}; C{emit} to a user's room reaches
+        their socket but never as one of the IM's own events; C{_disconnect}
+        closes a socket; the commands are audited.
+        """
+        from tests.support.clients import ConnectError
+
+        yield self.login("alice", "alice", "Alice")
+        (sid,) = self.service.presence.devicesOf("alice")
+        failure = yield self.assertFailure(
+            self.driver.connect("ui-bad", self.url, namespace="/admin", transports=["websocket"],
+                                auth={"username": "admin", "password": "wrong"}),
+            ConnectError)
+        self.assertIn("invalid credentials", str(failure))
+        yield self.driver.connect("ui", self.url, namespace="/admin", transports=["websocket"],
+                                  auth={"username": "admin", "password": TOKEN})
+        # args[0]: the server may add a recovery offset after an event's args
+        session = (yield self.driver.waitFor("ui", "session", namespace="/admin"))[0]
+        self.assertIsInstance(session, str)
+        config = (yield self.driver.waitFor("ui", "config", namespace="/admin"))[0]
+        self.assertIn("MDISCONNECT", config["supportedFeatures"])
+        self.assertNotIn("ALL_EVENTS", config["supportedFeatures"])
+        sockets = (yield self.driver.waitFor("ui", "all_sockets", namespace="/admin"))[0]
+        (mine,) = [s for s in sockets if s["id"] == sid]
+        self.assertEqual((mine["nsp"], mine["transport"], mine["data"]["userId"]), ("/", "websocket", "alice"))
+        self.assertIn("user:alice", mine["rooms"])
+        stats = (yield self.driver.waitFor("ui", "server_stats", namespace="/admin"))[0]
+        self.assertGreaterEqual(stats["clientsCount"], 2)
+        yield self.driver.emit("ui", "emit", "/", "user:alice", "message", {"content": "forged"}, namespace="/admin")
+        yield self.driver.emit("ui", "emit", "/", "user:alice", "crm:hello", 1, namespace="/admin")
+        hello = (yield self.driver.waitFor("alice", "crm:hello"))[0]
+        self.assertEqual(hello, 1)
+        self.assertEqual(self.driver.events("alice", "message"), [])
+        yield self.driver.emit("ui", "_disconnect", "/", False, sid, namespace="/admin")
+        yield self.driver.waitForDisconnect("alice")
+        # The UI's commands are audited without waiting for the write; the
+        # store writes in order, so once an API action (which waits) is
+        # done, they are in.
+        yield self.ok("POST", "broadcast", {"message": "after"})
+        actions = yield self.auditActions()
+        self.assertEqual(actions, ["broadcast", "adminui.disconnect", "adminui.emit"])

@@ -59,7 +59,7 @@ class IMRecoveryTests(SynchronousTestCase):
         client.send(b"0" + (dumps(auth) if auth is not None else b""))
         answer = client.received()[0]
         self.assertTrue(answer.startswith(b"0{"), answer)
-        return client, loads(answer[1:])  # type: ignore[no-any-return]
+        return client, loads(answer[1:])
 
     def emit(self, client: Client, event: str, payload: Any, ackId: int = 1) -> None:
         """

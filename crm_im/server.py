@@ -22,6 +22,7 @@ from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
+from . import __version__
 from .auth import JWT, OPEN, authenticatorFor
 from .config import Config
 from .http.cors import CORSPolicy
@@ -40,6 +41,7 @@ from .presence import Presence
 from .rest.admin import MAX_BODY as ADMIN_MAX_BODY, mountAdmin
 from .rest.auth import AdminAuthenticator
 from .routing.local import LocalRouter
+from .startup import hostPort, logStartFailure, stopAndExit, warnAboutJWTKey
 from .socketio.server import SocketIOConfig, SocketIOServer
 from .storage import DiskFileStore, MemoryMessageStore, SQLMessageStore, storeFor
 from .storage.admin import adminStoreFor
@@ -100,6 +102,9 @@ class CRMIMService(Service):
     #: has stopped (twistd would exit 0, and systemd would not restart us).
     #: Set by L{crm_im.tap.makeService}; off for services run inside tests.
     exitOnStartFailure = False
+
+    #: Whether start-up failed (set by L{_startFailed}).
+    startFailed = False
 
     def __init__(self, config: Config, reactor: Any, store: MemoryMessageStore | None = None) -> None:
         """
@@ -189,6 +194,7 @@ class CRMIMService(Service):
         api.putChild(b"thumbnails", ThumbnailsResource(self.uploads, cors))
         self.core.enableUploads(self.fileRecords, self.uploads, self.uploads.signWire)
         self.site = EngineIOSite(root, engineConfig, reactor)
+        self.site.noisy = False  # no "Starting factory <... object at 0x...>"
         self.site.requestFactory = streamingRequests(self.site.requestFactory, self.uploads.sink)
         self.ports: list[IListeningPort] = []
         self.ready: Deferred[list[IListeningPort]] = Deferred()
@@ -315,12 +321,17 @@ class CRMIMService(Service):
         for description in self.config.listen:
             port = await serverFromString(self.reactor, description).listen(self.site)
             self.ports.append(port)
-            self.log.info("crm_im listening on {address}", address=port.getHost())
+            self.log.info(
+                "crm_im listening on {address} (version {version}, data directory {dataDir})",
+                address=hostPort(port.getHost()),
+                version=__version__,
+                dataDir=self.dataDir.path,
+            )
         if self.adminSite is not None:
             for description in self.config.adminListen:
                 port = await serverFromString(self.reactor, description).listen(self.adminSite)
                 self.ports.append(port)
-                self.log.info("crm_im admin API and page on {address}", address=port.getHost())
+                self.log.info("crm_im admin API and page on {address}", address=hostPort(port.getHost()))
         tuneInterpreter()
         if self.authenticator.mode == OPEN:
             self.log.warn(
@@ -328,14 +339,19 @@ class CRMIMService(Service):
             )
         else:
             self.log.info("authentication mode is {mode}", mode=self.authenticator.mode)
+            warnAboutJWTKey(self.authenticator)
         return self.ports
 
     def _startFailed(self, failure: Any) -> None:
-        self.log.failure("crm_im could not start", failure)
+        # One line for what the operator fixes (a taken port, an unusable
+        # data directory), the traceback for anything else.
+        self.startFailed = True
+        logStartFailure(failure)
         self.ready.errback(failure)
-        if self.exitOnStartFailure and self.reactor.running:
-            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-            self.reactor.stop()
+        if self.exitOnStartFailure:
+            # Before the reactor runs (twistd starts services first), as
+            # soon as it does: a server that failed must not stay alive.
+            stopAndExit(self.reactor)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -346,7 +362,9 @@ class CRMIMService(Service):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        self.log.info("[关闭] crm_im stopping: {n} sessions", n=len(self.sio.engine.sessions))
+        if not self.startFailed:
+            # (after a failed start there is nothing to announce)
+            self.log.info("[关闭] crm_im stopping: {n} sessions", n=len(self.sio.engine.sessions))
         self.app.announceShutdown()
         self.sio.stop()
         # Polling clients collect server:shutdown and CLOSE with their next
@@ -359,7 +377,7 @@ class CRMIMService(Service):
         ports, self.ports = self.ports, []
         await DeferredList([maybeDeferred(port.stopListening) for port in ports])
         self.presence.stop()
-        self.uploads.stop()
+        await self.uploads.stop()
         self.app.stop()
         self.admin.stop()
         if self.adminUI is not None:

@@ -192,6 +192,9 @@ class UploadService:
         await self.records.recordFile(record)
         self.active[fileId] = ActiveUpload(record, tus.Upload(fileId, fileSize, 0, expiresAt), hashlib.sha256())
         if fileSize == 0:
+            # nothing to upload: complete now (the empty blob is a blob too)
+            writer = await self.files.openPart(fileId)
+            await writer.close()
             await self._complete(self.active[fileId])
         return {"fileId": fileId, "uploadUrl": self.uploadUrl(fileId), "expiresAt": expiresAt}
 
@@ -423,12 +426,25 @@ class UploadService:
                 lambda f: self.log.failure("file sweeps stopped", f)
             )
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
         """
-        Stop sweeping.
+        Stop sweeping; fires once a sweep under way is over.
         """
         if self._sweep.running:
             self._sweep.stop()
+        done: Deferred[None] = Deferred()
+        if self._sweeping is None:
+            done.callback(None)
+        else:
+
+            def finished(result: object) -> object:
+                done.callback(None)
+                return result
+
+            self._sweeping.addBoth(finished)
+        return done
+
+    _sweeping: Deferred[None] | None = None
 
     def sweep(self) -> Deferred[None]:
         """
@@ -436,6 +452,14 @@ class UploadService:
         """
         d = ensureDeferred(self._sweepOnce())
         d.addErrback(lambda f: self.log.failure("sweeping files", f))
+        self._sweeping = d
+
+        def over(result: object) -> object:
+            if self._sweeping is d:
+                self._sweeping = None
+            return result
+
+        d.addBoth(over)
         return d
 
     async def _sweepOnce(self) -> None:

@@ -55,5 +55,7 @@ def makeThumbnail(source: FilePath[str], target: FilePath[str], size: int, maxPi
                 os.replace(temporary.path, target.path)
     except ThumbnailError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ThumbnailError("image too large for a thumbnail (a decompression bomb?)")
+    except (OSError, ValueError, SyntaxError) as error:
         raise ThumbnailError(f"unreadable image: {error}")

@@ -1,0 +1,380 @@
+"""
+Tests for L{crm_im.uploads.service}: uploads created within the limits,
+completed into content-addressed blobs (identical bytes kept once,
+reference-counted), abandoned uploads swept and old files expired on an
+injected clock, an upload resumed by a new service from the bytes on disk
+(a restart or a kill), and thumbnails (with a decompression bomb refused).
+
+The service's clock is a L{task.Clock}; the file store's threads report
+through the real reactor, so these tests wait on L{Deferred}s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zlib
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.task import Clock
+from twisted.python.filepath import FilePath
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from crm_im.im.files import UploadRefused
+from crm_im.storage import MemoryMessageStore, SQLiteMessageStore
+from crm_im.storage.filerecords import SQLFileRecords
+from crm_im.storage.files import DiskFileStore
+from crm_im.storage.interface import ABORTED, COMPLETE, EXPIRED, UPLOADING, IFileRecords, NewMessage
+from crm_im.storage.memoryfiles import MemoryFileRecords
+from crm_im.uploads import tus
+from crm_im.uploads.service import UploadService, UploadSettings, cleanMimeType
+from crm_im.uploads.thumbnails import ThumbnailError, makeThumbnail
+
+START = 1_700_000_000.0
+
+
+class FakeWriteRequest:
+    """
+    What an L{UploadSink} needs of its request: pausing and early answers.
+    """
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.early: list[tuple[int, bytes]] = []
+
+    def pauseReading(self) -> None:
+        self.paused = True
+
+    def resumeReading(self) -> None:
+        self.paused = False
+
+    def answerEarly(self, status: int, reason: bytes, headers: Any, body: bytes) -> None:
+        self.early.append((status, body))
+
+
+class ServiceTestsMixin:
+    """
+    An L{UploadService} on a memory or SQLite store; subclasses say which.
+    """
+
+    settings = UploadSettings(maxFileSize=1000, quota=2500, uploadIdle=60, retentionDays=1)
+
+    def makeRecords(self) -> tuple[Any, IFileRecords]:
+        raise NotImplementedError()
+
+    async def asyncSetUp(self) -> None:
+        self.threadpool = ThreadPool(1, 2, "test-uploads")
+        self.threadpool.start()
+        self.addCleanup(self.threadpool.stop)  # type: ignore[attr-defined]
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.store, self.records = await self.makeRecords()
+        self.directory = FilePath(self.mktemp())  # type: ignore[attr-defined]
+        self.files = DiskFileStore(self.directory, IReactorFromThreads(reactor), self.threadpool, self.records)
+        from crm_im.uploads.signing import URLSigner
+
+        self.service = UploadService(self.files, self.records, URLSigner(b"s" * 32, self.clock), self.clock, self.settings)
+
+    async def upload(self, data: bytes, size: int | None = None, sha256: str | None = None) -> str:
+        """
+        Create an upload of C{size} bytes (default: C{data}'s) and write
+        C{data} through a sink; return its id.
+        """
+        from crm_im.storage.files import newFileId
+
+        fileId = newFileId()
+        length = len(data) if size is None else size
+        await self.service.create("alice", "bob", "alice\x1fbob", "a.bin", length, None, sha256, fileId)
+        if data:
+            await self.write(fileId, data)
+        return fileId
+
+    async def write(self, fileId: str, data: bytes, offset: int = 0, lost: bool = False) -> Any:
+        """
+        One PATCH of C{data} at C{offset}, through an L{UploadSink}.
+        """
+        from twisted.web.http_headers import Headers
+
+        from crm_im.uploads.service import UploadSink
+
+        request = FakeWriteRequest()
+        headers = Headers(
+            {
+                b"tus-resumable": [b"1.0.0"],
+                b"upload-offset": [b"%d" % offset],
+                b"content-type": [b"application/offset+octet-stream"],
+            }
+        )
+        sink = UploadSink(self.service, request, fileId, self.service.signer.uploadToken(fileId), False, headers, None)
+        sink.start()
+        for start in range(0, len(data), 7):
+            sink.write(data[start:start + 7])
+        if lost:
+            from twisted.python.failure import Failure
+
+            sink.connectionLost(Failure(ConnectionError("gone")))
+            while fileId in self.service.active and self.service.active[fileId].upload.writer:
+                await _turn()
+            return None
+        sink.bodyDone()
+        if request.early:
+            raise tus.TusError(request.early[0][0], request.early[0][1].decode())
+        return await sink.result
+
+    async def test_createWithinLimits(self) -> None:
+        """
+        An upload past C{maxFileSize} or the quota (counting unfinished
+        uploads) is refused; a new one is recorded as uploading until
+        C{uploadIdle} from now, with a URL holding its token.
+        """
+        with self.assertRaises(UploadRefused):  # type: ignore[attr-defined]
+            await self.service.create("alice", "bob", "k", "a", 1001, None, None, "A" * 32)
+        answer = await self.service.create("alice", "bob", "k", "a", 1000, "Text/Plain; x=y", None, "B" * 32)
+        self.assertEqual(answer["expiresAt"], int(START * 1000) + 60_000)  # type: ignore[attr-defined]
+        self.assertIn(self.service.signer.uploadToken("B" * 32), answer["uploadUrl"])  # type: ignore[attr-defined]
+        record = await self.records.fileRecord("B" * 32)
+        self.assertEqual((record.state, record.mimeType), (UPLOADING, "text/plain"))  # type: ignore[attr-defined,union-attr]
+        await self.service.create("alice", "bob", "k", "a", 1000, None, None, "C" * 32)
+        with self.assertRaises(UploadRefused):  # type: ignore[attr-defined]
+            await self.service.create("alice", "bob", "k", "a", 501, None, None, "D" * 32)
+        await self.service.create("bob", "alice", "k", "a", 1000, None, None, "E" * 32)
+
+    async def test_identicalBytesKeptOnce(self) -> None:
+        """
+        Two uploads of the same bytes are two files and one blob; the blob
+        goes with the last file that refers to it (retention).
+        """
+        data = b"same bytes" * 10
+        first = await self.upload(data)
+        second = await self.upload(data)
+        a = await self.records.fileRecord(first)
+        b = await self.records.fileRecord(second)
+        digest = hashlib.sha256(data).hexdigest()
+        self.assertEqual((a.state, a.sha256, b.sha256), (COMPLETE, digest, digest))  # type: ignore[attr-defined,union-attr]
+        blobs = [p for p in self.directory.child("blobs").walk() if p.isfile()]
+        self.assertEqual(blobs, [self.files.blobPath(digest)])  # type: ignore[attr-defined]
+        self.assertFalse(self.files.partPath(first).exists())  # type: ignore[attr-defined]
+        await self.service.expire(a)  # type: ignore[arg-type]
+        self.assertTrue(self.files.blobPath(digest).exists())  # type: ignore[attr-defined]
+        await self.service.expire(b)  # type: ignore[arg-type]
+        self.assertFalse(self.files.blobPath(digest).exists())  # type: ignore[attr-defined]
+        self.assertEqual((await self.records.fileRecord(first)).state, EXPIRED)  # type: ignore[attr-defined,union-attr]
+
+    async def test_abandonedUploadsSwept(self) -> None:
+        """
+        An upload with no byte for C{uploadIdle} is given up by the sweep
+        and its bytes deleted; one still receiving bytes is not.
+        """
+        idle = await self.upload(b"", size=10)
+        await self.write(idle, b"half", lost=True)
+        busy = await self.upload(b"", size=10)
+        self.assertTrue(self.files.partPath(idle).exists())  # type: ignore[attr-defined]
+        self.clock.advance(59)
+        await self.write(busy, b"more", lost=True)
+        self.clock.advance(1)
+        await self.service.sweep()
+        self.assertEqual((await self.records.fileRecord(idle)).state, UPLOADING)  # type: ignore[attr-defined,union-attr]
+        self.clock.advance(1)
+        await self.service.sweep()
+        self.assertEqual((await self.records.fileRecord(idle)).state, ABORTED)  # type: ignore[attr-defined,union-attr]
+        self.assertFalse(self.files.partPath(idle).exists())  # type: ignore[attr-defined]
+        self.assertEqual((await self.records.fileRecord(busy)).state, UPLOADING)  # type: ignore[attr-defined,union-attr]
+        with self.assertRaises(tus.TusError) as caught:  # type: ignore[attr-defined]
+            await self.write(idle, b"late", offset=4)
+        self.assertEqual(caught.exception.status, 410)  # type: ignore[attr-defined]
+        self.clock.advance(60)
+        await self.service.sweep()
+        self.assertEqual((await self.records.fileRecord(busy)).state, ABORTED)  # type: ignore[attr-defined,union-attr]
+
+    async def test_sweepOnTheLoopingCall(self) -> None:
+        """
+        L{UploadService.start} sweeps every C{sweepInterval} of the clock.
+        """
+        fileId = await self.upload(b"", size=10)
+        self.service.start()
+        self.addCleanup(self.service.stop)  # type: ignore[attr-defined]
+        self.clock.advance(61)
+        self.clock.advance(60)
+        for _ in range(50):
+            if (await self.records.fileRecord(fileId)).state == ABORTED:  # type: ignore[union-attr]
+                break
+            await _turn()
+        self.assertEqual((await self.records.fileRecord(fileId)).state, ABORTED)  # type: ignore[attr-defined,union-attr]
+
+    async def test_resumedByANewService(self) -> None:
+        """
+        After a restart (or a kill) a new service finds the upload from its
+        record and the bytes on disk, resumes at their length, and hashes
+        the file from disk when it completes.
+        """
+        data = bytes(range(200)) * 4
+        fileId = await self.upload(b"", size=len(data))
+        await self.write(fileId, data[:333], lost=True)
+        from crm_im.uploads.signing import URLSigner
+
+        self.service = UploadService(self.files, self.records, URLSigner(b"s" * 32, self.clock), self.clock, self.settings)
+        active = await self.service.load(fileId)
+        self.assertEqual((active.upload.offset, active.hasher), (333, None))  # type: ignore[attr-defined]
+        with self.assertRaises(tus.TusError) as caught:  # type: ignore[attr-defined]
+            await self.write(fileId, data[333:], offset=0)
+        self.assertEqual(caught.exception.status, 409)  # type: ignore[attr-defined]
+        await self.write(fileId, data[333:], offset=333)
+        record = await self.records.fileRecord(fileId)
+        self.assertEqual((record.state, record.sha256), (COMPLETE, hashlib.sha256(data).hexdigest()))  # type: ignore[attr-defined,union-attr]
+
+    async def test_retention(self) -> None:
+        """
+        With C{retentionDays}, a file older than that which no newer
+        message carries is expired by the sweep; one a recent message
+        carries stays.
+        """
+        old = await self.upload(b"old bytes")
+        kept = await self.upload(b"kept bytes")
+        self.clock.advance(2 * 86400)
+        await self.store.storeMessage(
+            NewMessage("alice", "A", "bob", "m1", None, "file", "", None, "a.bin", None, int(self.clock.seconds() * 1000), fileId=kept)
+        )
+        await self.service.sweep()
+        self.assertEqual((await self.records.fileRecord(old)).state, EXPIRED)  # type: ignore[attr-defined,union-attr]
+        self.assertEqual((await self.records.fileRecord(kept)).state, COMPLETE)  # type: ignore[attr-defined,union-attr]
+
+    async def test_boundedBuffer(self) -> None:
+        """
+        A sink holds at most what arrives while one write is on a thread:
+        its buffer never holds the file.
+        """
+        data = b"x" * 1000
+        await self.upload(data)
+        self.assertLessEqual(self.service.peakBuffered, 1000)  # type: ignore[attr-defined]
+        self.assertGreater(self.service.peakBuffered, 0)  # type: ignore[attr-defined]
+
+    async def test_emptyFile(self) -> None:
+        """
+        A file of 0 bytes is complete as soon as it is announced.
+        """
+        fileId = await self.upload(b"")
+        record = await self.records.fileRecord(fileId)
+        self.assertEqual((record.state, record.sha256), (COMPLETE, hashlib.sha256(b"").hexdigest()))  # type: ignore[attr-defined,union-attr]
+
+    async def test_checksumMismatch(self) -> None:
+        """
+        Bytes whose SHA-256 is not the one announced are 460; the upload
+        is given up and its bytes deleted.
+        """
+        with self.assertRaises(tus.TusError) as caught:  # type: ignore[attr-defined]
+            await self.upload(b"abc", sha256="0" * 64)
+        self.assertEqual(caught.exception.status, 460)  # type: ignore[attr-defined]
+        self.assertEqual([p for p in self.directory.walk() if p.isfile()], [])  # type: ignore[attr-defined]
+
+    def test_interface(self) -> None:
+        """
+        The records provide L{IFileRecords}.
+        """
+        self.assertTrue(verifyObject(IFileRecords, self.records))  # type: ignore[attr-defined]
+
+
+async def _turn() -> None:
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, 0, lambda: None)
+
+
+class MemoryServiceTests(ServiceTestsMixin, TestCase):
+    """
+    On the memory records.
+    """
+
+    async def makeRecords(self) -> tuple[Any, IFileRecords]:  # type: ignore[override]
+        store = MemoryMessageStore()
+        return store, MemoryFileRecords(store)
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        await self.asyncSetUp()
+
+
+class SQLiteServiceTests(ServiceTestsMixin, TestCase):
+    """
+    On the SQLite store.
+    """
+
+    async def makeRecords(self) -> tuple[Any, IFileRecords]:  # type: ignore[override]
+        store = SQLiteMessageStore(self.mktemp(), reactor)
+        await store.open()
+        self.addCleanup(store.close)
+        return store, SQLFileRecords(store)
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        await self.asyncSetUp()
+
+
+def png(width: int, height: int, pixels: bytes | None = None) -> bytes:
+    """
+    A grey PNG; with C{pixels} None, a header claiming C{width}x{height}
+    with almost no data (a decompression bomb's shape).
+    """
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    raw = pixels if pixels is not None else b"\x00" * 64
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+class ThumbnailTests(TestCase):
+    """
+    L{makeThumbnail}.
+    """
+
+    def test_thumbnail(self) -> None:
+        """
+        An image becomes a JPEG at most 256 px on its long side.
+        """
+        from PIL import Image
+
+        source = FilePath(self.mktemp())
+        image = Image.new("RGBA", (1000, 400), (10, 200, 30, 128))
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        source.setContent(buffer.getvalue())
+        target = FilePath(self.mktemp())
+        makeThumbnail(source, target, 256, 50_000_000)
+        with Image.open(target.path) as thumb:
+            self.assertEqual((thumb.format, thumb.size), ("JPEG", (256, 102)))
+
+    def test_decompressionBomb(self) -> None:
+        """
+        An image claiming more pixels than the bound is refused before a
+        pixel is decoded; so is one Pillow's own bound would warn about.
+        """
+        source = FilePath(self.mktemp())
+        source.setContent(png(100_000, 100_000))
+        target = FilePath(self.mktemp())
+        error = self.assertRaises(ThumbnailError, makeThumbnail, source, target, 256, 50_000_000)
+        self.assertIn("too large", str(error))
+        self.assertFalse(target.exists())
+        source.setContent(png(20_000, 20_000))
+        self.assertRaises(ThumbnailError, makeThumbnail, source, target, 256, 10**12)
+
+    def test_notAnImage(self) -> None:
+        """
+        Bytes that are no image (or an SVG) are refused.
+        """
+        source = FilePath(self.mktemp())
+        for content in (b"not an image", b"<svg xmlns='http://www.w3.org/2000/svg'/>"):
+            source.setContent(content)
+            self.assertRaises(ThumbnailError, makeThumbnail, source, FilePath(self.mktemp()), 256, 10**6)
+
+    def test_mimeTypes(self) -> None:
+        """
+        A declared MIME type is kept only as a plain C{type/subtype}.
+        """
+        self.assertEqual(cleanMimeType("Image/PNG"), "image/png")
+        self.assertEqual(cleanMimeType("text/html; charset=utf-8"), "text/html")
+        for bad in (None, "", "html", "text/html\r\nX-Evil: 1", "a/b c", "/x"):
+            self.assertEqual(cleanMimeType(bad), "application/octet-stream")

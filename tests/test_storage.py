@@ -6,6 +6,7 @@ commit, durability across reopen, schema versions, pragmas).
 
 from __future__ import annotations
 
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
@@ -1229,6 +1230,47 @@ class PostgresMessageStoreTests(PostgresStores, SQLMessageStoreTestsMixin, TestC
         self.assertEqual(mine, sorted(mine))
         self.assertEqual(theirs, sorted(theirs))
         self.assertEqual(sorted(mine + theirs), list(range(1, 2 * rounds * size + 1)))
+
+    async def test_writeWaitsForEarlierSeqs(self) -> None:
+        """
+        While one node's transaction holds a seq it has not committed,
+        another node's write waits (on the advisory write lock) instead of
+        committing a higher seq first; once the first commits, the second
+        does, with the higher seq.
+        """
+        from twisted.internet.task import deferLater
+        from twisted.internet.threads import deferToThread
+
+        from crm_im.storage.messages import storeMessage_txn
+
+        name = "crm_im_t_" + uuid.uuid4().hex[:12]
+        other = PostgresMessageStore(self.url + "&application_name=" + name, reactor)
+        self.addCleanup(other.close)
+        await other.open()
+        drawn = threading.Event()
+        release = threading.Event()
+        self.addCleanup(release.set)
+
+        def slow_txn(txn: Transaction) -> Any:
+            outcome = storeMessage_txn(txn, newMessage("first"))
+            drawn.set()
+            release.wait(30)
+            return outcome
+
+        first = self.store._write("slow", slow_txn)
+        self.assertTrue(await deferToThread(drawn.wait, 30))
+        second = other.storeMessage(newMessage("second", fromId="carol"))
+        query = "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = ? AND wait_event = 'advisory'"
+        for _ in range(200):
+            if self.rows(query, (name,)) == [(1,)]:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(self.rows(query, (name,)), [(1,)])
+        self.assertFalse(second.called)
+        self.assertEqual(self.rows("SELECT COUNT(*) FROM messages"), [(0,)])
+        release.set()
+        earlier, later = await first, await second
+        self.assertTrue(earlier.message.seq < later.message.seq)
 
     async def test_schemaAppliedOnceByNodesStartingTogether(self) -> None:
         """

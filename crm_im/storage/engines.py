@@ -25,10 +25,13 @@ from twisted.internet.interfaces import IReactorCore
 
 SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
-#: The advisory lock keys crm_im takes on PostgreSQL ("crm_im" in ASCII,
-#: then + 1): one around schema upgrades, one around write transactions.
-_SCHEMA_LOCK = 0x63726D5F696D
-_WRITE_LOCK = _SCHEMA_LOCK + 1
+#: The advisory locks crm_im takes on PostgreSQL, in the two-key form
+#: (class, object): the class is "crm" in ASCII then 0 (schema upgrades) or
+#: 1 (write transactions); the object is the hash of the schema the tables
+#: are in, so that deployments sharing a database in different schemas
+#: (C{options=-csearch_path=...}) do not wait on each other.
+_SCHEMA_LOCK = 0x63726D00
+_WRITE_LOCK = 0x63726D01
 
 
 class BaseEngine:
@@ -257,8 +260,8 @@ class PostgresEngine(BaseEngine):
     paramStyle = "format"
     failedStatementAbortsTransaction = True
     returningKeys = True
-    schemaLockSQL = f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})"
-    writeLockSQL = f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})"
+    schemaLockSQL = f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK}, hashtext(current_schema()))"
+    writeLockSQL = f"SELECT pg_advisory_xact_lock({_WRITE_LOCK}, hashtext(current_schema()))"
     #: seconds libpq waits for a connection unless the URL says otherwise
     connectTimeout = 10
     #: libpq's TCP keepalive settings, unless the URL says otherwise

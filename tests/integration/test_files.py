@@ -477,3 +477,150 @@ class BadInputTests(FilesTestCase):
             status, _, body = yield self.http("GET", path)
             self.assertIn(status, (403, 404, 405), path)
             self.assertNotIn(b"crm", body if isinstance(body, bytes) else b"")
+
+
+def tinyPNG() -> bytes:
+    """
+    A 300x200 PNG.
+    """
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 200), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+class FileMessagesScenario(FilesTestCase):
+    """
+    File messages in groups, access by the conversation rules, inline
+    transfers kept in history, thumbnails and expiry; written once, run
+    with Node socket.io-client and python-socketio.
+    """
+
+    kind = "node"
+
+    @inlineCallbacks
+    def setUp(self) -> Inline:
+        """
+        Serve crm_im; start a driver of this case's kind.
+        """
+        requireKind("node")
+        requireKind(self.kind)
+        self.service, self.url = yield serveIM(self, **self.settings)
+        self.driver = yield startDriver(self.kind)
+        self.addCleanup(self.driver.quit)
+
+    @inlineCallbacks
+    def login(self, client: str, userId: str) -> Inline:
+        """
+        Connect C{client} (default transports) and log it in as C{userId}.
+        """
+        yield self.driver.connect(client, self.url)
+        (ack,) = yield self.driver.emit(client, "user:login", {"id": userId, "name": userId.upper()}, ack=True)
+        self.assertEqual(ack["id"], userId)
+
+    @inlineCallbacks
+    def test_groupFileAndAccess(self) -> Inline:
+        """
+        A member uploads for a group and sends the file there; members get
+        the message with a working link and a thumbnail, and may ask for a
+        fresh link; a stranger may neither upload there nor get a link.
+        """
+        yield self.login("a", "alice")
+        yield self.login("b", "bob")
+        yield self.login("c", "carol")
+        group = yield self.ask("a", "group:create", {"name": "g", "memberIds": ["bob"]})
+        groupId = group["id"]
+        image = tinyPNG()
+        ack = yield self.uploadFile("a", image, groupId=groupId, fileName="图片.png", mimeType="image/png")
+        receipt = yield self.ask("a", "message", {"type": "file", "fileId": ack["fileId"], "groupId": groupId, "content": "看"})
+        self.assertEqual(receipt["status"], "sent", receipt)
+        (message,) = yield self.driver.waitFor("b", "message", predicate=lambda args: args[0].get("type") == "file")
+        self.assertEqual((message["fileName"], message["content"], message["fileSize"]), ("图片.png", "看", len(image)))
+        self.assertIn("thumbnailUrl", message)
+        response = yield treq.get(self.url + message["thumbnailUrl"], persistent=False)
+        thumbnail = yield response.content()
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"image/jpeg"])
+        from PIL import Image
+        import io
+
+        with Image.open(io.BytesIO(thumbnail)) as opened:
+            self.assertEqual(opened.size, (256, 171))
+        response = yield treq.get(self.url + message["fileUrl"], persistent=False)
+        self.assertEqual((yield response.content()), image)
+        self.assertTrue(response.headers.getRawHeaders(b"content-disposition")[0].startswith(b"inline;"))
+
+        link = yield self.ask("b", "file:url", {"fileId": ack["fileId"]})
+        self.assertTrue(link["fileUrl"].startswith("/api/files/" + ack["fileId"]))
+        refusal = yield self.ask("c", "file:url", {"fileId": ack["fileId"]})
+        self.assertEqual(refusal["error"]["code"], "NOT_FOUND")
+        refusal = yield self.ask("c", "file:upload", {"fileName": "x", "fileSize": 1, "groupId": groupId})
+        self.assertEqual(refusal["error"]["code"], "NOT_FOUND")
+        refusal = yield self.ask("c", "file:url", {"fileId": "../../etc/passwd"})
+        self.assertEqual(refusal["error"]["code"], "NOT_FOUND")
+
+    @inlineCallbacks
+    def test_inlineTransferInHistory(self) -> Inline:
+        """
+        An inline C{file_transfer} to an online user is relayed and is also
+        a C{file} message in history with a working link; sent again with
+        the same id it is not stored twice; the same bytes under another id
+        are one blob.
+        """
+        yield self.login("a", "alice")
+        yield self.login("b", "bob")
+        blob = bytes(range(256)) * 4
+        first = yield self.ask("a", "file_transfer", {"id": "t1", "toId": "bob", "fileName": "dir/../notes.txt", "data": blob})
+        self.assertEqual(first["status"], "delivered")
+        (relayed,) = yield self.driver.waitFor("b", "file_transfer")
+        self.assertEqual(relayed["data"], blob)
+        again = yield self.ask("a", "file_transfer", {"id": "t1", "toId": "bob", "fileName": "notes.txt", "data": blob})
+        self.assertEqual((again["messageId"], again["timestamp"]), ("t1", first["timestamp"]))
+        yield self.ask("a", "file_transfer", {"id": "t2", "toId": "bob", "fileName": "copy.txt", "data": blob})
+        page = yield self.ask("b", "get_history", {"friendId": "alice"})
+        files = [m for m in page["messages"] if m["type"] == "file"]
+        self.assertEqual([m["id"] for m in files], ["t1", "t2"])
+        self.assertEqual(files[0]["fileName"], "notes.txt")
+        response = yield treq.get(self.url + files[0]["fileUrl"], persistent=False)
+        self.assertEqual((yield response.content()), blob)
+        records = yield self.service.fileRecords.fileRecord(files[0]["fileId"])
+        other = yield self.service.fileRecords.fileRecord(files[1]["fileId"])
+        self.assertEqual(records.sha256, other.sha256)
+        blobs = [p for p in self.service.files.directory.child("blobs").walk() if p.isfile()]
+        self.assertEqual(len(blobs), 1)
+
+    @inlineCallbacks
+    def test_expiredFileIsGone(self) -> Inline:
+        """
+        A file expired by retention answers 410; its message keeps its
+        name, and C{file:url} still answers (a link that answers 410).
+        """
+        yield self.login("a", "alice")
+        ack = yield self.uploadFile("a", b"old", toId="alice", fileName="old.txt")
+        yield self.ask("a", "message", {"type": "file", "fileId": ack["fileId"], "toId": "alice"})
+        record = yield self.service.fileRecords.fileRecord(ack["fileId"])
+        yield self.service.uploads.expire(record)
+        link = yield self.ask("a", "file:url", {"fileId": ack["fileId"]})
+        self.assertTrue(link.get("expired"))
+        response = yield treq.get(self.url + link["fileUrl"], persistent=False)
+        body = yield response.json()
+        self.assertEqual((response.code, body["code"]), (410, "GONE"))
+        page = yield self.ask("a", "get_history", {"friendId": "alice"})
+        self.assertEqual(page["messages"][-1]["fileName"], "old.txt")
+
+
+class FileMessagesNodeTests(FileMessagesScenario):
+    """
+    With Node's socket.io-client.
+    """
+
+
+class FileMessagesPythonTests(FileMessagesScenario):
+    """
+    With python-socketio.
+    """
+
+    kind = "python"

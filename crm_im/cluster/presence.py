@@ -128,6 +128,15 @@ class ClusterPresence(Presence):
         """
         return iter(self._byNode[self.nodeId])
 
+    def allDevices(self) -> Iterator[str]:
+        """
+        This node's logged-in devices only: what L{Presence} callers
+        broadcast to by hand (the offline announcements, decided by every
+        node from its own view and told to its own devices; the admin
+        API's device list of this node).
+        """
+        return iter(list(self._byNode[self.nodeId]))
+
     def devicesOf(self, userId: str) -> set[str]:
         """
         The devices of C{userId} on every reachable node.
@@ -172,13 +181,14 @@ class ClusterPresence(Presence):
             self.published(("login", sid, record))
         return result
 
-    def logout(self, sid: str) -> Logout | None:
+    def logout(self, sid: str, hold: float = 0.0) -> Logout | None:
         """
-        A device of this node logs out or disconnects.
+        A device of this node logs out or disconnects (C{hold}: see
+        L{Presence.logout}; the settling delay applies in any case).
         """
         if self._nodeOf.get(sid) != self.nodeId:
             return None
-        outcome = self._remove(sid)
+        outcome = self._remove(sid, hold)
         if outcome is not None and self.published is not None:
             self.published(("logout", sid))
         return outcome
@@ -195,15 +205,21 @@ class ClusterPresence(Presence):
 
     # ---- the other nodes' transitions
 
-    def remoteLogin(self, node: str, sid: str, record: DeviceRecord) -> Login | None:
+    def remoteLogin(self, node: str, sid: str, record: DeviceRecord, announce: bool = True) -> Login | None:
         """
         Device C{sid} of another node logged in; L{None} if already known.
-        C{appeared} is told if the user was not listed before.
+
+        @param announce: tell C{appeared} if the user was not listed
+            before. Not for a login heard as it happened: the node where
+            it happened announced it to every node (the router's
+            C{toEveryone}); for a user found in a snapshot (a node that
+            joined again after an outage) this node announces to its own
+            devices.
         """
         if node == self.nodeId or self._nodeOf.get(sid) == node:
             return None
         result = self._add(node, record.userId, sid, record.name, record.avatar, record.status)
-        if result.firstDevice and self.appeared is not None and result.user.visible:
+        if announce and result.firstDevice and self.appeared is not None and result.user.visible:
             self.appeared(result.user)
         return result
 
@@ -228,7 +244,7 @@ class ClusterPresence(Presence):
             self.statusChanged(user)
         return user
 
-    def replaceNode(self, node: str, devices: dict[str, DeviceRecord]) -> tuple[int, int]:
+    def replaceNode(self, node: str, devices: dict[str, DeviceRecord], announce: bool = True) -> tuple[int, int]:
         """
         Make C{node}'s registrations exactly C{devices} (a snapshot read
         from Redis; empty for a node that died or restarted).
@@ -244,7 +260,7 @@ class ClusterPresence(Presence):
         added = 0
         for sid, record in devices.items():
             if self._nodeOf.get(sid) != node:
-                if self.remoteLogin(node, sid, record) is not None:
+                if self.remoteLogin(node, sid, record, announce) is not None:
                     added += 1
         if not self._byNode.get(node):
             self._byNode.pop(node, None)
@@ -276,10 +292,10 @@ class ClusterPresence(Presence):
         self._byNode.setdefault(node, set()).add(sid)
         return result
 
-    def _remove(self, sid: str) -> Logout | None:
+    def _remove(self, sid: str, hold: float = 0.0) -> Logout | None:
         node = self._nodeOf.pop(sid, None)
         if node is not None:
             devices = self._byNode.get(node)
             if devices is not None:
                 devices.discard(sid)
-        return super().logout(sid)
+        return super().logout(sid, hold)

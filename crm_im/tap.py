@@ -12,11 +12,13 @@ from typing import Any
 import attrs
 from twisted.application.service import IService
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
 from .auth import JWT, MODES, OPEN
 from .config import Config
 from .limits import LimitSettings
+from .startup import DataDirError, FailedStart, checkDataDir
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -181,7 +183,8 @@ class Options(usage.Options):
         port = self["port"] if self["port"] is not None else os.environ.get("PORT")
         listen = list(self["listen"])
         if not listen:
-            number = _positive("port", port) if port is not None else 8080
+            # 0: any free port (tests, tooling); the start-up line says which.
+            number = _number("port", port) if port is not None else 8080
             if number > 65535:
                 raise usage.UsageError("--port must be at most 65535")
             # Twisted listens with a backlog of 50; a reconnect storm of
@@ -346,6 +349,12 @@ def makeService(options: Options) -> IService:
     from .server import CRMIMService
 
     _exitZeroAfterShutdown(reactor)
+    try:
+        # Checked before anything is built on it: the file store, the
+        # upload secret and SQLite would each fail in their own way.
+        checkDataDir(options.config.dataDir)
+    except DataDirError:
+        return FailedStart(reactor, Failure())
     service = CRMIMService(options.config, reactor)
     service.exitOnStartFailure = True
     return service

@@ -18,7 +18,7 @@ from types import CoroutineType
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -32,6 +32,10 @@ from ..socketio.recovery import RECOVERABLE_REASONS
 from ..socketio.server import ConnectionRefused, Socket, SocketIOServer
 
 Ack = Callable[..., None]
+
+#: Seconds a socket disconnected for abuse has for its stored messages'
+#: receipts (writes in flight) before it is dropped anyway.
+DRAIN_TIMEOUT = 10.0
 
 #: The events charged to the message bucket as well as the event bucket.
 _MESSAGE_EVENTS = frozenset(["message", "file_transfer"])
@@ -61,6 +65,13 @@ class SocketIOGateway:
         self.rates = SocketRateLimiter(core.limits)
         self._namespace = sio.namespace("/")
         self._sockets = self._namespace.sockets
+        # socket id -> Engine.IO sid, for the log lines (one connection id)
+        self._connections: dict[str, str] = {}
+        # message writes in flight per socket, and the sockets to drop once
+        # theirs are over (their receipts sent first): socket id -> timeout
+        self._writing: dict[str, int] = {}
+        self._dropping: dict[str, IDelayedCall] = {}
+        core.sessions.connectionOf = self._connections.get
         core.tokens.expired = self._tokenExpired
         sio.on("connect", self._connected)
         sio.on("disconnect", self._disconnected)
@@ -129,7 +140,8 @@ class SocketIOGateway:
 
         def handler(sid: str, ack: Ack | None, *args: Any) -> None:
             socket = self._sockets.get(sid)
-            if socket is None:
+            if socket is None or sid in self._dropping:
+                # (a socket being dropped for abuse: only its receipts go out)
                 return
             metrics.event(event)
             verdict = rates.check(sid, isMessage, clock.seconds())
@@ -164,12 +176,15 @@ class SocketIOGateway:
             if isinstance(result, Deferred):
                 if isMessage:
                     result.addBoth(self._writeOver, started)
+                    self._writing[sid] = self._writing.get(sid, 0) + 1
                 result.addCallbacks(
                     self._reply,
                     self._failed,
                     callbackArgs=(socket, ack, replyEvent),
                     errbackArgs=(socket, ack, event),
                 )
+                if isMessage:
+                    result.addBoth(self._replied, sid)
             else:
                 if isMessage:
                     gate.end()
@@ -184,6 +199,20 @@ class SocketIOGateway:
         """
         self.gate.end()
         self.metrics.store["store"].observe(self.clock.seconds() - started)
+        return result
+
+    def _replied(self, result: object, sid: str) -> object:
+        """
+        The receipt (or refusal) of a message write of C{sid} went out; a
+        socket waiting to be dropped goes once its last one did.
+        """
+        left = self._writing.get(sid, 0) - 1
+        if left > 0:
+            self._writing[sid] = left
+        else:
+            self._writing.pop(sid, None)
+            if sid in self._dropping:
+                self._drop(sid)
         return result
 
     def _reply(self, value: Any, socket: Socket, ack: Ack | None, replyEvent: str | None) -> None:
@@ -211,14 +240,30 @@ class SocketIOGateway:
         if not isinstance(id, str) or len(id) > validation.MAX_ID:
             id = None
         self._refuse(socket, ack, event, IMError(RATE_LIMITED, "too many events; slow down and send again", id))
-        if verdict == DISCONNECT:
+        if verdict == DISCONNECT and socket.sid not in self._dropping:
             self.log.warn(
-                "disconnecting {sid} from {remote}: it kept sending past its rate limit",
+                "disconnecting {sid} from {remote} conn={conn}: it kept sending past its rate limit",
                 sid=socket.sid,
                 remote=socket.session.remoteAddress,
+                conn=socket.session.sid,
             )
             self.metrics.abuseDisconnects.inc()
-            self.sio.disconnect(socket.sid, closeConnection=True)
+            # The messages it sent before were accepted: their receipts
+            # (sent once stored) must reach it before the disconnect.
+            # Meanwhile its events are ignored.
+            sid = socket.sid
+            self._dropping[sid] = self.clock.callLater(DRAIN_TIMEOUT, self._drop, sid)
+            if not self._writing.get(sid):
+                self._drop(sid)
+
+    def _drop(self, sid: str) -> None:
+        """
+        Disconnect a socket dropped for abuse (after its receipts).
+        """
+        timeout = self._dropping.pop(sid, None)
+        if timeout is not None and timeout.active():
+            timeout.cancel()
+        self.sio.disconnect(sid, closeConnection=True)
 
     def _tokenExpired(self, sid: str) -> None:
         socket = self._sockets.get(sid)
@@ -238,9 +283,22 @@ class SocketIOGateway:
 
     def _connected(self, sid: str, auth: Any) -> None:
         remote = self._remote(sid)
+        socket = self._sockets.get(sid)
+        if socket is not None:
+            self._connections[sid] = socket.session.sid
         try:
             self.core.sessions.connected(sid, auth, remote)
         except IMError as error:
+            # Refusals are logged (never the token): bad or expired tokens
+            # are what an operator looks for after a key rotation.
+            self.log.info(
+                "[拒绝] {sid} {remote} conn={conn}: {code} {reason}",
+                sid=sid,
+                remote=remote,
+                conn=self._connections.pop(sid, None),
+                code=error.code,
+                reason=error.message,
+            )
             raise ConnectionRefused(error.message, {"code": error.code})
         socket = self._sockets.get(sid)
         if socket is not None and socket.recovered:
@@ -254,6 +312,11 @@ class SocketIOGateway:
         if self.sio.recovery is not None and reason in RECOVERABLE_REASONS:
             window = self.sio.config.recoveryWindow / 1000
         self.core.sessions.disconnected(sid, reason, resumeWithin=window)
+        self._connections.pop(sid, None)
+        self._writing.pop(sid, None)
+        timeout = self._dropping.pop(sid, None)
+        if timeout is not None and timeout.active():
+            timeout.cancel()
 
     def start(self) -> None:
         """

@@ -262,7 +262,14 @@ class Messaging:
                 if self.notifier is not None and stored.toId is not None:
                     self.notifier.enqueued(stored.toId, stored.seq, stored.serverTimestamp, bool(notify))
             if self.settings.logEvents:
-                self.log.info("[消息] {fromId} -> {toId} seq={seq}", fromId=stored.fromId, toId=stored.toId, seq=stored.seq)
+                self.log.info(
+                    "[消息] {fromId} -> {toId} seq={seq} {outcome}",
+                    fromId=stored.fromId,
+                    toId=stored.toId,
+                    seq=stored.seq,
+                    delivered=delivered,
+                    outcome=f"已转发给 {stored.toId}" if delivered else f"{stored.toId} 不在线，已存为离线消息",
+                )
         else:
             delivered = stored.delivered or stored.seq in self._unflushed
         status = "delivered" if delivered else "offline"

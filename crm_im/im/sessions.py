@@ -115,6 +115,10 @@ class Sessions:
         #: set by the admin wiring.
         self.admission: Callable[[str], None] | None = None
         self.watchers: list[SessionWatcher] = []
+        #: The transport's id of a device's connection (the Engine.IO sid,
+        #: which the protocol's own log lines name), for the log; set by
+        #: the gateway.
+        self.connectionOf: Callable[[str], str | None] = lambda device: None
 
     def now(self) -> int:
         """
@@ -143,7 +147,7 @@ class Sessions:
         for watcher in self.watchers:
             watcher.deviceConnected(device, remote)
         if self.settings.logEvents:
-            self.log.info("[连接] {sid} {remote}", sid=device, remote=remote)
+            self.log.info("[连接] {sid} {remote} conn={conn}", sid=device, remote=remote, conn=self.connectionOf(device))
 
     def disconnected(self, device: str, reason: str, resumeWithin: float = 0.0) -> None:
         """
@@ -169,7 +173,13 @@ class Sessions:
                 watcher.deviceLoggedOut(device, outcome.user)
             watcher.deviceDisconnected(device, reason)
         if self.settings.logEvents:
-            self.log.info("[断开] {sid} {userId} {reason}", sid=device, userId=userId, reason=reason)
+            self.log.info(
+                "[断开] {sid} {userId} {reason} conn={conn}",
+                sid=device,
+                userId=userId,
+                reason=reason,
+                conn=self.connectionOf(device),
+            )
         if outcome is not None and outcome.lastDevice and outcome.wasVisible:
             self._announceOffline(outcome.user)
 

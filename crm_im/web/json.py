@@ -17,12 +17,17 @@ JSON_TYPE = b"application/json; charset=utf-8"
 
 def jsonResponse(request: IRequest, value: Any, code: int = 200) -> bytes:
     """
-    Set status and headers on C{request} and return the JSON body.
+    Set status and headers on C{request} and return the JSON body (empty
+    for a HEAD request, whose C{Content-Length} still gives the body's
+    length: twisted.web logs a warning for every HEAD answered with a
+    body, and health checkers send HEAD).
     """
     body = dumps(value)
     request.setResponseCode(code)
     request.setHeader(b"content-type", JSON_TYPE)
     request.setHeader(b"content-length", b"%d" % (len(body),))
+    if request.method == b"HEAD":
+        return b""
     return body
 
 

@@ -34,4 +34,8 @@ class MetricsResource(Resource):
         body = generate_latest(self.registry)
         request.setHeader(b"content-type", CONTENT_TYPE_PLAIN_0_0_4.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
+        if request.method == b"HEAD":
+            # the length, without the body twisted.web would warn about
+            request.setHeader(b"content-length", b"%d" % (len(body),))
+            return b""
         return body

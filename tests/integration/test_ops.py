@@ -11,14 +11,15 @@ import io
 import json
 import os
 import sys
-from typing import Any, Dict, Generator, Tuple
+from typing import Any, Dict, Generator, List, Tuple, cast
 
 import treq
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.logger import Logger, LogLevel
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from crm_im.limits import LimitSettings
 from crm_im.logging import eventAsJSON, jsonLineObserver
 from tests.integration.test_im import serveIM
 from tests.integration.test_twistd import REPO, TWISTD, ProcessTestCase
@@ -240,3 +241,180 @@ class SystemdTests(ProcessTestCase):
         self.assertTrue(any("authentication mode is 'open'" in m for m in messages), process.text)
         self.assertTrue(any("[关闭]" in m for m in messages), process.text)
         self.assertEqual({r["level"] for r in records} - {"debug", "info", "warn", "error", "critical"}, set())
+
+
+# ---- what an operator and a client see (issue 18)
+
+
+class LogCapture:
+    """
+    Every log event of the process while a test runs, formatted.
+    """
+
+    def __init__(self, testCase: TestCase) -> None:
+        from twisted.logger import globalLogPublisher
+
+        self.events: List[Dict[str, Any]] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        testCase.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def lines(self, containing: str = "") -> List[str]:
+        texts = [formatEvent(event) for event in self.events]
+        return [text for text in texts if containing in text]
+
+
+@inlineCallbacks
+def pollingConnect(url: str, auth: Any = None) -> Inline:
+    """
+    A raw Engine.IO polling session that sends a Socket.IO CONNECT.
+
+    @return: C{(Engine.IO sid, the CONNECT's answer as bytes)}.
+    """
+    response = yield treq.get(url + "/socket.io/?EIO=4&transport=polling", persistent=False)
+    body = yield response.content()
+    sid = json.loads(body[1:])["sid"]
+    where = f"{url}/socket.io/?EIO=4&transport=polling&sid={sid}"
+    packet = b"40" + (json.dumps(auth).encode() if auth is not None else b"")
+    response = yield treq.post(where, data=packet, persistent=False)
+    yield response.content()
+    response = yield treq.get(where, persistent=False)
+    answer = yield response.content()
+    return sid, answer
+
+
+class HeadTests(TestCase):
+    """
+    C{HEAD} (what health checkers send) is answered like C{GET}, without a
+    body and without twisted.web's warning about one.
+    """
+
+    @inlineCallbacks
+    def test_head(self) -> Inline:
+        log = LogCapture(self)
+        service, url = yield serveIM(self)
+        for path in ("/", "/api/online-users", "/health", "/metrics", "/no/such/thing"):
+            response = yield treq.get(url + path, persistent=False)
+            body = yield response.content()
+            head = yield treq.head(url + path, persistent=False)
+            empty = yield head.content()
+            self.assertEqual(head.code, response.code, path)
+            self.assertEqual(empty, b"", path)
+            self.assertEqual(head.headers.getRawHeaders("content-length"), [str(len(body))], path)
+            self.assertEqual(head.headers.getRawHeaders("content-type"), response.headers.getRawHeaders("content-type"))
+        self.assertEqual(log.lines("HEAD request"), [])
+
+
+class LogLineTests(DriverTestMixin, TestCase):
+    """
+    The event log lines an operator reads: one connection id across the
+    protocol's and the IM's lines, what became of a message, refused
+    connects.
+    """
+
+    kind = "node"
+
+    @inlineCallbacks
+    def test_messageOutcome(self) -> Inline:
+        """
+        C{[消息]} says whether the message was forwarded (已转发给 ...) or
+        kept for an offline recipient.
+        """
+        log = LogCapture(self)
+        service, url = yield serveIM(self, logEvents=True)
+        driver = yield self.startDriver()
+        for client in ("a", "b"):
+            yield driver.connect(client, url, transports=["websocket"])
+            yield driver.emit(client, "user:login", {"id": client, "name": client}, ack=True)
+        yield driver.emit("a", "message", {"toId": "b", "content": "hi"}, ack=True)
+        yield driver.emit("a", "message", {"toId": "c", "content": "later"}, ack=True)
+        lines = log.lines("[消息]")
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("a -> b", lines[0])
+        self.assertIn("已转发给 b", lines[0])
+        self.assertIn("a -> c", lines[1])
+        self.assertIn("c 不在线，已存为离线消息", lines[1])
+        delivered = [event["delivered"] for event in log.events if "[消息]" in formatEvent(event)]
+        self.assertEqual(delivered, [True, False])
+
+    @inlineCallbacks
+    def test_oneConnectionId(self) -> Inline:
+        """
+        The Engine.IO sid that the protocol's lines name is the C{conn} of
+        the C{[连接]} and C{[断开]} lines of the socket on it.
+        """
+        log = LogCapture(self)
+        service, url = yield serveIM(self, logEvents=True)
+        sid, answer = yield pollingConnect(url)
+        self.assertTrue(answer.startswith(b"40{"), answer)
+        response = yield treq.post(f"{url}/socket.io/?EIO=4&transport=polling&sid={sid}", data=b"4garbage",
+                                   persistent=False)
+        yield response.content()
+        (protocol,) = log.lines("closing session")
+        self.assertIn(sid, protocol)
+        (connected,) = log.lines("[连接]")
+        (gone,) = log.lines("[断开]")
+        self.assertIn(f"conn={sid}", connected)
+        self.assertIn(f"conn={sid}", gone)
+        socketId = json.loads(answer[2:])["sid"]
+        self.assertIn(socketId, connected)
+
+    @inlineCallbacks
+    def test_refusedConnectLogged(self) -> Inline:
+        """
+        A CONNECT refused for its token leaves a line (with the reason and
+        the connection, never the token).
+        """
+        import jwt
+
+        log = LogCapture(self)
+        secret = "s" * 40
+        service, url = yield serveIM(self, auth="jwt", jwtSecret=secret)
+        bad = jwt.encode({"sub": "u1"}, "another secret that is long enough", algorithm="HS256")
+        sid, answer = yield pollingConnect(url, {"token": bad})
+        self.assertTrue(answer.startswith(b"44"), answer)
+        (line,) = log.lines("[拒绝]")
+        self.assertIn(f"conn={sid}", line)
+        self.assertIn("UNAUTHORIZED", line)
+        self.assertIn("bad signature", line)
+        self.assertNotIn(bad, line)
+        self.assertFalse([event for event in log.events if bad in json.dumps(event, default=repr)])
+
+
+class FloodTests(DriverTestMixin, TestCase):
+    """
+    A client that floods is rate limited and then disconnected; the
+    receipts of what was accepted and stored reach it first.
+    """
+
+    kind = "node"
+
+    @inlineCallbacks
+    def test_receiptsBeforeDisconnect(self) -> Inline:
+        service, url = yield serveIM(
+            self,
+            limits=LimitSettings(
+                exemptAddresses=(), messagesPerSecond=1, messageBurst=40, eventsPerSecond=10_000, eventBurst=10_000,
+                abuseRefusals=5,
+            ),
+        )
+        driver = yield self.startDriver()
+        for client in ("a", "b"):
+            yield driver.connect(client, url, transports=["websocket"])
+            yield driver.emit(client, "user:login", {"id": client, "name": client}, ack=True)
+        yield driver.disconnect("b")
+        count = 200
+        results = yield DeferredList(
+            [driver.emit("a", "message", {"id": f"m{i}", "toId": "b", "content": f"#{i}"}, ack=True, timeout=8)
+             for i in range(count)],
+            consumeErrors=True,
+        )
+        self.assertEqual((yield driver.waitForDisconnect("a")), "io server disconnect")
+        receipts = {f"m{i}" for i, (ok, args) in enumerate(results) if ok and "status" in args[0]}
+        refused = {f"m{i}" for i, (ok, args) in enumerate(results) if ok and "error" in args[0]}
+        self.assertTrue(refused)
+        page = yield service.store.history("a", "b", None, 500, None, None)
+        stored = {message.id for message in page.messages}
+        self.assertTrue(stored)
+        self.assertEqual(stored - receipts, set(), f"{len(stored - receipts)} of {len(stored)} stored without a receipt")
+        self.assertEqual(receipts - stored, set())

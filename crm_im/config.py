@@ -126,7 +126,7 @@ class Config:
     uploadExpiry: float = 3600.0
     urlSecret: str | None = attrs.field(default=None, repr=False)
     allowEIO3: bool = False
-    recoveryWindow: float = 120.0
+    recoveryWindow: float = 0.0
 
     def storeURL(self) -> str:
         """

@@ -54,7 +54,9 @@ class UserPresence:
         """
         The contract's User.
         """
-        return {"id": self.id, "name": self.name, "avatar": self.avatar, "status": self.status}
+        # A user's avatar is a string on the wire ("" for none), as with
+        # the original server.
+        return {"id": self.id, "name": self.name, "avatar": self.avatar or "", "status": self.status}
 
     def wireJSON(self) -> orjson.Fragment:
         """

@@ -924,7 +924,7 @@ class RoomTests(HandlerTestCase):
         get C{room:joined}; their second socket entering tells nobody.
         """
         first = self.join("a1")
-        self.assertEqual(first["members"], [{"id": "alice", "name": "Alice", "avatar": None, "status": "online"}])
+        self.assertEqual(first["members"], [{"id": "alice", "name": "Alice", "avatar": "", "status": "online"}])
         self.assertEqual((first["room"]["onlineCount"], first["messages"]), (1, []))
         self.assertEqual(self.router.reached("room:joined"), [])
         second = self.join("b1")
@@ -932,7 +932,7 @@ class RoomTests(HandlerTestCase):
         self.assertEqual(second["room"]["onlineCount"], 2)
         (joined,) = self.router.reached("room:joined")
         self.assertEqual(joined.devices, {"a1"})
-        self.assertEqual(joined.payload, {"roomId": "r1", "user": {"id": "bob", "name": "Bob", "avatar": None, "status": "online"}})
+        self.assertEqual(joined.payload, {"roomId": "r1", "user": {"id": "bob", "name": "Bob", "avatar": "", "status": "online"}})
         self.router.clear()
         third = self.join("a2")
         self.assertEqual(third["room"]["onlineCount"], 2)

@@ -185,7 +185,7 @@ class RoomHandlers:
         user = self.presence.user(userId)
         if user is not None:
             return user.toWire()
-        return {"id": userId, "name": userId, "avatar": None, "status": "offline"}
+        return {"id": userId, "name": userId, "avatar": "", "status": "offline"}
 
     async def create(self, caller: Caller, data: Any, privileged: bool = False) -> dict[str, Any]:
         """

@@ -134,7 +134,8 @@ def login(data: Any) -> LoginRequest:
     return LoginRequest(
         id=userId(data.get("id"), "id"),
         name=text(data.get("name"), "name", MAX_NAME, 1),
-        avatar=optionalText(data.get("avatar"), "avatar", MAX_AVATAR),
+        # Not sent (or null): "", the original server's type (a string).
+        avatar=optionalText(data.get("avatar"), "avatar", MAX_AVATAR) or "",
         token=optionalText(data.get("token"), "token", MAX_TOKEN),
     )
 

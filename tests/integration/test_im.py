@@ -79,10 +79,11 @@ def getJSON(url: str) -> Inline:
     return response, body
 
 
-def user(userId: str, name: str, avatar: Optional[str] = None,
+def user(userId: str, name: str, avatar: str = "",
          status: str = "online") -> Dict[str, Any]:
     """
-    The contract's User.
+    The contract's User (an avatar not sent is C{""}, the original
+    server's type, never C{null}).
     """
     return {"id": userId, "name": name, "avatar": avatar, "status": status}
 

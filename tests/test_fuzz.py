@@ -8,6 +8,7 @@ extra, its absence is a failure).
 
 from __future__ import annotations
 
+import base64
 import importlib
 import os
 import subprocess
@@ -60,6 +61,20 @@ class RegressionTests(SynchronousTestCase):
         self.assertRaises(PacketError, decodePayloadV3, crash)
         self.assertEqual(list(decodePayloadV3(b"\x00\x04\xff4h\xc3\xa9")), [(4, "hé".encode(), False)])
         importlib.import_module("fuzz.eio_packet").TestOneInput(crash)
+
+
+    def test_statusNotAString(self) -> None:
+        """
+        C{status_change} with an object or a list as its status is
+        INVALID_PAYLOAD, not a TypeError (an INTERNAL error) (fuzz/validation.py).
+        """
+        from crm_im.im import validation
+        from crm_im.im.errors import IMError
+
+        for value in ({}, [], {"a": 1}):
+            error = self.assertRaises(IMError, validation.status, {"status": value})
+            self.assertEqual(error.code, "INVALID_PAYLOAD")
+        importlib.import_module("fuzz.validation").TestOneInput(base64.b64decode("oyIIQQAAJvYiCHoBATB0AQF0"))
 
 
 class SmokeTests(SynchronousTestCase):

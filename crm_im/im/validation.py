@@ -333,7 +333,8 @@ def status(data: Any) -> str:
 
     data = payloadObject(data, "status_change")
     value = data.get("status")
-    if value not in STATUSES:
+    # (an object or a list is unhashable: found by fuzz/validation.py)
+    if not isinstance(value, str) or value not in STATUSES:
         raise _invalid("status must be one of online, away, busy, offline")
     return str(value)
 

@@ -37,7 +37,7 @@ from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from .interface import COMPLETE, FileRecord, IFileMetadata, IFileStore
+from .interface import COMPLETE, FileRecord, IFileBytes, IFileMetadata, IFileStore
 
 _FILE_ID = re.compile(r"\A[A-Za-z0-9_-]{32}\Z")
 _SHA256 = re.compile(r"\A[0-9a-f]{64}\Z")
@@ -165,7 +165,7 @@ class PartWriter:
         return self._store._inThread(self._closeBlocking)
 
 
-@implementer(IFileStore)
+@implementer(IFileStore, IFileBytes)
 class DiskFileStore:
     """
     File bytes under one directory, records in an L{IFileMetadata} (an

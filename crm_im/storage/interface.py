@@ -509,6 +509,70 @@ class IFileStore(Interface):
         """
 
 
+class IFileBytes(IFileStore):
+    """
+    Where the bytes of uploaded files live (FILES.md): uploads while they
+    arrive, content-addressed blobs, thumbnails. L{DiskFileStore} keeps
+    them under a directory; a cluster can put them on shared storage
+    behind the same methods. Every method that touches bytes returns a
+    L{Deferred} (blocking I/O is never on the reactor thread).
+    """
+
+    def openPart(fileId: str, hasher: Any = None) -> Deferred[Any]:
+        """
+        Open an upload's bytes for appending: a writer with C{size},
+        C{write(data)} and C{close()} (each a L{Deferred}); C{hasher}, if
+        given, is fed every byte written.
+        """
+
+    def partSize(fileId: str) -> Deferred[int]:
+        """
+        How many bytes of an upload are stored (where it resumes).
+        """
+
+    def hashPart(fileId: str) -> Deferred[str]:
+        """
+        The SHA-256 of an upload's stored bytes.
+        """
+
+    def commitPart(fileId: str, sha256: str) -> Deferred[None]:
+        """
+        Make a finished upload's bytes the blob C{sha256} (inside
+        L{withBlob}).
+        """
+
+    def removePart(fileId: str) -> Deferred[None]:
+        """
+        Delete an abandoned upload's bytes.
+        """
+
+    def withBlob(sha256: str, action: Any) -> Any:
+        """
+        Run C{action} (a coroutine function) while no other reference
+        change or deletion of blob C{sha256} runs.
+        """
+
+    def removeBlob(sha256: str) -> Deferred[None]:
+        """
+        Delete a blob nobody refers to (inside L{withBlob}).
+        """
+
+    def removeLegacy(record: FileRecord) -> Deferred[None]:
+        """
+        Delete the bytes of a file kept before content addressing.
+        """
+
+    def thumbnailPath(sha256: str) -> FilePath[str]:
+        """
+        Where the thumbnail of blob C{sha256} is.
+        """
+
+    def run(func: Any, *args: Any) -> Deferred[Any]:
+        """
+        Run blocking C{func} near the bytes (off the reactor thread).
+        """
+
+
 OWNER = "owner"
 ADMIN = "admin"
 MEMBER = "member"

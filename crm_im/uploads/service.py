@@ -23,7 +23,7 @@ import re
 from typing import Any, Callable, Optional
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -34,8 +34,8 @@ from zope.interface import implementer
 from ..http.cors import CORSPolicy
 from ..http.streaming import IBodySink
 from ..im.files import FILES_PATH, UploadRefused, filePath
-from ..storage.files import DiskFileStore, isFileId
-from ..storage.interface import ABORTED, COMPLETE, EXPIRED, UPLOADING, FileRecord, IFileRecords
+from ..storage.files import isFileId
+from ..storage.interface import ABORTED, COMPLETE, EXPIRED, UPLOADING, FileRecord, IFileBytes, IFileRecords
 from . import tus
 from .signing import DOWNLOAD, THUMBNAIL, SignatureError, URLSigner
 from .thumbnails import THUMBNAIL_TYPES, ThumbnailError, makeThumbnail
@@ -110,15 +110,15 @@ def _tusError(error: Exception) -> tus.TusError:
 
 class UploadService:
     """
-    Uploads, links, thumbnails and sweeps over one L{DiskFileStore} and its
-    L{IFileRecords}.
+    Uploads, links, thumbnails and sweeps over one L{IFileBytes} (the
+    L{crm_im.storage.files.DiskFileStore}) and its L{IFileRecords}.
     """
 
     log = Logger()
 
     def __init__(
         self,
-        files: DiskFileStore,
+        files: IFileBytes,
         records: IFileRecords,
         signer: URLSigner,
         clock: IReactorTime,
@@ -130,6 +130,7 @@ class UploadService:
         self.clock = clock
         self.settings = settings if settings is not None else UploadSettings()
         self.active: dict[str, ActiveUpload] = {}
+        self._quotaLocks: dict[str, DeferredLock] = {}
         #: the most body bytes one request held in memory at once, ever
         #: (what bounds an upload's memory; observed by the tests)
         self.peakBuffered = 0
@@ -168,6 +169,31 @@ class UploadService:
         settings = self.settings
         if fileSize > settings.maxFileSize:
             raise UploadRefused(f"files may be at most {settings.maxFileSize} bytes")
+        # One creation per user at a time: two concurrent uploads cannot
+        # both pass the quota with the same bytes.
+        lock = self._quotaLocks.get(fromId)
+        if lock is None:
+            lock = self._quotaLocks[fromId] = DeferredLock()
+        await lock.acquire()
+        try:
+            return await self._create(fromId, toId, conversation, fileName, fileSize, mimeType, sha256, fileId)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._quotaLocks.pop(fromId, None)
+
+    async def _create(
+        self,
+        fromId: str,
+        toId: str,
+        conversation: str,
+        fileName: str,
+        fileSize: int,
+        mimeType: str | None,
+        sha256: str | None,
+        fileId: str,
+    ) -> dict[str, Any]:
+        settings = self.settings
         if settings.quota:
             used = await self.records.quotaUsed(fromId)
             if used + fileSize > settings.quota:

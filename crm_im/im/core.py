@@ -125,6 +125,7 @@ class IMCore:
         self.files = FileHandlers(records, desk, self.directory, self.rooms)
         self.messaging.fileHandlers = self.files
         self.messaging.fileLinks = signWire
+        self.rooms.fileLinks = signWire
 
     def fileHandlers(self) -> FileHandlers:
         """

@@ -251,8 +251,20 @@ class RoomHandlers:
         return {
             "room": self.wire(room),
             "members": [self._userWire(userId) for userId in self.rooms.users(roomId)],
-            "messages": [m.toWire() for m in page.messages],
+            "messages": [self.messageWire(m) for m in page.messages],
         }
+
+    #: signs a file message's links (FILES.md), set by L{IMCore.enableUploads}
+    fileLinks: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    def messageWire(self, message: Any) -> dict[str, Any]:
+        """
+        The wire form of a stored message, a file's links signed afresh.
+        """
+        wire: dict[str, Any] = message.toWire()
+        if message.fileId is not None and self.fileLinks is not None:
+            self.fileLinks(wire)
+        return wire
 
     def _left(self, roomId: str, userId: str, last: bool) -> None:
         if last:

@@ -563,6 +563,30 @@ class FileMessagesScenario(FilesTestCase):
         self.assertEqual(refusal["error"]["code"], "NOT_FOUND")
 
     @inlineCallbacks
+    def test_roomFile(self) -> Inline:
+        """
+        A file sent in a chat room comes with a signed link in the room's
+        recent messages to whoever joins later; only a socket in the room
+        may upload for it.
+        """
+        yield self.login("a", "alice")
+        yield self.login("b", "bob")
+        room = yield self.ask("a", "room:create", {"name": "lobby", "public": True})
+        roomId = room["id"]
+        refusal = yield self.ask("a", "file:upload", {"fileName": "r.txt", "fileSize": 2, "roomId": roomId})
+        self.assertEqual(refusal["error"]["code"], "FORBIDDEN")
+        yield self.ask("a", "room:join", {"roomId": roomId})
+        ack = yield self.uploadFile("a", b"hi", roomId=roomId, fileName="r.txt")
+        receipt = yield self.ask("a", "message", {"type": "file", "fileId": ack["fileId"], "roomId": roomId})
+        self.assertEqual(receipt["status"], "sent", receipt)
+        joined = yield self.ask("b", "room:join", {"roomId": roomId})
+        (message,) = [m for m in joined["messages"] if m["type"] == "file"]
+        self.assertIn("sig=", message["fileUrl"])
+        response = yield treq.get(self.url + message["fileUrl"], persistent=False)
+        self.assertEqual((yield response.content()), b"hi")
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/octet-stream"])
+
+    @inlineCallbacks
     def test_inlineTransferInHistory(self) -> Inline:
         """
         An inline C{file_transfer} to an online user is relayed and is also

@@ -22,6 +22,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from crm_im.limits import LimitSettings
 from crm_im.logging import eventAsJSON, jsonLineObserver
 from tests.integration.test_im import serveIM
+from twisted.internet import reactor
+
 from tests.integration.test_twistd import REPO, TWISTD, ProcessTestCase
 from tests.support.clients import DriverTestMixin
 
@@ -418,3 +420,75 @@ class FloodTests(DriverTestMixin, TestCase):
         self.assertTrue(stored)
         self.assertEqual(stored - receipts, set(), f"{len(stored - receipts)} of {len(stored)} stored without a receipt")
         self.assertEqual(receipts - stored, set())
+
+
+class StartupTests(ProcessTestCase):
+    """
+    C{twistd crm_im} as an operator starts it: failures to start are one
+    line and exit status 1; the start-up line says what and where.
+    """
+
+    def twistd(self, *options: str) -> Any:
+        return self.spawn([sys.executable, "-c", TWISTD, "-n", "--pidfile=", "crm_im", *options])
+
+    @inlineCallbacks
+    def assertCouldNotStart(self, process: Any, reason: str) -> Inline:
+        self.assertEqual((yield self.waitForExit(process, timeout=45)), 1, process.text)
+        lines = [line for line in process.text.splitlines() if "could not start" in line]
+        self.assertEqual(len(lines), 1, process.text)
+        self.assertIn(reason, lines[0])
+        self.assertNotIn("Traceback", process.text)
+        self.assertNotIn("[关闭]", process.text)
+
+    @inlineCallbacks
+    def test_dataDirUnusable(self) -> Inline:
+        """
+        A data directory that is a file, or under /proc: exit 1.
+        """
+        afile = os.path.abspath(self.mktemp())
+        with open(afile, "w"):
+            pass
+        process = self.twistd("--port", "0", "--data-dir", afile)
+        yield self.assertCouldNotStart(process, "not a directory")
+        process = self.twistd("--port", "0", "--data-dir", "/proc/crm_im-test")
+        yield self.assertCouldNotStart(process, "/proc/crm_im-test is not usable")
+
+    @inlineCallbacks
+    def test_portTaken(self) -> Inline:
+        """
+        A taken port: one line saying so, exit 1.
+        """
+        import socket
+
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        process = self.twistd("--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", self.mktemp())
+        yield self.assertCouldNotStart(process, "already in use")
+
+    @inlineCallbacks
+    def test_portZeroAndStartLine(self) -> Inline:
+        """
+        C{--port 0} listens on a free port, which the start-up line gives
+        as host:port with the version and data directory; a short JWT
+        secret is said at start.
+        """
+        import re
+
+        dataDir = os.path.abspath(self.mktemp())
+        process = self.twistd("--port", "0", "--data-dir", dataDir, "--auth", "jwt", "--jwt-secret", "short")
+        yield process.whenOutputContains(b"JWT key too short").addTimeout(30, reactor)
+        match = re.search(r"crm_im listening on 0\.0\.0\.0:(\d+) \(version ([\d.]+), data directory (.+)\)",
+                          process.text)
+        self.assertIsNotNone(match, process.text)
+        assert match is not None
+        self.assertEqual(match.group(3), dataDir)
+        self.assertNotIn("IPv4Address", process.text)
+        self.assertNotIn("object at 0x", process.text)
+        response = yield treq.get(f"http://127.0.0.1:{match.group(1)}/", persistent=False)
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        process.signal("TERM")
+        yield self.waitForExit(process)

@@ -1004,3 +1004,57 @@ class SignedRequestTests(SynchronousTestCase):
         self.assertNoResult(d)
         clock.advance(0.1)
         self.failureResultOf(d, DeferTimeout)
+
+
+class PublishTests(PushTestCase):
+    """
+    Events a back end stores with C{POST /api/publish} notify too, named
+    by the event.
+    """
+
+    def setUp(self) -> None:
+        """
+        The admin handlers on the test's core.
+        """
+        from crm_im.im.admin import Actor, AdminHandlers
+        from crm_im.storage.admin import MemoryAdminStore
+
+        super().setUp()
+        self.admin = AdminHandlers(self.core, MemoryAdminStore(self.store), self.clock, node="n1")
+        self.actor = Actor("token", "127.0.0.1")
+
+    def test_toUsers(self) -> None:
+        """
+        A stored event to users notifies the offline ones with pushkeys;
+        the notification's type is the event's name, its sender the admin.
+        """
+        answer = self.answer(self.admin.publish(self.actor, {
+            "event": "crm:order_paid", "data": {"orderId": 7}, "userIds": ["bob", "carol", "erin"], "store": True}))
+        self.assertEqual(answer["delivered"], 1)
+        self.assertEqual([user for user, _ in self.outbox()], ["bob"])
+        self.clock.advance(1)
+        notification = self.gateway.answer()["notification"]
+        self.assertEqual((notification["type"], notification["counts"]), ("crm:order_paid", {"unread": 1}))
+        self.assertNotIn("content", notification)
+
+    def test_notStored(self) -> None:
+        """
+        An event not stored notifies nobody (nothing would be unread).
+        """
+        self.answer(self.admin.publish(self.actor, {"event": "crm:ping", "userIds": ["bob"]}))
+        self.assertEqual(self.outbox(), [])
+
+    def test_toGroup(self) -> None:
+        """
+        A stored event to a group notifies its offline members with
+        pushkeys who did not mute it.
+        """
+        self.makeGroup(["bob", "carol", "dave"])
+        self.presence.login("dave", "d1", "Dave", None)
+        self.answer(self.core.push.mute(self.caller("d1"), {"groupId": "g1", "muted": True}))
+        self.presence.logout("d1")
+        self.answer(self.admin.publish(self.actor, {"event": "crm:deal_won", "groupId": "g1", "store": True}))
+        self.assertEqual([user for user, _ in self.outbox()], ["bob"])
+        self.clock.advance(1)
+        notification = self.gateway.answer()["notification"]
+        self.assertEqual((notification["type"], notification["room_id"]), ("crm:deal_won", "g1"))

@@ -587,7 +587,14 @@ class AdminHandlers:
         return {"delivered": delivered}
 
     def _systemMessage(
-        self, event: str, payload: Any, now: int, toId: str | None = None, groupId: str | None = None, roomId: str | None = None
+        self,
+        event: str,
+        payload: Any,
+        now: int,
+        toId: str | None = None,
+        groupId: str | None = None,
+        roomId: str | None = None,
+        notify: tuple[str, ...] = (),
     ) -> NewMessage:
         return NewMessage(
             fromId=ADMIN_BY,
@@ -604,6 +611,7 @@ class AdminHandlers:
             groupId=groupId,
             roomId=roomId,
             system={"action": "publish", "by": ADMIN_BY, "event": event, "data": payload},
+            notify=notify,
         )
 
     async def _storeDirect(self, userIds: Iterable[str], event: str, payload: Any, now: int) -> None:
@@ -614,17 +622,26 @@ class AdminHandlers:
         """
         store = self.core.messaging.store
         delivered = []
+        messaging = self.core.messaging
         for userId in userIds:
-            outcome = await store.storeMessage(self._systemMessage(event, payload, now, toId=userId))
+            # offline users with pushkeys are notified (PUSH.md)
+            notify = messaging.pushFor((userId,))
+            outcome = await store.storeMessage(self._systemMessage(event, payload, now, toId=userId, notify=notify))
+            messaging.pushStored(outcome, notify)
             if self.core.presence.devicesOf(userId):
                 delivered.append(outcome.message.seq)
         if delivered:
             await store.markDelivered(delivered)
 
     async def _storeShared(self, event: str, payload: Any, now: int, groupId: str | None = None, roomId: str | None = None) -> None:
-        outcome = await self.core.messaging.store.storeMessage(
-            self._systemMessage(event, payload, now, groupId=groupId, roomId=roomId)
+        messaging = self.core.messaging
+        state = self.core.directory.cached(groupId) if groupId is not None else None
+        # a group's offline members with pushkeys are notified (PUSH.md)
+        notify = messaging.pushFor(state.members, groupId) if state is not None else ()
+        outcome = await messaging.store.storeMessage(
+            self._systemMessage(event, payload, now, groupId=groupId, roomId=roomId, notify=notify)
         )
+        messaging.pushStored(outcome, notify)
         if groupId is not None:
             self.core.directory.noteMessage(groupId, outcome.message.seq)
 

@@ -16,7 +16,7 @@ coroutine) and marks delivered messages in one write per reactor turn.
 
 from __future__ import annotations
 
-from typing import AbstractSet, Any, Callable, Protocol
+from typing import AbstractSet, Any, Callable, Iterable, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -711,6 +711,29 @@ class Messaging:
         The group and room messages with this id (for read receipts).
         """
         return self.store.findSharedMessages(messageId)
+
+    def pushFor(self, userIds: Iterable[str], groupId: str | None = None) -> tuple[str, ...]:
+        """
+        Of C{userIds}, whom an event stored now notifies by push (PUSH.md):
+        users with pushkeys and no connected device, and in a group only
+        those who did not mute it. For callers storing messages of their
+        own (the publish API); empty when push is off.
+        """
+        if self.notifier is None or not self.pushUsers:
+            return ()
+        if groupId is not None:
+            return groupRecipients(userIds, groupId, "", self.pushUsers, self._connected, self.pushMutes, frozenset())
+        return tuple(u for u in userIds if u in self.pushUsers and not self._connected(u))
+
+    def pushStored(self, outcome: StoreOutcome, notify: tuple[str, ...]) -> None:
+        """
+        An event stored with C{notify} (L{pushFor}): its outbox rows were
+        written with it; the sender takes them from here.
+        """
+        if outcome.created and self.notifier is not None:
+            stored = outcome.message
+            for userId in notify:
+                self.notifier.enqueued(userId, stored.seq, stored.serverTimestamp)
 
     def _connected(self, userId: str) -> bool:
         """

@@ -133,6 +133,20 @@ def preview(message: StoredMessage) -> dict[str, Any] | None:
     return None
 
 
+def notificationType(message: StoredMessage) -> str:
+    """
+    The notification C{type}: L{MESSAGE_TYPE}, or the event's name for an
+    event a back end published with C{POST /api/publish} (kept as a
+    C{system} message of action C{publish}).
+    """
+    system = message.system
+    if message.type == "system" and system is not None and system.get("action") == "publish":
+        event = system.get("event")
+        if isinstance(event, str) and event:
+            return event
+    return MESSAGE_TYPE
+
+
 def notificationBody(plan: PushPlan, content: str) -> dict[str, Any]:
     """
     The Push Gateway API request body notifying C{plan.userId} of the
@@ -144,7 +158,7 @@ def notificationBody(plan: PushPlan, content: str) -> dict[str, Any]:
     notification: dict[str, Any] = {
         "event_id": message.id,
         "room_id": message.groupId if message.groupId is not None else message.fromId,
-        "type": MESSAGE_TYPE,
+        "type": notificationType(message),
         "sender": message.fromId,
         "sender_display_name": message.fromName,
         "prio": "high",

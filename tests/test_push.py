@@ -1058,3 +1058,23 @@ class PublishTests(PushTestCase):
         self.clock.advance(1)
         notification = self.gateway.answer()["notification"]
         self.assertEqual((notification["type"], notification["room_id"]), ("crm:deal_won", "g1"))
+
+
+class StartOverBoundTests(PushTestCase):
+    """
+    A sender started with a smaller bound than the outbox holds.
+    """
+
+    def test_trimmedAtStart(self) -> None:
+        """
+        Rows left past the new bound are dropped at start, oldest first,
+        counted as overflow.
+        """
+        for n in range(5):
+            self.send(f"#{n}", toId="bob")
+        self.answer(self.sender.stop())
+        self.settings = {"maxOutbox": 2}
+        sender = self.makeSender()
+        self.answer(sender.start())
+        self.assertEqual(len(self.outbox()), 2)
+        self.assertEqual((sender.depth, self.sample("crm_im_push_dropped_total", reason="overflow")), (2, 3.0))

@@ -21,6 +21,7 @@ crash resends (at least once; the gateway dedups on C{event_id}).
 from __future__ import annotations
 
 import random as _random
+from collections import deque
 from typing import Any, Callable, Hashable, Protocol
 
 import attrs
@@ -171,7 +172,9 @@ class PushSender:
         self.depth = 0
         self._states: dict[str, _UserState] = {}
         self._heap = DeadlineHeap(clock, self._due)
-        self._ready: list[str] = []
+        #: users due while C{concurrency} requests were in flight, in order
+        self._ready: deque[str] = deque()
+        self._readySet: set[str] = set()
         self._active = 0
         self._attempts: set[Deferred[None]] = set()
         self._trimming = False
@@ -215,6 +218,9 @@ class PushSender:
         for userId, _, _ in loaded.outbox:
             self._schedule(userId, self.firstDelay)
         self._heap.start()
+        if self.depth > self.settings.maxOutbox:
+            # left by a run with a larger bound: keep to this one
+            self._trim()
         if loaded.outbox:
             self.log.info(
                 "[推送] {rows} pending notifications for {users} users", rows=self.depth, users=len(loaded.outbox)
@@ -228,6 +234,7 @@ class PushSender:
         self._stopping = True
         self._heap.stop()
         self._ready.clear()
+        self._readySet.clear()
         attempts = list(self._attempts)
         for attempt in attempts:
             attempt.cancel()
@@ -284,7 +291,7 @@ class PushSender:
         if state.inFlight:
             state.dirty = True
             return
-        if userId in self._heap or userId in self._ready:
+        if userId in self._heap or userId in self._readySet:
             return
         self._heap.set(userId, delay)
 
@@ -293,7 +300,9 @@ class PushSender:
         if self._stopping:
             return
         if self._active >= self.settings.concurrency:
-            self._ready.append(userId)
+            if userId not in self._readySet:
+                self._ready.append(userId)
+                self._readySet.add(userId)
             return
         self._launch(userId)
 
@@ -322,7 +331,9 @@ class PushSender:
             elif state.attempts == 0 and userId not in self._heap:
                 del self._states[userId]
             while self._ready and self._active < self.settings.concurrency:
-                self._launch(self._ready.pop(0))
+                ready = self._ready.popleft()
+                self._readySet.discard(ready)
+                self._launch(ready)
         for watcher in list(self.attemptEnded):
             watcher(userId)
 

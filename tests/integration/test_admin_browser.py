@@ -108,9 +108,37 @@ class AdminPageTests(BrowserCase):
         message = yield self.browser.waitFor(
             "!document.querySelector('#signin-error').hidden && document.querySelector('#signin-error').textContent")
         self.assertIn("Wrong admin token", message)
+        yield self.shot("admin-signin.png")
         yield self.browser.fill("#token", TOKEN)
         yield self.browser.click("#signin-button")
         yield self.browser.waitFor("!document.querySelector('#app').hidden")
+
+    @inlineCallbacks
+    def screenshotCrowd(self) -> Inline:
+        """
+        For screenshots only: more users (one away, one on two devices),
+        some traffic, and a dashboard that has drawn its rate chart.
+
+        @return: the clients added.
+        """
+        if not os.environ.get("CRM_IM_SCREENSHOTS"):
+            return []
+        clients = []
+        for userId, name in [("dave", "Dave Chen"), ("erin", "Erin Zhou"), ("frank", "Frank Liu")]:
+            yield self.login(userId, userId, name)
+            clients.append(userId)
+        yield self.login("dave-phone", "dave", "Dave Chen")
+        clients.append("dave-phone")
+        yield self.driver.emit("erin", "status_change", {"status": "away"}, ack=True)
+        yield self.driver.emit("dave", "group:create", {"name": "Sales East", "memberIds": ["erin", "frank"]},
+                               ack=True)
+        for index in range(12):
+            yield self.driver.emit("dave", "message", {"toId": "erin", "content": f"m{index}", "type": "text"},
+                                   ack=True)
+            if index % 4 == 3:
+                yield self.browser.waitFor(f"document.querySelector('#stat-rate-sub').textContent.includes('{index + 2}')")
+        yield self.browser.waitFor("document.querySelectorAll('#chart-rate svg').length === 1", timeout=20)
+        return clients
 
     @inlineCallbacks
     def test_dashboardAndUsers(self) -> Inline:
@@ -128,6 +156,7 @@ class AdminPageTests(BrowserCase):
         yield self.browser.waitFor("document.querySelector('#stat-users').textContent === '2'")
         yield self.browser.waitFor("document.querySelector('#stat-sessions').textContent === '2'")
         yield self.browser.waitFor("document.querySelectorAll('#chart-sessions svg').length === 1")
+        extras = yield self.screenshotCrowd()
         yield self.shot("admin-dashboard.png")
 
         yield self.browser.click("nav a[data-view=users]")
@@ -150,8 +179,8 @@ class AdminPageTests(BrowserCase):
         yield self.driver.waitForDisconnect("carol")
         yield self.browser.waitFor("!document.querySelector('tr[data-user-id=\"carol\"]')")
 
-        yield self.driver.close("alice")
-        yield self.driver.close("bob")
+        for client in ["alice", "bob", *extras]:
+            yield self.driver.close(client)
         empty = yield self.browser.waitFor(
             "!document.querySelector('#users-empty').hidden && document.querySelector('#users-empty').textContent")
         self.assertIn("Nobody is online", empty)
@@ -184,6 +213,7 @@ class AdminPageTests(BrowserCase):
         yield self.browser.fill("#export-peer", "bob")
         yield self.browser.click("#export-run")
         yield self.browser.waitFor("document.querySelectorAll('#messages-table tbody tr').length === 3")
+        yield self.shot("admin-export.png")
         download = yield self.browser.download("#export-json")
         self.assertEqual(download["name"], "crm_im-export-alice_bob.json")
         messages = json.loads(download["text"])
@@ -197,6 +227,11 @@ class AdminPageTests(BrowserCase):
         text = yield self.browser.waitFor(
             "document.querySelector('#audit-table tbody tr') && document.querySelector('#audit-table tbody').textContent")
         self.assertIn("broadcast", text)
+        yield self.shot("admin-audit.png")
+        for view in ("groups", "rooms", "broadcast"):
+            yield self.browser.click(f"nav a[data-view={view}]")
+            yield self.browser.waitFor(f"!document.querySelector('#view-{view}').hidden")
+            yield self.shot(f"admin-{view}.png")
         yield self.noExternalFetches()
 
     @inlineCallbacks

@@ -283,20 +283,26 @@
     }
     const timeLabel = (ms) => new Date(ms).toLocaleTimeString(state.lang === "zh" ? "zh-CN" : "en-GB",
       { hour12: false, hour: "2-digit", minute: "2-digit", second: options && options.minutes ? undefined : "2-digit" });
-    add("text", { x: pad.l, y: height - 6, class: "axis" }).textContent = timeLabel(x0);
-    add("text", { x: width - pad.r, y: height - 6, class: "axis", "text-anchor": "end" }).textContent = timeLabel(x1);
     if (options && options.bars) {
-      // One bar per point (the per-minute counts), the newest partial.
+      // One bar per minute in a fixed hour-wide frame, newest (partial) on
+      // the right: a young server shows a few thin bars, not one wide one.
       const series = seriesList[0];
-      const slot = (width - pad.l - pad.r) / Math.max(series.points.length, 1);
+      const slots = Math.max(series.points.length, options.slots || 1);
+      const slot = (width - pad.l - pad.r) / slots;
+      const first = slots - series.points.length;
       series.points.forEach((p, i) => {
         const h = sy(0) - sy(p[1]);
-        add("rect", { x: (pad.l + i * slot + slot * 0.15).toFixed(1), y: sy(p[1]).toFixed(1), width: Math.max(1, slot * 0.7).toFixed(1),
-          height: Math.max(0, h).toFixed(1), rx: 3, class: "bar " + series.class + (i === series.points.length - 1 ? " partial" : "") });
+        add("rect", { x: (pad.l + (first + i) * slot + slot * 0.15).toFixed(1), y: sy(p[1]).toFixed(1), width: Math.max(1, slot * 0.7).toFixed(1),
+          height: Math.max(0, h).toFixed(1), rx: Math.min(3, slot * 0.3).toFixed(1),
+          class: "bar " + series.class + (i === series.points.length - 1 ? " partial" : "") });
       });
+      add("text", { x: pad.l, y: height - 6, class: "axis" }).textContent = t("chart.hourAgo");
+      add("text", { x: width - pad.r, y: height - 6, class: "axis", "text-anchor": "end" }).textContent = t("chart.now");
       container.replaceChildren(svg);
       return;
     }
+    add("text", { x: pad.l, y: height - 6, class: "axis" }).textContent = timeLabel(x0);
+    add("text", { x: width - pad.r, y: height - 6, class: "axis", "text-anchor": "end" }).textContent = timeLabel(x1);
     for (const series of seriesList) {
       if (series.points.length < 1) continue;
       const d = series.points.map((p, i) => (i ? "L" : "M") + sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1)).join(" ");
@@ -328,7 +334,7 @@
       { points: state.sessions, class: "s2", label: t("legend.sessions") },
       { points: state.online, class: "s1", label: t("legend.users") },
     ]);
-    lineChart($("#chart-minutes"), [{ points: (state.minutes || []).map((m) => [m.at, m.count]), class: "s3" }], { minutes: true, bars: true });
+    lineChart($("#chart-minutes"), [{ points: (state.minutes || []).map((m) => [m.at, m.count]), class: "s3" }], { minutes: true, bars: true, slots: 60 });
   }
 
   // ---- users
@@ -361,7 +367,7 @@
           el("span", { class: "muted small", text: (d.address || "") + (d.connectedAt ? " · " + fmtAgo(d.connectedAt) : "") })));
       const status = user.ban
         ? el("span", { class: "badge bad", text: user.ban.until ? t("users.bannedUntil", { t: fmtTime(user.ban.until) }) : t("users.banned") })
-        : el("span", { class: "badge " + (user.online ? "st-" + user.status : "st-offline") }, el("i"), user.online ? user.status : "offline");
+        : el("span", { class: "badge " + (user.online ? "st-" + user.status : "st-offline") }, el("i"), t("status." + (user.online ? user.status : "offline")));
       const actions = el("div", { class: "row-actions" },
         user.online ? el("button", { class: "button small", type: "button", dataset: { action: "kick", user: user.id }, text: t("users.kick"), onclick: () => kick(user) }) : null,
         user.ban

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import inspect
+import os
 from typing import Any, Callable
 
 import orjson
@@ -1078,3 +1079,63 @@ class StartOverBoundTests(PushTestCase):
         self.answer(sender.start())
         self.assertEqual(len(self.outbox()), 2)
         self.assertEqual((sender.depth, self.sample("crm_im_push_dropped_total", reason="overflow")), (2, 3.0))
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    The C{--push-*} options of C{twistd crm_im}.
+    """
+
+    def parse(self, *args: str) -> Any:
+        """
+        The L{Config} of these options.
+        """
+        from crm_im.tap import Options
+
+        options = Options()
+        options.parseOptions(list(args))
+        return options.config
+
+    def test_off(self) -> None:
+        """
+        Without C{--push-gateway} push is off (the defaults of PUSH.md
+        stand ready).
+        """
+        config = self.parse()
+        self.assertEqual(
+            (config.pushGateway, config.pushSecret, config.pushCoalesce, config.pushContent, config.pushMaxOutbox),
+            (None, None, 1.0, "none", 100_000),
+        )
+
+    def test_on(self) -> None:
+        """
+        Every option reaches the config; the secret may come from
+        C{$CRM_IM_PUSH_SECRET} instead.
+        """
+        config = self.parse(
+            "--push-gateway", "https://sygnal.example/_matrix/push/v1/notify", "--push-coalesce-ms", "250",
+            "--push-content", "preview", "--push-concurrency", "4", "--push-timeout", "3", "--push-max-outbox", "50",
+            "--push-secret", "s3cret",
+        )
+        self.assertEqual(
+            (config.pushGateway, config.pushSecret, config.pushCoalesce, config.pushContent,
+             config.pushConcurrency, config.pushTimeout, config.pushMaxOutbox),
+            ("https://sygnal.example/_matrix/push/v1/notify", "s3cret", 0.25, "preview", 4, 3.0, 50),
+        )
+        self.patch(os, "environ", dict(os.environ, CRM_IM_PUSH_SECRET="from-env"))
+        self.assertEqual(self.parse("--push-gateway", "http://g/").pushSecret, "from-env")
+
+    def test_refused(self) -> None:
+        """
+        A gateway that is no http(s) URL, an unknown content mode and a
+        bound that is not positive are refused.
+        """
+        from twisted.python.usage import UsageError
+
+        for args in (
+            ("--push-gateway", "sygnal:5000"),
+            ("--push-content", "full"),
+            ("--push-max-outbox", "0"),
+            ("--push-concurrency", "-1"),
+        ):
+            self.assertRaises(UsageError, self.parse, *args)

@@ -316,7 +316,7 @@ class TwistdTests(ProcessTestCase):
         Invalid options end C{twistd crm_im} with a non-zero exit and a
         usage error naming the option, before anything listens.
         """
-        cases = [(["--port", "abc"], "--port must be an integer"),
+        cases = [(["--port", "abc"], "--port must be a number"),
                  (["--sqlite-synchronous", "nope"], "--sqlite-synchronous must be one of"),
                  (["--ping-interval", "-5"], "--ping-interval must be positive")]
         processes = [(self.spawn([sys.executable, "-c", TWISTD, "-n", "--pidfile=", "crm_im",

@@ -16,7 +16,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from crm_im.auth import AuthenticationError, Claims
-from crm_im.im.admin import Actor, AdminHandlers, reservedEvent
+from crm_im.im.admin import Actor, AdminHandlers
+from crm_im.im.reserved import reservedEvent
 from crm_im.im.core import IMCore, IMSettings
 from crm_im.im.errors import FORBIDDEN, INVALID_PAYLOAD, NOT_FOUND, IMError
 from crm_im.presence import Presence

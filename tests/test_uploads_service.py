@@ -119,8 +119,7 @@ class ServiceTestsMixin:
             from twisted.python.failure import Failure
 
             sink.connectionLost(Failure(ConnectionError("gone")))
-            while fileId in self.service.active and self.service.active[fileId].upload.writer:
-                await _turn()
+            await sink.finished
             return None
         sink.bodyDone()
         if request.early:
@@ -295,12 +294,6 @@ class ServiceTestsMixin:
         refused = [r for ok, r in results if not ok]
         self.assertEqual(len(refused), 1)  # type: ignore[attr-defined]
         self.assertTrue(refused[0].check(UploadRefused))  # type: ignore[attr-defined]
-
-
-async def _turn() -> None:
-    from twisted.internet.task import deferLater
-
-    await deferLater(reactor, 0, lambda: None)
 
 
 class MemoryServiceTests(ServiceTestsMixin, TestCase):

@@ -21,38 +21,12 @@ from typing import Any, Awaitable, Callable, Iterable
 import msgpack
 from twisted.logger import Logger
 
+from ..im.reserved import reservedEvent
 from ..socketio.packet import encodeEvent
 
 #: Socket.IO's EVENT and BINARY_EVENT packet types.
 _EVENT_TYPES = (2, 5)
 
-#: The IM's own server -> client events, and Socket.IO's reserved names.
-RESERVED_EVENTS = frozenset(
-    [
-        "message",
-        "history",
-        "typing",
-        "file_transfer",
-        "status_change",
-        "online_users",
-        "groups",
-        "error",
-        "connect",
-        "connect_error",
-        "disconnect",
-        "disconnecting",
-        "newListener",
-        "removeListener",
-    ]
-)
-RESERVED_PREFIXES = ("message:", "user:", "group:", "room:", "server:", "system:", "auth:", "file:")
-
-
-def reservedEvent(event: str) -> bool:
-    """
-    Whether a back end may not publish C{event} (an IM event name).
-    """
-    return event in RESERVED_EVENTS or event.startswith(RESERVED_PREFIXES)
 
 
 def adapterPattern(prefix: str, namespace: str = "/") -> str:

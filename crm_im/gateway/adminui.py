@@ -35,7 +35,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ..im.admin import Actor, AdminHandlers, reservedEvent
+from ..im.admin import Actor, AdminHandlers
+from ..im.reserved import reservedEvent
 from ..im.rooms import RoomPresence
 from ..presence import Presence, UserPresence
 from ..rest.auth import AdminAuthenticator, AdminRefused

@@ -31,18 +31,27 @@ class CORSPolicy:
         """
         return self._allowed is None or (origin is not None and origin in self._allowed)
 
+    def headersFor(self, origin: bytes | None) -> dict[bytes, bytes]:
+        """
+        The CORS response headers for a request from C{origin} (for
+        callers that answer without a L{IRequest}'s header methods).
+        """
+        if self._allowed is None:
+            return {b"access-control-allow-origin": b"*"}
+        if origin is not None and origin in self._allowed:
+            return {
+                b"vary": b"Origin",
+                b"access-control-allow-origin": origin,
+                b"access-control-allow-credentials": b"true",
+            }
+        return {b"vary": b"Origin"}
+
     def apply(self, request: IRequest) -> None:
         """
         Set the CORS response headers for C{request}.
         """
-        if self._allowed is None:
-            request.setHeader(b"access-control-allow-origin", b"*")
-            return
-        origin = request.getHeader(b"origin")
-        request.setHeader(b"vary", b"Origin")
-        if origin is not None and origin in self._allowed:
-            request.setHeader(b"access-control-allow-origin", origin)
-            request.setHeader(b"access-control-allow-credentials", b"true")
+        for name, value in self.headersFor(request.getHeader(b"origin")).items():
+            request.setHeader(name, value)
 
     def preflight(self, request: IRequest) -> bytes:
         """

@@ -46,6 +46,7 @@ from .core import IMCore
 from .errors import FORBIDDEN, INVALID_PAYLOAD, NOT_FOUND, IMError
 from .groups import orderedMembers, memberWire, groupWire
 from .interfaces import Caller
+from .reserved import reservedEvent
 
 #: Who admin actions are by, in what clients see (C{by: "admin"}).
 ADMIN_BY = "admin"
@@ -60,37 +61,6 @@ MINUTES_KEPT = 60
 #: The longest broadcast and kick/ban reason.
 MAX_NOTICE = 4096
 MAX_REASON = 1024
-
-#: Events a back end may not publish: the IM's own server -> client events
-#: (a back end cannot forge a chat message) and Socket.IO's reserved names.
-RESERVED_EVENTS = frozenset(
-    [
-        "message",
-        "history",
-        "typing",
-        "file_transfer",
-        "status_change",
-        "online_users",
-        "groups",
-        "error",
-        "connect",
-        "connect_error",
-        "disconnect",
-        "disconnecting",
-        "newListener",
-        "removeListener",
-    ]
-)
-RESERVED_PREFIXES = ("message:", "user:", "group:", "room:", "server:", "system:", "auth:", "file:")
-
-
-def reservedEvent(event: str) -> bool:
-    """
-    Whether C{event} is one of the IM's own server -> client events (or a
-    Socket.IO reserved name), which a back end may not publish.
-    """
-    return event in RESERVED_EVENTS or event.startswith(RESERVED_PREFIXES)
-
 
 @attrs.frozen
 class Actor:

@@ -554,6 +554,8 @@ class UploadSink:
     @ivar result: fires with C{(status, headers)} for the response, or
         fails with L{tus.TusError}.
     @ivar peakQueued: the most body bytes held in memory at once.
+    @ivar finished: fires once the write is over, whatever its outcome
+        (the part file closed, the upload free for its next writer).
     """
 
     log = Logger()
@@ -584,6 +586,7 @@ class UploadSink:
         self._error: tus.TusError | None = None
         self._wake: Deferred[None] | None = None
         self.peakQueued = 0
+        self.finished: Deferred[None] = Deferred()
 
     def _header(self, name: bytes) -> bytes | None:
         value = self.headers.getRawHeaders(name)
@@ -596,6 +599,7 @@ class UploadSink:
         self.request.pauseReading()
         d = ensureDeferred(self._run())
         d.addErrback(lambda f: self.log.failure("upload {fileId}", f, fileId=self.fileId))
+        d.addBoth(lambda _: self.finished.callback(None))
 
     def _poke(self) -> None:
         wake, self._wake = self._wake, None
@@ -680,13 +684,7 @@ class UploadSink:
             headers[b"content-type"] = b"application/json; charset=utf-8"
             cors = self.service.cors
             if cors is not None:
-                origin = self._header(b"origin")
-                if cors.origins is None:
-                    headers[b"access-control-allow-origin"] = b"*"
-                elif origin is not None and cors.allows(origin):
-                    headers[b"access-control-allow-origin"] = origin
-                    headers[b"access-control-allow-credentials"] = b"true"
-                    headers[b"vary"] = b"Origin"
+                headers.update(cors.headersFor(self._header(b"origin")))
             self.request.answerEarly(error.status, _reason(error.status), headers, errorBody(error))
         elif not self._lost:
             self.result.errback(error)

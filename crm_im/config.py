@@ -7,6 +7,7 @@ from the command line and the environment (L{crm_im.tap}).
 from __future__ import annotations
 
 import os
+import socket
 
 import attrs
 
@@ -127,6 +128,11 @@ class Config:
     urlSecret: str | None = attrs.field(default=None, repr=False)
     allowEIO3: bool = False
     recoveryWindow: float = 0.0
+    redis: str | None = attrs.field(default=None, repr=False)
+    nodeId: str | None = None
+    nodeTTL: float = 15.0
+    redisPrefix: str = "socket.io"
+    nodeAddress: str | None = None
 
     def storeURL(self) -> str:
         """
@@ -136,6 +142,17 @@ class Config:
         if self.store is not None:
             return self.store
         return "sqlite:" + os.path.join(self.dataDir, "crm_im.sqlite3")
+
+    def clusterNodeId(self, port: int | None = None) -> str:
+        """
+        This node's id: C{--node-id}, else the host name and the port
+        (C{port}, else the first C{tcp:} listening port).
+        """
+        if self.nodeId is not None:
+            return self.nodeId
+        if port is None:
+            port = firstTCPPort(self.listen)
+        return f"{socket.gethostname()}:{port}"
 
     def engineConfig(self) -> EngineIOConfig:
         """
@@ -151,3 +168,19 @@ class Config:
             maxSessionsPerAddress=self.limits.connectionsPerAddress,
             exemptAddresses=self.limits.exemptAddresses,
         )
+
+
+def firstTCPPort(listen: tuple[str, ...]) -> int | None:
+    """
+    The port of the first C{tcp:PORT[:...]} (or C{ssl:}) endpoint in
+    C{listen}; L{None} if there is none (C{systemd:}, C{unix:}).
+    """
+    for description in listen:
+        kind, _, rest = description.partition(":")
+        if kind in ("tcp", "ssl", "tcp6"):
+            head = rest.split(":", 1)[0]
+            if head.startswith("port="):
+                head = head[5:]
+            if head.isdigit():
+                return int(head)
+    return None

@@ -7,7 +7,9 @@ twistd plugin and C{crm_im.tac}.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 from twisted.application.service import IService
@@ -16,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
 from .auth import JWT, MODES, OPEN
-from .config import Config
+from .config import Config, firstTCPPort
 from .limits import LimitSettings
 from .startup import DataDirError, FailedStart, checkDataDir
 
@@ -139,6 +141,16 @@ class Options(usage.Options):
         ["upload-expiry", None, 3600, "Seconds an unfinished upload stays open after its last byte."],
         ["url-secret", None, None, "Secret signing upload tokens and download links; prefer $CRM_IM_URL_SECRET. "
          "Default: a random key kept in the data directory (url-secret)."],
+        ["redis", None, None, "Cluster mode: the Redis URL redis://[:password@]host:6379/0 shared by every node "
+         "(also: $CRM_IM_REDIS; prefer it for a password). Needs a store shared by the nodes (--store postgresql://...)."],
+        ["node-id", None, None, "This node's name in the cluster (letters, digits, . _ : @ -; default: the host name "
+         "and the port, e.g. crm1:8080). A node restarted with the same id drops its previous life's devices."],
+        ["node-ttl", None, None, "Seconds without a heartbeat after which the other nodes drop this node's devices "
+         "(default 15, at least 1)."],
+        ["redis-prefix", None, None, "Channel prefix of the Socket.IO Redis adapter/emitter broadcasts crm_im listens to "
+         "(default socket.io, the emitter's); several clusters sharing one Redis use their own."],
+        ["node-address", None, None, "The internal http://host:port the other nodes forward long-polling requests to "
+         "(default: http://127.0.0.1:<first listening port>, right for nodes on one machine only)."],
         ["admin-token", None, None, "Token of the admin API and page at /admin/ (Authorization: Bearer); prefer "
          "$CRM_IM_ADMIN_TOKEN (not shown by ps). Without it (or --auth jwt) the admin API answers 404."],
     ]
@@ -269,6 +281,7 @@ class Options(usage.Options):
         )
         self.config = attrs.evolve(self.config, **_push(self))
         self.config = attrs.evolve(self.config, **_files(self))
+        self.config = attrs.evolve(self.config, **_cluster(self, self.config))
         if not 0 <= self.config.recoveryWindow <= 86400:
             raise usage.UsageError("--recovery-window must be between 0 and 86400 seconds")
         if self.config.maxRoomsPerUser < 0 or self.config.recallWindow < 0:
@@ -321,6 +334,63 @@ def _files(options: "Options") -> dict[str, Any]:
         uploadExpiry=_number("upload-expiry", options["upload-expiry"], float) or 3600.0,
         urlSecret=secret,
     )
+
+
+#: What a node id may be made of (it names Redis keys and channels).
+_NODE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+
+
+def _cluster(options: "Options", config: Config) -> dict[str, Any]:
+    """
+    The cluster settings (CLUSTER.md): C{--redis} turns clustering on; the
+    other options need it.
+    """
+    from .cluster.connection import RedisAddress
+
+    url = options["redis"] or os.environ.get("CRM_IM_REDIS") or None
+    given = [name for name in ("node-id", "node-ttl", "redis-prefix", "node-address") if options[name] is not None]
+    if url is None:
+        if given:
+            raise usage.UsageError(f"--{given[0]} needs --redis (or $CRM_IM_REDIS): without it there is one node")
+        return {}
+    try:
+        RedisAddress.parse(url)
+    except ValueError as error:
+        raise usage.UsageError(f"--redis: {error}")
+    nodeId = options["node-id"]
+    if nodeId is not None and not _NODE_ID.fullmatch(nodeId):
+        raise usage.UsageError("--node-id must be 1 to 128 letters, digits or . _ : @ -")
+    if nodeId is None:
+        port = firstTCPPort(config.listen)
+        if not port:
+            raise usage.UsageError(
+                "--redis needs --node-id when the port is 0 or no --listen endpoint is tcp:PORT "
+                "(the default node id is the host name and the port)"
+            )
+    ttl = 15.0 if options["node-ttl"] is None else _number("node-ttl", options["node-ttl"], float)
+    if not 1 <= ttl <= 3600:
+        raise usage.UsageError("--node-ttl must be between 1 and 3600 seconds")
+    prefix = "socket.io" if options["redis-prefix"] is None else str(options["redis-prefix"])
+    if not prefix or len(prefix) > 100 or "#" in prefix or any(c.isspace() for c in prefix):
+        raise usage.UsageError("--redis-prefix must be 1 to 100 characters, without '#' or spaces")
+    address = options["node-address"]
+    if address is not None:
+        parts = urlsplit(address)
+        try:
+            parts.port
+        except ValueError:
+            raise usage.UsageError(f"--node-address: bad port in {address!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query:
+            raise usage.UsageError("--node-address must be an http:// or https:// URL of host and port, e.g. http://10.0.0.5:8080")
+        address = f"{parts.scheme}://{parts.netloc}"
+    from .storage.engines import POSTGRES_SCHEMES
+
+    if config.store is None or not config.store.startswith(POSTGRES_SCHEMES):
+        raise usage.UsageError(
+            "--redis needs a store every node shares: --store postgresql://... (or $CRM_IM_STORE); "
+            "crm_im-migrate copies a SQLite store there"
+        )
+    return dict(redis=url, nodeId=nodeId, nodeTTL=ttl, redisPrefix=prefix, nodeAddress=address)
 
 
 def _exitZeroAfterShutdown(reactor: Any) -> None:

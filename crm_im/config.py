@@ -127,7 +127,7 @@ class Config:
     uploadExpiry: float = 3600.0
     urlSecret: str | None = attrs.field(default=None, repr=False)
     allowEIO3: bool = False
-    recoveryWindow: float = 0.0
+    recoveryWindow: float = 120.0
     redis: str | None = attrs.field(default=None, repr=False)
     nodeId: str | None = None
     nodeTTL: float = 15.0

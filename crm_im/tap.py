@@ -93,7 +93,7 @@ class Options(usage.Options):
         ["max-payload", None, 1_000_000, "Largest packet or HTTP body, in bytes."],
         ["connect-timeout", None, 45000, "Milliseconds a client may take to connect to a namespace."],
         ["max-message-length", None, 65536, "Longest text message content, in characters."],
-        ["recovery-window", None, 0, "Seconds within which a Socket.IO 4.6+ client that lost its connection "
+        ["recovery-window", None, 120, "Seconds within which a Socket.IO 4.6+ client that lost its connection "
          "gets its socket, login, rooms and missed messages back (connection state recovery; 0: off)."],
         ["presence-grace", None, 0, "Seconds a user stays online after the last device disconnects."],
         ["store", None, None, "Where messages are stored: sqlite:PATH (default: crm_im.sqlite3 in --data-dir) or "

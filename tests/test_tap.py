@@ -98,7 +98,7 @@ class OptionsTests(SynchronousTestCase):
     def test_legacyClientsAndRecovery(self) -> None:
         """
         Engine.IO v3 clients are refused unless C{--allow-eio3}; connection
-        state recovery is off by default, C{--recovery-window}
+        state recovery is on for 120 s by default, C{--recovery-window}
         sets it (C{0}: off) and the service's Socket.IO server gets both.
         """
         from twisted.internet import reactor
@@ -109,7 +109,7 @@ class OptionsTests(SynchronousTestCase):
         config = parse()
         self.assertFalse(config.allowEIO3)
         self.assertFalse(config.engineConfig().allowEIO3)
-        self.assertEqual(config.recoveryWindow, 0)
+        self.assertEqual(config.recoveryWindow, 120)
         config = parse("--allow-eio3", "--recovery-window", "2.5")
         self.assertTrue(config.engineConfig().allowEIO3)
         self.assertEqual(config.recoveryWindow, 2.5)

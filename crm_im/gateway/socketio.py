@@ -108,6 +108,9 @@ class SocketIOGateway:
         self.route("push:register", core.push.register)
         self.route("push:unregister", core.push.unregister)
         self.route("group:mute", core.push.mute)
+        self.route("keys:upload", core.keys.upload)
+        self.route("keys:query", core.keys.query)
+        self.route("keys:claim", core.keys.claim)
         self.route("file:upload", lambda caller, data: core.fileHandlers().upload(caller, data))
         self.route("file:url", lambda caller, data: core.fileHandlers().url(caller, data))
 
@@ -320,15 +323,22 @@ class SocketIOGateway:
 
     def start(self) -> None:
         """
-        Start the sweeps (token expiry).
+        Start the sweeps (token expiry, recovery deadlines).
         """
         self.core.tokens.start()
+        self.core.sessions.start()
 
     def stop(self) -> None:
         """
-        Stop the sweeps.
+        Stop the sweeps and the drop timeouts: no timer outlives the
+        server.
         """
         self.core.tokens.stop()
+        self.core.sessions.stop()
+        dropping, self._dropping = self._dropping, {}
+        for timeout in dropping.values():
+            if timeout.active():
+                timeout.cancel()
 
     def announceShutdown(self) -> None:
         """

@@ -225,6 +225,20 @@ class Sessions:
             self.messaging.catchUp(user.id, device).addCallback(self._sendGroups, user.id, device)
         return True
 
+    def start(self) -> None:
+        """
+        Run the recovery deadlines again after L{stop}.
+        """
+        self._resumeDeadlines.start()
+
+    def stop(self) -> None:
+        """
+        The server stops: no deadline of a socket that may come back
+        outlives it (its heap's timer is disarmed; a process that exits
+        forgets the held sockets, the store keeps what recovery needs).
+        """
+        self._resumeDeadlines.stop()
+
     def _resumeExpired(self, device: object) -> None:
         """
         A socket that could have come back did not: it leaves its rooms.

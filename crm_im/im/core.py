@@ -21,6 +21,7 @@ from .errors import NOT_FOUND, IMError
 from .files import FileHandlers, UploadDesk
 from .groups import GroupDirectory, GroupHandlers, GroupLimits
 from .interfaces import IRouter
+from .keys import KeyHandlers, KeyLimits
 from .messaging import Messaging, MessagingSettings
 from .push import PushHandlers
 from ..notify.directory import PushDirectory
@@ -39,6 +40,8 @@ class IMSettings:
     @ivar logEvents: log a line per event (the original's C{[消息]} lines).
     @ivar recallWindow: seconds a sender may recall a message.
     @ivar groups: group limits. @ivar rooms: room limits.
+    @ivar maxCiphertext: the largest ciphertext of an encrypted message
+        (the server's maxPayload). @ivar keys: the key directory's limits.
     """
 
     maxMessageLength: int = 65536
@@ -47,6 +50,8 @@ class IMSettings:
     recallWindow: float = 120.0
     groups: GroupLimits = GroupLimits()
     rooms: RoomLimits = RoomLimits()
+    maxCiphertext: int = 1_000_000
+    keys: KeyLimits = KeyLimits()
 
 
 class IMCore:
@@ -65,9 +70,12 @@ class IMCore:
         authenticator: IAuthenticator | None = None,
         limits: LimitSettings | None = None,
         metrics: IMMetrics | None = None,
+        roomPresence: RoomPresence | None = None,
     ) -> None:
         """
         @param store: provides L{IMessageStore} and L{IConversationStore}.
+        @param roomPresence: who is in which chat room (a cluster passes
+            one spanning its nodes); by default this process's own.
         """
         settings = settings if settings is not None else IMSettings()
         self.settings = settings
@@ -85,7 +93,7 @@ class IMCore:
         )
         self.directory = GroupDirectory(store)  # type: ignore[arg-type]
         self.groups = GroupHandlers(store, self.directory, router, clock, settings.groups)  # type: ignore[arg-type]
-        self.roomPresence = RoomPresence()
+        self.roomPresence = roomPresence if roomPresence is not None else RoomPresence()
         self.rooms = RoomHandlers(store, store, self.roomPresence, presence, router, clock, settings.rooms)  # type: ignore[arg-type]
         self.messaging = Messaging(
             store,  # type: ignore[arg-type]
@@ -96,13 +104,17 @@ class IMCore:
             self.directory,
             self.rooms,
             clock,
-            MessagingSettings(settings.maxMessageLength, settings.recallWindow, settings.logEvents),
+            MessagingSettings(
+                settings.maxMessageLength, settings.recallWindow, settings.logEvents, settings.maxCiphertext
+            ),
             self.metrics,
         )
         #: pushkeys and mutes in memory; the message path reads them once
         #: the wiring enables push (L{enablePush})
         self.pushDirectory = PushDirectory()
         self.push = PushHandlers(store, self.pushDirectory, self.directory, clock)
+        #: the end-to-end key directory (ENCRYPTION.md)
+        self.keys = KeyHandlers(store, router, clock, settings.keys)  # type: ignore[arg-type]
         self.sessions = Sessions(
             presence,
             router,

@@ -57,11 +57,14 @@ class MessagingSettings:
     @ivar recallWindow: seconds after sending during which a sender may
         recall a message.
     @ivar logEvents: log a line per message (the original's C{[消息]}).
+    @ivar maxCiphertext: the largest ciphertext of an encrypted message, in
+        characters (the server's maxPayload).
     """
 
     maxMessageLength: int = 65536
     recallWindow: float = 120.0
     logEvents: bool = True
+    maxCiphertext: int = validation.MAX_CIPHERTEXT
 
 
 class Notifier(Protocol):
@@ -168,7 +171,8 @@ class Messaging:
         """
         C{message}: store durably, deliver, then answer with the receipt.
         """
-        request = validation.message(data, caller.userId, self.settings.maxMessageLength)
+        settings = self.settings
+        request = validation.message(data, caller.userId, settings.maxMessageLength, settings.maxCiphertext)
         toId = request.toId
         notify: tuple[str, ...] = ()
         if toId is not None and toId in self.pushUsers:
@@ -188,6 +192,8 @@ class Messaging:
             groupId=request.groupId,
             roomId=request.roomId,
             notify=notify,
+            ciphertext=request.ciphertext,
+            algorithm=request.algorithm,
         )
         if request.fileId is not None:
             return ensureDeferred(self._sendFile(caller, new, request.fileId, request.mentions))

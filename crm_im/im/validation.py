@@ -160,6 +160,10 @@ class MessageRequest:
     mentions: tuple[str, ...] = ()
     #: an uploaded file a C{file} message carries (FILES.md)
     fileId: str | None = None
+    #: a C{type: 'encrypted'} message's ciphertext, as sent (ENCRYPTION.md)
+    ciphertext: str | dict[str, str] | None = None
+    #: an encrypted message's algorithm
+    algorithm: str | None = None
 
 
 #: Users one message may mention.
@@ -226,9 +230,82 @@ def messageId(value: Any) -> str:
     return clientId(value, "id")
 
 
-def message(data: Any, loggedInId: str, maxLength: int) -> MessageRequest:
+#: The longest C{algorithm} of an encrypted message.
+MAX_ALGORITHM = 64
+#: Device ids one encrypted message may address (its ciphertext object).
+MAX_CIPHERTEXT_DEVICES = 1000
+#: The default bound of an encrypted message's ciphertext, in characters
+#: of its strings and device ids together (the server's maxPayload).
+MAX_CIPHERTEXT = 1_000_000
+
+
+def ciphertext(value: Any, maxSize: int) -> str | dict[str, str]:
+    """
+    An encrypted message's C{ciphertext}: a non-empty string, or an object
+    of non-empty strings keyed by recipient device id; at most C{maxSize}
+    characters in all (device ids counted). Kept exactly as sent.
+    """
+    if isinstance(value, str):
+        if not value:
+            raise _invalid("ciphertext must not be empty")
+        if len(value) > maxSize:
+            raise IMError(TOO_LARGE, f"ciphertext is longer than {maxSize} characters")
+        return value
+    if not isinstance(value, dict) or not value:
+        raise _invalid("ciphertext must be a string or an object of strings keyed by device id")
+    if len(value) > MAX_CIPHERTEXT_DEVICES:
+        raise _invalid(f"ciphertext may address at most {MAX_CIPHERTEXT_DEVICES} devices")
+    size = 0
+    for deviceId, part in value.items():
+        if not deviceId or len(deviceId) > MAX_ID:
+            raise _invalid(f"ciphertext keys must be device ids of 1..{MAX_ID} characters")
+        if not isinstance(part, str) or not part:
+            raise _invalid("ciphertext must be a string or an object of strings keyed by device id")
+        size += len(deviceId) + len(part)
+    if size > maxSize:
+        raise IMError(TOO_LARGE, f"ciphertext is longer than {maxSize} characters")
+    return value
+
+
+def _encrypted(data: dict[str, Any], id: str, maxCiphertext: int) -> MessageRequest:
+    """
+    The rest of a C{type: 'encrypted'} message (ENCRYPTION.md): C{toId} or
+    C{groupId}, C{ciphertext} and C{algorithm}, no C{content} (the server
+    holds no plaintext), no file.
+    """
+    if data.get("content") is not None:
+        raise _invalid("an encrypted message has no content (send ciphertext)")
+    for field in ("fileUrl", "fileName", "fileId"):
+        if data.get(field) is not None:
+            raise _invalid(f"an encrypted message has no {field}")
+    where = target(data)
+    if where.roomId is not None:
+        raise _invalid("encrypted messages go to a user (toId) or a group (groupId), not a room")
+    algorithm = text(data.get("algorithm"), "algorithm", MAX_ALGORITHM, 1)
+    timestamp = data.get("timestamp")
+    if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float, type(None))):
+        raise _invalid("timestamp must be a number")
+    return MessageRequest(
+        id=id,
+        toId=where.toId,
+        topic=optionalText(data.get("topic"), "topic", MAX_TOPIC),
+        type="encrypted",
+        content="",
+        fileUrl=None,
+        fileName=None,
+        timestamp=timestamp,
+        groupId=where.groupId,
+        mentions=mentions(data.get("mentions")) if where.groupId is not None else (),
+        ciphertext=ciphertext(data.get("ciphertext"), maxCiphertext),
+        algorithm=algorithm,
+    )
+
+
+def message(data: Any, loggedInId: str, maxLength: int, maxCiphertext: int = MAX_CIPHERTEXT) -> MessageRequest:
     """
     Validate C{message}.
+
+    @param maxCiphertext: the bound of an encrypted message's ciphertext.
     """
     data = payloadObject(data, "message")
     raw = data.get("id")
@@ -239,7 +316,9 @@ def message(data: Any, loggedInId: str, maxLength: int) -> MessageRequest:
         if kind is None:
             kind = "text"
         if kind not in ("text", "file"):
-            raise _invalid("type must be 'text' or 'file'")
+            if kind == "encrypted":
+                return _encrypted(data, id, maxCiphertext)
+            raise _invalid("type must be 'text', 'file' or 'encrypted'")
         content = data.get("content", "" if kind == "file" else None)
         if not isinstance(content, str):
             raise _invalid("content must be a string")

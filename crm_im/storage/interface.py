@@ -110,6 +110,11 @@ class NewMessage:
         C{fileUrl} is then the unsigned path, signed when sent.
     @ivar fileSize: the stored file's size in bytes.
     @ivar mimeType: the stored file's MIME type.
+    @ivar ciphertext: a C{type: 'encrypted'} message's ciphertext, as the
+        client sent it (a string, or an object of strings keyed by device
+        id); its C{content} is C{''}. Stored and relayed untouched
+        (ENCRYPTION.md).
+    @ivar algorithm: an encrypted message's algorithm name.
     """
 
     fromId: str
@@ -130,6 +135,8 @@ class NewMessage:
     fileId: str | None = None
     fileSize: int | None = None
     mimeType: str | None = None
+    ciphertext: str | dict[str, str] | None = None
+    algorithm: str | None = None
 
     @property
     def conversation(self) -> str:
@@ -157,6 +164,8 @@ class StoredMessage:
         L{None}; group and room messages use read cursors instead.
     @ivar recalledBy: who recalled it (its content and file are gone), or
         L{None}.
+    @ivar ciphertext: see L{NewMessage.ciphertext} (gone once recalled).
+    @ivar algorithm: see L{NewMessage.algorithm}.
     """
 
     seq: int
@@ -180,6 +189,8 @@ class StoredMessage:
     fileId: str | None = None
     fileSize: int | None = None
     mimeType: str | None = None
+    ciphertext: str | dict[str, str] | None = None
+    algorithm: str | None = None
 
     @property
     def conversation(self) -> str:
@@ -220,6 +231,8 @@ class StoredMessage:
             fileId=msg.fileId,
             fileSize=msg.fileSize,
             mimeType=msg.mimeType,
+            ciphertext=msg.ciphertext,
+            algorithm=msg.algorithm,
         )
 
     def toWire(self) -> dict[str, Any]:
@@ -228,7 +241,8 @@ class StoredMessage:
 
         @return: a dict with C{id}, C{fromId}, C{fromName}, one of
             C{toId}/C{groupId}/C{roomId}, C{content}, C{type},
-            C{serverTimestamp} and C{seq}, plus C{topic}, C{timestamp} (the
+            C{serverTimestamp} and C{seq} (an encrypted message:
+            C{algorithm} and C{ciphertext} instead of C{content}), plus C{topic}, C{timestamp} (the
             client's), C{fileUrl}, C{fileName}, C{system} and
             C{recalled}/C{recalledBy} when they apply.
         """
@@ -243,7 +257,14 @@ class StoredMessage:
             wire["groupId"] = self.groupId
         else:
             wire["roomId"] = self.roomId
-        wire["content"] = self.content
+        if self.algorithm is None:
+            wire["content"] = self.content
+        else:
+            # type 'encrypted' (ENCRYPTION.md): no content, the ciphertext
+            # as it came (none left once recalled)
+            wire["algorithm"] = self.algorithm
+            if self.ciphertext is not None:
+                wire["ciphertext"] = self.ciphertext
         wire["type"] = self.type
         wire["serverTimestamp"] = self.serverTimestamp
         wire["seq"] = self.seq
@@ -508,6 +529,13 @@ class IFileStore(Interface):
         Where the bytes of C{record} are.
         """
 
+    def resourceFor(path: FilePath[str], mimeType: str) -> Any:
+        """
+        A static resource (L{twisted.web.static.File}: C{Range}, C{HEAD})
+        serving the bytes at C{path} as C{mimeType}, decrypted as they are
+        sent if they are sealed at rest.
+        """
+
 
 class IFileBytes(IFileStore):
     """
@@ -565,6 +593,18 @@ class IFileBytes(IFileStore):
     def thumbnailPath(sha256: str) -> FilePath[str]:
         """
         Where the thumbnail of blob C{sha256} is.
+        """
+
+    def openBytes(path: FilePath[str]) -> Any:
+        """
+        The plaintext bytes at C{path} as a binary file object, decrypted as
+        read if sealed at rest (blocking: call it through L{run}).
+        """
+
+    def writeBytes(path: FilePath[str], data: bytes) -> None:
+        """
+        Write C{data} to C{path} atomically, sealed if encryption at rest is
+        on (blocking: call it through L{run}).
         """
 
     def run(func: Any, *args: Any) -> Deferred[Any]:

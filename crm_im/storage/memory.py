@@ -26,12 +26,14 @@ from .interface import (
     directConversation,
 )
 from .memoryconversations import MemoryConversationStore
+from .keys import IKeyStore
+from .memorykeys import MemoryKeyStore
 from .memorypush import MemoryPushStore
 from .outbox import IPushStore
 
 
-@implementer(IMessageStore, IConversationStore, IFileMetadata, IPushStore)
-class MemoryMessageStore(MemoryConversationStore, MemoryPushStore):
+@implementer(IMessageStore, IConversationStore, IFileMetadata, IPushStore, IKeyStore)
+class MemoryMessageStore(MemoryConversationStore, MemoryPushStore, MemoryKeyStore):
     """
     Messages and file records in dicts.
 
@@ -50,6 +52,7 @@ class MemoryMessageStore(MemoryConversationStore, MemoryPushStore):
         self._closed = False
         MemoryConversationStore.__init__(self)
         MemoryPushStore.__init__(self)
+        MemoryKeyStore.__init__(self)
 
     def _check(self, desc: str) -> None:
         """
@@ -243,7 +246,15 @@ class MemoryMessageStore(MemoryConversationStore, MemoryPushStore):
         if message is None or message.recalledBy is not None:
             return succeed(None)
         stub = attrs.evolve(
-            message, content="", fileUrl=None, fileName=None, fileId=None, fileSize=None, mimeType=None, recalledBy=by
+            message,
+            content="",
+            fileUrl=None,
+            fileName=None,
+            fileId=None,
+            fileSize=None,
+            mimeType=None,
+            ciphertext=None,
+            recalledBy=by,
         )
         self.messages[seq] = stub
         return succeed(stub)

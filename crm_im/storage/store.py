@@ -17,6 +17,7 @@ from .commit import GroupCommit, Write
 from .conversations import SQLConversationStore
 from .database import Transaction
 from .filerecords import fileRecord_txn, recordFile_txn
+from .keys import IKeyStore, SQLKeyStore
 from .outbox import IPushStore, SQLPushStore
 from .interface import (
     FileRecord,
@@ -47,11 +48,11 @@ from .messages import (
 __all__ = ["INSERT_CHUNK", "SQLMessageStore", "markDelivered_txn", "storeMessages_txn"]
 
 
-@implementer(IMessageStore, IConversationStore, IFileMetadata, IPushStore)
-class SQLMessageStore(GroupCommit, SQLConversationStore, SQLPushStore):
+@implementer(IMessageStore, IConversationStore, IFileMetadata, IPushStore, IKeyStore)
+class SQLMessageStore(GroupCommit, SQLConversationStore, SQLPushStore, SQLKeyStore):
     """
-    Messages, conversations, file records and push registrations on a
-    L{Database}, with group commit.
+    Messages, conversations, file records, push registrations and the
+    end-to-end key directory on a L{Database}, with group commit.
     """
 
     def runBatch_txn(self, txn: Transaction, batch: Sequence[Write]) -> list[tuple[bool, Any]]:

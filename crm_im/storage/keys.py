@@ -1,0 +1,386 @@
+# -*- test-case-name: tests.test_keys_storage -*-
+"""
+The key directory of end-to-end encryption (ENCRYPTION.md, "End to end"):
+each device's public identity key and signed pre-key, and its one-time
+pre-keys, as C{*_txn} functions run on the pool thread, and L{SQLKeyStore},
+their methods on the SQL store.
+
+The server never holds a private key: it stores what devices publish and
+hands it to whoever asks. The one property that needs the database is that
+a one-time key is handed out at most once: L{claim_txn} deletes it in the
+transaction that returns it (C{DELETE ... RETURNING}), which on PostgreSQL
+also skips a row another transaction holds (C{FOR UPDATE SKIP LOCKED}), so
+two claimers, on one node or two, never get the same key. Writes go through
+the store's group commit, whose batches on PostgreSQL take the engine's
+write lock as well.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred
+from zope.interface import Interface
+
+from .database import Transaction, placeholders
+
+
+@attrs.frozen
+class SignedPreKey:
+    """
+    A device's medium-term pre-key, signed with its identity key (the
+    server does not check the signature: clients do).
+    """
+
+    keyId: int
+    publicKey: str
+    signature: str
+
+    def toWire(self) -> dict[str, Any]:
+        """
+        The contract's C{signedPreKey} object.
+        """
+        return {"keyId": self.keyId, "publicKey": self.publicKey, "signature": self.signature}
+
+
+@attrs.frozen
+class OneTimeKey:
+    """
+    A one-time pre-key, handed out once.
+    """
+
+    keyId: int
+    publicKey: str
+
+    def toWire(self) -> dict[str, Any]:
+        """
+        The contract's C{oneTimeKey} object.
+        """
+        return {"keyId": self.keyId, "publicKey": self.publicKey}
+
+
+@attrs.frozen
+class DeviceKeys:
+    """
+    What the directory publishes of one device.
+    """
+
+    userId: str
+    deviceId: str
+    identityKey: str
+    signedPreKey: SignedPreKey
+
+    def toWire(self) -> dict[str, Any]:
+        """
+        One entry of C{keys:query}'s answer.
+        """
+        return {"deviceId": self.deviceId, "identityKey": self.identityKey, "signedPreKey": self.signedPreKey.toWire()}
+
+
+@attrs.frozen
+class KeyUpload:
+    """
+    A device publishing its keys (C{keys:upload}), validated.
+
+    @ivar replace: a changed identity key is accepted (the device was
+        reinstalled); without it, a changed one is refused.
+    @ivar now: ms since the epoch.
+    """
+
+    device: DeviceKeys
+    oneTimeKeys: tuple[OneTimeKey, ...]
+    replace: bool
+    now: int
+
+
+@attrs.frozen
+class Uploaded:
+    """
+    The outcome of L{IKeyStore.uploadKeys}.
+
+    @ivar oneTimeKeyCount: the device's one-time keys now stored.
+    @ivar identityChanged: the device was known with another identity key,
+        now replaced (its old one-time keys are gone with it).
+    """
+
+    oneTimeKeyCount: int
+    identityChanged: bool
+
+
+@attrs.frozen
+class ClaimedKey:
+    """
+    What L{IKeyStore.claimKeys} handed out for one device.
+
+    @ivar oneTimeKey: L{None} when the device had none left (the claimer
+        falls back to the signed pre-key).
+    @ivar remaining: the device's one-time keys left after this claim.
+    """
+
+    device: DeviceKeys
+    oneTimeKey: OneTimeKey | None
+    remaining: int
+
+
+class IdentityKeyConflict(Exception):
+    """
+    An upload changes a known device's identity key without C{replace}.
+    """
+
+
+class TooManyDevices(Exception):
+    """
+    An upload would give the user more devices than allowed.
+    """
+
+
+class TooManyOneTimeKeys(Exception):
+    """
+    An upload would leave a device with more one-time keys than allowed.
+
+    @ivar stored: how many it holds now.
+    """
+
+    def __init__(self, stored: int) -> None:
+        super().__init__(stored)
+        self.stored = stored
+
+
+class IKeyStore(Interface):
+    """
+    The key directory's storage.
+    """
+
+    def uploadKeys(upload: KeyUpload, maxDevices: int, maxOneTimeKeys: int) -> Deferred[Uploaded]:
+        """
+        Publish a device's identity key and signed pre-key and add its
+        one-time keys (a key id it already has stored is kept as it was).
+
+        @raise IdentityKeyConflict: (errback) the identity key changed
+            without C{replace}; nothing changed.
+        @raise TooManyDevices: (errback) a new device past C{maxDevices}.
+        @raise TooManyOneTimeKeys: (errback) more than C{maxOneTimeKeys}
+            would be stored; nothing changed.
+        """
+
+    def deviceKeys(userIds: Sequence[str], maxDevices: int) -> Deferred[dict[str, list[DeviceKeys]]]:
+        """
+        The published devices of each of C{userIds} (at most C{maxDevices}
+        each, ordered by device id); a user without any is absent.
+        """
+
+    def claimKeys(userId: str, deviceIds: Sequence[str] | None, maxDevices: int) -> Deferred[list[ClaimedKey]]:
+        """
+        For each device of C{userId} (those of C{deviceIds} that exist, or
+        all, at most C{maxDevices}), remove and return one one-time key,
+        atomically: no key is ever returned twice.
+        """
+
+    def contacts(userId: str, limit: int) -> Deferred[list[str]]:
+        """
+        The users who share a conversation with C{userId}: a stored 1:1
+        message either way, or a group both are members of (at most
+        C{limit}, sorted).
+        """
+
+
+_DEVICE_COLUMNS = "user_id, device_id, identity_key, signed_prekey_id, signed_prekey, signed_prekey_signature"
+
+
+def _device(row: Sequence[Any]) -> DeviceKeys:
+    return DeviceKeys(row[0], row[1], row[2], SignedPreKey(int(row[3]), row[4], row[5]))
+
+
+def _oneTimeCount_txn(txn: Transaction, userId: str, deviceId: str) -> int:
+    txn.execute("SELECT COUNT(*) FROM one_time_keys WHERE user_id = ? AND device_id = ?", (userId, deviceId))
+    row = txn.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def upload_txn(txn: Transaction, upload: KeyUpload, maxDevices: int, maxOneTimeKeys: int) -> Uploaded:
+    """
+    See L{IKeyStore.uploadKeys}. Raises before writing anything when it
+    refuses (and runs in a savepoint of the group commit, which undoes a
+    refusal's partial work anyway).
+    """
+    device = upload.device
+    userId, deviceId = device.userId, device.deviceId
+    txn.execute("SELECT identity_key FROM device_keys WHERE user_id = ? AND device_id = ?", (userId, deviceId))
+    row = txn.fetchone()
+    changed = False
+    if row is None:
+        txn.execute("SELECT COUNT(*) FROM device_keys WHERE user_id = ?", (userId,))
+        count = txn.fetchone()
+        assert count is not None
+        if int(count[0]) >= maxDevices:
+            raise TooManyDevices()
+    elif row[0] != device.identityKey:
+        if not upload.replace:
+            raise IdentityKeyConflict()
+        changed = True
+    # the one-time keys this upload adds: ids not stored yet, each once
+    fresh: dict[int, OneTimeKey] = {}
+    for key in upload.oneTimeKeys:
+        fresh.setdefault(key.keyId, key)
+    stored = 0
+    if row is not None and not changed:
+        stored = _oneTimeCount_txn(txn, userId, deviceId)
+        if fresh:
+            ids = list(fresh)
+            txn.execute(
+                f"SELECT key_id FROM one_time_keys WHERE user_id = ? AND device_id = ? AND key_id IN ({placeholders(len(ids))})",
+                [userId, deviceId, *ids],
+            )
+            for (keyId,) in txn.fetchall():
+                fresh.pop(int(keyId), None)
+    if stored + len(fresh) > maxOneTimeKeys:
+        raise TooManyOneTimeKeys(stored)
+    spk = device.signedPreKey
+    if row is None:
+        txn.execute(
+            f"INSERT INTO device_keys ({_DEVICE_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (userId, deviceId, device.identityKey, spk.keyId, spk.publicKey, spk.signature, upload.now),
+        )
+    else:
+        if changed:
+            # a reinstalled device: its old one-time keys were made by
+            # the identity it no longer has
+            txn.execute("DELETE FROM one_time_keys WHERE user_id = ? AND device_id = ?", (userId, deviceId))
+        txn.execute(
+            "UPDATE device_keys SET identity_key = ?, signed_prekey_id = ?, signed_prekey = ?,"
+            " signed_prekey_signature = ?, updated_at = ? WHERE user_id = ? AND device_id = ?",
+            (device.identityKey, spk.keyId, spk.publicKey, spk.signature, upload.now, userId, deviceId),
+        )
+    if fresh:
+        keys = list(fresh.values())
+        txn.execute(
+            "INSERT INTO one_time_keys (user_id, device_id, key_id, public_key) VALUES "
+            + ", ".join(["(?, ?, ?, ?)"] * len(keys)),
+            [value for key in keys for value in (userId, deviceId, key.keyId, key.publicKey)],
+        )
+    return Uploaded(stored + len(fresh), changed)
+
+
+def deviceKeys_txn(txn: Transaction, userIds: Sequence[str], maxDevices: int) -> dict[str, list[DeviceKeys]]:
+    """
+    See L{IKeyStore.deviceKeys}. (The handler bounds C{userIds}, below the
+    engines' limit on parameters.)
+    """
+    found: dict[str, list[DeviceKeys]] = {}
+    if not userIds:
+        return found
+    txn.execute(
+        f"SELECT {_DEVICE_COLUMNS} FROM device_keys WHERE user_id IN ({placeholders(len(userIds))})"
+        " ORDER BY user_id, device_id",
+        list(userIds),
+    )
+    for row in txn.fetchall():
+        devices = found.setdefault(row[0], [])
+        if len(devices) < maxDevices:
+            devices.append(_device(row))
+    return found
+
+
+def _takeOneTimeKeySQL(engine: str) -> str:
+    """
+    The statement that removes and returns one one-time key of a device:
+    the lowest key id, in one statement. On PostgreSQL a row another
+    transaction has locked (claimed, not yet committed) is skipped rather
+    than waited for and handed out again.
+    """
+    lock = " FOR UPDATE SKIP LOCKED" if engine == "postgres" else ""
+    return (
+        "DELETE FROM one_time_keys WHERE user_id = ? AND device_id = ? AND key_id = ("
+        "SELECT key_id FROM one_time_keys WHERE user_id = ? AND device_id = ?"
+        f" ORDER BY key_id LIMIT 1{lock}) RETURNING key_id, public_key"
+    )
+
+
+def claim_txn(txn: Transaction, userId: str, deviceIds: Sequence[str] | None, maxDevices: int) -> list[ClaimedKey]:
+    """
+    See L{IKeyStore.claimKeys}.
+    """
+    if deviceIds is None:
+        txn.execute(
+            f"SELECT {_DEVICE_COLUMNS} FROM device_keys WHERE user_id = ? ORDER BY device_id LIMIT ?",
+            (userId, maxDevices),
+        )
+    elif not deviceIds:
+        return []
+    else:
+        txn.execute(
+            f"SELECT {_DEVICE_COLUMNS} FROM device_keys WHERE user_id = ?"
+            f" AND device_id IN ({placeholders(len(deviceIds))}) ORDER BY device_id LIMIT ?",
+            [userId, *deviceIds, maxDevices],
+        )
+    devices = [_device(row) for row in txn.fetchall()]
+    take = _takeOneTimeKeySQL(txn.engine.name)
+    claimed = []
+    for device in devices:
+        txn.execute(take, (userId, device.deviceId, userId, device.deviceId))
+        row = txn.fetchone()
+        key = None if row is None else OneTimeKey(int(row[0]), row[1])
+        claimed.append(ClaimedKey(device, key, _oneTimeCount_txn(txn, userId, device.deviceId)))
+    return claimed
+
+
+def contacts_txn(txn: Transaction, userId: str, limit: int) -> list[str]:
+    """
+    See L{IKeyStore.contacts}. The 1:1 side reads the user's sent messages
+    (the sender index) and received ones (the recipient index): a scan of
+    one user's messages, acceptable for a rare event (an identity key
+    replaced), and bounded by C{limit} distinct users per query.
+    """
+    found: set[str] = set()
+    queries = (
+        "SELECT DISTINCT other.user_id FROM group_members mine"
+        " JOIN group_members other ON other.group_id = mine.group_id"
+        " WHERE mine.user_id = ? AND mine.left_at IS NULL AND other.left_at IS NULL"
+        " AND other.user_id <> ? LIMIT ?",
+        "SELECT DISTINCT to_id FROM messages WHERE from_id = ? AND to_id <> '' AND to_id <> ? LIMIT ?",
+        "SELECT DISTINCT from_id FROM messages WHERE to_id = ? AND from_id <> ? LIMIT ?",
+    )
+    for sql in queries:
+        txn.execute(sql, (userId, userId, limit))
+        found.update(row[0] for row in txn.fetchall())
+    return sorted(found)[:limit]
+
+
+class SQLKeyStore:
+    """
+    L{IKeyStore} on the SQL store: mixed into
+    L{crm_im.storage.store.SQLMessageStore}, which provides its writes
+    (C{_write}, the group commit) and its reads (C{_read}).
+    """
+
+    _write: Callable[..., Deferred[Any]]
+    _read: Callable[..., Deferred[Any]]
+
+    def uploadKeys(self, upload: KeyUpload, maxDevices: int, maxOneTimeKeys: int) -> Deferred[Uploaded]:
+        """
+        See L{IKeyStore.uploadKeys}.
+        """
+        return self._write("uploadKeys", lambda txn: upload_txn(txn, upload, maxDevices, maxOneTimeKeys))
+
+    def deviceKeys(self, userIds: Sequence[str], maxDevices: int) -> Deferred[dict[str, list[DeviceKeys]]]:
+        """
+        See L{IKeyStore.deviceKeys}.
+        """
+        ids = list(userIds)
+        return self._read("deviceKeys", lambda txn: deviceKeys_txn(txn, ids, maxDevices))
+
+    def claimKeys(self, userId: str, deviceIds: Sequence[str] | None, maxDevices: int) -> Deferred[list[ClaimedKey]]:
+        """
+        See L{IKeyStore.claimKeys}: a write, so that it runs in the group
+        commit's transaction (and, on PostgreSQL, under its write lock).
+        """
+        ids = None if deviceIds is None else list(deviceIds)
+        return self._write("claimKeys", lambda txn: claim_txn(txn, userId, ids, maxDevices))
+
+    def contacts(self, userId: str, limit: int) -> Deferred[list[str]]:
+        """
+        See L{IKeyStore.contacts}.
+        """
+        return self._read("contacts", lambda txn: contacts_txn(txn, userId, limit))

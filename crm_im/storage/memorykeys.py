@@ -1,0 +1,112 @@
+# -*- test-case-name: tests.test_keys_storage -*-
+"""
+L{MemoryKeyStore}: the key directory in dicts, the fake behind
+L{crm_im.storage.memory.MemoryMessageStore}'s L{IKeyStore} methods. Same
+semantics as L{crm_im.storage.keys}; every L{Deferred} has already fired.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from twisted.internet.defer import Deferred, fail, succeed
+
+from .interface import StoredMessage
+from .keys import (
+    ClaimedKey,
+    DeviceKeys,
+    IdentityKeyConflict,
+    KeyUpload,
+    OneTimeKey,
+    TooManyDevices,
+    TooManyOneTimeKeys,
+    Uploaded,
+)
+
+
+class MemoryKeyStore:
+    """
+    Devices and one-time keys in dicts.
+    """
+
+    messages: dict[int, StoredMessage]
+
+    def __init__(self) -> None:
+        #: C{(userId, deviceId) -> DeviceKeys}
+        self.devices: dict[tuple[str, str], DeviceKeys] = {}
+        #: C{(userId, deviceId) -> {keyId: OneTimeKey}}
+        self.oneTimeKeys: dict[tuple[str, str], dict[int, OneTimeKey]] = {}
+
+    def uploadKeys(self, upload: KeyUpload, maxDevices: int, maxOneTimeKeys: int) -> Deferred[Uploaded]:
+        """
+        See L{IKeyStore.uploadKeys}.
+        """
+        device = upload.device
+        where = (device.userId, device.deviceId)
+        known = self.devices.get(where)
+        changed = False
+        if known is None:
+            if sum(1 for user, _ in self.devices if user == device.userId) >= maxDevices:
+                return fail(TooManyDevices())
+        elif known.identityKey != device.identityKey:
+            if not upload.replace:
+                return fail(IdentityKeyConflict())
+            changed = True
+        stored = {} if changed else dict(self.oneTimeKeys.get(where, {}))
+        before = len(stored)
+        for key in upload.oneTimeKeys:
+            stored.setdefault(key.keyId, key)
+        if len(stored) > maxOneTimeKeys:
+            return fail(TooManyOneTimeKeys(before))
+        self.devices[where] = device
+        self.oneTimeKeys[where] = stored
+        return succeed(Uploaded(len(stored), changed))
+
+    def deviceKeys(self, userIds: Sequence[str], maxDevices: int) -> Deferred[dict[str, list[DeviceKeys]]]:
+        """
+        See L{IKeyStore.deviceKeys}.
+        """
+        wanted = set(userIds)
+        found: dict[str, list[DeviceKeys]] = {}
+        for (userId, _), device in sorted(self.devices.items()):
+            if userId in wanted:
+                devices = found.setdefault(userId, [])
+                if len(devices) < maxDevices:
+                    devices.append(device)
+        return succeed(found)
+
+    def claimKeys(self, userId: str, deviceIds: Sequence[str] | None, maxDevices: int) -> Deferred[list[ClaimedKey]]:
+        """
+        See L{IKeyStore.claimKeys}.
+        """
+        wanted = None if deviceIds is None else set(deviceIds)
+        devices = [
+            device
+            for (user, deviceId), device in sorted(self.devices.items())
+            if user == userId and (wanted is None or deviceId in wanted)
+        ][:maxDevices]
+        claimed = []
+        for device in devices:
+            keys = self.oneTimeKeys.setdefault((userId, device.deviceId), {})
+            key = keys.pop(min(keys)) if keys else None
+            claimed.append(ClaimedKey(device, key, len(keys)))
+        return succeed(claimed)
+
+    def contacts(self, userId: str, limit: int) -> Deferred[list[str]]:
+        """
+        See L{IKeyStore.contacts}.
+        """
+        found: set[str] = set()
+        for message in self.messages.values():
+            if message.toId is None:
+                continue
+            if message.fromId == userId:
+                found.add(message.toId)
+            elif message.toId == userId:
+                found.add(message.fromId)
+        groups: dict[str, Any] = getattr(self, "_groups", {})
+        for kept in groups.values():
+            if userId in kept.members and not kept.dissolved:
+                found.update(kept.members)
+        found.discard(userId)
+        return succeed(sorted(found)[:limit])

@@ -166,6 +166,7 @@ class CRMIMService(Service):
             reactor,
             IMSettings(
                 maxMessageLength=config.maxMessageLength,
+                maxCiphertext=config.maxPayload,
                 logEvents=config.logEvents,
                 recallWindow=config.recallWindow,
                 groups=GroupLimits(config.maxGroupMembers, config.maxGroupsPerUser),

@@ -2,7 +2,10 @@
 """
 The one object that wires a crm_im server: clock, store, file store,
 presence, the Socket.IO server and the IM application on it, the resource
-tree and the listening ports, started and stopped as one Twisted service.
+tree and the listening ports. It only builds: each part's start and stop is
+a stage of a L{StagedService} (L{crm_im.lifecycle}), in the order the
+server needs (the store open before anything uses it, listening last;
+clients drained before the ports close, the store closed last).
 """
 
 from __future__ import annotations
@@ -12,9 +15,7 @@ import os
 import sys
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IReactorFromThreads
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -36,6 +37,7 @@ from .im.core import IMCore, IMSettings
 from .im.groups import GroupLimits
 from .im.rooms import RoomLimits
 from .im.metrics import IMMetrics
+from .lifecycle import ListeningPorts, Stage, StagedService
 from .notify import GatewayClient, PushMetrics, PushSender, PushSettings
 from .presence import Presence
 from .rest.admin import MAX_BODY as ADMIN_MAX_BODY, mountAdmin
@@ -87,9 +89,20 @@ def tuneInterpreter() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
 
 
-class CRMIMService(Service):
+class CRMIMService(StagedService):
     """
-    A complete crm_im server.
+    A complete crm_im server: its parts, and the stages that start and stop
+    them.
+
+    Stages, in start order (stopped in the reverse one): C{files-threads}
+    (the file store's thread pool), C{store} (opened), C{push} (the outbox
+    sender, with C{--push-gateway}), C{admin} (the back office), C{presence}
+    (grace sweeps), C{uploads} (expiry and retention sweeps), C{socketio}
+    (heartbeats, connect timeouts, token expiry), C{listen} and
+    C{admin-listen} (the ports), C{drain} (at stop only: C{server:shutdown}
+    to every client, sessions closed after their last packets while the
+    ports still answer the polling clients collecting them) and C{tuning}
+    (the interpreter tuned for a long run, once everything is up).
 
     @ivar ports: the listening ports, once started.
     @ivar ready: fires with C{ports} once the store is open and every
@@ -115,6 +128,7 @@ class CRMIMService(Service):
             server (C{bench/memory_store.tac}), never for service: it
             forgets everything at exit.
         """
+        super().__init__()
         self.config = config
         self.reactor = reactor
         dataDir = FilePath(config.dataDir)
@@ -197,8 +211,43 @@ class CRMIMService(Service):
         self.site = EngineIOSite(root, engineConfig, reactor)
         self.site.noisy = False  # no "Starting factory <... object at 0x...>"
         self.site.requestFactory = streamingRequests(self.site.requestFactory, self.uploads.sink)
-        self.ports: list[IListeningPort] = []
+        self.listeners = ListeningPorts("listen", reactor, config.listen, self.site, self._listening)
+        self.adminListeners = ListeningPorts(
+            "admin-listen",
+            reactor,
+            config.adminListen if self.adminSite is not None else [],
+            self.adminSite if self.adminSite is not None else self.site,
+            self._adminListening,
+        )
         self.ready: Deferred[list[IListeningPort]] = Deferred()
+        self._addStages()
+
+    def _addStages(self) -> None:
+        """
+        The stages of the server, in start order (see the class docstring).
+        """
+        for stage in (
+            Stage("files-threads", self.threadpool.start, self._stopThreadpool),
+            Stage("store", self._openStore, self.store.close),
+            Stage("push", None if self.pushSender is None else self.pushSender.start,
+                  None if self.pushSender is None else self.pushSender.stop),
+            Stage("admin", self.admin.start if self.adminAuth.configured else None, self._stopAdmin),
+            Stage("presence", self.presence.start, self.presence.stop),
+            Stage("uploads", self.uploads.start, self.uploads.stop),
+            Stage("socketio", self._startSockets, self._stopSockets),
+            self.listeners,
+            self.adminListeners,
+            Stage("drain", None, self._drain),
+            Stage("tuning", self._tune, None),
+        ):
+            stage.setServiceParent(self)
+
+    @property
+    def ports(self) -> list[IListeningPort]:
+        """
+        The ports listening now: the main ones, then the admin ones.
+        """
+        return self.listeners.ports + self.adminListeners.ports
 
     def _buildAdmin(self, config: Config, reactor: Any, root: RootResource, cors: CORSPolicy) -> None:
         """
@@ -300,39 +349,48 @@ class CRMIMService(Service):
 
     def startService(self) -> None:
         """
-        Open the store, then listen; a failure stops the reactor (the
+        Start the stages in order; a failure stops the reactor (the
         operator sees why in the log and systemd restarts us).
         """
         super().startService()
-        d = ensureDeferred(self._start())
-        d.addCallbacks(self.ready.callback, self._startFailed)
+        self.started.addCallbacks(lambda _: self.ready.callback(self.ports), self._startFailed)
 
-    async def _start(self) -> list[IListeningPort]:
+    # ---- the stages' steps
+
+    async def _openStore(self) -> None:
         self.dataDir.makedirs(ignoreExistingDirectory=True)
-        self.threadpool.start()
         await self.store.open()
-        if self.pushSender is not None:
-            await self.pushSender.start()
-        if self.adminAuth.configured:
-            await self.admin.start()
-        self.presence.start()
-        self.uploads.start()
+
+    def _stopThreadpool(self) -> None:
+        if self.threadpool.started:
+            self.threadpool.stop()
+
+    def _stopAdmin(self) -> None:
+        self.admin.stop()
+        if self.adminUI is not None:
+            self.adminUI.stop()
+
+    def _startSockets(self) -> None:
         self.sio.start()
         self.app.start()
-        for description in self.config.listen:
-            port = await serverFromString(self.reactor, description).listen(self.site)
-            self.ports.append(port)
-            self.log.info(
-                "crm_im listening on {address} (version {version}, data directory {dataDir})",
-                address=hostPort(port.getHost()),
-                version=__version__,
-                dataDir=self.dataDir.path,
-            )
-        if self.adminSite is not None:
-            for description in self.config.adminListen:
-                port = await serverFromString(self.reactor, description).listen(self.adminSite)
-                self.ports.append(port)
-                self.log.info("crm_im admin API and page on {address}", address=hostPort(port.getHost()))
+
+    def _stopSockets(self) -> None:
+        # (normally done by the drain already; after a failed start, here)
+        self.sio.stop()
+        self.app.stop()
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.log.info(
+            "crm_im listening on {address} (version {version}, data directory {dataDir})",
+            address=hostPort(port.getHost()),
+            version=__version__,
+            dataDir=self.dataDir.path,
+        )
+
+    def _adminListening(self, port: IListeningPort) -> None:
+        self.log.info("crm_im admin API and page on {address}", address=hostPort(port.getHost()))
+
+    def _tune(self) -> None:
         tuneInterpreter()
         if self.authenticator.mode == OPEN:
             self.log.warn(
@@ -341,7 +399,6 @@ class CRMIMService(Service):
         else:
             self.log.info("authentication mode is {mode}", mode=self.authenticator.mode)
             warnAboutJWTKey(self.authenticator)
-        return self.ports
 
     def _startFailed(self, failure: Any) -> None:
         # One line for what the operator fixes (a taken port, an unusable
@@ -354,15 +411,11 @@ class CRMIMService(Service):
             # soon as it does: a server that failed must not stay alive.
             stopAndExit(self.reactor)
 
-    def stopService(self) -> Deferred[None]:
+    async def _drain(self) -> None:
         """
-        Tell every client (C{server:shutdown}), stop listening, close the
-        sessions after their last packets, finish the store's writes.
+        Tell every client (C{server:shutdown}) and close the sessions after
+        their last packets, while the ports still listen.
         """
-        super().stopService()
-        return ensureDeferred(self._stop())
-
-    async def _stop(self) -> None:
         if not self.startFailed:
             # (after a failed start there is nothing to announce)
             self.log.info("[关闭] crm_im stopping: {n} sessions", n=len(self.sio.engine.sessions))
@@ -375,16 +428,3 @@ class CRMIMService(Service):
             session.state == CLOSING for session in self.sio.engine.sessions.values()
         ):
             await deferLater(self.reactor, 0.05, lambda: None)
-        ports, self.ports = self.ports, []
-        await DeferredList([maybeDeferred(port.stopListening) for port in ports])
-        self.presence.stop()
-        await self.uploads.stop()
-        self.app.stop()
-        self.admin.stop()
-        if self.adminUI is not None:
-            self.adminUI.stop()
-        if self.pushSender is not None:
-            await self.pushSender.stop()
-        await self.store.close()
-        if self.threadpool.started:
-            self.threadpool.stop()

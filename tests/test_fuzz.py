@@ -77,6 +77,24 @@ class RegressionTests(SynchronousTestCase):
         importlib.import_module("fuzz.validation").TestOneInput(base64.b64decode("oyIIQQAAJvYiCHoBATB0AQF0"))
 
 
+    def test_binaryEventWithoutAttachments(self) -> None:
+        """
+        A BINARY_EVENT with no attachments (C{50-4[""]}, which the decoder
+        accepts, like socket.io-parser) is encoded again as a plain EVENT:
+        it was written C{54[""]}, a packet no decoder accepts
+        (fuzz/sio_packet.py).
+        """
+        from crm_im.socketio.packet import BINARY_ACK, BINARY_EVENT, Decoder, SocketIOPacket, encode
+
+        packet = Decoder(maxAttachments=4, maxAttachmentBytes=4096).feed(b'50-4[""]', False)
+        self.assertEqual(packet, SocketIOPacket(BINARY_EVENT, "/", [""], 4))
+        self.assertEqual([frame.data for frame in encode(packet)], [b'424[""]'])
+        self.assertEqual([frame.data for frame in encode(SocketIOPacket(BINARY_ACK, "/", [1], 7))], [b"437[1]"])
+        frames = encode(SocketIOPacket(BINARY_EVENT, "/", ["file", b"\x00"], None))
+        self.assertEqual([frame.data for frame in frames], [b'451-["file",{"_placeholder":true,"num":0}]', b"\x00"])
+        importlib.import_module("fuzz.sio_packet").TestOneInput(b'50-4[""]')
+
+
 class SmokeTests(SynchronousTestCase):
     """
     Each target under atheris for L{SMOKE_RUNS} inputs.

@@ -110,12 +110,19 @@ def _deconstruct(value: Any, buffers: list[bytes]) -> Any:
     return value
 
 
+_PLAIN = {BINARY_EVENT: EVENT, BINARY_ACK: ACK}
+
+
 def encode(packet: SocketIOPacket) -> list[Frame]:
     """
     Encode C{packet} as Engine.IO frames: the text packet, then one binary
     frame per attachment.
     """
-    packetType = packet.type
+    # The wire type follows the data: a BINARY_EVENT or BINARY_ACK whose
+    # data holds no bytes (one decoded from "50-...", say, and relayed) is
+    # written as a plain EVENT or ACK, since "5" without an attachment count
+    # is not a packet any decoder accepts.
+    packetType = _PLAIN.get(packet.type, packet.type)
     data = packet.data
     buffers: list[bytes] = []
     body = b""

@@ -20,7 +20,15 @@ from crm_im._json import loads
 from crm_im.engineio.config import EngineIOConfig
 from crm_im.engineio.packet import messageFrame
 from crm_im.engineio.resource import EngineIOResource
-from crm_im.engineio.server import EngineIOError, EngineIOServer
+from crm_im.engineio.server import (
+    BAD_HANDSHAKE_METHOD,
+    BAD_REQUEST,
+    UNKNOWN_SID,
+    UNKNOWN_TRANSPORT,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    EngineIOError,
+    EngineIOServer,
+)
 from crm_im.engineio.session import CLOSED, OPEN
 from crm_im.engineio.site import EngineIOSite
 
@@ -200,6 +208,12 @@ class PollingResourceTests(ResourceTestMixin, SynchronousTestCase):
                 self.assertRefused(response, body, status, code, message)
                 self.assertEqual(self.header(response, b"access-control-allow-origin"), b"*")
         self.assertEqual(self.engine.sessions[sid].state, OPEN)
+        # The refusals raised were fresh copies: a template raised again and
+        # again would chain every refused request's frames (and the request
+        # itself) onto its traceback, for the life of the process.
+        for template in (UNKNOWN_TRANSPORT, UNKNOWN_SID, BAD_HANDSHAKE_METHOD, BAD_REQUEST,
+                         UNSUPPORTED_PROTOCOL_VERSION):
+            self.assertIsNone(template.__traceback__, template)
 
     def test_badOriginHeader(self) -> None:
         """

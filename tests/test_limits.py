@@ -146,7 +146,7 @@ class AddressCounterTests(SynchronousTestCase):
         first = engine.handshake("polling", "9.9.9.9")
         engine.handshake("polling", "9.9.9.9")
         error = self.assertRaises(EngineIOError, engine.checkRequest, b"GET", query, False, None, "9.9.9.9")
-        self.assertIs(error, TOO_MANY_SESSIONS)
+        self.assertEqual((error.code, error.message, error.status), (TOO_MANY_SESSIONS.code, TOO_MANY_SESSIONS.message, TOO_MANY_SESSIONS.status))
         self.assertEqual(error.status, 429)
         engine.checkRequest(b"GET", query, False, None, "8.8.8.8")
         first.close("forced close", flush=False)

@@ -61,7 +61,7 @@ class EngineIOResource(Resource):
             try:
                 query = parseQuery(request.uri)
             except QueryError:
-                raise BAD_REQUEST
+                raise BAD_REQUEST.fresh()
             transport, session = self.engine.checkRequest(
                 method,
                 query,

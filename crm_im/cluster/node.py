@@ -101,7 +101,7 @@ class ClusterNode:
         # slack for a late heartbeat.
         self.aliveMs = int(ttl * 2000 / 3)
         self.prefix = prefix
-        base = f"crm_im:{prefix}"
+        base = self.keyBase = f"crm_im:{prefix}"
         self.nodesKey = f"{base}:nodes"
         self.presenceChannel = f"{base}:presence".encode("utf-8")
         self._aliveBase = f"{base}:alive:"
@@ -112,6 +112,11 @@ class ClusterNode:
         self.addresses: dict[str, str] = {}
         self.received: Callable[[bytes], object] | None = None
         self.adapterMessage: Callable[[bytes], object] | None = None
+        #: handlers of the other kinds of presence-channel events (rooms,
+        #: group and room invalidations), by kind: C{handler(node, event)}
+        self.handlers: dict[str, Callable[[str, list[Any]], object]] = {}
+        #: told each time this node has (re)joined the cluster
+        self.registered: list[Callable[[], object]] = []
         self._heartbeat = LoopingCall(self.beat)
         self._heartbeat.clock = clock
         self._beats = 0
@@ -201,6 +206,36 @@ class ClusterNode:
                     link.send("HSET", devicesKey, sid, msgpack.packb(record.pack()))
             link.send("PUBLISH", self.presenceChannel, msgpack.packb(["status", me, userId, status]))
 
+    def announce(self, kind: str, *args: Any) -> None:
+        """
+        Tell every other node C{[kind, thisNode, *args]} on the presence
+        channel (a L{handlers} entry there handles it); nothing while
+        Redis is down.
+        """
+        self.link.send("PUBLISH", self.presenceChannel, msgpack.packb([kind, self.nodeId, *args]))
+
+    def deviceChanged(self, sid: str) -> None:
+        """
+        A local device's registration changed (its rooms): register it
+        again and tell the others C{["rooms", node, sid, rooms]}.
+        """
+        record = self.presence.record(sid)
+        if record is None or not self.link.up:
+            return
+        self.link.send("HSET", self.devicesKey(self.nodeId), sid, msgpack.packb(record.pack()))
+        self.announce("rooms", sid, list(record.rooms))
+
+    def setAddress(self, address: str) -> None:
+        """
+        This node's internal address is known now (after listening on a
+        port chosen by the system): register it again.
+        """
+        self.address = address
+        self.addresses[self.tag] = address
+        if self.link.up:
+            self.link.send("HSET", self.nodesKey, self.nodeId, msgpack.packb([self.address, self.tag]))
+            self.announce("node")
+
     def sendTo(self, node: str, message: bytes) -> None:
         """
         Publish C{message} on C{node}'s own channel (the router's
@@ -245,6 +280,13 @@ class ClusterNode:
             self.addresses = {tag: a for tag, a in self.addresses.items() if tag != nodeTag(node)}
         elif kind == "node":
             self._track(self._joined(node))
+        else:
+            handler = self.handlers.get(kind)
+            if handler is not None:
+                try:
+                    handler(node, event)
+                except Exception:
+                    self.log.failure("presence event {kind!r} from {node}", kind=kind, node=node)
 
     # ---- (re)connection and heartbeat
 
@@ -286,6 +328,8 @@ class ClusterNode:
         await self.resync()
         self.presence.peersReachable = True
         self.log.info("cluster node {node} registered ({n} local devices)", node=me, n=len(args) // 2)
+        for listener in list(self.registered):
+            listener()
 
     async def _joined(self, node: str) -> None:
         info = await self.link.execute("HGET", self.nodesKey, node)

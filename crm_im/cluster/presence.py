@@ -43,26 +43,33 @@ class DeviceRecord:
     name: str
     avatar: str | None
     status: str
+    #: the chat rooms the device is in (cluster-wide rooms,
+    #: L{crm_im.cluster.rooms})
+    rooms: tuple[str, ...] = ()
 
     def pack(self) -> list[object]:
         """
         The wire form (a msgpack list).
         """
-        return [self.userId, self.name, self.avatar, self.status]
+        return [self.userId, self.name, self.avatar, self.status, list(self.rooms)]
 
     @classmethod
     def unpack(cls, value: object) -> "DeviceRecord | None":
         """
-        From L{pack}'s form; L{None} if malformed.
+        From L{pack}'s form (without the rooms, as an earlier version
+        wrote it); L{None} if malformed.
         """
-        if not isinstance(value, (list, tuple)) or len(value) != 4:
+        if not isinstance(value, (list, tuple)) or len(value) not in (4, 5):
             return None
-        userId, name, avatar, status = value
+        userId, name, avatar, status = value[:4]
+        rooms = value[4] if len(value) == 5 else []
         if not isinstance(userId, str) or not isinstance(name, str) or not isinstance(status, str):
             return None
         if avatar is not None and not isinstance(avatar, str):
             return None
-        return cls(userId, name, avatar, status)
+        if not isinstance(rooms, (list, tuple)) or not all(isinstance(room, str) for room in rooms):
+            return None
+        return cls(userId, name, avatar, status, tuple(rooms))
 
 
 class ClusterPresence(Presence):
@@ -101,6 +108,11 @@ class ClusterPresence(Presence):
         self.published: Callable[[tuple[object, ...]], object] | None = None
         self.appeared: Callable[[UserPresence], object] | None = None
         self.statusChanged: Callable[[UserPresence], object] | None = None
+        #: the chat rooms of a local device, registered with it
+        self.roomsOf: Callable[[str], Iterable[str]] = lambda sid: ()
+        #: told of another node's device as registered (at its login, in
+        #: a snapshot) and of one dropped (L{None}): the rooms mirror
+        self.remoteDevice: Callable[[str, DeviceRecord | None], object] | None = None
 
     # ---- queries
 
@@ -166,7 +178,7 @@ class ClusterPresence(Presence):
         user = self.userOfDevice(sid)
         if user is None:
             return None
-        return DeviceRecord(user.id, user.name, user.avatar, user.status)
+        return DeviceRecord(user.id, user.name, user.avatar, user.status, tuple(sorted(self.roomsOf(sid))))
 
     # ---- local transitions (published)
 
@@ -219,6 +231,8 @@ class ClusterPresence(Presence):
         if node == self.nodeId or self._nodeOf.get(sid) == node:
             return None
         result = self._add(node, record.userId, sid, record.name, record.avatar, record.status)
+        if self.remoteDevice is not None:
+            self.remoteDevice(sid, record)
         if announce and result.firstDevice and self.appeared is not None and result.user.visible:
             self.appeared(result.user)
         return result
@@ -262,6 +276,9 @@ class ClusterPresence(Presence):
             if self._nodeOf.get(sid) != node:
                 if self.remoteLogin(node, sid, record, announce) is not None:
                     added += 1
+            elif self.remoteDevice is not None:
+                # known: its rooms as registered now (an event missed)
+                self.remoteDevice(sid, record)
         if not self._byNode.get(node):
             self._byNode.pop(node, None)
         return (added, len(gone))
@@ -298,4 +315,6 @@ class ClusterPresence(Presence):
             devices = self._byNode.get(node)
             if devices is not None:
                 devices.discard(sid)
+            if node != self.nodeId and self.remoteDevice is not None:
+                self.remoteDevice(sid, None)
         return super().logout(sid, hold)

@@ -173,6 +173,9 @@ class AdminHandlers:
         self.node = node if node is not None else f"{socket.gethostname()}#{os.getpid()}"
         self.startedAt = self.now()
         self._bans: dict[str, BanRecord] = {}
+        #: told of the user id of each ban or unban made here (a cluster
+        #: tells the other nodes, which L{reloadBans})
+        self.banListeners: list[Callable[[str], object]] = []
         self._connectedAt: dict[str, int] = {}
         self._seen: dict[str, SeenUser] = {}
         self._seenFlush: Any = None
@@ -200,6 +203,14 @@ class AdminHandlers:
         self._minuteBase = self.accepted()
         if not self._sampler.running:
             self._sampler.start(60, now=False)
+
+        return self.reloadBans()
+
+    def reloadBans(self) -> Deferred[None]:
+        """
+        Read the bans from the store again (at start, and when another
+        node banned or unbanned someone).
+        """
 
         def loaded(bans: list[BanRecord]) -> None:
             self._bans = {ban.userId: ban for ban in bans}
@@ -474,6 +485,8 @@ class AdminHandlers:
         ban = BanRecord(userId, until, reason, self.now(), actor.name)
         await self.store.saveBan(ban)
         self._bans[userId] = ban
+        for listener in self.banListeners:
+            listener(userId)
         devices = self._kick(userId, reason or "banned")
         await self.audit(actor, "user.ban", userId, {"until": until, "reason": reason, "devices": devices})
         return {"userId": userId, "ban": ban.toWire(), "devices": devices}
@@ -484,6 +497,8 @@ class AdminHandlers:
         """
         existed = await self.store.removeBan(userId)
         self._bans.pop(userId, None)
+        for listener in self.banListeners:
+            listener(userId)
         await self.audit(actor, "user.unban", userId, {"existed": existed})
         return {"userId": userId, "unbanned": existed}
 

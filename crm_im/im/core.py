@@ -70,9 +70,12 @@ class IMCore:
         authenticator: IAuthenticator | None = None,
         limits: LimitSettings | None = None,
         metrics: IMMetrics | None = None,
+        roomPresence: RoomPresence | None = None,
     ) -> None:
         """
         @param store: provides L{IMessageStore} and L{IConversationStore}.
+        @param roomPresence: who is in which chat room (a cluster passes
+            one spanning its nodes); by default this process's own.
         """
         settings = settings if settings is not None else IMSettings()
         self.settings = settings
@@ -90,7 +93,7 @@ class IMCore:
         )
         self.directory = GroupDirectory(store)  # type: ignore[arg-type]
         self.groups = GroupHandlers(store, self.directory, router, clock, settings.groups)  # type: ignore[arg-type]
-        self.roomPresence = RoomPresence()
+        self.roomPresence = roomPresence if roomPresence is not None else RoomPresence()
         self.rooms = RoomHandlers(store, store, self.roomPresence, presence, router, clock, settings.rooms)  # type: ignore[arg-type]
         self.messaging = Messaging(
             store,  # type: ignore[arg-type]

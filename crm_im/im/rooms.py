@@ -150,6 +150,15 @@ class RoomHandlers:
         self.limits = limits if limits is not None else RoomLimits()
         self.newId = newId
         self._records: dict[str, RoomRecord] = {}
+        #: told of each room L{closed} here (a cluster tells the other
+        #: nodes, which L{forgetRoom} it)
+        self.closedListeners: list[Callable[[str], object]] = []
+
+    def forgetRoom(self, roomId: str) -> None:
+        """
+        Drop the cached record of C{roomId} (another node closed it).
+        """
+        self._records.pop(roomId, None)
 
     def record(self, roomId: str) -> Deferred[RoomRecord | None]:
         """
@@ -289,6 +298,8 @@ class RoomHandlers:
         @return: how many sockets were in it.
         """
         self._records.pop(roomId, None)
+        for listener in self.closedListeners:
+            listener(roomId)
         devices = list(self.rooms.devices(roomId))
         sent = self.router.toDevices(devices, "room:left", {"roomId": roomId, "reason": "closed"})
         for device in devices:

@@ -9,6 +9,8 @@ the sender (a pushkey the gateway rejected).
 
 from __future__ import annotations
 
+from typing import Callable
+
 from ..storage.outbox import PushLoad
 
 
@@ -23,6 +25,9 @@ class PushDirectory:
         self.users: set[str] = set()
         self.mutes: set[tuple[str, str]] = set()
         self.loaded = False
+        #: told of each change made in this process (a cluster node tells
+        #: the other nodes, which L{apply} it)
+        self.changeListeners: list[Callable[[list[object]], object]] = []
 
     def load(self, loaded: PushLoad) -> None:
         """
@@ -37,16 +42,33 @@ class PushDirectory:
         """
         C{userId} has C{remaining} pushkeys now.
         """
-        if remaining > 0:
-            self.users.add(userId)
-        else:
-            self.users.discard(userId)
+        self.apply(["keys", userId, remaining])
+        for listener in self.changeListeners:
+            listener(["keys", userId, remaining])
 
     def setMuted(self, userId: str, groupId: str, muted: bool) -> None:
         """
         Record a C{group:mute}.
         """
-        if muted:
-            self.mutes.add((userId, groupId))
-        else:
-            self.mutes.discard((userId, groupId))
+        self.apply(["mute", userId, groupId, muted])
+        for listener in self.changeListeners:
+            listener(["mute", userId, groupId, muted])
+
+    def apply(self, change: list[object]) -> None:
+        """
+        Apply a change (made here, or told by another node) without
+        telling the listeners: C{["keys", userId, remaining]} or
+        C{["mute", userId, groupId, muted]}.
+        """
+        if change[0] == "keys" and len(change) == 3:
+            _, userId, remaining = change
+            if isinstance(remaining, int) and remaining > 0:
+                self.users.add(str(userId))
+            else:
+                self.users.discard(str(userId))
+        elif change[0] == "mute" and len(change) == 4:
+            _, userId, groupId, muted = change
+            if muted:
+                self.mutes.add((str(userId), str(groupId)))
+            else:
+                self.mutes.discard((str(userId), str(groupId)))

@@ -313,9 +313,12 @@ class SocketIOServer(Service):
         maxAttachments: int | None = None,
         config: SocketIOConfig | None = None,
         recovery: IConnectionRecovery | None = None,
+        newSid: Callable[[], str] | None = None,
     ) -> None:
         """
         @param clock: the reactor's time and scheduling.
+        @param newSid: makes Engine.IO session ids (a cluster node's name
+            the node); by default random ones.
         @param engineConfig: the Engine.IO settings.
         @param config: the Socket.IO settings (milliseconds).
         @param connectTimeout: deprecated, in seconds: use
@@ -332,7 +335,11 @@ class SocketIOServer(Service):
             config = attrs.evolve(config, maxAttachments=maxAttachments)
         self.config = config
         self.clock = clock
-        self.engine = EngineIOServer(self, clock, engineConfig)
+        self.engine = (
+            EngineIOServer(self, clock, engineConfig)
+            if newSid is None
+            else EngineIOServer(self, clock, engineConfig, newSid=newSid)
+        )
         self.connectTimeout = config.connectTimeout / 1000
         self.maxAttachments = config.maxAttachments
         if recovery is None and config.recoveryWindow > 0:

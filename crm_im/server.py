@@ -36,6 +36,7 @@ from .im.admin import AdminHandlers
 from .im.core import IMCore, IMSettings
 from .im.groups import GroupLimits
 from .im.rooms import RoomLimits
+from .im.recovery import enableRecovery, recoveryStoreFor
 from .im.metrics import IMMetrics
 from .lifecycle import ListeningPorts, Stage, StagedService
 from .notify import GatewayClient, PushMetrics, PushSender, PushSettings
@@ -202,6 +203,8 @@ class CRMIMService(StagedService):
         )
         root.putChild(b"metrics", MetricsResource(self.metrics.registry))
         root.putChild(b"health", HealthResource(self.store, reactor, lambda: bool(self.running)))
+        # Connection state recovery from the store (survives a restart).
+        self.recovery = enableRecovery(self.sio, self.core.sessions, self.router, recoveryStoreFor(self.store), reactor)
         self._buildAdmin(config, reactor, root, cors)
         api = root.children[b"api"]
         self.uploads.cors = cors

@@ -200,3 +200,313 @@ def _room(roomId: str) -> Any:
     from crm_im.storage.interface import RoomRecord
 
     return RoomRecord(id=roomId, name=roomId, topic="", public=True, createdBy="x", clientId=None, createdAt=0)
+
+
+class _SlowRecoveryStore:
+    """
+    A L{MemoryRecoveryStore} whose missed-message reads wait until
+    L{release}: live messages arrive while the replay is read.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.inner = store
+        self.waiting: list[tuple[Any, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def missedMessages(self, *args: Any) -> Any:
+        from twisted.internet.defer import Deferred
+
+        d: Deferred[Any] = Deferred()
+        self.waiting.append((d, args))
+        return d
+
+    def release(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for d, args in waiting:
+            self.inner.missedMessages(*args).chainDeferred(d)
+
+
+class StoreRecoveryTests(IMRecoveryTests):
+    """
+    The same, with recovery from the store (as the server wires it): and
+    the record's lifecycle, group and room messages, the client's offset,
+    a restart, the replay's bound, live messages during the replay, and
+    sockets ended on purpose.
+    """
+
+    def setUp(self) -> None:
+        from crm_im.im.recovery import enableRecovery
+        from crm_im.storage.recovery import MemoryRecoveryStore
+
+        super().setUp()
+        self.clock.advance(1_000_000)
+        self.records = MemoryRecoveryStore(self.store)
+        self.recoveryStore: Any = self.records
+        self.build()
+
+    def build(self, maxReplay: int | None = None) -> None:
+        """
+        A server (Socket.IO, IM core, gateway) on the same stores: a new
+        node, or the node restarted.
+        """
+        from crm_im.im.recovery import enableRecovery
+
+        engine = EngineIOConfig(pingInterval=3_600_000, pingTimeout=3_600_000)
+        self.sio = SocketIOServer(self.clock, engine, config=SocketIOConfig(recoveryWindow=WINDOW))
+        self.presence = Presence(self.clock)
+        sockets = self.sio.namespace("/").sockets
+        self.router = LocalRouter(sockets, self.presence)
+        self.core = IMCore(self.store, None, self.presence, self.router, self.clock)  # type: ignore[arg-type]
+        self.gateway = SocketIOGateway(self.sio, self.core, self.clock)
+        recovery = enableRecovery(self.sio, self.core.sessions, self.router, self.recoveryStore, self.clock)
+        assert recovery is not None
+        if maxReplay is not None:
+            recovery.maxReplay = maxReplay
+        self.recovery = recovery
+        self.gateway.start()
+
+    def tearDown(self) -> None:
+        self.gateway.stop()
+        super().tearDown()
+
+    def messages(self, client: Client) -> list[tuple[str, Any, str | None]]:
+        """
+        The C{message} events received since last asked: content, seq and
+        the offset argument.
+        """
+        result = []
+        for data in client.received():
+            if data.startswith(b"2"):
+                name, *args = loads(data[1:])
+                if name == "message":
+                    offset = args[1] if len(args) > 1 else None
+                    result.append((args[0]["content"], args[0]["seq"], offset))
+        return result
+
+    def reconnect(self, pid: str, offset: str | None = None) -> tuple[Client, dict[str, Any]]:
+        """
+        Come back with C{pid} (and the offset of the last message got).
+        """
+        auth: dict[str, Any] = {"pid": pid}
+        if offset is not None:
+            auth["offset"] = offset
+        client, answer = self.connect(auth)
+        self.clock.advance(HELD_RELEASE_DELAY)
+        self.clock.advance(0)
+        return client, answer
+
+    def send(self, client: Client, payload: dict[str, Any], ackId: int = 7) -> None:
+        self.emit(client, "message", payload, ackId)
+        self.clock.advance(0)
+
+    def group(self, owner: Client, members: list[str]) -> str:
+        """
+        A group of C{owner} with C{members}; its id.
+        """
+        self.emit(owner, "group:create", {"name": "g", "memberIds": members, "id": "g1"}, ackId=99)
+        self.clock.advance(0)
+        for data in owner.received():
+            if data.startswith(b"399"):
+                return str(loads(data[3:])[0]["id"])
+        raise AssertionError("no group:create ack")
+
+    def test_offsets(self) -> None:
+        """
+        With recovery from the store, a stored message's event carries its
+        offset, C{"m<seq>"}, as last argument (and only to sockets with a
+        pid: the others' events are unchanged).
+        """
+        alice, _, _ = self.login("alice")
+        bob, _, _ = self.login("bob")
+        self.send(bob, {"id": "x", "toId": "alice", "content": "hi"})
+        [(content, seq, offset)] = self.messages(alice)
+        self.assertEqual((content, offset), ("hi", f"m{seq}"))
+
+    def test_recordLifecycle(self) -> None:
+        """
+        A record is written at login (no expiry: the socket is connected),
+        gets the window as expiry when the socket is cut, is live again
+        once it is back, and is deleted at logout; records of sockets that
+        were connected when the node last stopped get the window at start,
+        and expired ones are deleted.
+        """
+        alice, sid, pid = self.login("alice")
+        record = self.records.records[pid]
+        self.assertEqual((record.sid, record.userId, record.expiresAt), (sid, "alice", None))
+        self.successResultOf(self.store.createRoom(_room("r1")))
+        self.emit(alice, "room:join", {"roomId": "r1"})
+        self.clock.advance(0)
+        self.cut(alice)
+        record = self.records.records[pid]
+        self.assertEqual(record.rooms, ("r1",))
+        self.assertEqual(record.expiresAt, int(self.clock.seconds() * 1000) + WINDOW)
+        back, answer = self.reconnect(pid)
+        self.assertEqual(answer["sid"], sid)
+        self.assertIsNone(self.records.records[pid].expiresAt)
+        self.emit(back, "user:logout", {})
+        self.clock.advance(0)
+        self.assertNotIn(pid, self.records.records)
+        # Another socket connected when the node stopped without telling.
+        carol, _, carolPid = self.login("carol")
+        self.recovery.start()
+        self.assertEqual(self.records.records[carolPid].expiresAt, int(self.clock.seconds() * 1000) + WINDOW)
+        self.clock.advance(WINDOW / 1000 + 1)
+        self.recovery.start()
+        self.assertNotIn(carolPid, self.records.records)
+
+    def test_groupRoomAndDirectInOrder(self) -> None:
+        """
+        A socket cut off while 1:1, group and room messages are sent to it
+        gets every one of them once, in seq order, with its offset; its own
+        messages are not replayed; then the live ones follow.
+        """
+        alice, _, pid = self.login("alice")
+        bob, _, _ = self.login("bob")
+        carol, _, _ = self.login("carol")
+        groupId = self.group(bob, ["alice", "carol"])
+        self.successResultOf(self.store.createRoom(_room("r1")))
+        for client in (alice, bob):
+            self.emit(client, "room:join", {"roomId": "r1"}, ackId=98)
+        self.clock.advance(0)
+        self.messages(alice)  # (the group's system message)
+        self.send(bob, {"id": "before", "toId": "alice", "content": "before"})
+        [(_, _, lastOffset)] = self.messages(alice)
+        self.cut(alice)
+        self.send(bob, {"id": "g1", "groupId": groupId, "content": "group 1"})
+        self.send(carol, {"id": "d1", "toId": "alice", "content": "direct 1"})
+        self.send(bob, {"id": "r1", "roomId": "r1", "content": "room 1"})
+        self.send(carol, {"id": "g2", "groupId": groupId, "content": "group 2"})
+        self.send(bob, {"id": "d2", "toId": "alice", "content": "direct 2"})
+        back, answer = self.reconnect(pid, lastOffset)
+        missed = self.messages(back)
+        self.assertEqual([c for c, _, _ in missed], ["group 1", "direct 1", "room 1", "group 2", "direct 2"])
+        self.assertEqual([s for _, s, _ in missed], sorted(s for _, s, _ in missed))
+        self.assertEqual([o for _, _, o in missed], [f"m{s}" for _, s, _ in missed])
+        self.send(carol, {"id": "after", "toId": "alice", "content": "after"})
+        self.assertEqual([c for c, _, _ in self.messages(back)], ["after"])
+        # The offline 1:1 ones were marked delivered: no second delivery
+        # at a later login.
+        self.assertEqual(self.successResultOf(self.store.pendingFor("alice", 10)), [])
+
+    def test_lostInFlight(self) -> None:
+        """
+        Messages written to the socket but not received by the client
+        (the offset it comes back with is older) are sent again; those it
+        got are not.
+        """
+        alice, _, pid = self.login("alice")
+        bob, _, _ = self.login("bob")
+        for n in range(4):
+            self.send(bob, {"id": f"m{n}", "toId": "alice", "content": f"m{n}"})
+        received = self.messages(alice)
+        self.assertEqual(len(received), 4)
+        self.cut(alice)
+        back, _ = self.reconnect(pid, received[1][2])
+        self.assertEqual([c for c, _, _ in self.messages(back)], ["m2", "m3"])
+
+    def test_restart(self) -> None:
+        """
+        The node restarts (a new server on the same store) between the
+        cut and the reconnect: the socket is still recovered, with its sid,
+        login and rooms, and the messages sent meanwhile.
+        """
+        alice, sid, pid = self.login("alice")
+        bob, _, _ = self.login("bob")
+        self.successResultOf(self.store.createRoom(_room("r1")))
+        self.emit(alice, "room:join", {"roomId": "r1"})
+        self.clock.advance(0)
+        self.cut(alice)
+        self.send(bob, {"id": "while", "toId": "alice", "content": "while away"})
+        self.gateway.stop()
+        self.sio.stop()
+        self.build()
+        bob, _, _ = self.login("bob")
+        self.send(bob, {"id": "restarted", "toId": "alice", "content": "after restart"})
+        back, answer = self.reconnect(pid)
+        self.assertEqual(answer, {"sid": sid, "pid": pid})
+        self.assertEqual([c for c, _, _ in self.messages(back)], ["while away", "after restart"])
+        user = self.presence.userOfDevice(sid)
+        assert user is not None
+        self.assertEqual(user.id, "alice")
+        self.assertTrue(self.core.rooms.rooms.contains("r1", sid))
+
+    def test_bounded(self) -> None:
+        """
+        Past C{maxReplay} missed messages, the oldest are replayed and the
+        client is told to fetch the rest: C{recovery:resync {afterSeq}}.
+        """
+        self.recovery.maxReplay = 3
+        alice, _, pid = self.login("alice")
+        bob, _, _ = self.login("bob")
+        self.cut(alice)
+        for n in range(5):
+            self.send(bob, {"id": f"m{n}", "toId": "alice", "content": f"m{n}"})
+        back, _ = self.reconnect(pid)
+        received = [loads(d[1:]) for d in back.received() if d.startswith(b"2")]
+        names = [r[0] for r in received]
+        self.assertEqual([r[1]["content"] for r in received if r[0] == "message"], ["m0", "m1", "m2"])
+        self.assertIn("recovery:resync", names)
+        resync = received[names.index("recovery:resync")][1]
+        self.assertEqual(resync["afterSeq"], received[2][1]["seq"])
+        self.assertLess(names.index("message"), names.index("recovery:resync"))
+
+    def test_liveDuringReplay(self) -> None:
+        """
+        Messages that arrive while the missed ones are being read wait and
+        follow them, each once, in seq order.
+        """
+        slow = _SlowRecoveryStore(self.records)
+        self.recoveryStore = slow
+        self.gateway.stop()
+        self.sio.stop()
+        self.build()
+        alice, _, pid = self.login("alice")
+        bob, _, _ = self.login("bob")
+        self.cut(alice)
+        self.send(bob, {"id": "a", "toId": "alice", "content": "missed"})
+        back, answer = self.reconnect(pid)
+        self.assertEqual(len(slow.waiting), 1)
+        self.send(bob, {"id": "b", "toId": "alice", "content": "live"})
+        self.assertEqual(self.messages(back), [])
+        slow.release()
+        self.clock.advance(0)
+        self.assertEqual([c for c, _, _ in self.messages(back)], ["missed", "live"])
+
+    def test_kickedNotRecovered(self) -> None:
+        """
+        A user kicked (the admin API's disconnect) while its socket was cut
+        off cannot get it back; nor a socket disconnected by the server.
+        """
+        alice, sid, pid = self.login("alice")
+        self.cut(alice)
+        self.core.sessions.endSessionsOf("alice")
+        self.assertNotIn(pid, self.records.records)
+        back, answer = self.reconnect(pid)
+        self.assertNotEqual(answer["sid"], sid)
+        self.assertIsNone(self.presence.userOfDevice(answer["sid"]))
+        bob, bobSid, bobPid = self.login("bob")
+        self.sio.disconnect(bobSid, closeConnection=True)
+        self.assertNotIn(bobPid, self.records.records)
+        again, answer = self.reconnect(bobPid)
+        self.assertNotEqual(answer["sid"], bobSid)
+
+    def test_bannedNotRecovered(self) -> None:
+        """
+        A user banned while its socket was cut off (on this node or
+        another) is not recovered, and its record is dropped.
+        """
+        from crm_im.im.errors import FORBIDDEN, IMError
+
+        alice, sid, pid = self.login("alice")
+        self.cut(alice)
+
+        def admission(userId: str) -> None:
+            if userId == "alice":
+                raise IMError(FORBIDDEN, "this account is banned")
+
+        self.core.sessions.admission = admission
+        back, answer = self.reconnect(pid)
+        self.assertNotEqual(answer["sid"], sid)
+        self.assertNotIn(pid, self.records.records)

@@ -460,6 +460,8 @@ class AdminHandlers:
         sent = router.toDevices(devices, "server:kick", {"reason": reason, "timestamp": self.now()})
         for device in devices:
             router.disconnect(device)
+        # Nor may a socket of theirs that lost its connection come back.
+        self.core.sessions.endSessionsOf(userId)
         return sent
 
     async def disconnect(self, actor: Actor, userId: str, data: Any) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from ..timers import DeadlineHeap
 from . import validation
 from .errors import ALREADY_LOGGED_IN, NOT_LOGGED_IN, RATE_LIMITED, IMError
 from .groups import GroupHandlers
+from .recovery import StoreRecovery
 from .interfaces import Caller, IRouter
 from .messaging import Messaging
 from .rooms import RoomHandlers
@@ -119,6 +120,10 @@ class Sessions:
         #: which the protocol's own log lines name), for the log; set by
         #: the gateway.
         self.connectionOf: Callable[[str], str | None] = lambda device: None
+        #: Connection state recovery from the store (L{enableRecovery}):
+        #: told of logins, of sockets that may come back and of those
+        #: that may not.
+        self.recovery: StoreRecovery | None = None
 
     def now(self) -> int:
         """
@@ -161,11 +166,16 @@ class Sessions:
         """
         self.tokens.forget(device)
         user = self.presence.userOfDevice(device) if resumeWithin > 0 else None
+        recovery = self.recovery
         if user is not None:
             self._resumable[device] = (user.id, user.name, user.avatar)
             self._resumeDeadlines.set(device, resumeWithin)
+            if recovery is not None:
+                recovery.gone(device, self.rooms.rooms.roomsOf(device))
         else:
             self.rooms.deviceGone(device)
+            if recovery is not None:
+                recovery.forget(device)
         outcome = self.presence.logout(device, hold=resumeWithin)
         userId = outcome.user.id if outcome is not None else ""
         for watcher in self.watchers:
@@ -196,6 +206,11 @@ class Sessions:
         @return: whether the device was logged in again.
         """
         identity = self._resumable.pop(device, None)
+        recovery = self.recovery
+        fromStore = recovery is not None and recovery.comingBack(device)
+        if identity is None and recovery is not None:
+            # (back after a restart, or from another node: its record)
+            identity = recovery.identity(device)
         if identity is None:
             return False
         self._resumeDeadlines.cancel(device)
@@ -206,6 +221,8 @@ class Sessions:
                 self.admission(userId)
         except IMError:
             self.rooms.deviceGone(device)
+            if recovery is not None:
+                recovery.forget(device)
             return False
         result = self.presence.login(userId, device, name, avatar)
         user = result.user
@@ -219,7 +236,11 @@ class Sessions:
             )
         if self.settings.logEvents:
             self.log.info("[恢复] {name}({userId}) {sid}", name=user.name, userId=user.id, sid=device)
-        if self.messaging.holding(user.id):
+        if fromStore and recovery is not None:
+            # What it missed comes from the store, in seq order, before
+            # the live messages; then the groups summary.
+            recovery.resumed(device, user).addBoth(self._sendGroups, user.id, device)
+        elif self.messaging.holding(user.id):
             self._sendGroups(None, user.id, device)
         else:
             self.messaging.catchUp(user.id, device).addCallback(self._sendGroups, user.id, device)
@@ -227,9 +248,24 @@ class Sessions:
 
     def start(self) -> None:
         """
-        Run the recovery deadlines again after L{stop}.
+        Run the recovery deadlines again after L{stop}; the store's
+        recovery records of a previous run get their expiry.
         """
         self._resumeDeadlines.start()
+        if self.recovery is not None:
+            self.recovery.start()
+
+    def endSessionsOf(self, userId: str) -> None:
+        """
+        C{userId} was kicked or banned: none of its sockets that went away
+        may come back (here, after a restart, or on another node).
+        """
+        for device in [d for d, identity in self._resumable.items() if identity[0] == userId]:
+            del self._resumable[device]
+            self._resumeDeadlines.cancel(device)
+            self.rooms.deviceGone(device)
+        if self.recovery is not None:
+            self.recovery.forgetUser(userId)
 
     def stop(self) -> None:
         """
@@ -292,6 +328,8 @@ class Sessions:
         user = result.user
         for watcher in self.watchers:
             watcher.deviceLoggedIn(device, user)
+        if current is None and self.recovery is not None:
+            self.recovery.loggedIn(device, user)
         wire = user.toWire()
         self.router.toDevices((device,), "user:login:success", wire)
         self.router.toDevices((device,), "online_users", self.presence.onlineUsersJSON())
@@ -335,6 +373,8 @@ class Sessions:
         """
         assert caller.device is not None
         self.rooms.deviceGone(caller.device)
+        if self.recovery is not None:
+            self.recovery.forget(caller.device)
         outcome = self.presence.logout(caller.device)
         if outcome is not None:
             for watcher in self.watchers:

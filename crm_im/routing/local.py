@@ -17,6 +17,20 @@ from ..presence import Presence
 from ..socketio.packet import encodeEvent
 
 
+#: The events of stored messages, which carry their offset when
+#: connection state recovery is on (L{LocalRouter.offsets}).
+OFFSET_EVENTS = frozenset(["message", "file_transfer"])
+
+
+def messageOffset(seq: int) -> str:
+    """
+    The recovery offset of the stored message C{seq}: a client that comes
+    back with it missed the messages after C{seq}
+    (L{crm_im.im.recovery.imOffset} reads it back).
+    """
+    return f"m{seq}"
+
+
 class _Writable(Protocol):
     def sendFrames(self, frames: Sequence[Frame]) -> None: ...
 
@@ -36,9 +50,53 @@ class LocalRouter:
         self._presence = presence
         self._namespace = namespace
         self.disconnector: Any = None
+        #: Connection state recovery is on: a stored message's event
+        #: (L{OFFSET_EVENTS}) carries its offset, C{"m<seq>"}, as its last
+        #: argument to the sockets that have a private session id, so that
+        #: a client coming back says which message it got last.
+        self.offsets = False
+        # Devices whose missed messages are being replayed: the messages
+        # routed to them meanwhile, kept to go after the replay.
+        self._holding: dict[str, list[tuple[str, dict[str, Any]]]] = {}
 
     def _encode(self, event: str, payload: Any) -> list[Frame]:
         return encodeEvent(self._namespace, event, (payload,))
+
+    def _offsetFrames(self, event: str, payload: Any) -> list[Frame] | None:
+        """
+        The frames of C{event} with its offset, if it is a stored
+        message's and offsets are on; else L{None}.
+        """
+        if not self.offsets or event not in OFFSET_EVENTS or not isinstance(payload, dict):
+            return None
+        seq = payload.get("seq")
+        if type(seq) is not int:
+            return None
+        return encodeEvent(self._namespace, event, (payload, messageOffset(seq)))
+
+    def hold(self, device: str) -> None:
+        """
+        Keep the stored messages' events (L{OFFSET_EVENTS}) routed to
+        C{device} until L{release} (its missed messages are being read
+        from the store: they go first, then these).
+        """
+        self._holding.setdefault(device, [])
+
+    def release(self, device: str) -> list[tuple[str, dict[str, Any]]]:
+        """
+        Stop holding C{device}'s messages. @return: the held events and
+        their payloads, in the order they came.
+        """
+        return self._holding.pop(device, [])
+
+    def _write(self, socket: Any, sid: str, event: str, payload: Any, frames: list[Frame], offsetFrames: Any) -> None:
+        holding = self._holding.get(sid)
+        if holding is not None and event in OFFSET_EVENTS:
+            holding.append((event, payload))
+        elif offsetFrames is not None and socket.pid is not None:
+            socket.sendFrames(offsetFrames)
+        else:
+            socket.sendFrames(frames)
 
     def toUsers(self, userIds: Iterable[str], event: str, payload: Any, exceptDevice: str | None = None) -> int:
         """
@@ -47,6 +105,8 @@ class LocalRouter:
         devicesOf = self._presence.devicesOf
         sockets = self._sockets
         frames = None
+        special = self.offsets or self._holding
+        offsetFrames = None
         count = 0
         for userId in userIds:
             for sid in devicesOf(userId):
@@ -57,7 +117,12 @@ class LocalRouter:
                     continue
                 if frames is None:
                     frames = self._encode(event, payload)
-                socket.sendFrames(frames)
+                    if special:
+                        offsetFrames = self._offsetFrames(event, payload)
+                if special:
+                    self._write(socket, sid, event, payload, frames, offsetFrames)
+                else:
+                    socket.sendFrames(frames)
                 count += 1
         return count
 
@@ -67,6 +132,8 @@ class LocalRouter:
         """
         sockets = self._sockets
         frames = None
+        special = self.offsets or self._holding
+        offsetFrames = None
         count = 0
         for sid in deviceIds:
             if sid == exceptDevice:
@@ -76,7 +143,12 @@ class LocalRouter:
                 continue
             if frames is None:
                 frames = self._encode(event, payload)
-            socket.sendFrames(frames)
+                if special:
+                    offsetFrames = self._offsetFrames(event, payload)
+            if special:
+                self._write(socket, sid, event, payload, frames, offsetFrames)
+            else:
+                socket.sendFrames(frames)
             count += 1
         return count
 

@@ -23,6 +23,7 @@ from collections import deque
 from typing import Any, Iterable
 
 import attrs
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface, implementer
 
 #: The disconnect reasons a client can recover from: the connection broke
@@ -92,10 +93,11 @@ class IConnectionRecovery(Interface):
         Keep the state of a socket that went away for a recoverable reason.
         """
 
-    def restore(pid: str, namespace: str, offset: str | None) -> "Restored | None":
+    def restore(pid: str, namespace: str, offset: str | None) -> "Restored | None | Deferred[Restored | None]":
         """
         The socket C{pid} to restore and the frames it missed after
-        C{offset}, or C{None}.
+        C{offset}, or C{None}; or a L{Deferred} firing with either, for
+        state kept in storage (the CONNECT waits for it).
         """
 
 
@@ -219,6 +221,13 @@ class RecoveryLog:
             if entry.offset > since and entry.reaches(namespace, socket.sid, socket.rooms)
         ]
         return Restored(socket, missed)
+
+    def discard(self, pid: str) -> None:
+        """
+        The detached socket C{pid} may not come back (its user was kicked
+        or banned meanwhile).
+        """
+        self._detached.pop(pid, None)
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window

@@ -47,7 +47,7 @@ from ..engineio.session import EngineIOSession
 from ..timers import DeadlineHeap
 from . import packet as sio
 from .packet import Decoder, DecodeError, SocketIOPacket
-from .recovery import RECOVERABLE_REASONS, IConnectionRecovery, RecoveryLog
+from .recovery import RECOVERABLE_REASONS, IConnectionRecovery, RecoveryLog, Restored
 
 Handler = Callable[..., Any]
 
@@ -609,15 +609,38 @@ class SocketIOServer(Service):
             return
         auth = packet.data if packet.data is not None else {}
         recovery = self.recovery if not legacy else None
-        socket = None
-        if recovery is not None and "pid" in auth:
+        if recovery is not None and isinstance(auth, dict) and "pid" in auth:
             # A client that lost its connection asks for its socket back;
             # the application sees the rest of its auth.
             auth = dict(auth)
             pid = auth.pop("pid")
             offset = auth.pop("offset", None)
-            if isinstance(pid, str) and (offset is None or isinstance(offset, str)):
-                socket = self._restore(connection, ns, recovery, pid, offset)
+            if isinstance(pid, str) and len(pid) <= 64 and (offset is None or (isinstance(offset, str) and len(offset) <= 64)):
+                restoring = self._restore(connection, ns, recovery, pid, offset)
+                if isinstance(restoring, Deferred):
+                    # Its state is in the application's storage: the
+                    # CONNECT waits for it (the client sends nothing else
+                    # on this namespace meanwhile).
+                    restoring.addErrback(self._restoreFailed)
+                    restoring.addCallback(lambda socket: self._connectAs(connection, ns, auth, socket))
+                    return
+                self._connectAs(connection, ns, auth, restoring)
+                return
+        self._connectAs(connection, ns, auth, None)
+
+    def _restoreFailed(self, failure: Failure) -> None:
+        self.log.failure("connection state recovery", failure)
+        return None
+
+    def _connectAs(self, connection: Connection, ns: Namespace, auth: Any, socket: Socket | None) -> None:
+        """
+        Connect C{connection} to C{ns} as C{socket} (a restored one) or as
+        a new socket, and run the connect handler.
+        """
+        name = ns.name
+        if connection.session.state != "open" or name in connection.sockets:
+            return
+        recovery = self.recovery if connection.session.protocol != 3 else None
         if socket is None:
             socket = Socket(secrets.token_urlsafe(15), ns, connection)
             socket._held = []
@@ -651,7 +674,7 @@ class SocketIOServer(Service):
 
     def _restore(
         self, connection: Connection, ns: Namespace, recovery: IConnectionRecovery, pid: str, offset: str | None
-    ) -> Socket | None:
+    ) -> "Socket | None | Deferred[Socket | None]":
         stale = self._byPid.get(pid)
         if stale is not None and stale.namespace is ns and stale.connection is not connection:
             # The client is back on a new connection while its old one
@@ -661,6 +684,14 @@ class SocketIOServer(Service):
             # the socket detached to be restored.
             stale.connection.session.close("transport close", flush=False)
         restored = recovery.restore(pid, ns.name, offset)
+        if isinstance(restored, Deferred):
+            return restored.addCallback(lambda found: self._restoredSocket(connection, ns, found))
+        return self._restoredSocket(connection, ns, restored)
+
+    def _restoredSocket(self, connection: Connection, ns: Namespace, restored: Restored | None) -> Socket | None:
+        """
+        The socket C{restored} describes, on C{connection}, or L{None}.
+        """
         if restored is None:
             return None
         state = restored.socket

@@ -1,0 +1,374 @@
+# -*- test-case-name: tests.test_recovery_storage -*-
+"""
+The records of connection state recovery (issue 17) in the store: one row
+per private session id (C{pid}) of a logged-in socket, so that a client
+that reconnects within the window to a restarted node, or to another node
+sharing the database, gets its identity back without a login, and the
+query of the messages it missed meanwhile.
+
+Rows live in C{recovery_sessions} (schema 011): written at login with no
+expiry (the socket is connected), given one when the socket goes away for
+a reason worth recovering from, deleted at logout, at a deliberate
+disconnect (kick, ban, abuse, expired token), once used, and once expired.
+C{*_txn} functions run on the pool thread; L{SQLRecoveryStore} runs them
+through the message store's group commit; L{MemoryRecoveryStore} is the
+fake beside a L{crm_im.storage.memory.MemoryMessageStore}. Portable SQL
+(SQLite and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence, TypeVar
+
+import attrs
+import orjson
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import Interface, implementer
+
+from .database import Transaction, placeholders
+from .interface import GROUP_PREFIX, ROOM_PREFIX, StoredMessage, roomConversation
+from .messages import _MESSAGE_COLUMNS, _messageFromRow
+
+_R = TypeVar("_R")
+
+#: The most chat rooms kept in one record (a socket may be in
+#: C{--max-rooms-per-user}; more is not remembered).
+MAX_ROOMS = 1000
+
+
+@attrs.frozen
+class RecoveryRecord:
+    """
+    What a socket needs to come back.
+
+    @ivar pid: its private session id (the key; only its client knows it).
+    @ivar sid: its Socket.IO id, which it gets back.
+    @ivar userId: the user it was logged in as; with C{name} and
+        C{avatar}, its identity.
+    @ivar rooms: the chat rooms it was in.
+    @ivar lastSeq: the highest message seq when it logged in: group and
+        room messages up to it were history to it, not missed.
+    @ivar expiresAt: ms since the epoch after which it may not come back;
+        L{None} while it is connected (not recoverable yet).
+    """
+
+    pid: str
+    sid: str
+    userId: str
+    name: str
+    avatar: str | None
+    rooms: tuple[str, ...]
+    lastSeq: int
+    expiresAt: int | None = None
+
+
+class IRecoveryStore(Interface):
+    """
+    Recovery records and the missed-message query. Every method returns a
+    L{Deferred}; writes are applied in the order they were called.
+    """
+
+    def keepRecovery(record: RecoveryRecord) -> Deferred[RecoveryRecord]:
+        """
+        Write C{record} (replacing the one of its pid). With
+        C{lastSeq < 0}, its C{lastSeq} is the highest seq stored now.
+
+        @return: the record as written.
+        """
+
+    def recoveryRecord(pid: str, now: int) -> Deferred[RecoveryRecord | None]:
+        """
+        The record of C{pid} if it may come back at C{now} (it has an
+        expiry, not passed), else L{None}.
+        """
+
+    def dropRecovery(pid: str) -> Deferred[None]:
+        """
+        Forget C{pid}.
+        """
+
+    def dropRecoveriesOf(userId: str) -> Deferred[int]:
+        """
+        Forget every record of C{userId} (a kick or a ban ends its
+        sessions for good). @return: how many.
+        """
+
+    def expireRecoveries(now: int, orphansUntil: int | None = None) -> Deferred[int]:
+        """
+        Delete the records expired at C{now}; with C{orphansUntil}, give
+        the records with no expiry (sockets that were connected when their
+        node stopped without telling) that one. @return: how many deleted.
+        """
+
+    def missedMessages(userId: str, rooms: Sequence[str], after: int, since: int, limit: int) -> Deferred[list[StoredMessage]]:
+        """
+        The messages C{userId} did not send with a seq above C{after},
+        seq ascending, at most C{limit}: the 1:1 messages to it, and the
+        messages of its groups and of C{rooms} above C{since} too.
+        """
+
+
+def _row(record: RecoveryRecord) -> tuple[Any, ...]:
+    return (
+        record.pid,
+        record.sid,
+        record.userId,
+        record.name,
+        record.avatar,
+        orjson.dumps(list(record.rooms[:MAX_ROOMS])).decode(),
+        record.lastSeq,
+        record.expiresAt,
+    )
+
+
+def _record(row: Sequence[Any]) -> RecoveryRecord:
+    rooms = orjson.loads(row[5])
+    return RecoveryRecord(
+        pid=row[0],
+        sid=row[1],
+        userId=row[2],
+        name=row[3],
+        avatar=row[4],
+        rooms=tuple(r for r in rooms if isinstance(r, str)) if isinstance(rooms, list) else (),
+        lastSeq=int(row[6]),
+        expiresAt=None if row[7] is None else int(row[7]),
+    )
+
+
+_COLUMNS = "pid, sid, user_id, user_name, avatar, rooms, last_seq, expires_at"
+
+
+def keepRecovery_txn(txn: Transaction, record: RecoveryRecord) -> RecoveryRecord:
+    """
+    See L{IRecoveryStore.keepRecovery}.
+    """
+    if record.lastSeq < 0:
+        txn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages")
+        row = txn.fetchone()
+        record = attrs.evolve(record, lastSeq=int(row[0]) if row is not None else 0)
+    txn.execute(
+        f"INSERT INTO recovery_sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (pid) DO UPDATE SET sid = excluded.sid, user_id = excluded.user_id,"
+        " user_name = excluded.user_name, avatar = excluded.avatar, rooms = excluded.rooms,"
+        " last_seq = excluded.last_seq, expires_at = excluded.expires_at",
+        _row(record),
+    )
+    return record
+
+
+def recoveryRecord_txn(txn: Transaction, pid: str, now: int) -> RecoveryRecord | None:
+    """
+    See L{IRecoveryStore.recoveryRecord}.
+    """
+    txn.execute(
+        f"SELECT {_COLUMNS} FROM recovery_sessions WHERE pid = ? AND expires_at IS NOT NULL AND expires_at > ?",
+        (pid, now),
+    )
+    row = txn.fetchone()
+    return None if row is None else _record(row)
+
+
+def dropRecovery_txn(txn: Transaction, pid: str) -> None:
+    """
+    See L{IRecoveryStore.dropRecovery}.
+    """
+    txn.execute("DELETE FROM recovery_sessions WHERE pid = ?", (pid,))
+
+
+def dropRecoveriesOf_txn(txn: Transaction, userId: str) -> int:
+    """
+    See L{IRecoveryStore.dropRecoveriesOf}.
+    """
+    txn.execute("DELETE FROM recovery_sessions WHERE user_id = ?", (userId,))
+    return max(0, txn.rowcount)
+
+
+def expireRecoveries_txn(txn: Transaction, now: int, orphansUntil: int | None) -> int:
+    """
+    See L{IRecoveryStore.expireRecoveries}.
+    """
+    txn.execute("DELETE FROM recovery_sessions WHERE expires_at <= ?", (now,))
+    deleted = max(0, txn.rowcount)
+    if orphansUntil is not None:
+        txn.execute("UPDATE recovery_sessions SET expires_at = ? WHERE expires_at IS NULL", (orphansUntil,))
+    return deleted
+
+
+def missedMessages_txn(
+    txn: Transaction, userId: str, rooms: Sequence[str], after: int, since: int, limit: int
+) -> list[StoredMessage]:
+    """
+    See L{IRecoveryStore.missedMessages}: a range of the primary key (the
+    seq) above C{after}, which is recent (within the recovery window).
+    """
+    roomKeys = [roomConversation(r) for r in rooms[:MAX_ROOMS]]
+    shared = (
+        "conversation IN (SELECT ? || m.group_id FROM group_members m JOIN groups g ON g.group_id = m.group_id"
+        " WHERE m.user_id = ? AND m.left_at IS NULL AND g.dissolved_at IS NULL)"
+    )
+    args: list[Any] = [after, userId, userId, since, GROUP_PREFIX, userId]
+    if roomKeys:
+        shared = f"({shared} OR conversation IN ({placeholders(len(roomKeys))}))"
+        args.extend(roomKeys)
+    args.append(limit)
+    txn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq > ? AND from_id <> ?"
+        f" AND (to_id = ? OR (seq > ? AND {shared})) ORDER BY seq LIMIT ?",
+        args,
+    )
+    # (rows sealed at rest are opened with the transaction's cipher)
+    cipher = getattr(txn, "cipher", None)
+    fromRow: Any = _messageFromRow
+    if cipher is None:
+        return [fromRow(row) for row in txn.fetchall()]
+    return [fromRow(row, cipher) for row in txn.fetchall()]
+
+
+@implementer(IRecoveryStore)
+class SQLRecoveryStore:
+    """
+    L{IRecoveryStore} on a SQL message store: reads on its pool, writes in
+    its group commit.
+    """
+
+    def __init__(self, store: Any) -> None:
+        """
+        @param store: a L{crm_im.storage.store.SQLMessageStore} (anything
+            with its C{_read} and C{_write}).
+        """
+        self._store = store
+
+    def _readTxn(self, desc: str, func: Callable[[Transaction], _R]) -> Deferred[_R]:
+        result: Deferred[_R] = self._store._read(desc, func)
+        return result
+
+    def _writeTxn(self, desc: str, func: Callable[[Transaction], _R]) -> Deferred[_R]:
+        result: Deferred[_R] = self._store._write(desc, func)
+        return result
+
+    def keepRecovery(self, record: RecoveryRecord) -> Deferred[RecoveryRecord]:
+        """
+        See L{IRecoveryStore.keepRecovery}.
+        """
+        return self._writeTxn("keepRecovery", lambda txn: keepRecovery_txn(txn, record))
+
+    def recoveryRecord(self, pid: str, now: int) -> Deferred[RecoveryRecord | None]:
+        """
+        See L{IRecoveryStore.recoveryRecord}.
+        """
+        return self._readTxn("recoveryRecord", lambda txn: recoveryRecord_txn(txn, pid, now))
+
+    def dropRecovery(self, pid: str) -> Deferred[None]:
+        """
+        See L{IRecoveryStore.dropRecovery}.
+        """
+        return self._writeTxn("dropRecovery", lambda txn: dropRecovery_txn(txn, pid))
+
+    def dropRecoveriesOf(self, userId: str) -> Deferred[int]:
+        """
+        See L{IRecoveryStore.dropRecoveriesOf}.
+        """
+        return self._writeTxn("dropRecoveriesOf", lambda txn: dropRecoveriesOf_txn(txn, userId))
+
+    def expireRecoveries(self, now: int, orphansUntil: int | None = None) -> Deferred[int]:
+        """
+        See L{IRecoveryStore.expireRecoveries}.
+        """
+        return self._writeTxn("expireRecoveries", lambda txn: expireRecoveries_txn(txn, now, orphansUntil))
+
+    def missedMessages(
+        self, userId: str, rooms: Sequence[str], after: int, since: int, limit: int
+    ) -> Deferred[list[StoredMessage]]:
+        """
+        See L{IRecoveryStore.missedMessages}.
+        """
+        return self._readTxn(
+            "missedMessages", lambda txn: missedMessages_txn(txn, userId, list(rooms), after, since, limit)
+        )
+
+
+@implementer(IRecoveryStore)
+class MemoryRecoveryStore:
+    """
+    L{IRecoveryStore} in a dict, beside a L{MemoryMessageStore} (whose
+    messages and groups it reads). Every L{Deferred} it returns has
+    already fired.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.records: dict[str, RecoveryRecord] = {}
+
+    def keepRecovery(self, record: RecoveryRecord) -> Deferred[RecoveryRecord]:
+        """
+        See L{IRecoveryStore.keepRecovery}.
+        """
+        if record.lastSeq < 0:
+            record = attrs.evolve(record, lastSeq=max(self._store.messages, default=0))
+        record = attrs.evolve(record, rooms=record.rooms[:MAX_ROOMS])
+        self.records[record.pid] = record
+        return succeed(record)
+
+    def recoveryRecord(self, pid: str, now: int) -> Deferred[RecoveryRecord | None]:
+        """
+        See L{IRecoveryStore.recoveryRecord}.
+        """
+        record = self.records.get(pid)
+        if record is None or record.expiresAt is None or record.expiresAt <= now:
+            return succeed(None)
+        return succeed(record)
+
+    def dropRecovery(self, pid: str) -> Deferred[None]:
+        """
+        See L{IRecoveryStore.dropRecovery}.
+        """
+        self.records.pop(pid, None)
+        return succeed(None)
+
+    def dropRecoveriesOf(self, userId: str) -> Deferred[int]:
+        """
+        See L{IRecoveryStore.dropRecoveriesOf}.
+        """
+        pids = [pid for pid, record in self.records.items() if record.userId == userId]
+        for pid in pids:
+            del self.records[pid]
+        return succeed(len(pids))
+
+    def expireRecoveries(self, now: int, orphansUntil: int | None = None) -> Deferred[int]:
+        """
+        See L{IRecoveryStore.expireRecoveries}.
+        """
+        expired = [p for p, r in self.records.items() if r.expiresAt is not None and r.expiresAt <= now]
+        for pid in expired:
+            del self.records[pid]
+        if orphansUntil is not None:
+            for pid, record in list(self.records.items()):
+                if record.expiresAt is None:
+                    self.records[pid] = attrs.evolve(record, expiresAt=orphansUntil)
+        return succeed(len(expired))
+
+    def missedMessages(
+        self, userId: str, rooms: Sequence[str], after: int, since: int, limit: int
+    ) -> Deferred[list[StoredMessage]]:
+        """
+        See L{IRecoveryStore.missedMessages}.
+        """
+        groups = getattr(self._store, "_groups", {})
+        shared = {
+            GROUP_PREFIX + groupId
+            for groupId, kept in groups.items()
+            if userId in kept.members and not kept.dissolved
+        }
+        shared.update(ROOM_PREFIX + r for r in rooms)
+        found = []
+        for seq in sorted(self._store.messages):
+            if seq <= after:
+                continue
+            message = self._store.messages[seq]
+            if message.fromId == userId:
+                continue
+            if message.toId == userId or (seq > since and message.conversation in shared):
+                found.append(message)
+                if len(found) >= limit:
+                    break
+        return succeed(found)

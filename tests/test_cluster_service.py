@@ -407,3 +407,52 @@ class TwoNodeTests(TestCase):
             listener("mallory")
         await _until(lambda: adminB.reloads == 1)
         self.assertEqual(adminA.reloads, 0)
+
+
+class RouterWireTests(SynchronousTestCase):
+    """
+    What crosses between nodes: the event and payload, delivered by the
+    receiving node's local router; encoded frames when msgpack cannot
+    carry the payload.
+    """
+
+    def pair(self) -> tuple[Any, Any, dict[str, RecordingSocket]]:
+        from crm_im.cluster.presence import ClusterPresence
+        from crm_im.routing.redis import RedisRouter
+
+        clock = Clock()
+        sent: list[tuple[str, bytes]] = []
+        a, b = ClusterPresence(clock, "A"), ClusterPresence(clock, "B")
+        socketsB = {"b1": RecordingSocket("b1"), "b2": RecordingSocket("b2")}
+        for sid in socketsB:
+            b.login("bob", sid, "Bob", None)
+            a.remoteLogin("B", sid, DeviceRecord("bob", "Bob", None, "online"))
+        routerA = RedisRouter(LocalRouter({}, a), a, {}, lambda node, message: sent.append((node, message)))
+        routerB = RedisRouter(LocalRouter(socketsB, b), b, socketsB, lambda node, message: None)  # type: ignore[arg-type]
+        return routerA, (routerB, sent), socketsB
+
+    def test_eventCrosses(self) -> None:
+        routerA, (routerB, sent), sockets = self.pair()
+        self.assertEqual(routerA.toUsers(["bob"], "message", {"content": "hi", "seq": 3}, exceptDevice="b2"), 1)
+        (node, message), = sent
+        self.assertEqual(node, "B")
+        self.assertEqual(routerB.received(message), 1)
+        self.assertEqual(sockets["b1"].events(), [("message", {"content": "hi", "seq": 3})])
+        self.assertEqual(sockets["b2"].events(), [])
+
+    def test_framesWhenNotPackable(self) -> None:
+        """
+        A payload holding pre-encoded JSON (an orjson fragment) crosses as
+        frames.
+        """
+        import orjson
+
+        routerA, (routerB, sent), sockets = self.pair()
+        routerA.toDevices(["b2"], "online_users", [orjson.Fragment(b'{"id":"x"}')])
+        self.assertEqual(routerB.received(sent[0][1]), 1)
+        self.assertEqual(sockets["b2"].events(), [("online_users", [{"id": "x"}])])
+
+    def test_malformed(self) -> None:
+        _, (routerB, _), _ = self.pair()
+        self.assertRaises(ValueError, routerB.received, b"\xc1")
+        self.assertRaises(ValueError, routerB.received, msgpack.packb(["u", ["bob"], None, 7]))

@@ -13,6 +13,12 @@ per node with members online there.
 Order: everything one node sends to another goes through one Redis
 connection and one channel, both FIFO, so messages of one conversation
 from one node arrive in the order they were sent (their C{seq} order).
+
+What crosses is the event and its payload (msgpack), delivered on the
+receiving node through its L{LocalRouter}, so that what the local router
+adds there (a stored message's recovery offset, messages held while a
+recovered socket's missed ones are replayed) applies to messages from
+other nodes too; a payload msgpack cannot carry crosses as encoded frames.
 """
 
 from __future__ import annotations
@@ -83,9 +89,19 @@ class RedisRouter:
         self.nodeId = presence.nodeId
         self.sentToNodes = 0
 
-    def _send(self, node: str, kind: str, targets: list[str] | None, exceptDevice: str | None, frames: Sequence[Frame]) -> None:
+    def _send(self, node: str, kind: str, targets: list[str] | None, exceptDevice: str | None, body: bytes) -> None:
         self.sentToNodes += 1
-        self.publish(node, msgpack.packb([kind, targets, exceptDevice, packFrames(frames)]))
+        self.publish(node, msgpack.packb([kind, targets, exceptDevice, msgpack.ExtType(1, body)]))
+
+    def _body(self, event: str, payload: Any) -> bytes:
+        """
+        What crosses to other nodes: C{[event, payload]}, or the encoded
+        frames if msgpack cannot carry the payload.
+        """
+        try:
+            return msgpack.packb([event, payload])
+        except (TypeError, ValueError, OverflowError):
+            return msgpack.packb(packFrames(encodeEvent("/", event, (payload,))))
 
     def toUsers(self, userIds: Iterable[str], event: str, payload: Any, exceptDevice: str | None = None) -> int:
         """
@@ -107,9 +123,9 @@ class RedisRouter:
         if localUsers:
             count += self.local.toUsers(localUsers, event, payload, exceptDevice)
         if remote:
-            frames = encodeEvent("/", event, (payload,))
+            body = self._body(event, payload)
             for node, users in remote.items():
-                self._send(node, TO_USERS, users, exceptDevice, frames)
+                self._send(node, TO_USERS, users, exceptDevice, body)
         return count
 
     def toDevices(self, deviceIds: Iterable[str], event: str, payload: Any, exceptDevice: str | None = None) -> int:
@@ -130,10 +146,10 @@ class RedisRouter:
                 remote.setdefault(node, []).append(sid)
         count = self.local.toDevices(mine, event, payload) if mine else 0
         if remote:
-            frames = encodeEvent("/", event, (payload,))
+            body = self._body(event, payload)
             for node, sids in remote.items():
                 count += len(sids)
-                self._send(node, TO_DEVICES, sids, None, frames)
+                self._send(node, TO_DEVICES, sids, None, body)
         return count
 
     def toEveryone(self, event: str, payload: Any, exceptDevice: str | None = None) -> int:
@@ -142,7 +158,7 @@ class RedisRouter:
         """
         count = self.local.toDevices(list(self.presence.localDevices()), event, payload, exceptDevice)
         if self.presence.peersReachable:
-            frames = None
+            body = None
             for node in self.presence.nodes():
                 if node == self.nodeId:
                     continue
@@ -150,10 +166,10 @@ class RedisRouter:
                 reached = len(devices) - (exceptDevice in devices)
                 if reached <= 0:
                     continue
-                if frames is None:
-                    frames = encodeEvent("/", event, (payload,))
+                if body is None:
+                    body = self._body(event, payload)
                 count += reached
-                self._send(node, TO_EVERYONE, None, exceptDevice, frames)
+                self._send(node, TO_EVERYONE, None, exceptDevice, body)
         return count
 
     def toConnected(self, event: str, payload: Any) -> None:
@@ -172,7 +188,7 @@ class RedisRouter:
             self.local.disconnect(device)
         else:
             self.sentToNodes += 1
-            self.publish(node, msgpack.packb([DISCONNECT, [device], None, []]))
+            self.publish(node, msgpack.packb([DISCONNECT, [device], None, None]))
 
     # ---- what other nodes sent here
 
@@ -185,13 +201,19 @@ class RedisRouter:
         """
         try:
             kind, targets, exceptDevice, packed = msgpack.unpackb(message)
+            if kind == DISCONNECT:
+                for sid in targets:
+                    self.local.disconnect(sid)
+                return 0
+            if not isinstance(packed, msgpack.ExtType) or packed.code != 1:
+                raise ValueError("no body")
+            body = msgpack.unpackb(packed.data)
+            event = body[0] if len(body) == 2 and isinstance(body[0], str) else None
         except Exception as error:
             raise ValueError(f"bad node message: {error}")
-        if kind == DISCONNECT:
-            for sid in targets:
-                self.local.disconnect(sid)
-            return 0
-        frames = unpackFrames(packed)
+        if event is not None:
+            return self._deliver(kind, targets, exceptDevice, event, body[1])
+        frames = unpackFrames(body)
         sockets = self.sockets
         if kind == TO_USERS:
             sids: Iterable[str] = [
@@ -212,3 +234,20 @@ class RedisRouter:
                 socket.sendFrames(frames)
                 count += 1
         return count
+
+    def _deliver(self, kind: str, targets: Any, exceptDevice: str | None, event: str, payload: Any) -> int:
+        """
+        An event from another node, to this node's sockets through the
+        local router.
+        """
+        local, me = self.local, self.nodeId
+        if kind == TO_USERS:
+            nodeOf = self.presence.nodeOf
+            sids = [sid for userId in targets for sid in self.presence.devicesOf(userId) if nodeOf(sid) == me]
+        elif kind == TO_DEVICES:
+            sids = list(targets)
+        elif kind == TO_EVERYONE:
+            sids = list(self.presence.localDevices())
+        else:
+            raise ValueError(f"unknown node message kind {kind!r}")
+        return local.toDevices(sids, event, payload, exceptDevice)

@@ -456,3 +456,30 @@ class RouterWireTests(SynchronousTestCase):
         _, (routerB, _), _ = self.pair()
         self.assertRaises(ValueError, routerB.received, b"\xc1")
         self.assertRaises(ValueError, routerB.received, msgpack.packb(["u", ["bob"], None, 7]))
+
+
+class OutageTests(TestCase):
+    nodes = TwoNodeTests.nodes
+
+    async def test_catchUpAfterOutage(self) -> None:
+        """
+        A message sent from a node cut off from Redis to a user on another
+        node is stored as offline; once the node is back, the recipient's
+        node delivers it (offline queue) and the sender hears delivered.
+        """
+        a, b = await self.nodes()
+        alice = a.connect("a1", "alice")
+        bob = b.connect("b1", "bob")
+        await _until(lambda: a.cluster.presence.devicesOf("bob") and b.cluster.presence.devicesOf("alice"))
+        link = a.cluster.link
+        link.backoffStart = link.backoffMax = 0.5  # back within half a second
+        clientId = await link.execute("CLIENT", "ID")
+        await b.cluster.link.execute("CLIENT", "KILL", "ID", clientId)
+        await _until(lambda: not link.up)
+        self.assertIn("connection lost", a.cluster.reason() or "")
+        receipt = await a.core.messaging.send(a.caller("a1"), {"id": "m-out", "toId": "bob", "content": "while cut off"})
+        self.assertEqual(receipt["status"], "offline")
+        await _until(lambda: bob.events("message"), timeout=15)
+        self.assertEqual(bob.events("message")[0][1]["content"], "while cut off")
+        await _until(lambda: [r for _, r in alice.events("message:sent") if r["status"] == "delivered"])
+        self.assertIsNone(a.cluster.reason())

@@ -88,6 +88,11 @@ class ClusterSettings:
         )
 
 
+#: Milliseconds a node holds the right to deliver a user's offline queue
+#: after an outage (L{ClusterService._catchUpLocalUsers}).
+CATCH_UP_LOCK_MS = 10_000
+
+
 class ClusterService(Service):
     """
     This node's part in the cluster.
@@ -123,10 +128,12 @@ class ClusterService(Service):
         self.presence.appeared = self._appeared
         self.rooms.published = self.node.deviceChanged
         self.node.handlers["rooms"] = self._roomsEvent
+        self.node.handlers["catchup"] = lambda node, event: self._catchUpLocalUsers()
         self.router: RedisRouter | None = None
         self.adapter: AdapterListener | None = None
         self.forwarder: ForwardingResource | None = None
         self._roomHandlers: RoomHandlers | None = None
+        self._messaging: Any = None
         self._directory: Any = None
         self._firstRegistration: Deferred[None] = Deferred()
         self.node.registered.append(self._registered)
@@ -160,6 +167,7 @@ class ClusterService(Service):
         """
         self._directory = core.directory
         self._roomHandlers = core.rooms
+        self._messaging = core.messaging
         core.directory.changeListeners.append(self._groupChanged)
         core.rooms.closedListeners.append(self._roomClosed)
         self.node.handlers["group"] = self._groupEvent
@@ -272,6 +280,37 @@ class ClusterService(Service):
     def _registered(self) -> None:
         if not self._firstRegistration.called:
             self._firstRegistration.callback(None)
+            return
+        # Registered again after an outage: what was sent meanwhile between
+        # this node's users and the others' was stored as offline for its
+        # recipients; every node delivers its users' queues now.
+        self.node.announce("catchup")
+        self._catchUpLocalUsers()
+
+    def _catchUpLocalUsers(self) -> None:
+        """
+        Deliver each local user's offline queue to one of their devices
+        here, as a login would. A user with devices on several nodes gets
+        it from one node only: the first to take a short lock in Redis.
+        """
+        messaging = self._messaging
+        if messaging is None:
+            return
+        firstDevice: dict[str, str] = {}
+        for sid in self.presence.localDevices():
+            user = self.presence.userOfDevice(sid)
+            if user is not None:
+                firstDevice.setdefault(user.id, sid)
+        for userId, sid in firstDevice.items():
+            key = f"{self.node.keyBase}:catchup:{userId}"
+            d = self.link.execute("SET", key, self.nodeId, "NX", "PX", CATCH_UP_LOCK_MS)
+            d.addCallback(self._caughtUpLock, userId, sid)
+            d.addErrback(lambda f: None)  # Redis gone again: the next registration tries again
+
+    def _caughtUpLock(self, taken: Any, userId: str, sid: str) -> None:
+        user = self.presence.userOfDevice(sid)
+        if taken is not None and user is not None and user.id == userId:
+            self._messaging.catchUp(userId, sid)
 
     def _isLocal(self, device: str) -> bool:
         node = self.presence.nodeOf(device)

@@ -257,7 +257,7 @@ def ciphertext(value: Any, maxSize: int) -> str | dict[str, str]:
         raise _invalid(f"ciphertext may address at most {MAX_CIPHERTEXT_DEVICES} devices")
     size = 0
     for deviceId, part in value.items():
-        if not deviceId or len(deviceId) > MAX_ID:
+        if not isinstance(deviceId, str) or not deviceId or len(deviceId) > MAX_ID:
             raise _invalid(f"ciphertext keys must be device ids of 1..{MAX_ID} characters")
         if not isinstance(part, str) or not part:
             raise _invalid("ciphertext must be a string or an object of strings keyed by device id")

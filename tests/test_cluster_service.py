@@ -457,6 +457,20 @@ class RouterWireTests(SynchronousTestCase):
         self.assertRaises(ValueError, routerB.received, b"\xc1")
         self.assertRaises(ValueError, routerB.received, msgpack.packb(["u", ["bob"], None, 7]))
 
+    def test_recoveryThroughLocal(self) -> None:
+        """
+        A recovered socket's messages from another node are held while
+        its missed ones are replayed, like local ones (the local router
+        does it for both).
+        """
+        routerA, (routerB, sent), sockets = self.pair()
+        routerB.hold("b1")
+        self.assertTrue(routerB.offsets is False)
+        routerA.toDevices(["b1"], "message", {"content": "live", "seq": 9})
+        routerB.received(sent[0][1])
+        self.assertEqual(sockets["b1"].events(), [])
+        self.assertEqual(routerB.release("b1"), [("message", {"content": "live", "seq": 9})])
+
 
 class OutageTests(TestCase):
     nodes = TwoNodeTests.nodes
@@ -483,3 +497,4 @@ class OutageTests(TestCase):
         self.assertEqual(bob.events("message")[0][1]["content"], "while cut off")
         await _until(lambda: [r for _, r in alice.events("message:sent") if r["status"] == "delivered"])
         self.assertIsNone(a.cluster.reason())
+

@@ -89,6 +89,34 @@ class RedisRouter:
         self.nodeId = presence.nodeId
         self.sentToNodes = 0
 
+    # ---- connection state recovery (the recovered socket is local)
+
+    @property
+    def offsets(self) -> bool:
+        """
+        See L{LocalRouter.offsets}: a stored message's event carries its
+        offset, here and on the other nodes (whose local routers do the
+        same).
+        """
+        return bool(self.local.offsets)
+
+    @offsets.setter
+    def offsets(self, value: bool) -> None:
+        self.local.offsets = value
+
+    def hold(self, device: str) -> None:
+        """
+        See L{LocalRouter.hold} (messages from other nodes are held too:
+        they are delivered through the local router).
+        """
+        self.local.hold(device)
+
+    def release(self, device: str) -> list[tuple[str, dict[str, Any]]]:
+        """
+        See L{LocalRouter.release}.
+        """
+        return self.local.release(device)
+
     def _send(self, node: str, kind: str, targets: list[str] | None, exceptDevice: str | None, body: bytes) -> None:
         self.sentToNodes += 1
         self.publish(node, msgpack.packb([kind, targets, exceptDevice, msgpack.ExtType(1, body)]))

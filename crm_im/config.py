@@ -80,6 +80,8 @@ class Config:
     @ivar recoveryWindow: seconds within which a Socket.IO 4.6+ client
         that lost its connection gets its socket back (connection state
         recovery); C{0}: off.
+    @ivar encryptionKeys: the key file of encryption at rest
+        (ENCRYPTION.md, L{crm_im.crypto}), or L{None}: stored in clear.
     """
 
     listen: tuple[str, ...] = ("tcp:8080",)
@@ -128,6 +130,7 @@ class Config:
     urlSecret: str | None = attrs.field(default=None, repr=False)
     allowEIO3: bool = False
     recoveryWindow: float = 120.0
+    encryptionKeys: str | None = None
     redis: str | None = attrs.field(default=None, repr=False)
     nodeId: str | None = None
     nodeTTL: float = 15.0

@@ -89,6 +89,13 @@ def startFailureReason(failure: Failure) -> str | None:
         return f"cannot listen on {where}: {reason}"
     if isinstance(value, DataDirError):
         return str(value)
+    from .crypto.keys import KeyFileError
+    from .storage.database import KeysMissingError
+
+    if isinstance(value, (KeyFileError, KeysMissingError)):
+        # encryption at rest: a key file that cannot be used, or one that
+        # lacks a key the database was written with
+        return str(value)
     if isinstance(value, OSError):
         where = f": {value.filename}" if value.filename else ""
         return f"{value.strerror or value}{where}"

@@ -139,6 +139,9 @@ class Options(usage.Options):
          "refers to (0: keep forever)."],
         ["file-link-days", None, 7, "Days a signed download link (fileUrl) is valid."],
         ["upload-expiry", None, 3600, "Seconds an unfinished upload stays open after its last byte."],
+        ["encryption-keys", None, None, "Encrypt message text, file names and file bytes at rest with the keys "
+         "of this file (lines keyId:base64(32 bytes), the first is current; also: $CRM_IM_ENCRYPTION_KEYS). "
+         "crm_im-rekey moves old data to the current key."],
         ["url-secret", None, None, "Secret signing upload tokens and download links; prefer $CRM_IM_URL_SECRET. "
          "Default: a random key kept in the data directory (url-secret)."],
         ["redis", None, None, "Cluster mode: the Redis URL redis://[:password@]host:6379/0 shared by every node "
@@ -281,6 +284,7 @@ class Options(usage.Options):
         )
         self.config = attrs.evolve(self.config, **_push(self))
         self.config = attrs.evolve(self.config, **_files(self))
+        self.config = attrs.evolve(self.config, **_encryption(self))
         self.config = attrs.evolve(self.config, **_cluster(self, self.config))
         if not 0 <= self.config.recoveryWindow <= 86400:
             raise usage.UsageError("--recovery-window must be between 0 and 86400 seconds")
@@ -317,6 +321,23 @@ def _push(options: "Options") -> dict[str, Any]:
         pushTimeout=_number("push-timeout", options["push-timeout"], float) or 10.0,
         pushMaxOutbox=_positive("push-max-outbox", options["push-max-outbox"]),
     )
+
+
+def _encryption(options: "Options") -> dict[str, Any]:
+    """
+    Encryption at rest (ENCRYPTION.md): the key file, read now so that a
+    bad one is refused with the option's name before anything starts.
+    """
+    path = options["encryption-keys"] or os.environ.get("CRM_IM_ENCRYPTION_KEYS") or None
+    if path is None:
+        return {}
+    from .crypto.keys import KeyFileError, loadKeyFile
+
+    try:
+        loadKeyFile(path)
+    except KeyFileError as error:
+        raise usage.UsageError(f"--encryption-keys: {error}")
+    return dict(encryptionKeys=os.path.abspath(path))
 
 
 def _files(options: "Options") -> dict[str, Any]:

@@ -121,12 +121,10 @@ def parseKeys(text: str, source: str = "<keys>") -> KeyRing:
         if keyId in seen:
             raise KeyFileError(f"{source}, line {number}: key id {keyId!r} is given twice")
         try:
-            secret = base64.b64decode(encoded.strip(), validate=True)
+            # standard or URL-safe alphabet, nothing else
+            secret = base64.b64decode(encoded.strip().replace("-", "+").replace("_", "/"), validate=True)
         except (binascii.Error, ValueError):
-            try:
-                secret = base64.urlsafe_b64decode(encoded.strip())
-            except (binascii.Error, ValueError):
-                raise KeyFileError(f"{source}, line {number}: key {keyId!r} is not valid base64") from None
+            raise KeyFileError(f"{source}, line {number}: key {keyId!r} is not valid base64") from None
         if len(secret) != KEY_BYTES:
             raise KeyFileError(
                 f"{source}, line {number}: key {keyId!r} is {len(secret)} bytes, not {KEY_BYTES}"

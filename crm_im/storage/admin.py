@@ -417,7 +417,7 @@ def exportMessages_txn(
     txn.execute(
         f"SELECT {_MESSAGE_COLUMNS} FROM messages{where} ORDER BY seq {'DESC' if backwards else 'ASC'} LIMIT ?", args
     )
-    messages = [_messageFromRow(row) for row in txn.fetchall()]
+    messages = [_messageFromRow(row, txn.cipher) for row in txn.fetchall()]
     hasMore = len(messages) > limit
     del messages[limit:]
     if backwards:
@@ -433,7 +433,7 @@ def messagesById_txn(txn: Transaction, messageId: str) -> list[StoredMessage]:
     # messages_recipient_message_id (to_id, message_id) can, per recipient
     # kind, but an admin recall is rare enough for a scan.
     txn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE message_id = ? ORDER BY seq", (messageId,))
-    return [_messageFromRow(row) for row in txn.fetchall()]
+    return [_messageFromRow(row, txn.cipher) for row in txn.fetchall()]
 
 
 def counts_txn(txn: Transaction) -> StoreCounts:

@@ -209,7 +209,7 @@ def groupSummaries_txn(txn: Transaction, userId: str) -> list[GroupSummary]:
             (conversation,),
         )
         row = txn.fetchone()
-        lastMessage = None if row is None else _messageFromRow(row)
+        lastMessage = None if row is None else _messageFromRow(row, txn.cipher)
         lastSeq = 0 if lastMessage is None else lastMessage.seq
         unread = 0
         if lastSeq > readSeq:

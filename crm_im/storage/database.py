@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import Any, Callable, Concatenate, Iterator, ParamSpec, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Concatenate, Iterator, ParamSpec, Sequence, TypeVar
 
 from twisted.enterprise.adbapi import ConnectionPool
 from twisted.internet.defer import Deferred
@@ -31,8 +31,12 @@ from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..crypto.records import RecordCipher
 from .engines import BaseEngine
 from .interface import StoreClosedError
+
+if TYPE_CHECKING:
+    from ..crypto import AtRest
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -60,16 +64,19 @@ class Transaction:
     placeholders. Only used on the pool thread.
     """
 
-    def __init__(self, cursor: Any, engine: BaseEngine) -> None:
+    def __init__(self, cursor: Any, engine: BaseEngine, cipher: RecordCipher | None = None) -> None:
         """
         @param cursor: the C{adbapi} transaction (a DB-API cursor).
         @param engine: converts the SQL for its backend.
+        @param cipher: seals user text at rest (C{--encryption-keys}), or
+            L{None}: the C{*_txn} functions read it as C{txn.cipher}.
         """
         # adbapi hands us its Transaction wrapper, whose __getattr__ costs
         # on every call; use the DB-API cursor it wraps.
         self._cursor = getattr(cursor, "_cursor", cursor)
         self._convert = engine.paramStyle != "qmark"
         self.engine = engine
+        self.cipher = cipher
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
         """
@@ -254,6 +261,47 @@ def _prepareSchemaFromPackage_txn(txn: Transaction) -> list[int]:
     return prepareSchema_txn(txn, schemaFiles(txn.engine.name))
 
 
+def checkKeys_txn(txn: Transaction, atRest: AtRest | None, now: int) -> None:
+    """
+    Refuse to run on a database whose rows or files were encrypted with a
+    key not in the key file, or with no key file at all (the server would
+    serve errors for every old message); record the current key as used.
+
+    The keys ever used are the few rows of C{encryption_keys} (a rekey
+    that finished drops the ones no row or file needs any more), so this
+    costs nothing however large the database.
+
+    @raise KeysMissingError: if a key is missing.
+    """
+    txn.execute("SELECT key_id FROM encryption_keys ORDER BY key_id")
+    used = [str(row[0]) for row in txn.fetchall()]
+    if atRest is None:
+        if used:
+            raise KeysMissingError(
+                f"this database holds data encrypted at rest (keys {', '.join(used)}):"
+                " start crm_im with --encryption-keys FILE holding those keys"
+            )
+        return
+    missing = [keyId for keyId in used if atRest.ring.byId(keyId) is None]
+    if missing:
+        raise KeysMissingError(
+            f"this database holds data encrypted at rest with keys {', '.join(missing)},"
+            f" which {atRest.ring.source} does not hold: add them back (after the current key)"
+        )
+    if atRest.currentId not in used:
+        txn.execute(
+            "INSERT INTO encryption_keys (key_id, first_used) VALUES (?, ?) ON CONFLICT (key_id) DO NOTHING",
+            (atRest.currentId, now),
+        )
+
+
+class KeysMissingError(RuntimeError):
+    """
+    The key file lacks a key the database was written with (or there is
+    no key file): starting would serve errors instead of messages.
+    """
+
+
 class Database:
     """
     A connection pool for one engine, run through L{runInteraction}.
@@ -265,12 +313,16 @@ class Database:
 
     log = Logger()
 
-    def __init__(self, engine: BaseEngine, reactor: IReactorCore) -> None:
+    def __init__(self, engine: BaseEngine, reactor: IReactorCore, atRest: AtRest | None = None) -> None:
         """
         @param engine: the backend.
         @param reactor: runs the pool's callbacks.
+        @param atRest: the keys of encryption at rest, or L{None}; checked
+            at L{start} against the keys the database was written with.
         """
         self.engine = engine
+        self.atRest = atRest
+        self.cipher = None if atRest is None else atRest.records
         self._reactor = reactor
         #: schedules the store's timers (the same reactor)
         self.clock: IReactorTime = reactor  # type: ignore[assignment]
@@ -290,6 +342,12 @@ class Database:
                 "Applied storage schema versions {versions}",
                 versions=self.schemaApplied,
             )
+        try:
+            await self.runInteraction("checkKeys", checkKeys_txn, self.atRest, int(self.clock.seconds() * 1000))
+        except BaseException:
+            # refused (a key missing): nothing is served, nothing stays open
+            self.close()
+            raise
 
     def start(self) -> Deferred[None]:
         """
@@ -314,12 +372,13 @@ class Database:
         if pool is None or not pool.running:
             raise StoreClosedError(f"{desc}: the database is not open")
         engine = self.engine
+        cipher = self.cipher
         self.transactionCount += 1
         retries = engine.retriesOnBrokenConnection
         if not retries:
 
             def interaction(cursor: Any) -> _R:
-                txn = Transaction(cursor, engine)
+                txn = Transaction(cursor, engine, cipher)
                 if engine.beginSQL is not None:
                     txn.execute(engine.beginSQL)
                 return func(txn, *args, **kwargs)
@@ -329,7 +388,7 @@ class Database:
         broken: list[bool] = []
 
         def retriable(cursor: Any) -> _R:
-            txn = Transaction(cursor, engine)
+            txn = Transaction(cursor, engine, cipher)
             if engine.beginSQL is not None:
                 txn.execute(engine.beginSQL)
             try:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence, TypeVar
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from ..crypto.records import RecordCipher, UnknownKeyError, fieldAAD
 from .database import Transaction
 from .interface import ABORTED, COMPLETE, EXPIRED, UPLOADING, FileRecord, IFileRecords
 
@@ -25,25 +26,44 @@ _R = TypeVar("_R")
 
 _FILE_COLUMNS = (
     "file_id, from_id, to_id, file_name, mime_type, size, created_at,"
-    " conversation, state, sha256, expected_sha256, expires_at, completed_at"
+    " conversation, state, sha256, expected_sha256, expires_at, completed_at, key_id"
 )
 
 
-def _record(row: Sequence[Any]) -> FileRecord:
-    return FileRecord(*row)
+def _nameAAD(fileId: str) -> bytes:
+    """
+    The associated data of a file record's sealed name: its file id.
+    """
+    return fieldAAD("files", "file_name", fileId)
+
+
+def _record(row: Sequence[Any], cipher: RecordCipher | None) -> FileRecord:
+    """
+    A L{FileRecord} from a row of C{_FILE_COLUMNS}, its name decrypted if
+    it was sealed at rest (C{key_id}, the last column, not NULL).
+    """
+    keyId = row[-1]
+    if keyId is None:
+        return FileRecord(*row[:-1])
+    if cipher is None:
+        raise UnknownKeyError(
+            f"file {row[0]!r} is encrypted at rest (key {keyId!r}) and no --encryption-keys file was given"
+        )
+    return FileRecord(row[0], row[1], row[2], cipher.open(keyId, row[3], _nameAAD(row[0])), *row[4:-1])
 
 
 def recordFile_txn(txn: Transaction, record: FileRecord) -> None:
     """
-    Insert a file record.
+    Insert a file record (its name sealed with C{txn.cipher}, if any).
     """
+    cipher = txn.cipher
     txn.execute(
-        f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.fileId,
             record.fromId,
             record.toId,
-            record.fileName,
+            record.fileName if cipher is None else cipher.seal(record.fileName, _nameAAD(record.fileId)),
             record.mimeType,
             record.size,
             record.createdAt,
@@ -53,6 +73,7 @@ def recordFile_txn(txn: Transaction, record: FileRecord) -> None:
             record.expectedSha256,
             record.expiresAt,
             record.completedAt,
+            None if cipher is None else cipher.currentId,
         ),
     )
     if record.state == COMPLETE and record.sha256 is not None:
@@ -65,7 +86,7 @@ def fileRecord_txn(txn: Transaction, fileId: str) -> FileRecord | None:
     """
     txn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE file_id = ?", (fileId,))
     row = txn.fetchone()
-    return None if row is None else _record(row)
+    return None if row is None else _record(row, txn.cipher)
 
 
 def _takeBlob_txn(txn: Transaction, sha256: str, size: int, now: int) -> None:
@@ -130,7 +151,7 @@ def expiredUploads_txn(txn: Transaction, now: int, limit: int) -> list[FileRecor
         f"SELECT {_FILE_COLUMNS} FROM files WHERE state = ? AND expires_at < ? ORDER BY expires_at LIMIT ?",
         (UPLOADING, now, limit),
     )
-    return [_record(row) for row in txn.fetchall()]
+    return [_record(row, txn.cipher) for row in txn.fetchall()]
 
 
 def retentionCandidates_txn(txn: Transaction, cutoff: int, limit: int) -> list[FileRecord]:
@@ -144,7 +165,7 @@ def retentionCandidates_txn(txn: Transaction, cutoff: int, limit: int) -> list[F
         " ORDER BY f.created_at LIMIT ?",
         (COMPLETE, cutoff, cutoff, limit),
     )
-    return [_record(row) for row in txn.fetchall()]
+    return [_record(row, txn.cipher) for row in txn.fetchall()]
 
 
 def expireFile_txn(txn: Transaction, fileId: str) -> tuple[str | None, bool]:

@@ -19,15 +19,24 @@ place, its directory C{fsync}ed; only then is the record committed. A
 crash in between leaves at most bytes nobody refers to. Blob bytes are
 deleted only when the last record referring to them goes, and never while
 a new reference to them is being committed (one lock per digest).
+
+With encryption at rest (a L{FileCipher}), blobs and thumbnails are sealed
+(L{crm_im.crypto.stream}: chunked AES-256-GCM, their path under the
+directory as associated data, so bytes moved to another blob's place fail);
+a finished upload is sealed into its blob as it is moved there. Bytes
+written before encryption was on stay readable as they are. An upload's
+C{.part} is in clear while it arrives (tus appends at any offset), and is
+deleted once sealed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import secrets
-from typing import IO, Any, Callable, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Callable, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorFromThreads
@@ -38,6 +47,11 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from .interface import COMPLETE, FileRecord, IFileBytes, IFileMetadata, IFileStore
+
+if TYPE_CHECKING:
+    from twisted.web.static import File
+
+    from ..crypto.stream import FileCipher
 
 _FILE_ID = re.compile(r"\A[A-Za-z0-9_-]{32}\Z")
 _SHA256 = re.compile(r"\A[0-9a-f]{64}\Z")
@@ -91,6 +105,23 @@ def _writeDurably(path: FilePath[str], data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(temporary.path, path.path)
     _fsyncDirectory(parent)
+
+
+def _sealDurably(source: FilePath[str], target: FilePath[str], cipher: "FileCipher", identity: bytes) -> None:
+    """
+    Seal the bytes of C{source} into C{target} atomically and durably, a
+    chunk at a time, then delete C{source} (blocking).
+    """
+    parent = target.parent()
+    parent.makedirs(ignoreExistingDirectory=True)
+    temporary = target.siblingExtension(".tmp")
+    with open(source.path, "rb") as f, open(temporary.path, "wb") as out:
+        cipher.sealStream(f, out, identity)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary.path, target.path)
+    _fsyncDirectory(parent)
+    _remove(source)
 
 
 def _remove(path: FilePath[str]) -> None:
@@ -180,6 +211,7 @@ class DiskFileStore:
         reactor: IReactorFromThreads,
         threadpool: ThreadPool,
         metadata: IFileMetadata,
+        cipher: "FileCipher | None" = None,
     ) -> None:
         """
         @param directory: where the files go; created on the first save.
@@ -187,7 +219,10 @@ class DiskFileStore:
         @param threadpool: runs the blocking file I/O (started and stopped by
             its owner).
         @param metadata: keeps the records, usually the message store.
+        @param cipher: seals the bytes at rest (C{--encryption-keys}), or
+            L{None}.
         """
+        self.cipher = cipher
         self.directory = directory
         self._reactor = reactor
         self._threadpool = threadpool
@@ -247,6 +282,64 @@ class DiskFileStore:
             return self.blobPath(record.sha256)
         return self._pathForId(record.fileId)
 
+    # ---- bytes sealed at rest
+
+    def identityOf(self, path: FilePath[str]) -> bytes:
+        """
+        The associated data of the bytes at C{path}: their place under the
+        directory (C{blobs/ab/ab12...}), the same after a restore into
+        another directory.
+        """
+        return "/".join(path.segmentsFrom(self.directory)).encode("utf-8")
+
+    def openBytes(self, path: FilePath[str]) -> IO[bytes]:
+        """
+        See L{IFileBytes.openBytes}.
+
+        @raise crm_im.crypto.DecryptionError: for bytes sealed with a key
+            not in the key file, or altered.
+        """
+        from ..crypto.stream import readHeader
+
+        handle = open(path.path, "rb")
+        try:
+            _, keyId = readHeader(handle)
+            if keyId is None:
+                return handle
+            if self.cipher is None:
+                from ..crypto.records import UnknownKeyError
+
+                raise UnknownKeyError(f"{path.path} is encrypted at rest and no --encryption-keys file was given")
+            return io.BufferedReader(self.cipher.reader(handle, self.identityOf(path)))
+        except BaseException:
+            handle.close()
+            raise
+
+    def writeBytes(self, path: FilePath[str], data: bytes) -> None:
+        """
+        See L{IFileBytes.writeBytes}.
+        """
+        if self.cipher is not None:
+            data = self.cipher.seal(data, self.identityOf(path))
+        _writeDurably(path, data)
+
+    def resourceFor(self, path: FilePath[str], mimeType: str) -> "File":
+        """
+        See L{IFileStore.resourceFor}.
+        """
+        from twisted.web.static import File
+
+        resource: File
+        if self.cipher is None:
+            resource = File(path.path, defaultType=mimeType)
+        else:
+            from ..crypto.web import SealedFile
+
+            resource = SealedFile(path.path, self.cipher, self.identityOf(path), mimeType)
+        resource.type = mimeType  # type: ignore[assignment]
+        resource.encoding = None
+        return resource
+
     # ---- files sent inline
 
     def _writeBlob(self, sha256: str, data: bytes) -> bool:
@@ -256,7 +349,7 @@ class DiskFileStore:
         path = self.blobPath(sha256)
         if path.exists():
             return False
-        _writeDurably(path, data)
+        self.writeBytes(path, data)
         return True
 
     async def _save(
@@ -405,6 +498,9 @@ class DiskFileStore:
         Make a finished upload's bytes the blob C{sha256} (call it inside
         L{withBlob}).
         """
+        if self.cipher is not None:
+            target = self.blobPath(sha256)
+            return self._inThread(_sealDurably, self.partPath(fileId), target, self.cipher, self.identityOf(target))
         return self._inThread(_moveDurably, self.partPath(fileId), self.blobPath(sha256))
 
     def removePart(self, fileId: str) -> Deferred[None]:

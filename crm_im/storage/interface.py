@@ -529,6 +529,13 @@ class IFileStore(Interface):
         Where the bytes of C{record} are.
         """
 
+    def resourceFor(path: FilePath[str], mimeType: str) -> Any:
+        """
+        A static resource (L{twisted.web.static.File}: C{Range}, C{HEAD})
+        serving the bytes at C{path} as C{mimeType}, decrypted as they are
+        sent if they are sealed at rest.
+        """
+
 
 class IFileBytes(IFileStore):
     """
@@ -586,6 +593,18 @@ class IFileBytes(IFileStore):
     def thumbnailPath(sha256: str) -> FilePath[str]:
         """
         Where the thumbnail of blob C{sha256} is.
+        """
+
+    def openBytes(path: FilePath[str]) -> Any:
+        """
+        The plaintext bytes at C{path} as a binary file object, decrypted as
+        read if sealed at rest (blocking: call it through L{run}).
+        """
+
+    def writeBytes(path: FilePath[str], data: bytes) -> None:
+        """
+        Write C{data} to C{path} atomically, sealed if encryption at rest is
+        on (blocking: call it through L{run}).
         """
 
     def run(func: Any, *args: Any) -> Deferred[Any]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import attrs
 import orjson
 
+from ..crypto.records import RecordCipher, UnknownKeyError, fieldAAD
 from .database import Transaction, attempt_txn, chunks, placeholders
 from .interface import (
     GROUP_PREFIX,
@@ -38,14 +39,61 @@ _MESSAGE_COLUMNS = (
     "seq, message_id, from_id, from_name, to_id, topic, type, content,"
     " file_url, file_name, client_timestamp, server_timestamp, delivered, read_at,"
     " conversation, system, recalled_by, file_id, file_size, mime_type,"
-    " ciphertext, algorithm"
+    " ciphertext, algorithm, key_id"
 )
 
+#: The type of end-to-end encrypted messages: already ciphertext, stored as
+#: they are even with encryption at rest.
+E2E_TYPE = "encrypted"
 
-def _messageFromRow(row: Sequence[Any]) -> StoredMessage:
+
+def _aad(column: str, fromId: str, messageId: str) -> bytes:
     """
-    A L{StoredMessage} from a row of C{_MESSAGE_COLUMNS}.
+    The associated data of a message's column sealed at rest: its
+    C{(fromId, id)}, which no other row has and which neither the copy tool
+    nor a rekey changes (its seq and conversation key may: schema 008
+    rewrote conversation keys).
     """
+    return fieldAAD("messages", column, fromId, messageId)
+
+
+def _openRow(row: Sequence[Any], cipher: RecordCipher | None) -> tuple[Any, Any, Any, Any]:
+    """
+    The content, file URL (it may end with the file's name), file name and
+    system text of a row sealed at rest (its key id is the last column), in
+    clear.
+
+    @raise DecryptionError: without the key, or for an altered or moved
+        ciphertext.
+    """
+    keyId = row[-1]
+    if cipher is None:
+        raise UnknownKeyError(
+            f"message {row[1]!r} is encrypted at rest (key {keyId!r}) and no --encryption-keys file was given"
+        )
+    fromId, messageId = row[2], row[1]
+    content, fileUrl, fileName, system = row[7], row[8], row[9], row[15]
+    # '' is a recalled message's content, never a sealed one
+    if content:
+        content = cipher.open(keyId, content, _aad("content", fromId, messageId))
+    if fileUrl is not None:
+        fileUrl = cipher.open(keyId, fileUrl, _aad("file_url", fromId, messageId))
+    if fileName is not None:
+        fileName = cipher.open(keyId, fileName, _aad("file_name", fromId, messageId))
+    if system is not None:
+        system = cipher.open(keyId, system, _aad("system", fromId, messageId))
+    return content, fileUrl, fileName, system
+
+
+def _messageFromRow(row: Sequence[Any], cipher: RecordCipher | None = None) -> StoredMessage:
+    """
+    A L{StoredMessage} from a row of C{_MESSAGE_COLUMNS}, decrypted with
+    C{cipher} (the transaction's, C{txn.cipher}) if sealed at rest.
+    """
+    if row[-1] is None:
+        content, fileUrl, fileName, system = row[7], row[8], row[9], row[15]
+    else:
+        content, fileUrl, fileName, system = _openRow(row, cipher)
     toId = row[4]
     groupId = roomId = None
     if not toId:
@@ -55,7 +103,6 @@ def _messageFromRow(row: Sequence[Any]) -> StoredMessage:
             groupId = conversation[len(GROUP_PREFIX) :]
         else:
             roomId = conversation[len(ROOM_PREFIX) :]
-    system = row[15]
     ciphertext = row[20]
     return StoredMessage(
         seq=row[0],
@@ -65,9 +112,9 @@ def _messageFromRow(row: Sequence[Any]) -> StoredMessage:
         toId=toId,
         topic=row[5],
         type=row[6],
-        content=row[7],
-        fileUrl=row[8],
-        fileName=row[9],
+        content=content,
+        fileUrl=fileUrl,
+        fileName=fileName,
         clientTimestamp=row[10],
         serverTimestamp=row[11],
         delivered=bool(row[12]),
@@ -88,19 +135,35 @@ _INSERT_COLUMNS = (
     "INSERT INTO messages (message_id, from_id, from_name, to_id,"
     " conversation, topic, type, content, file_url, file_name,"
     " client_timestamp, server_timestamp, delivered, read_at, system,"
-    " file_id, file_size, mime_type, ciphertext, algorithm) VALUES "
+    " file_id, file_size, mime_type, ciphertext, algorithm, key_id) VALUES "
 )
-_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _ON_CONFLICT_RETURNING = " ON CONFLICT (from_id, message_id) DO NOTHING RETURNING seq"
 
-#: Rows per multi-row INSERT (20 parameters each; SQLite allows 32766).
+#: Rows per multi-row INSERT (21 parameters each; SQLite allows 32766).
 INSERT_CHUNK = 250
 
 
-def _insertRow(msg: NewMessage) -> tuple[Any, ...]:
+def _insertRow(msg: NewMessage, cipher: RecordCipher | None = None) -> tuple[Any, ...]:
     # Group and room messages are stored delivered and read: they never
     # enter the 1:1 offline queue or unread indexes (see 004_conversations).
     shared = msg.toId is None
+    system = None if msg.system is None else orjson.dumps(msg.system).decode()
+    content = msg.content
+    fileUrl = msg.fileUrl
+    fileName = msg.fileName
+    keyId = None
+    if cipher is not None and msg.type != E2E_TYPE:
+        # Sealed at rest here, on the pool thread: the reactor pays nothing.
+        keyId = cipher.currentId
+        fromId, messageId = msg.fromId, msg.id
+        content = cipher.seal(content, _aad("content", fromId, messageId))
+        if fileUrl is not None:
+            fileUrl = cipher.seal(fileUrl, _aad("file_url", fromId, messageId))
+        if fileName is not None:
+            fileName = cipher.seal(fileName, _aad("file_name", fromId, messageId))
+        if system is not None:
+            system = cipher.seal(system, _aad("system", fromId, messageId))
     return (
         msg.id,
         msg.fromId,
@@ -109,20 +172,21 @@ def _insertRow(msg: NewMessage) -> tuple[Any, ...]:
         msg.conversation,
         msg.topic,
         msg.type,
-        msg.content,
-        msg.fileUrl,
-        msg.fileName,
+        content,
+        fileUrl,
+        fileName,
         msg.clientTimestamp,
         msg.serverTimestamp,
         1 if shared else 0,
         msg.serverTimestamp if shared else None,
-        None if msg.system is None else orjson.dumps(msg.system).decode(),
+        system,
         msg.fileId,
         msg.fileSize,
         msg.mimeType,
         # an encrypted message's ciphertext as JSON text, untouched
         None if msg.ciphertext is None else orjson.dumps(msg.ciphertext).decode(),
         msg.algorithm,
+        keyId,
     )
 
 
@@ -137,7 +201,7 @@ def storeMessage_txn(txn: Transaction, msg: NewMessage) -> StoreOutcome:
     One statement in the common case: a single statement is atomic in
     SQLite and PostgreSQL, so this write needs no savepoint of its own.
     """
-    txn.execute(_INSERT_COLUMNS + _ROW + _ON_CONFLICT_RETURNING, _insertRow(msg))
+    txn.execute(_INSERT_COLUMNS + _ROW + _ON_CONFLICT_RETURNING, _insertRow(msg, txn.cipher))
     row = txn.fetchone()
     if row is None:
         txn.execute(
@@ -147,7 +211,7 @@ def storeMessage_txn(txn: Transaction, msg: NewMessage) -> StoreOutcome:
         )
         existing = txn.fetchone()
         assert existing is not None
-        return StoreOutcome(message=_messageFromRow(existing), created=False)
+        return StoreOutcome(message=_messageFromRow(existing, txn.cipher), created=False)
     return StoreOutcome(message=_newStored(msg, row[0]), created=True)
 
 
@@ -182,7 +246,7 @@ def storeMessages_txn(txn: Transaction, msgs: Sequence[NewMessage]) -> list[tupl
             [value for key in keyChunk for value in key],
         )
         for row in txn.fetchall():
-            stored = _messageFromRow(row)
+            stored = _messageFromRow(row, txn.cipher)
             existing[(stored.fromId, stored.id)] = stored
     fresh: list[int] = []
     firstOf: dict[tuple[str, str], int] = {}
@@ -222,7 +286,8 @@ def _insertRows_txn(txn: Transaction, rows: Sequence[NewMessage]) -> list[int]:
     @raise RuntimeError: if the database did not insert them all.
     """
     sql = _INSERT_COLUMNS + ", ".join([_ROW] * len(rows))
-    args = [value for msg in rows for value in _insertRow(msg)]
+    cipher = txn.cipher
+    args = [value for msg in rows for value in _insertRow(msg, cipher)]
     if txn.engine.returningKeys:
         # Other transactions draw from the sequence too (other nodes'):
         # ask for the keys rather than deduce them.
@@ -273,7 +338,7 @@ def markRead_txn(
             " ORDER BY seq",
             (readerId, friendId, upToSeq),
         )
-        found = [_messageFromRow(row) for row in txn.fetchall()]
+        found = [_messageFromRow(row, txn.cipher) for row in txn.fetchall()]
     elif messageIds is not None:
         for chunk in chunks(sorted(set(messageIds))):
             txn.execute(
@@ -282,7 +347,7 @@ def markRead_txn(
                 " AND read_at IS NULL",
                 (readerId, *chunk),
             )
-            found.extend(_messageFromRow(row) for row in txn.fetchall())
+            found.extend(_messageFromRow(row, txn.cipher) for row in txn.fetchall())
         found.sort(key=lambda message: message.seq)
     else:
         raise ValueError("markRead needs friendId and upToSeq, or messageIds")
@@ -304,7 +369,7 @@ def pendingFor_txn(txn: Transaction, userId: str, limit: int) -> list[StoredMess
         " WHERE to_id = ? AND delivered = 0 ORDER BY seq LIMIT ?",
         (userId, max(limit, 0)),
     )
-    return [_messageFromRow(row) for row in txn.fetchall()]
+    return [_messageFromRow(row, txn.cipher) for row in txn.fetchall()]
 
 
 def history_txn(
@@ -353,7 +418,7 @@ def conversationHistory_txn(
         f" ORDER BY seq {'DESC' if newestFirst else 'ASC'} LIMIT ?",
         args,
     )
-    messages = [_messageFromRow(row) for row in txn.fetchall()]
+    messages = [_messageFromRow(row, txn.cipher) for row in txn.fetchall()]
     hasMore = len(messages) > limit
     del messages[limit:]
     if newestFirst:
@@ -370,7 +435,7 @@ def findMessage_txn(txn: Transaction, fromId: str, messageId: str) -> StoredMess
         (fromId, messageId),
     )
     row = txn.fetchone()
-    return None if row is None else _messageFromRow(row)
+    return None if row is None else _messageFromRow(row, txn.cipher)
 
 
 def findReceived_txn(txn: Transaction, toId: str, messageId: str) -> list[StoredMessage]:
@@ -382,7 +447,7 @@ def findReceived_txn(txn: Transaction, toId: str, messageId: str) -> list[Stored
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE to_id = ? AND message_id = ? ORDER BY seq LIMIT 100",
         (toId, messageId),
     )
-    return [_messageFromRow(row) for row in txn.fetchall()]
+    return [_messageFromRow(row, txn.cipher) for row in txn.fetchall()]
 
 
 def recall_txn(txn: Transaction, seq: int, by: str, now: int) -> StoredMessage | None:
@@ -400,7 +465,7 @@ def recall_txn(txn: Transaction, seq: int, by: str, now: int) -> StoredMessage |
         return None
     txn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq = ?", (seq,))
     row = txn.fetchone()
-    return None if row is None else _messageFromRow(row)
+    return None if row is None else _messageFromRow(row, txn.cipher)
 
 
 def ping_txn(txn: Transaction) -> None:

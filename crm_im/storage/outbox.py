@@ -315,7 +315,7 @@ def pushPlan_txn(txn: Transaction, userId: str, limit: int = PLAN_ROWS) -> PushP
     messages: list[StoredMessage] = []
     for chunk in chunks(seqs):
         txn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq IN ({placeholders(len(chunk))})", chunk)
-        messages.extend(_messageFromRow(row) for row in txn.fetchall())
+        messages.extend(_messageFromRow(row, txn.cipher) for row in txn.fetchall())
     messages.sort(key=lambda m: m.seq)
     groupIds = sorted({m.groupId for m in messages if m.groupId is not None})
     cursors: dict[str, int] = {}

@@ -6,11 +6,16 @@ L{storeFor}, the store a C{--store} value names.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.internet.interfaces import IReactorCore
 
 from .database import Database
 from .engines import PostgresEngine, SQLiteEngine, engineFor
 from .store import SQLMessageStore
+
+if TYPE_CHECKING:
+    from ..crypto import AtRest
 
 
 class PostgresMessageStore(SQLMessageStore):
@@ -19,16 +24,19 @@ class PostgresMessageStore(SQLMessageStore):
     database, which several nodes may share.
     """
 
-    def __init__(self, url: str, reactor: IReactorCore) -> None:
+    def __init__(self, url: str, reactor: IReactorCore, atRest: "AtRest | None" = None) -> None:
         """
         @param url: a libpq URL, C{postgresql://user@host/db?...}.
         @param reactor: runs the connection pool's callbacks.
+        @param atRest: the keys of encryption at rest (C{--encryption-keys}).
         """
-        SQLMessageStore.__init__(self, Database(PostgresEngine(url), reactor))
+        SQLMessageStore.__init__(self, Database(PostgresEngine(url), reactor, atRest))
         self.url = url
 
 
-def storeFor(store: str, reactor: IReactorCore, synchronous: str = "FULL") -> SQLMessageStore:
+def storeFor(
+    store: str, reactor: IReactorCore, synchronous: str = "FULL", atRest: "AtRest | None" = None
+) -> SQLMessageStore:
     """
     The (unopened) store a C{--store} value names: C{sqlite:PATH} or a
     PostgreSQL URL; see L{engineFor}.
@@ -39,6 +47,6 @@ def storeFor(store: str, reactor: IReactorCore, synchronous: str = "FULL") -> SQ
 
     engine = engineFor(store, synchronous)
     if isinstance(engine, SQLiteEngine):
-        return SQLiteMessageStore(engine.path, reactor, engine.synchronous)
+        return SQLiteMessageStore(engine.path, reactor, engine.synchronous, atRest)
     assert isinstance(engine, PostgresEngine)
-    return PostgresMessageStore(engine.url, reactor)
+    return PostgresMessageStore(engine.url, reactor, atRest)

@@ -31,7 +31,6 @@ from twisted.web import http
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from twisted.web.static import File
 
 from .._json import dumps
 from ..http.cors import CORSPolicy
@@ -231,13 +230,11 @@ class FilesAPIResource(Resource):
                 request.setHeader(b"content-length", b"0")
                 request.finish()
                 return
-        _serveFile(request, path.path, mimeType)
+        _serveFile(request, self.service.files.resourceFor(path, mimeType))
 
 
-def _serveFile(request: Any, path: str, mimeType: str) -> None:
-    resource = File(path, defaultType=mimeType)
-    resource.type = mimeType  # type: ignore[assignment]
-    resource.encoding = None
+def _serveFile(request: Any, resource: Any) -> None:
+    # the file store's resource: decrypts bytes sealed at rest as it sends
     result = resource.render(request)
     if result is not NOT_DONE_YET:
         request.write(result)
@@ -294,4 +291,4 @@ class ThumbnailsResource(Resource):
             request.setHeader(b"content-length", b"0")
             request.finish()
             return
-        _serveFile(request, path.path, "image/jpeg")
+        _serveFile(request, self.service.files.resourceFor(path, "image/jpeg"))

@@ -435,7 +435,15 @@ class UploadService:
         settings = self.settings
         await self._thumbnails.acquire()
         try:
-            await self.files.run(makeThumbnail, source, target, settings.thumbnailSize, settings.maxPixels)
+            await self.files.run(
+                makeThumbnail,
+                source,
+                target,
+                settings.thumbnailSize,
+                settings.maxPixels,
+                self.files.openBytes,
+                self.files.writeBytes,
+            )
         finally:
             self._thumbnails.release()
         return target

@@ -8,8 +8,10 @@ file that claims a huge image) is refused, not rendered.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
+from typing import IO, Callable
 
 from twisted.python.filepath import FilePath
 
@@ -23,10 +25,34 @@ class ThumbnailError(Exception):
     """
 
 
-def makeThumbnail(source: FilePath[str], target: FilePath[str], size: int, maxPixels: int) -> None:
+def _open(path: FilePath[str]) -> IO[bytes]:
+    return open(path.path, "rb")
+
+
+def _write(path: FilePath[str], data: bytes) -> None:
+    path.parent().makedirs(ignoreExistingDirectory=True)
+    temporary = path.siblingExtension(".tmp")
+    with open(temporary.path, "wb") as f:
+        f.write(data)
+    os.replace(temporary.path, path.path)
+
+
+def makeThumbnail(
+    source: FilePath[str],
+    target: FilePath[str],
+    size: int,
+    maxPixels: int,
+    openSource: Callable[[FilePath[str]], IO[bytes]] = _open,
+    writeTarget: Callable[[FilePath[str], bytes], None] = _write,
+) -> None:
     """
     Write a JPEG at most C{size} px on its long side of the image at
     C{source} to C{target} (atomically).
+
+    @param openSource: opens the image's bytes (the file store's: they may
+        be sealed at rest, and are decrypted as Pillow reads them).
+    @param writeTarget: writes the thumbnail (the file store's: sealed at
+        rest too); it is made in memory, never in clear on disk.
 
     @raise ThumbnailError: if it is not a readable JPEG, PNG, GIF or WebP,
         or has more than C{maxPixels} pixels.
@@ -36,7 +62,7 @@ def makeThumbnail(source: FilePath[str], target: FilePath[str], size: int, maxPi
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source.path) as image:
+            with openSource(source) as handle, Image.open(handle) as image:
                 if image.format not in ("JPEG", "PNG", "GIF", "WEBP"):
                     raise ThumbnailError(f"not an image a thumbnail is made of ({image.format})")
                 width, height = image.size
@@ -49,10 +75,9 @@ def makeThumbnail(source: FilePath[str], target: FilePath[str], size: int, maxPi
                     converted = image.convert("RGBA")
                     background.paste(converted, mask=converted.split()[-1])
                     image = background  # type: ignore[assignment]
-                target.parent().makedirs(ignoreExistingDirectory=True)
-                temporary = target.siblingExtension(".tmp")
-                image.save(temporary.path, "JPEG", quality=80)
-                os.replace(temporary.path, target.path)
+                out = io.BytesIO()
+                image.save(out, "JPEG", quality=80)
+                writeTarget(target, out.getvalue())
     except ThumbnailError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

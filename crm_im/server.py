@@ -26,6 +26,7 @@ from twisted.web.server import Site
 from . import __version__
 from .auth import JWT, OPEN, authenticatorFor
 from .config import Config
+from .crypto import atRestFor
 from .http.cors import CORSPolicy
 from .engineio.resource import EngineIOResource
 from .engineio.session import CLOSING
@@ -134,9 +135,13 @@ class CRMIMService(StagedService):
         self.reactor = reactor
         dataDir = FilePath(config.dataDir)
         self.dataDir = dataDir
+        # encryption at rest (--encryption-keys): the store and the file
+        # store seal with it; the store refuses to open without a key
+        # the database was written with
+        self.atRest = atRestFor(config.encryptionKeys)
         self.store: SQLMessageStore | MemoryMessageStore
         if store is None:
-            self.store = storeFor(config.storeURL(), reactor, config.sqliteSynchronous)
+            self.store = storeFor(config.storeURL(), reactor, config.sqliteSynchronous, self.atRest)
             self.store.commitInterval = config.commitInterval
         else:
             self.store = store
@@ -144,7 +149,13 @@ class CRMIMService(StagedService):
         self.fileRecords: IFileRecords = (
             MemoryFileRecords(self.store) if isinstance(self.store, MemoryMessageStore) else SQLFileRecords(self.store)
         )
-        self.files = DiskFileStore(dataDir.child("files"), IReactorFromThreads(reactor), self.threadpool, self.fileRecords)
+        self.files = DiskFileStore(
+            dataDir.child("files"),
+            IReactorFromThreads(reactor),
+            self.threadpool,
+            self.fileRecords,
+            None if self.atRest is None else self.atRest.files,
+        )
         self.uploads = UploadService(
             self.files,
             self.fileRecords,

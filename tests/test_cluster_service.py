@@ -171,6 +171,21 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(service.node.address, "http://127.0.0.1:40123")
         self.assertEqual(service.node.addresses[service.node.tag], "http://127.0.0.1:40123")
 
+    def test_metrics(self) -> None:
+        """
+        C{/metrics} says whether Redis is up and how many devices each
+        node has.
+        """
+        service = ClusterService(Clock(), ClusterSettings(RedisAddress(), "n1"))
+        service.presence.login("u", "s1", "U", None)
+        service.presence.remoteLogin("n2", "s2", DeviceRecord("v", "V", None, "online"))
+        families = {family.name: family for family in service.collector().collect()}
+        self.assertEqual(families["crm_im_cluster_redis_up"].samples[0].value, 0)
+        self.assertEqual(
+            sorted((s.labels["node"], s.value) for s in families["crm_im_cluster_devices"].samples), [("n1", 1), ("n2", 1)]
+        )
+        self.assertIn("crm_im_cluster_forwarded", families)
+
     def test_sidNamesNode(self) -> None:
         service = ClusterService(Clock(), ClusterSettings(RedisAddress(), "n1"))
         sid = service.newEngineSid()

@@ -40,6 +40,7 @@ from .adapter import AdapterListener
 from .connection import CONNECT_TIMEOUT, RedisAddress, RedisLink
 from .forward import ForwardingResource
 from .limits import ClusterFailureLimiter
+from .metrics import ClusterCollector
 from .node import DEFAULT_NODE_TTL, ClusterNode
 from .presence import DEFAULT_SETTLE, ClusterPresence, DeviceRecord
 from .rooms import ClusterRoomPresence
@@ -216,6 +217,12 @@ class ClusterService(Service):
             inner, self.reactor, lambda sid: sid in engine.sessions, node.tag, lambda tag: node.addresses.get(tag) or None
         )
         return self.forwarder
+
+    def collector(self) -> ClusterCollector:
+        """
+        The cluster's metrics, for the server's registry.
+        """
+        return ClusterCollector(self)
 
     # ---- life
 

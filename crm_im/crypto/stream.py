@@ -204,10 +204,17 @@ class SealingWriter:
         """
         if self._closed:
             raise ValueError("write to a closed sealing writer")
-        self._buffer += data
-        while len(self._buffer) > CHUNK:
-            self._emit(bytes(self._buffer[:CHUNK]), False)
-            del self._buffer[:CHUNK]
+        buffer = self._buffer
+        buffer += data
+        # what follows a full chunk decides that it is not the last one;
+        # the buffer is cut once per write (not per chunk: a large write
+        # would move its tail again for every chunk)
+        offset = 0
+        while len(buffer) - offset > CHUNK:
+            self._emit(bytes(buffer[offset : offset + CHUNK]), False)
+            offset += CHUNK
+        if offset:
+            del buffer[:offset]
 
     def close(self) -> None:
         """

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import attrs
 import orjson
 
-from ..crypto.records import RecordCipher, UnknownKeyError, fieldAAD
+from ..crypto.records import RecordCipher, UnknownKeyError, fieldAAD, identityAAD
 from .database import Transaction, attempt_txn, chunks, placeholders
 from .interface import (
     GROUP_PREFIX,
@@ -47,6 +47,12 @@ _MESSAGE_COLUMNS = (
 E2E_TYPE = "encrypted"
 
 
+#: The associated data of each sealed column, before the row's identity.
+_CONTENT, _FILE_URL, _FILE_NAME, _SYSTEM = (
+    fieldAAD("messages", column) for column in ("content", "file_url", "file_name", "system")
+)
+
+
 def _aad(column: str, fromId: str, messageId: str) -> bytes:
     """
     The associated data of a message's column sealed at rest: its
@@ -71,17 +77,17 @@ def _openRow(row: Sequence[Any], cipher: RecordCipher | None) -> tuple[Any, Any,
         raise UnknownKeyError(
             f"message {row[1]!r} is encrypted at rest (key {keyId!r}) and no --encryption-keys file was given"
         )
-    fromId, messageId = row[2], row[1]
+    identity = identityAAD(row[2], row[1])
     content, fileUrl, fileName, system = row[7], row[8], row[9], row[15]
     # '' is a recalled message's content, never a sealed one
     if content:
-        content = cipher.open(keyId, content, _aad("content", fromId, messageId))
+        content = cipher.open(keyId, content, _CONTENT + identity)
     if fileUrl is not None:
-        fileUrl = cipher.open(keyId, fileUrl, _aad("file_url", fromId, messageId))
+        fileUrl = cipher.open(keyId, fileUrl, _FILE_URL + identity)
     if fileName is not None:
-        fileName = cipher.open(keyId, fileName, _aad("file_name", fromId, messageId))
+        fileName = cipher.open(keyId, fileName, _FILE_NAME + identity)
     if system is not None:
-        system = cipher.open(keyId, system, _aad("system", fromId, messageId))
+        system = cipher.open(keyId, system, _SYSTEM + identity)
     return content, fileUrl, fileName, system
 
 
@@ -156,14 +162,14 @@ def _insertRow(msg: NewMessage, cipher: RecordCipher | None = None) -> tuple[Any
     if cipher is not None and msg.type != E2E_TYPE:
         # Sealed at rest here, on the pool thread: the reactor pays nothing.
         keyId = cipher.currentId
-        fromId, messageId = msg.fromId, msg.id
-        content = cipher.seal(content, _aad("content", fromId, messageId))
+        identity = identityAAD(msg.fromId, msg.id)
+        content = cipher.seal(content, _CONTENT + identity)
         if fileUrl is not None:
-            fileUrl = cipher.seal(fileUrl, _aad("file_url", fromId, messageId))
+            fileUrl = cipher.seal(fileUrl, _FILE_URL + identity)
         if fileName is not None:
-            fileName = cipher.seal(fileName, _aad("file_name", fromId, messageId))
+            fileName = cipher.seal(fileName, _FILE_NAME + identity)
         if system is not None:
-            system = cipher.seal(system, _aad("system", fromId, messageId))
+            system = cipher.seal(system, _SYSTEM + identity)
     return (
         msg.id,
         msg.fromId,

@@ -6,7 +6,8 @@ name and in its bytes (a tus upload and an inline C{file_transfer}), then
 every file of the data directory scanned (the SQLite database, its WAL,
 the file store): the marker is nowhere, while history, downloads (with
 C{Range}) and thumbnails still give it back. The same flow without keys
-finds the marker, so the scan does look where the data is.
+finds the marker, so the scan does look where the data is. And C{twistd}
+processes refusing to start without the keys a database was written with.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from twisted.internet.defer import inlineCallbacks
 
 from crm_im.crypto.stream import MAGIC
 from tests.integration.test_files import FilesTestCase, Inline, tinyPNG
+from tests.integration.test_twistd import ProcessTestCase
 
 
 def scan(directory: str, needle: bytes) -> list[str]:
@@ -170,3 +172,72 @@ class ClearControlTests(EncryptedAtRestTests):
     """
 
     encrypted = False
+
+
+class StartRefusedTests(ProcessTestCase):
+    """
+    C{twistd crm_im} as an operator starts it with encryption at rest: a
+    database written with a key refuses to start without that key, in one
+    line with exit status 1 (no traceback); a bad key file is refused
+    before anything starts.
+    """
+
+    def keyFile(self, *lines: str) -> str:
+        """
+        A key file (mode 0600) with C{lines}.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+        os.chmod(path, 0o600)
+        return path
+
+    @inlineCallbacks
+    def assertCouldNotStart(self, process: Any, reason: str) -> Inline:
+        self.assertEqual((yield self.waitForExit(process, timeout=45)), 1, process.text)
+        lines = [line for line in process.text.splitlines() if "could not start" in line]
+        self.assertEqual(len(lines), 1, process.text)
+        self.assertIn(reason, lines[0])
+        self.assertNotIn("Traceback", process.text)
+
+    @inlineCallbacks
+    def test_refusals(self) -> Inline:
+        """
+        A server started with key C{k1} serves and says which key is
+        current; restarted without keys, or with a file lacking C{k1}, it
+        does not start; with C{k1} after a new current key it does.
+        """
+        dataDir = self.mktemp()
+        k1 = "k1:" + base64.b64encode(os.urandom(32)).decode()
+        k2 = "k2:" + base64.b64encode(os.urandom(32)).decode()
+        process = self.spawnTwistd(dataDir, "--encryption-keys", self.keyFile(k1))
+        yield self.waitUntilServing(process)
+        self.assertIn("Encryption at rest: current key k1", process.text)
+        process.signal("TERM")
+        self.assertEqual((yield self.waitForExit(process)), 0, process.text)
+
+        process = self.spawnTwistd(dataDir)
+        yield self.assertCouldNotStart(process, "this database holds data encrypted at rest (keys k1)")
+        lacking = self.keyFile(k2)
+        process = self.spawnTwistd(dataDir, "--encryption-keys", lacking)
+        yield self.assertCouldNotStart(process, f"keys k1, which {lacking} does not hold")
+
+        process = self.spawnTwistd(dataDir, "--encryption-keys", self.keyFile(k2, k1))
+        yield self.waitUntilServing(process)
+        self.assertIn("current key k2, 2 key(s)", process.text)
+        process.signal("TERM")
+        self.assertEqual((yield self.waitForExit(process)), 0, process.text)
+
+    @inlineCallbacks
+    def test_badKeyFile(self) -> Inline:
+        """
+        A key that is not 32 bytes: twistd refuses the option, naming the
+        file and line, and never prints the key.
+        """
+        short = base64.b64encode(b"s" * 20).decode()
+        process = self.spawnTwistd(self.mktemp(), "--encryption-keys", self.keyFile("# keys", "k1:" + short))
+        code = yield self.waitForExit(process, timeout=45)
+        self.assertNotEqual(code, 0)
+        self.assertIn("--encryption-keys", process.text)
+        self.assertIn("line 2: key 'k1' is 20 bytes, not 32", process.text)
+        self.assertNotIn(short, process.text)

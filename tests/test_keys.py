@@ -288,6 +288,16 @@ class EncryptedMessageTests(KeyHandlerTestCase):
         history = self.answer(self.core.messaging.history(self.caller("b2"), {"friendId": "alice"}))
         self.assertEqual([m["ciphertext"] for m in history["messages"]], [perDevice])
 
+    def test_counted(self) -> None:
+        """
+        C{/metrics} counts encrypted messages under their own type, 1:1
+        and group alike.
+        """
+        self.makeGroup("a1", ["bob"])
+        self.sendEncrypted("a1", "C1", toId="bob")
+        self.sendEncrypted("a1", "C2", groupId="g1")
+        self.assertEqual((self.core.metrics.messages["encrypted"].value, self.core.metrics.messages["text"].value), (2, 0))
+
     def test_resendIsDeduplicated(self) -> None:
         """
         The same id sent again is not stored twice.

@@ -59,7 +59,7 @@ EVENTS = (
     "push:unregister",
     "group:mute",
 )
-MESSAGE_TYPES = ("text", "file", "file_transfer")
+MESSAGE_TYPES = ("text", "file", "file_transfer", "encrypted")
 RECEIPT_STATUSES = ("delivered", "offline", "sent")
 ERROR_CODES = (
     NOT_LOGGED_IN,

@@ -316,6 +316,25 @@ class EncryptedMessageTests(KeyHandlerTestCase):
         (relayed,) = self.router.events("message")
         self.assertEqual((relayed.payload["ciphertext"], relayed.devices), ({"c1": "X"}, {"a2", "b1", "b2", "c1"}))
 
+    def test_groupHistoryAndSummary(self) -> None:
+        """
+        A group's history returns encrypted messages as sent; the group
+        summary's C{lastMessage} carries a ciphertext up to 64 KiB and
+        leaves a larger one out (C{ciphertextOmitted}), as a login lists
+        up to 500 groups.
+        """
+        self.makeGroup("a1", ["bob"])
+        self.sendEncrypted("a1", {"b1": "SMALL"}, groupId="g1")
+        history = self.answer(self.core.messaging.history(self.caller("b1"), {"groupId": "g1"}))
+        self.assertEqual([m.get("ciphertext") for m in history["messages"]][-1], {"b1": "SMALL"})
+        last = self.summary("b1")["lastMessage"]
+        self.assertEqual((last["ciphertext"], "ciphertextOmitted" in last), ({"b1": "SMALL"}, False))
+        self.sendEncrypted("a1", {"b1": "L" * 65535}, groupId="g1")
+        last = self.summary("b1")["lastMessage"]
+        self.assertEqual((last.get("ciphertext"), last.get("ciphertextOmitted"), last["algorithm"]), (None, True, "olm.v1"))
+        history = self.answer(self.core.messaging.history(self.caller("b1"), {"groupId": "g1"}))
+        self.assertEqual(history["messages"][-1]["ciphertext"], {"b1": "L" * 65535})
+
     def test_recall(self) -> None:
         """
         A recalled encrypted message keeps no ciphertext.

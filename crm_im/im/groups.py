@@ -180,6 +180,28 @@ def groupWire(record: GroupRecord, memberCount: int, lastSeq: int) -> dict[str, 
     }
 
 
+#: The largest ciphertext (characters, device ids counted) an encrypted
+#: C{lastMessage} of a group summary carries: a login lists up to 500
+#: groups, and one encrypted message may be as large as maxPayload.
+MAX_SUMMARY_CIPHERTEXT = 65536
+
+
+def lastMessageWire(message: StoredMessage) -> dict[str, Any]:
+    """
+    A group summary's C{lastMessage}: the message's wire form, except that
+    a ciphertext larger than L{MAX_SUMMARY_CIPHERTEXT} is left out (and
+    C{ciphertextOmitted: true} said instead; C{get_history} has it).
+    """
+    wire = message.toWire()
+    ciphertext = message.ciphertext
+    if ciphertext is not None:
+        size = len(ciphertext) if isinstance(ciphertext, str) else sum(len(k) + len(v) for k, v in ciphertext.items())
+        if size > MAX_SUMMARY_CIPHERTEXT:
+            del wire["ciphertext"]
+            wire["ciphertextOmitted"] = True
+    return wire
+
+
 def summaryWire(summary: GroupSummary) -> dict[str, Any]:
     """
     One entry of C{group:list} and the login C{groups} event.
@@ -187,7 +209,7 @@ def summaryWire(summary: GroupSummary) -> dict[str, Any]:
     wire = groupWire(summary.group, summary.memberCount, summary.lastSeq)
     wire["unreadCount"] = summary.unreadCount
     wire["readSeq"] = summary.readSeq
-    wire["lastMessage"] = None if summary.lastMessage is None else summary.lastMessage.toWire()
+    wire["lastMessage"] = None if summary.lastMessage is None else lastMessageWire(summary.lastMessage)
     return wire
 
 

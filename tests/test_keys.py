@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from crm_im.im.errors import FORBIDDEN, INVALID_PAYLOAD, RATE_LIMITED, TOO_LARGE
+from crm_im.im.errors import FORBIDDEN, INVALID_PAYLOAD, TOO_LARGE
 from crm_im.im.keys import MAX_KEY, KeyLimits
 from crm_im.im.reserved import reservedEvent
 from crm_im.im.validation import message
@@ -137,12 +137,17 @@ class UploadQueryTests(KeyHandlerTestCase):
 
     def test_deviceBound(self) -> None:
         """
-        A user has keys on at most 32 devices; a 33rd is C{RATE_LIMITED}.
+        A user has keys on at most 16 devices: a 17th replaces the one
+        whose keys were uploaded longest ago (a device that tops up its
+        keys stays).
         """
-        for n in range(32):
-            self.upload("a1", keysOf(f"d{n}"))
-        self.assertEqual(self.refused(self.core.keys.upload, self.caller("a1"), keysOf("d32")), RATE_LIMITED)
-        self.assertEqual(len(self.query("b1", {"userIds": ["alice"]})["devices"]["alice"]), 32)
+        for n in range(16):
+            self.upload("a1", keysOf(f"d{n:02}"))
+            self.clock.advance(1)
+        self.upload("a1", keysOf("d00", count=1))
+        self.upload("a1", keysOf("d16"))
+        devices = [d["deviceId"] for d in self.query("b1", {"userIds": ["alice"]})["devices"]["alice"]]
+        self.assertEqual(devices, [f"d{n:02}" for n in range(17) if n != 1])
 
     def test_invalidQueries(self) -> None:
         """
@@ -245,13 +250,13 @@ class ClaimTests(KeyHandlerTestCase):
 
     def test_invalidClaims(self) -> None:
         """
-        C{userId} is required; C{deviceIds}, when given, is a list of 1..32
+        C{userId} is required; C{deviceIds}, when given, is a list of 1..16
         device ids.
         """
         caller = self.caller("a1")
         for data in (None, {}, {"userId": ""}, {"userId": "bob", "deviceIds": []},
                      {"userId": "bob", "deviceIds": "d"}, {"userId": "bob", "deviceIds": [1]},
-                     {"userId": "bob", "deviceIds": [f"d{n}" for n in range(33)]}):
+                     {"userId": "bob", "deviceIds": [f"d{n}" for n in range(17)]}):
             self.assertEqual(self.refused(self.core.keys.claim, caller, data), INVALID_PAYLOAD, data)
 
 

@@ -23,7 +23,6 @@ from crm_im.storage.keys import (
     KeyUpload,
     OneTimeKey,
     SignedPreKey,
-    TooManyDevices,
     TooManyOneTimeKeys,
 )
 from crm_im.storage.store import SQLMessageStore
@@ -163,17 +162,27 @@ class KeyStoreTestsMixin:
 
     async def test_bounds(self) -> None:
         """
-        A new device past the user's limit is refused; an upload that
-        would store more one-time keys than the limit is refused whole.
+        A new device past the user's limit replaces the one updated
+        longest ago (with its one-time keys); an upload that would store
+        more one-time keys than the limit is refused whole.
         """
+        await self.store.uploadKeys(KeyUpload(device("alice", "old"), otks(1, 3), False, 100), 2, 5)
         await self.store.uploadKeys(upload(device("alice", "a"), otks(1, 4)), 2, 5)
-        await self.store.uploadKeys(upload(device("alice", "b")), 2, 5)
-        await self.assertFailure(self.store.uploadKeys(upload(device("alice", "c")), 2, 5), TooManyDevices)
+        outcome = await self.store.uploadKeys(KeyUpload(device("alice", "old"), (), False, 900), 2, 5)
+        self.assertEqual((outcome.evicted, outcome.oneTimeKeyCount), ((), 3))
+        outcome = await self.store.uploadKeys(upload(device("alice", "b")), 2, 5)
+        self.assertEqual(outcome.evicted, ("old",))
+        found = await self.store.deviceKeys(["alice"], 8)
+        self.assertEqual([d.deviceId for d in found["alice"]], ["a", "b"])
+        self.assertEqual(await self.store.claimKeys("alice", ["old"], 8), [])
+        again = await self.store.uploadKeys(upload(device("alice", "old")), 2, 5)
+        self.assertEqual((again.evicted, again.oneTimeKeyCount), (("a",), 0))
+        await self.store.uploadKeys(upload(device("alice", "a"), otks(1, 4)), 3, 5)
         failure = await self.assertFailure(
             self.store.uploadKeys(upload(device("alice", "a"), otks(5, 2)), 2, 5), TooManyOneTimeKeys
         )
         self.assertEqual(failure.stored, 4)
-        outcome = await self.store.uploadKeys(upload(device("alice", "a"), otks(5, 1)), 2, 5)
+        outcome = await self.store.uploadKeys(upload(device("alice", "a"), otks(5, 1)), 3, 5)
         self.assertEqual(outcome.oneTimeKeyCount, 5)
 
     async def test_claimFallback(self) -> None:

@@ -102,10 +102,13 @@ class Uploaded:
     @ivar oneTimeKeyCount: the device's one-time keys now stored.
     @ivar identityChanged: the device was known with another identity key,
         now replaced (its old one-time keys are gone with it).
+    @ivar evicted: the user's devices dropped (with their one-time keys) to
+        make room for this new one, updated longest ago first.
     """
 
     oneTimeKeyCount: int
     identityChanged: bool
+    evicted: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -126,12 +129,6 @@ class ClaimedKey:
 class IdentityKeyConflict(Exception):
     """
     An upload changes a known device's identity key without C{replace}.
-    """
-
-
-class TooManyDevices(Exception):
-    """
-    An upload would give the user more devices than allowed.
     """
 
 
@@ -157,9 +154,13 @@ class IKeyStore(Interface):
         Publish a device's identity key and signed pre-key and add its
         one-time keys (a key id it already has stored is kept as it was).
 
+        A new device past the user's C{maxDevices} makes room: the devices
+        updated longest ago are dropped (a reinstalled app usually comes
+        back with a new device id, and the old one would otherwise stay for
+        good).
+
         @raise IdentityKeyConflict: (errback) the identity key changed
             without C{replace}; nothing changed.
-        @raise TooManyDevices: (errback) a new device past C{maxDevices}.
         @raise TooManyOneTimeKeys: (errback) more than C{maxOneTimeKeys}
             would be stored; nothing changed.
         """
@@ -210,13 +211,7 @@ def upload_txn(txn: Transaction, upload: KeyUpload, maxDevices: int, maxOneTimeK
     txn.execute("SELECT identity_key FROM device_keys WHERE user_id = ? AND device_id = ?", (userId, deviceId))
     row = txn.fetchone()
     changed = False
-    if row is None:
-        txn.execute("SELECT COUNT(*) FROM device_keys WHERE user_id = ?", (userId,))
-        count = txn.fetchone()
-        assert count is not None
-        if int(count[0]) >= maxDevices:
-            raise TooManyDevices()
-    elif row[0] != device.identityKey:
+    if row is not None and row[0] != device.identityKey:
         if not upload.replace:
             raise IdentityKeyConflict()
         changed = True
@@ -238,7 +233,9 @@ def upload_txn(txn: Transaction, upload: KeyUpload, maxDevices: int, maxOneTimeK
     if stored + len(fresh) > maxOneTimeKeys:
         raise TooManyOneTimeKeys(stored)
     spk = device.signedPreKey
+    evicted: tuple[str, ...] = ()
     if row is None:
+        evicted = _makeRoom_txn(txn, userId, maxDevices)
         txn.execute(
             f"INSERT INTO device_keys ({_DEVICE_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (userId, deviceId, device.identityKey, spk.keyId, spk.publicKey, spk.signature, upload.now),
@@ -260,7 +257,23 @@ def upload_txn(txn: Transaction, upload: KeyUpload, maxDevices: int, maxOneTimeK
             + ", ".join(["(?, ?, ?, ?)"] * len(keys)),
             [value for key in keys for value in (userId, deviceId, key.keyId, key.publicKey)],
         )
-    return Uploaded(stored + len(fresh), changed)
+    return Uploaded(stored + len(fresh), changed, evicted)
+
+
+def _makeRoom_txn(txn: Transaction, userId: str, maxDevices: int) -> tuple[str, ...]:
+    """
+    Drop the user's devices updated longest ago (and their one-time keys)
+    so that one more fits in C{maxDevices}.
+
+    @return: the device ids dropped.
+    """
+    txn.execute("SELECT device_id FROM device_keys WHERE user_id = ? ORDER BY updated_at, device_id", (userId,))
+    devices = [row[0] for row in txn.fetchall()]
+    evicted = tuple(devices[: max(0, len(devices) - maxDevices + 1)])
+    for deviceId in evicted:
+        txn.execute("DELETE FROM one_time_keys WHERE user_id = ? AND device_id = ?", (userId, deviceId))
+        txn.execute("DELETE FROM device_keys WHERE user_id = ? AND device_id = ?", (userId, deviceId))
+    return evicted
 
 
 def deviceKeys_txn(txn: Transaction, userIds: Sequence[str], maxDevices: int) -> dict[str, list[DeviceKeys]]:

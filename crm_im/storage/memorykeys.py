@@ -18,7 +18,6 @@ from .keys import (
     IdentityKeyConflict,
     KeyUpload,
     OneTimeKey,
-    TooManyDevices,
     TooManyOneTimeKeys,
     Uploaded,
 )
@@ -36,6 +35,8 @@ class MemoryKeyStore:
         self.devices: dict[tuple[str, str], DeviceKeys] = {}
         #: C{(userId, deviceId) -> {keyId: OneTimeKey}}
         self.oneTimeKeys: dict[tuple[str, str], dict[int, OneTimeKey]] = {}
+        #: C{(userId, deviceId) -> ms of its last upload}
+        self.updatedAt: dict[tuple[str, str], int] = {}
 
     def uploadKeys(self, upload: KeyUpload, maxDevices: int, maxOneTimeKeys: int) -> Deferred[Uploaded]:
         """
@@ -45,10 +46,7 @@ class MemoryKeyStore:
         where = (device.userId, device.deviceId)
         known = self.devices.get(where)
         changed = False
-        if known is None:
-            if sum(1 for user, _ in self.devices if user == device.userId) >= maxDevices:
-                return fail(TooManyDevices())
-        elif known.identityKey != device.identityKey:
+        if known is not None and known.identityKey != device.identityKey:
             if not upload.replace:
                 return fail(IdentityKeyConflict())
             changed = True
@@ -58,9 +56,18 @@ class MemoryKeyStore:
             stored.setdefault(key.keyId, key)
         if len(stored) > maxOneTimeKeys:
             return fail(TooManyOneTimeKeys(before))
+        evicted: tuple[str, ...] = ()
+        if known is None:
+            # make room: the devices updated longest ago go
+            mine = sorted((self.updatedAt[key], key[1]) for key in self.devices if key[0] == device.userId)
+            evicted = tuple(deviceId for _, deviceId in mine[: max(0, len(mine) - maxDevices + 1)])
+            for deviceId in evicted:
+                for table in (self.devices, self.oneTimeKeys, self.updatedAt):
+                    table.pop((device.userId, deviceId), None)
         self.devices[where] = device
         self.oneTimeKeys[where] = stored
-        return succeed(Uploaded(len(stored), changed))
+        self.updatedAt[where] = upload.now
+        return succeed(Uploaded(len(stored), changed, evicted))
 
     def deviceKeys(self, userIds: Sequence[str], maxDevices: int) -> Deferred[dict[str, list[DeviceKeys]]]:
         """

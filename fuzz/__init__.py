@@ -15,7 +15,7 @@ See C{fuzz/README.md}.
 from __future__ import annotations
 
 #: The targets, by name: the module C{fuzz.<name>}.
-TARGETS = ("eio_packet", "sio_packet", "validation", "polling")
+TARGETS = ("eio_packet", "sio_packet", "validation", "keys", "polling")
 
 
 class Input:

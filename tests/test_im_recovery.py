@@ -510,3 +510,23 @@ class StoreRecoveryTests(IMRecoveryTests):
         back, answer = self.reconnect(pid)
         self.assertNotEqual(answer["sid"], sid)
         self.assertNotIn(pid, self.records.records)
+
+    def test_abuseDropNotRecovered(self) -> None:
+        """
+        A socket dropped for abusing its rate limit cannot come back with
+        its pid: a new socket, not logged in.
+        """
+        from crm_im.limits import LimitSettings, SocketRateLimiter
+
+        alice, sid, pid = self.login("alice")
+        rates: SocketRateLimiter = self.gateway.rates
+        rates.settings = LimitSettings(eventsPerSecond=0.001, eventBurst=1, abuseRefusals=1)
+        rates.forget(sid)
+        for n in range(5):
+            self.emit(alice, "typing", {"toId": "bob", "isTyping": True}, ackId=20 + n)
+        self.clock.advance(0)
+        self.assertFalse(alice.open)
+        self.assertNotIn(pid, self.records.records)
+        back, answer = self.reconnect(pid)
+        self.assertNotEqual(answer["sid"], sid)
+        self.assertIsNone(self.presence.userOfDevice(answer["sid"]))

@@ -306,6 +306,36 @@ class EncryptionScenario(DriverTestMixin):
         found = yield self.ask(driver, "alice", "keys:query", {"userIds": ["bob"]})
         self.assertEqual(found["devices"]["bob"][0]["identityKey"], reinstalled.identityKey)
 
+    @inlineCallbacks
+    def test_refusals(self) -> Inline:
+        """
+        Refusals travel as the contract says, as an ack C{{error: {message,
+        code}}} and an C{error} event naming the event (and the message
+        id): the key events before a login, out-of-bounds payloads, an
+        encrypted message with content.
+        """
+        driver = yield self.startDriver()
+        yield driver.connect("alice", self.url, transports=["websocket"])
+        (ack,) = yield driver.emit("alice", "keys:claim", {"userId": "bob"}, ack=True)
+        self.assertEqual(ack["error"]["code"], "NOT_LOGGED_IN")
+        error = first((yield driver.waitFor("alice", "error")))
+        self.assertEqual((error["event"], error["code"]), ("keys:claim", "NOT_LOGGED_IN"))
+        yield driver.emit("alice", "user:login", {"id": "alice", "name": "Alice"}, ack=True)
+        tooMany = dict(Device("d", 0).upload(), oneTimeKeys=[{"keyId": n, "publicKey": "K"} for n in range(101)])
+        cases = [
+            ("keys:upload", tooMany, "INVALID_PAYLOAD"),
+            ("keys:query", {"userIds": [str(n) for n in range(101)]}, "INVALID_PAYLOAD"),
+            ("keys:claim", {"userId": "bob", "deviceIds": []}, "INVALID_PAYLOAD"),
+            ("message", {"type": "encrypted", "toId": "bob", "id": "bad-1", "content": "clear", "ciphertext": "C",
+                         "algorithm": "a"}, "INVALID_PAYLOAD"),
+        ]
+        for event, payload, code in cases:
+            (ack,) = yield driver.emit("alice", event, payload, ack=True)
+            error = first((yield driver.waitFor("alice", "error", predicate=lambda a, e=event: first(a)["event"] == e)))
+            self.assertEqual((ack["error"]["code"], error["code"]), (code, code), event)
+            self.assertEqual(ack["error"]["message"], error["message"])
+        self.assertEqual(error["id"], "bad-1")
+
 
 class EncryptionNodeTests(EncryptionScenario, TestCase):
     """

@@ -303,6 +303,15 @@ class EncryptedMessageTests(KeyHandlerTestCase):
         self.sendEncrypted("a1", "C2", groupId="g1")
         self.assertEqual((self.core.metrics.messages["encrypted"].value, self.core.metrics.messages["text"].value), (2, 0))
 
+    def test_keyEventsCounted(self) -> None:
+        """
+        The key events are counted under their own names in C{/metrics}.
+        """
+        for name in ("keys:upload", "keys:query", "keys:claim"):
+            self.core.metrics.event(name)
+            self.assertEqual(self.core.metrics.events[name].value, 1)
+        self.assertEqual(self.core.metrics.otherEvents.value, 0)
+
     def test_resendIsDeduplicated(self) -> None:
         """
         The same id sent again is not stored twice.

@@ -58,6 +58,9 @@ EVENTS = (
     "push:register",
     "push:unregister",
     "group:mute",
+    "keys:upload",
+    "keys:query",
+    "keys:claim",
 )
 MESSAGE_TYPES = ("text", "file", "file_transfer", "encrypted")
 RECEIPT_STATUSES = ("delivered", "offline", "sent")

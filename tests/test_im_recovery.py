@@ -276,13 +276,18 @@ class StoreRecoveryTests(IMRecoveryTests):
         The C{message} events received since last asked: content, seq and
         the offset argument.
         """
-        result = []
+        result: list[tuple[str, Any, str | None]] = []
         for data in client.received():
             if data.startswith(b"2"):
                 name, *args = loads(data[1:])
                 if name == "message":
-                    offset = args[1] if len(args) > 1 else None
-                    result.append((args[0]["content"], args[0]["seq"], offset))
+                    self.assertEqual(len(args), 1, args)  # (one argument, as ever)
+                    result.append((args[0]["content"], args[0]["seq"], None))
+                elif name == "recovery:offset":
+                    # the offset of the message just before it
+                    content, seq, _ = result[-1]
+                    self.assertEqual(args, [f"m{seq}"])
+                    result[-1] = (content, seq, args[0])
         return result
 
     def reconnect(self, pid: str, offset: str | None = None) -> tuple[Client, dict[str, Any]]:
@@ -314,9 +319,9 @@ class StoreRecoveryTests(IMRecoveryTests):
 
     def test_offsets(self) -> None:
         """
-        With recovery from the store, a stored message's event carries its
-        offset, C{"m<seq>"}, as last argument (and only to sockets with a
-        pid: the others' events are unchanged).
+        With recovery from the store, a stored message's event is followed
+        by its offset, C{recovery:offset "m<seq>"} (only to sockets with a
+        pid), and keeps its one argument.
         """
         alice, _, _ = self.login("alice")
         bob, _, _ = self.login("bob")
@@ -449,7 +454,8 @@ class StoreRecoveryTests(IMRecoveryTests):
         self.assertEqual([r[1]["content"] for r in received if r[0] == "message"], ["m0", "m1", "m2"])
         self.assertIn("recovery:resync", names)
         resync = received[names.index("recovery:resync")][1]
-        self.assertEqual(resync["afterSeq"], received[2][1]["seq"])
+        lastReplayed = [r for r in received if r[0] == "message"][-1]
+        self.assertEqual(resync["afterSeq"], lastReplayed[1]["seq"])
         self.assertLess(names.index("message"), names.index("recovery:resync"))
 
     def test_liveDuringReplay(self) -> None:

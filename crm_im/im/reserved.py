@@ -25,7 +25,7 @@ RESERVED_EVENTS = frozenset(
         "removeListener",
     ]
 )
-RESERVED_PREFIXES = ("message:", "user:", "group:", "room:", "server:", "system:", "auth:", "file:", "keys:")
+RESERVED_PREFIXES = ("message:", "user:", "group:", "room:", "server:", "system:", "auth:", "file:", "keys:", "recovery:")
 
 
 def reservedEvent(event: str) -> bool:

@@ -17,9 +17,18 @@ from ..presence import Presence
 from ..socketio.packet import encodeEvent
 
 
-#: The events of stored messages, which carry their offset when
+#: The events of stored messages, which are followed by their offset when
 #: connection state recovery is on (L{LocalRouter.offsets}).
 OFFSET_EVENTS = frozenset(["message", "file_transfer"])
+
+#: The event that follows a stored message's event with its offset,
+#: C{recovery:offset "m<seq>"}. socket.io-client (4.6+) remembers the last
+#: string argument of any event as the offset to recover from; the official
+#: server appends it to the event itself, but an extra argument on
+#: C{message} breaks clients of the old server whose handlers take exactly
+#: one (python-socketio raises TypeError for C{def on_message(data)}),
+#: while an event of its own is ignored by every client without a handler.
+OFFSET_EVENT = "recovery:offset"
 
 
 def messageOffset(seq: int) -> str:
@@ -51,9 +60,9 @@ class LocalRouter:
         self._namespace = namespace
         self.disconnector: Any = None
         #: Connection state recovery is on: a stored message's event
-        #: (L{OFFSET_EVENTS}) carries its offset, C{"m<seq>"}, as its last
-        #: argument to the sockets that have a private session id, so that
-        #: a client coming back says which message it got last.
+        #: (L{OFFSET_EVENTS}) is followed by its offset, C{"m<seq>"}
+        #: (L{OFFSET_EVENT}), to the sockets that have a private session
+        #: id, so that a client coming back says which message it got last.
         self.offsets = False
         # Devices whose missed messages are being replayed: the messages
         # routed to them meanwhile, kept to go after the replay.
@@ -62,17 +71,17 @@ class LocalRouter:
     def _encode(self, event: str, payload: Any) -> list[Frame]:
         return encodeEvent(self._namespace, event, (payload,))
 
-    def _offsetFrames(self, event: str, payload: Any) -> list[Frame] | None:
+    def _offsetFrames(self, frames: list[Frame], event: str, payload: Any) -> list[Frame] | None:
         """
-        The frames of C{event} with its offset, if it is a stored
-        message's and offsets are on; else L{None}.
+        The frames of C{event} followed by its offset (L{OFFSET_EVENT}), if
+        it is a stored message's and offsets are on; else L{None}.
         """
         if not self.offsets or event not in OFFSET_EVENTS or not isinstance(payload, dict):
             return None
         seq = payload.get("seq")
         if type(seq) is not int:
             return None
-        return encodeEvent(self._namespace, event, (payload, messageOffset(seq)))
+        return [*frames, *encodeEvent(self._namespace, OFFSET_EVENT, (messageOffset(seq),))]
 
     def hold(self, device: str) -> None:
         """
@@ -118,7 +127,7 @@ class LocalRouter:
                 if frames is None:
                     frames = self._encode(event, payload)
                     if special:
-                        offsetFrames = self._offsetFrames(event, payload)
+                        offsetFrames = self._offsetFrames(frames, event, payload)
                 if special:
                     self._write(socket, sid, event, payload, frames, offsetFrames)
                 else:
@@ -144,7 +153,7 @@ class LocalRouter:
             if frames is None:
                 frames = self._encode(event, payload)
                 if special:
-                    offsetFrames = self._offsetFrames(event, payload)
+                    offsetFrames = self._offsetFrames(frames, event, payload)
             if special:
                 self._write(socket, sid, event, payload, frames, offsetFrames)
             else:

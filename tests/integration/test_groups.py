@@ -547,7 +547,8 @@ class GroupScenario(Scenario):
         names = [r["event"] for r in driver.reports
                  if r.get("type") == "event" and r["client"] == "b2"]
         if self.ordered:
-            self.assertEqual(names, ["user:login:success", "online_users", "message", "groups"])
+            # (each stored message is followed by its recovery:offset)
+            self.assertEqual(names, ["user:login:success", "online_users", "message", "recovery:offset", "groups"])
         (entry,) = summary["groups"]
         self.assertEqual((entry["id"], entry["unreadCount"], entry["readSeq"], entry["lastSeq"]),
                          ("g-team", 3, readSeq, receipts[-1]["seq"]))

@@ -31,12 +31,12 @@ import re
 import shutil
 import socket
 import uuid
-from typing import Any, Dict, List, Optional, Sequence, Set, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, cast
 from unittest import SkipTest
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from twisted.python.failure import Failure
@@ -46,8 +46,10 @@ from tests.support.clients import INTEROP, requireKind
 
 #: The Redis tests share, unless C{$CRM_IM_TEST_REDIS} names another.
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-#: seconds a node has to start and join the cluster
+#: seconds a node has to start listening
 JOIN_TIMEOUT = 45.0
+#: seconds a listening node has to say it joined the cluster
+REGISTER_TIMEOUT = 10.0
 #: seconds C{redis-server} has to start or stop
 REDIS_TIMEOUT = 15.0
 #: seconds the emitter script has to publish and exit
@@ -295,13 +297,16 @@ class Cluster:
     @inlineCallbacks
     def whenJoined(self, node: Node) -> Inline:
         """
-        Fire once C{node} logged that it joined the cluster; fail the test
-        if it exits first or takes longer than L{JOIN_TIMEOUT}.
+        Fire once C{node} listens and logged that it joined the cluster;
+        fail the test if it exits first or takes too long
+        (L{JOIN_TIMEOUT}, L{REGISTER_TIMEOUT}).
         """
         process = node.process
         assert process is not None
         try:
-            yield process.whenOutputContains(node.registered).addTimeout(JOIN_TIMEOUT, reactor)
+            yield process.whenOutputContains(b"crm_im listening on").addTimeout(JOIN_TIMEOUT, reactor)
+            # (a node joins before it listens, unless Redis is slow to answer)
+            yield process.whenOutputContains(node.registered).addTimeout(REGISTER_TIMEOUT, reactor)
         except Exception as error:
             self.testCase.fail(f"{node.name} did not join the cluster ({error!r}):\n{process.text}")
 
@@ -324,7 +329,7 @@ class Cluster:
 
 
 #: A polling or WebSocket request line naming an Engine.IO session.
-_REQUEST_SID = re.compile(rb"(?:GET|POST) /socket\.io/\?[^ \r\n]*?\bsid=([A-Za-z0-9_.\-]+)")
+_REQUEST_LINE = re.compile(rb"(GET|POST) /socket\.io/\?([^ \r\n]*) HTTP/1\.[01]\r\n")
 #: Bytes of a connection's stream kept for a request line split in two.
 _SNIFF_KEEP = 4096
 
@@ -351,8 +356,11 @@ class _RoundRobinServer(ProxyServer):
         proxy = cast(RoundRobinProxy, self.factory)
         self.sniffed = (self.sniffed + data)[-_SNIFF_KEEP:]
         end = 0
-        for match in _REQUEST_SID.finditer(self.sniffed):
-            proxy.sawSid(match.group(1).decode("ascii"), self.backend)
+        for match in _REQUEST_LINE.finditer(self.sniffed):
+            query = parse_qs(match.group(2).decode("ascii", "replace"))
+            sid = query.get("sid", [None])[0]
+            if sid is not None:
+                proxy.sawRequest(sid, query.get("transport", ["?"])[0], self.backend)
             end = match.end()
         self.sniffed = self.sniffed[end:]
         ProxyServer.dataReceived(self, data)
@@ -372,6 +380,7 @@ class RoundRobinProxy(ProxyFactory):
     @ivar connections: connections sent to each backend.
     @ivar sids: for each Engine.IO sid seen in a request line (polling
         GET/POST, WebSocket upgrade), the backends that received one.
+    @ivar requests: every such request: C{(sid, transport, backend)}.
     """
 
     protocol = _RoundRobinServer
@@ -386,6 +395,8 @@ class RoundRobinProxy(ProxyFactory):
         self.reactor = reactor
         self.connections = [0] * len(self.backends)
         self.sids: Dict[str, Set[int]] = {}
+        self.requests: List[Tuple[str, str, int]] = []
+        self._waiters: List[Tuple[Callable[[str, str, int], bool], Deferred[Tuple[str, str, int]]]] = []
         self.servers: List[_RoundRobinServer] = []
         self.listening: Any = None
         self._next = 0
@@ -399,8 +410,33 @@ class RoundRobinProxy(ProxyFactory):
         self.connections[index] += 1
         return index
 
-    def sawSid(self, sid: str, backend: int) -> None:
+    def sawRequest(self, sid: str, transport: str, backend: int) -> None:
+        """
+        A request for session C{sid} over C{transport} went to C{backend}.
+        """
         self.sids.setdefault(sid, set()).add(backend)
+        request = (sid, transport, backend)
+        self.requests.append(request)
+        waiting = []
+        for matcher, d in self._waiters:
+            if matcher(*request):
+                d.callback(request)
+            else:
+                waiting.append((matcher, d))
+        self._waiters = waiting
+
+    def whenRequest(self, matcher: Callable[[str, str, int], bool],
+                    timeout: float = 10.0) -> Deferred[Tuple[str, str, int]]:
+        """
+        Fire with the first request C{(sid, transport, backend)}, seen so
+        far or to come, for which C{matcher} is true.
+        """
+        for request in self.requests:
+            if matcher(*request):
+                return succeed(request)
+        d: Deferred[Tuple[str, str, int]] = Deferred()
+        self._waiters.append((matcher, d))
+        return d.addTimeout(timeout, self.reactor)
 
     def listen(self, testCase: ProcessTestCase) -> str:
         """

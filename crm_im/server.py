@@ -21,10 +21,12 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from . import __version__
 from .auth import JWT, OPEN, authenticatorFor
+from .cluster.service import ClusterService, ClusterSettings
 from .config import Config
 from .crypto import atRestFor
 from .http.cors import CORSPolicy
@@ -45,6 +47,7 @@ from .presence import Presence
 from .rest.admin import MAX_BODY as ADMIN_MAX_BODY, mountAdmin
 from .rest.auth import AdminAuthenticator
 from .routing.local import LocalRouter
+from .routing.redis import RedisRouter
 from .startup import hostPort, logStartFailure, stopAndExit, warnAboutJWTKey
 from .socketio.server import SocketIOConfig, SocketIOServer
 from .storage import DiskFileStore, MemoryMessageStore, SQLMessageStore, storeFor
@@ -169,7 +172,12 @@ class CRMIMService(StagedService):
                 retentionDays=config.fileRetentionDays,
             ),
         )
-        self.presence = Presence(reactor, config.presenceGrace)
+        # A cluster node (--redis, CLUSTER.md): presence, chat rooms and
+        # delivery span the nodes; Engine.IO sids name this node.
+        self.cluster: ClusterService | None = None
+        if config.redis is not None:
+            self.cluster = ClusterService(reactor, ClusterSettings.fromConfig(config), config.presenceGrace)
+        self.presence = Presence(reactor, config.presenceGrace) if self.cluster is None else self.cluster.presence
         engineConfig = config.engineConfig()
         self.sio = SocketIOServer(
             reactor,
@@ -177,13 +185,19 @@ class CRMIMService(StagedService):
             config=SocketIOConfig(
                 connectTimeout=config.connectTimeout, recoveryWindow=round(config.recoveryWindow * 1000)
             ),
+            newSid=None if self.cluster is None else self.cluster.newEngineSid,
         )
         self.authenticator = authenticatorFor(config, reactor)
         self.metrics = IMMetrics()
         self.metrics.watch(self.sio.engine, self.presence)
+        if self.cluster is not None:
+            self.metrics.registry.register(self.cluster.collector())
         namespace = self.sio.namespace("/")
-        self.router = LocalRouter(namespace.sockets, self.presence)
-        self.router.disconnector = lambda sid: self.sio.disconnect(sid, closeConnection=True)
+        local = LocalRouter(namespace.sockets, self.presence)
+        local.disconnector = lambda sid: self.sio.disconnect(sid, closeConnection=True)
+        self.router: LocalRouter | RedisRouter = (
+            local if self.cluster is None else self.cluster.makeRouter(local, namespace.sockets)
+        )
         self.core = IMCore(
             self.store,
             self.files,
@@ -201,7 +215,10 @@ class CRMIMService(StagedService):
             authenticator=self.authenticator,
             limits=config.limits,
             metrics=self.metrics,
+            roomPresence=None if self.cluster is None else self.cluster.rooms,
         )
+        if self.cluster is not None:
+            self.cluster.attach(self.core, namespace)
         self.app = SocketIOGateway(self.sio, self.core, reactor)
         self.pushSender = self._buildPush(config, reactor)
         cors = CORSPolicy(config.corsOrigins)
@@ -209,14 +226,21 @@ class CRMIMService(StagedService):
             index=ServerStatusResource(self.presence, reactor, cors),
             onlineUsers=OnlineUsersResource(self.presence, cors),
             files=FilesResource(self.files, cors, self.authenticator),
-            engine=EngineIOResource(self.sio.engine, reactor, cors),
+            engine=self._engineResource(reactor, cors),
             cors=cors,
         )
         root.putChild(b"metrics", MetricsResource(self.metrics.registry))
-        root.putChild(b"health", HealthResource(self.store, reactor, lambda: bool(self.running)))
+        root.putChild(
+            b"health",
+            HealthResource(
+                self.store, reactor, lambda: bool(self.running), cluster=None if self.cluster is None else self.cluster.reason
+            ),
+        )
         # Connection state recovery from the store (survives a restart).
         self.recovery = enableRecovery(self.sio, self.core.sessions, self.router, recoveryStoreFor(self.store), reactor)
         self._buildAdmin(config, reactor, root, cors)
+        if self.cluster is not None:
+            self.cluster.attachAdmin(self.admin)
         api = root.children[b"api"]
         self.uploads.cors = cors
         api.putChild(b"files", FilesAPIResource(self.uploads, cors))
@@ -249,6 +273,10 @@ class CRMIMService(StagedService):
             Stage("presence", self.presence.start, self.presence.stop),
             Stage("uploads", self.uploads.start, self.uploads.stop),
             Stage("socketio", self._startSockets, self._stopSockets),
+            # (after the store opened, before listening; stopped once the
+            # clients were drained and the ports closed)
+            Stage("cluster", None if self.cluster is None else self.cluster.start,
+                  None if self.cluster is None else self.cluster.stop),
             self.listeners,
             self.adminListeners,
             Stage("drain", None, self._drain),
@@ -393,7 +421,19 @@ class CRMIMService(StagedService):
         self.sio.stop()
         self.app.stop()
 
+    def _engineResource(self, reactor: Any, cors: CORSPolicy) -> Resource:
+        """
+        The Engine.IO endpoint; a cluster node forwards long-polling
+        requests for other nodes' sessions to them.
+        """
+        resource = EngineIOResource(self.sio.engine, reactor, cors)
+        if self.cluster is None:
+            return resource
+        return self.cluster.forwarding(resource, self.sio.engine)
+
     def _listening(self, port: IListeningPort) -> None:
+        if self.cluster is not None:
+            self.cluster.listening(getattr(port.getHost(), "port", 0))
         self.log.info(
             "crm_im listening on {address} (version {version}, data directory {dataDir})",
             address=hostPort(port.getHost()),

@@ -737,7 +737,7 @@ class ClientTests(WithClients):
         yield self.login("a", "a", "Alice")
         yield self.login("b", "b", "Bob")
         yield self.ask("a", "message", {"toId": "b", "content": "oops", "type": "text", "id": "m-1"})
-        sent = (yield self.driver.waitFor("b", "message"))[0]
+        (sent,) = yield self.driver.waitFor("b", "message")
         answer = yield self.ok("POST", "messages/m-1/recall")
         self.assertEqual(answer, {"messageId": "m-1", "recalled": True, "count": 1})
         for client in ("a", "b"):
@@ -804,7 +804,7 @@ class ClientTests(WithClients):
         (live,) = yield self.driver.waitFor("b", "crm:assigned")
         self.assertEqual(live, {"leadId": 9})
         yield self.login("d", "d", "Dan")
-        queued = (yield self.driver.waitFor("d", "message", predicate=lambda a: a[0].get("type") == "system"))[0]
+        (queued,) = yield self.driver.waitFor("d", "message", predicate=lambda a: a[0].get("type") == "system")
         self.assertEqual((queued["toId"], queued["content"], queued["system"]["event"], queued["system"]["data"]),
                          ("d", "crm:assigned", "crm:assigned", {"leadId": 9}))
         # b had it live: not queued again at b's next login

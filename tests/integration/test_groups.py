@@ -324,8 +324,8 @@ class GroupScenario(Scenario):
             self.assertEqual((joined["group"]["id"], joined["group"]["ownerId"],
                               joined["group"]["members"]),
                              ("g-sales", "a", group["members"]))
-            system = (yield driver.waitFor(client, "message",
-                                           predicate=systemAction("g-sales", "create")))[0]
+            (system,) = yield driver.waitFor(client, "message",
+                                             predicate=systemAction("g-sales", "create"))
             self.assertEqual((system["fromId"], system["system"]["by"]), ("a", "a"))
             self.assertNotIn("toId", system)
             self.assertIsInstance(system["content"], str)
@@ -449,14 +449,14 @@ class GroupScenario(Scenario):
         (sent,) = yield driver.waitFor("a1", "message:sent", predicate=withId("gm-1"))
         self.assertEqual(sent, receipt)
         for client in ("a2", "b", "c"):
-            message = (yield driver.waitFor(client, "message", predicate=withId("gm-1")))[0]
+            (message,) = yield driver.waitFor(client, "message", predicate=withId("gm-1"))
             self.assertEqual(message, {
                 "id": "gm-1", "fromId": "a", "fromName": "Alice", "groupId": gid,
                 "content": "大家好 🌏", "type": "text", "topic": "deal-7",
                 "timestamp": 1700000000000, "serverTimestamp": receipt["timestamp"],
                 "seq": receipt["seq"]})
         yield self.send(driver, "a1", "direct", toId="x", id="gm-direct")
-        direct = (yield driver.waitFor("x", "message", predicate=withId("gm-direct")))[0]
+        (direct,) = yield driver.waitFor("x", "message", predicate=withId("gm-direct"))
         self.assertGreater(direct["seq"], receipt["seq"])
         again = yield self.send(driver, "a1", "大家好 🌏", groupId=gid, id="gm-1")
         self.assertEqual(again, receipt)
@@ -682,12 +682,12 @@ class GroupScenario(Scenario):
             self.assertEqual(set(event), {"group"})
             self.assertEqual((event["group"]["name"], event["group"]["members"]),
                              ("新名字", updated["members"]))
-            system = (yield driver.waitFor(client, "message", predicate=systemAction(gid, "rename")))[0]
+            (system,) = yield driver.waitFor(client, "message", predicate=systemAction(gid, "rename"))
             self.assertEqual((system["fromId"], system["system"]["by"]), ("a", "a"))
         avatarOnly = yield self.ask(driver, "a", "group:update",
                                     {"groupId": gid, "avatar": "https://x/2.png"})
         self.assertEqual((avatarOnly["name"], avatarOnly["avatar"]), ("新名字", "https://x/2.png"))
-        system = (yield driver.waitFor("c", "message", predicate=systemAction(gid, "update")))[0]
+        (system,) = yield driver.waitFor("c", "message", predicate=systemAction(gid, "update"))
         self.assertEqual(system["system"]["by"], "a")
         yield self.refused(driver, "c", "group:update", {"groupId": gid, "name": "mine"}, "FORBIDDEN")
         yield self.refused(driver, "x", "group:update", {"groupId": gid, "name": "mine"}, "NOT_FOUND")
@@ -702,7 +702,7 @@ class GroupScenario(Scenario):
         for client in ("b", "c"):
             (event,) = yield driver.waitFor(client, "group:updated",
                                             predicate=lambda args: roles(first(args)["group"]).get("b") == "admin")
-            system = (yield driver.waitFor(client, "message", predicate=systemAction(gid, "role")))[0]
+            (system,) = yield driver.waitFor(client, "message", predicate=systemAction(gid, "role"))
             self.assertEqual((system["system"]["by"], system["system"]["userIds"],
                               system["system"]["role"]), ("a", ["b"], "admin"))
         yield self.refused(driver, "b", "group:set_role",
@@ -728,7 +728,7 @@ class GroupScenario(Scenario):
             (change,) = yield driver.waitFor(client, "group:members", predicate=inGroup(gid))
             self.assertEqual((change["groupId"], sorted(change["added"]), change["removed"],
                               change["by"]), (gid, ["d", "e"], [], "b"))
-            system = (yield driver.waitFor(client, "message", predicate=systemAction(gid, "add")))[0]
+            (system,) = yield driver.waitFor(client, "message", predicate=systemAction(gid, "add"))
             self.assertEqual((system["fromId"], sorted(system["system"]["userIds"])),
                              ("b", ["d", "e"]))
         (page,) = yield driver.emit("d", "get_history", {"groupId": gid}, ack=True)
@@ -973,7 +973,7 @@ class GroupScenario(Scenario):
         receipt = yield self.send(driver, "b", "大家好", roomId="lobby", id="rm-1")
         self.assertEqual(set(receipt), {"messageId", "status", "timestamp", "seq"})
         self.assertEqual((receipt["messageId"], receipt["status"]), ("rm-1", "sent"))
-        message = (yield driver.waitFor("a1", "message", predicate=withId("rm-1")))[0]
+        (message,) = yield driver.waitFor("a1", "message", predicate=withId("rm-1"))
         self.assertEqual((message["roomId"], message["fromId"], message["fromName"],
                           message["content"], message["seq"]),
                          ("lobby", "b", "Bob", "大家好", receipt["seq"]))
@@ -1102,7 +1102,7 @@ class GroupScenario(Scenario):
         yield self.login(driver, "b", "b", "Bob")
         yield self.login(driver, "x", "x", "X")
         yield self.send(driver, "a1", "oops", toId="b", id="r-1")
-        original = (yield driver.waitFor("b", "message", predicate=withId("r-1")))[0]
+        (original,) = yield driver.waitFor("b", "message", predicate=withId("r-1"))
         ack = yield self.ask(driver, "a1", "message:recall", {"messageId": "r-1"})
         self.assertEqual(ack, {"messageId": "r-1", "recalled": True})
         for client in ("a1", "a2", "b"):
@@ -1124,7 +1124,7 @@ class GroupScenario(Scenario):
                         fileUrl="https://cdn/x.pdf", fileName="报价.pdf")
         yield self.ask(driver, "a1", "message:recall", {"messageId": "r-file"})
         yield self.login(driver, "d", "d", "Dan")
-        queued = (yield driver.waitFor("d", "message", predicate=withId("r-file")))[0]
+        (queued,) = yield driver.waitFor("d", "message", predicate=withId("r-file"))
         self.assertEqual((queued["content"], queued["recalled"], queued["recalledBy"]),
                          ("", True, "a"))
         self.assertNotIn("fileUrl", queued)
@@ -1187,7 +1187,7 @@ class GroupScenario(Scenario):
         yield self.send(driver, "a", "owner says", groupId=gid, id="gr-a")
         yield self.send(driver, "c1", "", groupId=gid, id="gr-file", type="file",
                         fileUrl="https://cdn/q.pdf", fileName="q.pdf")
-        filed = (yield driver.waitFor("c2", "message", predicate=withId("gr-file")))[0]
+        (filed,) = yield driver.waitFor("c2", "message", predicate=withId("gr-file"))
         self.assertEqual((filed["fileUrl"], filed["fileName"]), ("https://cdn/q.pdf", "q.pdf"))
         yield self.ask(driver, "c1", "message:recall", {"messageId": "gr-file"})
         ack = yield self.ask(driver, "c1", "message:recall", {"messageId": "gr-0", "groupId": gid})

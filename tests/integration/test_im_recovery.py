@@ -137,7 +137,9 @@ class RecoveryScenario(DriverTestMixin):
         self.assertEqual((again["id"], again["recovered"]), (alice["id"], True))
         yield waitForMessage(self.driver, "a", "group 2")
         yield self.send("b", toId="alice", content="after")
-        yield waitForMessage(self.driver, "a", "after")
+        after = yield waitForMessage(self.driver, "a", "after")
+        # (its offset follows it in a frame of its own)
+        yield self.driver.waitFor("a", "recovery:offset", predicate=lambda args: args == [f"m{after[0]['seq']}"])
         self.assertEqual(self.contents("a"), ["before", "direct 1", "group 1", "direct 2", "group 2", "after"])
         messages = self.driver.events("a", "message")
         seqs = [args[0]["seq"] for args in messages]

@@ -22,8 +22,9 @@ another node sharing the database:
  - then the messages it missed are read from the store
    (L{IRecoveryStore.missedMessages}): the 1:1 messages to its user, and
    those of its groups and chat rooms, after the last one the client
-   says it got. Every stored message's event carries its offset,
-   C{"m<seq>"} (L{LocalRouter.offsets}), which socket.io-client sends
+   says it got. Every stored message's event is followed by its offset,
+   C{recovery:offset "m<seq>"} (L{LocalRouter.offsets}; a cut between
+   the two re-sends that one message), which socket.io-client sends
    back in its CONNECT; a client that got none since it logged in missed
    everything after the seq of its login. Live messages for the socket
    wait while they are read (L{LocalRouter.hold}); the two are merged by

@@ -38,6 +38,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.python import log
+from twisted.trial.unittest import SkipTest
 from twisted.web.http_headers import Headers
 
 from crm_im.cluster.node import nodeTag
@@ -308,9 +309,11 @@ class DeliveryTests(ClusterTestCase):
     def test_twoSendersOneGroup(self) -> Inline:
         """
         Two senders on two nodes writing into one group at once (30
-        messages each): every member's device, on three nodes, gets all 60
-        and never a lower C{seq} after a higher one (checked on Node
-        clients, see L{test_offlineQueueAndOrder}).
+        messages each): every member's device, on three nodes, gets all
+        60; a sender's device gets the other's 30 in C{seq} order; the
+        other devices never see a lower C{seq} after a higher one (else
+        the test is skipped with what was seen: a known server bug). Order
+        is checked on Node clients, see L{test_offlineQueueAndOrder}.
         """
         cluster = yield self.startCluster()
         node, python = yield self.drivers()
@@ -327,6 +330,7 @@ class DeliveryTests(ClusterTestCase):
         yield node.waitFor("bob-c", "group:joined", predicate=lambda args: args[0]["group"]["id"] == groupId)
         yield python.waitFor("bob-py", "group:joined", predicate=lambda args: args[0]["group"]["id"] == groupId)
         each = 30
+        inverted: List[str] = []
         yield gatherResults(
             [self.send(node, "alice", {"id": f"ga{i}", "groupId": groupId, "content": "a"}) for i in range(each)]
             + [self.send(node, "olga", {"id": f"gb{i}", "groupId": groupId, "content": "o"})
@@ -339,13 +343,21 @@ class DeliveryTests(ClusterTestCase):
             seqs = [args[0]["seq"] for args in driver.events(client, "message")
                     if args[0].get("groupId") == groupId and args[0].get("type") != "system"]
             self.assertEqual(len(seqs), each * len(lastIds), client)
-            if driver is node:
+            if driver is not node:
+                continue
+            if len(lastIds) == 1:
+                # one sender, on another node: its order holds
                 self.assertEqual(seqs, sorted(set(seqs)), f"{client} saw a lower seq after a higher one")
-
-    test_twoSendersOneGroup.todo = (  # type: ignore[attr-defined]
-        "known server bug: a node delivers its own sender's group message as soon as it is committed, "
-        "while a lower seq committed earlier on another node is still crossing Redis (CLUSTER.md: "
-        "'a device never sees a lower seq after a higher one')")
+            elif seqs != sorted(set(seqs)):
+                inverted.append(client)
+        if inverted:
+            # Not a failure of the run (trial -j2 cannot report an
+            # unexpected success of a 'todo' test, and this one is a race):
+            # said as a skip with what was seen.
+            raise SkipTest(
+                f"known server bug, seen now on {inverted}: a node delivers its own sender's group message "
+                "as soon as it is committed, while a lower seq committed earlier on another node is still "
+                "crossing Redis (CLUSTER.md: 'a device never sees a lower seq after a higher one')")
 
 
 class PresenceTests(ClusterTestCase):
@@ -489,9 +501,10 @@ class BalancerTests(ClusterTestCase):
     def test_upgradeRoundRobin(self) -> Inline:
         """
         Node clients with the default transports (polling, then the
-        WebSocket upgrade) through the round-robin balancer: each upgrades
-        to WebSocket, whichever node its WebSocket reaches, and messages
-        flow both ways before and after.
+        WebSocket upgrade) through the round-robin balancer: messages flow
+        both ways whichever node their WebSocket reaches, and each
+        upgrades to WebSocket (else the test is skipped with what was
+        seen: a known gap).
         """
         cluster = yield self.startCluster()
         proxy = RoundRobinProxy(cluster.urls)
@@ -519,11 +532,14 @@ class BalancerTests(ClusterTestCase):
                 f"{transports}")
         self.assertEqual(node.errors, [])
         self.assertEqual([r for r in node.reports if r["type"] == "disconnect"], [])
-        self.assertEqual([t for t, _, _ in transports], ["websocket"] * 3, transports)
-
-    test_upgradeRoundRobin.todo = (  # type: ignore[attr-defined]
-        "known limitation: a WebSocket upgrade that reaches another node than the session's is refused "
-        "(crm_im/cluster/forward.py forwards polling requests only); the client stays on long-polling")
+        if [t for t, _, _ in transports] != ["websocket"] * 3:
+            # The clients work (above); that they did not upgrade is a
+            # known gap, said as a skip (trial -j2 cannot report an
+            # unexpected success of a 'todo' test).
+            raise SkipTest(
+                f"known limitation, seen now {transports}: a WebSocket upgrade that reaches another node than "
+                "the session's is refused (crm_im/cluster/forward.py forwards polling requests only); the "
+                "client stays on long-polling")
 
 
 class PublishTests(ClusterTestCase):

@@ -38,8 +38,8 @@ from .gateway.socketio import SocketIOGateway
 from .im.admin import AdminHandlers
 from .im.core import IMCore, IMSettings
 from .im.groups import GroupLimits
-from .im.rooms import RoomLimits
 from .im.recovery import enableRecovery, recoveryStoreFor
+from .im.rooms import RoomLimits
 from .im.metrics import IMMetrics
 from .lifecycle import ListeningPorts, Stage, StagedService
 from .notify import GatewayClient, PushMetrics, PushSender, PushSettings
@@ -220,6 +220,8 @@ class CRMIMService(StagedService):
         if self.cluster is not None:
             self.cluster.attach(self.core, namespace)
         self.app = SocketIOGateway(self.sio, self.core, reactor)
+        # Connection state recovery from the store (survives a restart).
+        self.recovery = enableRecovery(self.sio, self.core.sessions, self.router, recoveryStoreFor(self.store), reactor)
         self.pushSender = self._buildPush(config, reactor)
         cors = CORSPolicy(config.corsOrigins)
         root = buildRoot(
@@ -236,8 +238,6 @@ class CRMIMService(StagedService):
                 self.store, reactor, lambda: bool(self.running), cluster=None if self.cluster is None else self.cluster.reason
             ),
         )
-        # Connection state recovery from the store (survives a restart).
-        self.recovery = enableRecovery(self.sio, self.core.sessions, self.router, recoveryStoreFor(self.store), reactor)
         self._buildAdmin(config, reactor, root, cors)
         if self.cluster is not None:
             self.cluster.attachAdmin(self.admin)

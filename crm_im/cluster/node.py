@@ -313,8 +313,10 @@ class ClusterNode:
             await link.execute("DEL", devicesKey)
             await link.publish(self.presenceChannel, msgpack.packb(["reset", me]))
             self._cleared = True
-        await link.execute("HSET", self.nodesKey, me, msgpack.packb([self.address, self.tag]))
+        # Alive before listed: a node resyncing between the two would
+        # otherwise find us listed without a heartbeat and delete us.
         await link.execute("SET", self.aliveKey(me), b"1", "PX", self.aliveMs)
+        await link.execute("HSET", self.nodesKey, me, msgpack.packb([self.address, self.tag]))
         await link.execute("DEL", devicesKey)
         args: list[Any] = []
         for sid in list(self.presence.localDevices()):

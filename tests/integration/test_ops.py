@@ -465,7 +465,7 @@ class StartupTests(ProcessTestCase):
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        process = self.twistd("--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", self.mktemp())
+        process = self.twistd("--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", os.path.abspath(self.mktemp()))
         yield self.assertCouldNotStart(process, "already in use")
 
     @inlineCallbacks

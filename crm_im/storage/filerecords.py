@@ -13,7 +13,7 @@ reference. Portable SQL (SQLite and PostgreSQL).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Sequence
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
@@ -21,8 +21,8 @@ from zope.interface import implementer
 from ..crypto.records import RecordCipher, UnknownKeyError, fieldAAD
 from .database import Transaction
 from .interface import ABORTED, COMPLETE, EXPIRED, UPLOADING, FileRecord, IFileRecords
+from .section import StoreSection
 
-_R = TypeVar("_R")
 
 _FILE_COLUMNS = (
     "file_id, from_id, to_id, file_name, mime_type, size, created_at,"
@@ -205,26 +205,11 @@ def fileConversations_txn(txn: Transaction, fileId: str) -> list[str]:
 
 
 @implementer(IFileRecords)
-class SQLFileRecords:
+class SQLFileRecords(StoreSection):
     """
     L{IFileRecords} on a SQL message store: reads on its pool, writes in
     its group commit.
     """
-
-    def __init__(self, store: Any) -> None:
-        """
-        @param store: a L{crm_im.storage.store.SQLMessageStore} (anything
-            with its C{_read} and C{_write}).
-        """
-        self._store = store
-
-    def _readTxn(self, desc: str, func: Callable[[Transaction], _R]) -> Deferred[_R]:
-        result: Deferred[_R] = self._store._read(desc, func)
-        return result
-
-    def _writeTxn(self, desc: str, func: Callable[[Transaction], _R]) -> Deferred[_R]:
-        result: Deferred[_R] = self._store._write(desc, func)
-        return result
 
     def recordFile(self, record: FileRecord) -> Deferred[None]:
         """

@@ -18,7 +18,7 @@ fake beside a L{crm_im.storage.memory.MemoryMessageStore}. Portable SQL
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Sequence
 
 import attrs
 import orjson
@@ -28,8 +28,8 @@ from zope.interface import Interface, implementer
 from .database import Transaction, placeholders
 from .interface import GROUP_PREFIX, ROOM_PREFIX, StoredMessage, roomConversation
 from .messages import _MESSAGE_COLUMNS, _messageFromRow
+from .section import StoreSection
 
-_R = TypeVar("_R")
 
 #: The most chat rooms kept in one record (a socket may be in
 #: C{--max-rooms-per-user}; more is not remembered).
@@ -225,26 +225,11 @@ def missedMessages_txn(
 
 
 @implementer(IRecoveryStore)
-class SQLRecoveryStore:
+class SQLRecoveryStore(StoreSection):
     """
     L{IRecoveryStore} on a SQL message store: reads on its pool, writes in
     its group commit.
     """
-
-    def __init__(self, store: Any) -> None:
-        """
-        @param store: a L{crm_im.storage.store.SQLMessageStore} (anything
-            with its C{_read} and C{_write}).
-        """
-        self._store = store
-
-    def _readTxn(self, desc: str, func: Callable[[Transaction], _R]) -> Deferred[_R]:
-        result: Deferred[_R] = self._store._read(desc, func)
-        return result
-
-    def _writeTxn(self, desc: str, func: Callable[[Transaction], _R]) -> Deferred[_R]:
-        result: Deferred[_R] = self._store._write(desc, func)
-        return result
 
     def keepRecovery(self, record: RecoveryRecord) -> Deferred[RecoveryRecord]:
         """

@@ -252,6 +252,18 @@ class Presence:
         user.changed()
         return user
 
+    def endHold(self, userId: str) -> None:
+        """
+        End at once the grace or recovery hold of C{userId}, if it has no
+        device left (an administrator kicked or banned it while its socket
+        was cut off: it must not look online until the hold ends).
+        """
+        user = self._users.get(userId)
+        if user is None or not user.leaving or user.devices:
+            return
+        self._wheel.cancel(userId)
+        self._graceEnded(userId)
+
     def _graceEnded(self, userId: object) -> None:
         user = self._users.get(str(userId))
         if user is None or not user.leaving or user.devices:

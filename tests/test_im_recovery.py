@@ -487,8 +487,10 @@ class StoreRecoveryTests(IMRecoveryTests):
         """
         alice, sid, pid = self.login("alice")
         self.cut(alice)
+        self.assertIsNotNone(self.presence.user("alice"))  # held for the window
         self.core.sessions.endSessionsOf("alice")
         self.assertNotIn(pid, self.records.records)
+        self.assertIsNone(self.presence.user("alice"))  # offline now
         back, answer = self.reconnect(pid)
         self.assertNotEqual(answer["sid"], sid)
         self.assertIsNone(self.presence.userOfDevice(answer["sid"]))

@@ -266,6 +266,9 @@ class Sessions:
             self.rooms.deviceGone(device)
         if self.recovery is not None:
             self.recovery.forgetUser(userId)
+        # Nothing of it may come back: it is offline now, not at the end of
+        # the window it was held online for.
+        self.presence.endHold(userId)
 
     def stop(self) -> None:
         """

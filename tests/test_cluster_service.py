@@ -21,6 +21,7 @@ import msgpack
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock, LoopingCall
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -185,6 +186,23 @@ class SettingsTests(SynchronousTestCase):
             sorted((s.labels["node"], s.value) for s in families["crm_im_cluster_devices"].samples), [("n1", 1), ("n2", 1)]
         )
         self.assertIn("crm_im_cluster_forwarded", families)
+
+    def test_startWithoutRedis(self) -> None:
+        """
+        With Redis unreachable, C{start} waits for the first registration
+        at most C{wait} seconds on the injected clock, then goes on (the
+        node serves its own devices meanwhile).
+        """
+        clock = MemoryReactorClock()
+        service = ClusterService(clock, ClusterSettings(RedisAddress(), "n1"))
+        started = Deferred.fromCoroutine(service.start(wait=5.0))
+        self.assertTrue(clock.tcpClients)  # it is trying to connect
+        clock.advance(4.9)
+        self.assertNoResult(started)
+        clock.advance(0.1)
+        self.successResultOf(started)
+        self.assertIsNotNone(service.reason())
+        self.flushLoggedErrors()
 
     def test_sidNamesNode(self) -> None:
         service = ClusterService(Clock(), ClusterSettings(RedisAddress(), "n1"))

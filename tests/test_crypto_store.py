@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from crm_im.crypto import AtRest, DecryptionError, parseKeys
@@ -252,11 +253,14 @@ class AtRestStoreMixin:
             batches.append((table, done))
             raise _Interrupted()
 
-        self.assertRaises(_Interrupted, rekey, self.storeURL(), keys, files, 4, interrupt)
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        self.assertRaises(_Interrupted, rekey, self.storeURL(), keys, clock, files, 4, interrupt)
         self.assertEqual(batches, [("messages", 4)])
-        (progress,) = self.rows("SELECT target, key_id, position FROM rekey_progress")
+        (progress,) = self.rows("SELECT target, key_id, position, updated_at FROM rekey_progress")
         self.assertEqual(progress[:2], ("messages", "k2"))
-        report = rekey(self.storeURL(), keys, files, 4)
+        self.assertEqual(progress[3], 1_700_000_000_000)  # the injected clock's time
+        report = rekey(self.storeURL(), keys, clock, files, 4)
         self.assertEqual(report.resumedFrom, {"messages": progress[2]})
         self.assertEqual(report.messages, 12 - 4)
         self.assertEqual((report.fileRecords, report.files), (1, 1))
@@ -311,7 +315,7 @@ class AtRestStoreMixin:
         from crm_im.storage.engines import engineFor
         from crm_im.storage.rekey import Connection, RekeyReport
 
-        connection = Connection(engineFor(self.storeURL()), keys)
+        connection = Connection(engineFor(self.storeURL()), keys, Clock())
         self.addCleanup(connection.close)
         report = RekeyReport()
         # m1 first: the recall of m2 happens as m1 is rewritten, then m2's
@@ -344,7 +348,7 @@ class AtRestStoreMixin:
         out = io.StringIO()
         self.assertEqual(main(["--store", self.storeURL(), "--encryption-keys", keyFile], out), 2)
         self.assertIn("line 1", out.getvalue())
-        self.assertRaises(RekeyError, rekey, self.storeURL(), atRest("k1"), None, 0)
+        self.assertRaises(RekeyError, rekey, self.storeURL(), atRest("k1"), Clock(), None, 0)
 
 
 class SQLiteAtRestTests(SQLiteStores, AtRestStoreMixin, TestCase):

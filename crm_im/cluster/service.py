@@ -244,12 +244,12 @@ class ClusterService(Service):
         first = self._firstRegistration
         if first.called:
             return
+        # (a Deferred of our own to time out: cancelling the registration
+        # itself would tell its other waiters it failed)
         waiting: Deferred[None] = Deferred()
-        first.addBoth(lambda result: waiting.callback(None) if not waiting.called else None)
-        timer = self.reactor.callLater(wait, lambda: waiting.callback(None) if not waiting.called else None)
+        first.addCallback(lambda _: None if waiting.called else waiting.callback(None))
+        waiting.addTimeout(wait, self.reactor, onTimeoutCancel=lambda result, timeout: None)
         await waiting
-        if timer.active():
-            timer.cancel()
         if not first.called:
             self.log.warn(
                 "cluster node {node}: not registered yet ({reason}); serving local devices meanwhile",

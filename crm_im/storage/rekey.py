@@ -45,10 +45,10 @@ import argparse
 import os
 import sqlite3
 import sys
-import time
 from typing import Any, Callable, Sequence, TextIO
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 
 from ..crypto import AtRest, DecryptionError, KeyFileError, loadKeyFile
 from ..crypto.stream import readHeader
@@ -97,9 +97,13 @@ class Connection:
     through L{Transaction} (the server's C{*_txn} functions run on it).
     """
 
-    def __init__(self, engine: BaseEngine, atRest: AtRest) -> None:
+    def __init__(self, engine: BaseEngine, atRest: AtRest, clock: IReactorTime) -> None:
+        """
+        @param clock: what C{updated_at} of the progress rows is read from.
+        """
         self.engine = engine
         self.atRest = atRest
+        self.clock = clock
         if isinstance(engine, SQLiteEngine):
             if not os.path.isfile(engine.path):
                 raise RekeyError(f"no SQLite database at {engine.path}")
@@ -145,6 +149,12 @@ class Connection:
     def close(self) -> None:
         self.conn.close()
 
+    def now(self) -> int:
+        """
+        Milliseconds since the epoch, from the injected clock.
+        """
+        return int(self.clock.seconds() * 1000)
+
 
 def _progress_txn(txn: Transaction, target: str, keyId: str) -> str | None:
     """
@@ -157,12 +167,12 @@ def _progress_txn(txn: Transaction, target: str, keyId: str) -> str | None:
     return str(row[1])
 
 
-def _saveProgress_txn(txn: Transaction, target: str, keyId: str, position: str) -> None:
+def _saveProgress_txn(txn: Transaction, target: str, keyId: str, position: str, now: int) -> None:
     txn.execute(
         "INSERT INTO rekey_progress (target, key_id, position, updated_at) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (target) DO UPDATE SET key_id = excluded.key_id, position = excluded.position,"
         " updated_at = excluded.updated_at",
-        (target, keyId, position, int(time.time() * 1000)),
+        (target, keyId, position, now),
     )
 
 
@@ -286,7 +296,7 @@ def _walk(
     def batch(txn: Transaction) -> tuple[int, int, Any]:
         done, conflicts, last = step(txn, atRest, position, batchSize)
         if last is not None:
-            _saveProgress_txn(txn, target, current, str(last))
+            _saveProgress_txn(txn, target, current, str(last), connection.now())
         return done, conflicts, last
 
     while True:
@@ -372,14 +382,15 @@ def _forget_txn(txn: Transaction, current: str) -> list[str]:
     return forgotten
 
 
-def _prepare_txn(txn: Transaction, atRest: AtRest) -> None:
+def _prepare_txn(txn: Transaction, atRest: AtRest, now: int) -> None:
     prepareSchema_txn(txn, schemaFiles(txn.engine.name))
-    checkKeys_txn(txn, atRest, int(time.time() * 1000))
+    checkKeys_txn(txn, atRest, now)
 
 
 def rekey(
     store: str,
     atRest: AtRest,
+    clock: IReactorTime,
     filesDirectory: str | None = None,
     batchSize: int = DEFAULT_BATCH,
     onBatch: Callable[[str, int], None] | None = None,
@@ -388,6 +399,7 @@ def rekey(
     Move every row and file to the current key of C{atRest}; see the
     module's docstring.
 
+    @param clock: the time progress and key records are stamped with.
     @param onBatch: called after each committed batch with the table and
         the rows done so far by this run.
     @raise RekeyError: when it cannot go on.
@@ -398,11 +410,11 @@ def rekey(
         engine = engineFor(store)
     except ValueError as error:
         raise RekeyError(str(error))
-    connection = Connection(engine, atRest)
+    connection = Connection(engine, atRest, clock)
     report = RekeyReport()
     try:
         try:
-            connection.run(_prepare_txn, atRest)
+            connection.run(_prepare_txn, atRest, connection.now())
         except KeysMissingError as error:
             raise RekeyError(str(error))
         report.messages = _walk(connection, "messages", rekeyMessages_txn, 0, int, batchSize, report, onBatch)
@@ -463,7 +475,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
 
     out.write(f"rekeying {redactURL(args.store)} to key {ring.current.id}\n")
     try:
-        report = rekey(args.store, AtRest.fromRing(ring), args.files, args.batch_size, progress)
+        # (the command's entry point, like tap.py for the server: the one
+        # place that picks the real clock)
+        from twisted.internet import reactor
+
+        report = rekey(args.store, AtRest.fromRing(ring), reactor, args.files, args.batch_size, progress)
     except RekeyError as error:
         out.write(f"crm_im-rekey: {error}\n")
         return 1

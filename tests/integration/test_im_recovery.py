@@ -16,13 +16,13 @@ from typing import Any, Dict, Generator, List
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from crm_im.engineio import EngineIOSession
 from tests.integration.test_im import serveIM
 from tests.integration.test_twistd import ProcessTestCase
 from tests.support.clients import ClientDriver, DriverTestMixin, requireKind
+from tests.support.markers import heldPoll
 
 Inline = Generator[Deferred[Any], Any, Any]
 
@@ -93,9 +93,7 @@ class RecoveryScenario(DriverTestMixin):
         if channel is not None:
             channel.transport.abortConnection()
             return
-        while session._poll is None:
-            yield deferLater(reactor, 0.005, lambda: None)
-        poll: Any = session._poll
+        poll: Any = yield heldPoll(session)
         poll.request.channel.transport.abortConnection()
 
     @inlineCallbacks

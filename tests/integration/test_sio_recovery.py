@@ -11,7 +11,6 @@ from typing import Any, Generator
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
@@ -19,6 +18,7 @@ from crm_im.engineio import EngineIOConfig, EngineIOSession
 from crm_im.socketio import SocketIOConfig, SocketIOServer
 from tests.support.apps import serve
 from tests.support.clients import DriverTestMixin
+from tests.support.markers import heldPoll
 
 Inline = Generator[Deferred[Any], Any, None]
 
@@ -49,9 +49,7 @@ class RecoveryScenario(DriverTestMixin):
         if channel is not None:
             channel.transport.abortConnection()
             return
-        while session._poll is None:
-            yield deferLater(reactor, 0.005, lambda: None)
-        poll: Any = session._poll
+        poll: Any = yield heldPoll(session)
         poll.request.channel.transport.abortConnection()
 
     @inlineCallbacks

@@ -6,9 +6,9 @@ output without sleeping.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 
@@ -55,3 +55,33 @@ class MarkedBytes:
         waiters, self._waiters = self._waiters, []
         for _, waiter in waiters:
             waiter.errback(reason)
+
+
+def heldPoll(session: Any, timeout: float = 10.0) -> Deferred[Any]:
+    """
+    Fire with the long-polling GET the server holds for C{session} (an
+    L{crm_im.engineio.session.EngineIOSession}): at once if it holds one,
+    else as soon as the client's next GET is held (C{pollArrived} is
+    watched for it while waiting: the class's, since sessions have slots),
+    never by looking again and again.
+    """
+    from twisted.internet import reactor
+
+    if session._poll is not None:
+        return succeed(session._poll)
+    held: Deferred[Any] = Deferred()
+    cls = type(session)
+    arrived = cls.pollArrived
+
+    def watch(self: Any, poll: Any) -> bool:
+        result: bool = arrived(self, poll)
+        if self is session and session._poll is not None and not held.called:
+            held.callback(session._poll)
+        return result
+
+    def restore(result: Any) -> Any:
+        cls.pollArrived = arrived
+        return result
+
+    cls.pollArrived = watch
+    return held.addTimeout(timeout, reactor).addBoth(restore)

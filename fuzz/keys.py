@@ -16,10 +16,9 @@ from typing import Any, Callable
 
 from crm_im.im import keys as k
 from crm_im.im import validation as v
-from crm_im.im.errors import IMError
-from crm_im.socketio.packet import DecodeError, decodeText
 
 from . import Input
+from .validation import checkOne
 
 FIELDS = (
     "deviceId", "identityKey", "signedPreKey", "oneTimeKeys", "keyId", "publicKey", "signature", "replace",
@@ -100,20 +99,4 @@ VALIDATORS: tuple[Callable[[Any], Any], ...] = (_upload, _query, _claim, _encryp
 
 
 def TestOneInput(data: bytes) -> None:
-    source = Input(data)
-    check = VALIDATORS[source.byte() % len(VALIDATORS)]
-    if source.byte() & 1:
-        try:
-            packet, _ = decodeText(b'2["e",' + source.rest() + b"]")
-        except DecodeError:
-            return
-        args = packet.data[1:]
-        if not args:
-            return
-        payload = args[0]
-    else:
-        payload = value(source)
-    try:
-        check(payload)
-    except IMError as error:
-        assert error.code in ("INVALID_PAYLOAD", "TOO_LARGE", "FORBIDDEN"), error.code
+    checkOne(data, VALIDATORS, value)

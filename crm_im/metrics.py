@@ -47,11 +47,20 @@ class ServerCollector:
 
     def collect(self) -> Iterator[Metric]:
         """
-        Connections by transport, users online, Engine.IO counters.
+        Connections by transport, users online, the bytes waiting in the
+        sessions' queues, the reactor's pending timers (read through the
+        engine's injected clock), Engine.IO counters.
+
+        The last two gauges are what a leak shows up in from outside:
+        after every client left (and recovery holds expired) both must be
+        back where they were (C{bench/churn.py}). Summing the queues walks
+        the sessions, which counting them by transport does already.
         """
         byTransport = {"polling": 0, "websocket": 0}
+        buffered = 0
         for session in list(self.engine.sessions.values()):
             byTransport[session.transportName] = byTransport.get(session.transportName, 0) + 1
+            buffered += session.queuedBytes
         connections = GaugeMetricFamily(
             "crm_im_connections", "Open Engine.IO sessions, by transport.", labels=["transport"]
         )
@@ -60,6 +69,16 @@ class ServerCollector:
         yield connections
         yield GaugeMetricFamily(
             "crm_im_users_online", "Users with at least one logged-in device.", value=self.presence.onlineCount()
+        )
+        yield GaugeMetricFamily(
+            "crm_im_buffered_bytes",
+            "Bytes queued in Engine.IO sessions that their transport has not taken yet.",
+            value=buffered,
+        )
+        yield GaugeMetricFamily(
+            "crm_im_reactor_delayed_calls",
+            "Timers pending in the reactor (a count that keeps growing is a timer leak).",
+            value=len(self.engine.clock.getDelayedCalls()),
         )
         stats = self.engine.stats
         for name, value, text in (

@@ -47,6 +47,10 @@ class Config:
     @ivar jwtLeeway: seconds of clock skew tolerated on C{exp}/C{nbf}.
     @ivar limits: rate and abuse limits.
     @ivar maxSessions: the most concurrent Engine.IO sessions.
+    @ivar maxBufferedBytes: bytes queued for one session and not yet taken
+        by its transport, past which the session is closed (a client that
+        stops reading); L{EngineIOConfig.maxBufferedBytes}.
+    @ivar maxBufferedPackets: the same bound, in packets.
     @ivar maxGroupMembers: members per group, the owner included.
     @ivar maxGroupsPerUser: groups one user may be a member of.
     @ivar maxRoomSockets: sockets in one chat room at once.
@@ -106,6 +110,8 @@ class Config:
     jwtLeeway: float = 0.0
     limits: LimitSettings = LimitSettings()
     maxSessions: int = 100_000
+    maxBufferedBytes: int = 16 * 1024 * 1024
+    maxBufferedPackets: int = 20000
     maxGroupMembers: int = 2000
     maxGroupsPerUser: int = 500
     maxRoomSockets: int = 10_000
@@ -168,6 +174,8 @@ class Config:
             maxPayload=self.maxPayload,
             corsOrigins=self.corsOrigins,
             maxSessions=self.maxSessions,
+            maxBufferedBytes=self.maxBufferedBytes,
+            maxBufferedPackets=self.maxBufferedPackets,
             maxSessionsPerAddress=self.limits.connectionsPerAddress,
             exemptAddresses=self.limits.exemptAddresses,
         )

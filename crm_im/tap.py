@@ -117,6 +117,9 @@ class Options(usage.Options):
         ["max-connections-per-ip", None, 1000, "Concurrent sessions per client address (0: no limit)."],
         ["max-devices-per-user", None, 16, "Sockets logged in as one user at once (0: no limit)."],
         ["max-sessions", None, 100_000, "Concurrent sessions in total."],
+        ["max-buffered-bytes", None, 16 * 1024 * 1024, "Bytes queued for one session that its client has not "
+         "read yet; past it the session is closed (a client that stops reading)."],
+        ["max-buffered-packets", None, 20000, "The same bound, in packets."],
         ["login-failures-per-minute", None, 10, "Failed token checks per client address per minute (JWT mode)."],
         ["login-failure-burst", None, 20, "Failed token checks per client address at once (JWT mode)."],
         ["max-group-members", None, 2000, "Members per group, the owner included."],
@@ -270,6 +273,8 @@ class Options(usage.Options):
             jwtLeeway=_number("jwt-leeway", self["jwt-leeway"], float),
             limits=_limits(self),
             maxSessions=_positive("max-sessions", self["max-sessions"]),
+            maxBufferedBytes=_positive("max-buffered-bytes", self["max-buffered-bytes"]),
+            maxBufferedPackets=_positive("max-buffered-packets", self["max-buffered-packets"]),
             maxGroupMembers=_positive("max-group-members", self["max-group-members"]),
             maxGroupsPerUser=_positive("max-groups-per-user", self["max-groups-per-user"]),
             maxRoomSockets=_positive("max-room-sockets", self["max-room-sockets"]),

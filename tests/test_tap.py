@@ -55,6 +55,10 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.dataDir, "crm_im-data")
         self.assertEqual((config.pingInterval, config.pingTimeout, config.maxPayload), (25000, 20000, 1_000_000))
         self.assertEqual(config.connectTimeout, 45000)
+        self.assertEqual(
+            (config.engineConfig().maxBufferedBytes, config.engineConfig().maxBufferedPackets),
+            (16 * 1024 * 1024, 20000),
+        )
         self.assertIsNone(config.corsOrigins)
         self.assertTrue(config.logEvents)
 
@@ -83,7 +87,7 @@ class OptionsTests(SynchronousTestCase):
             "--connect-timeout", "3000", "--max-message-length", "10", "--presence-grace", "1.5",
             "--cors-origin", "https://a.example", "--cors-origin", "https://b.example",
             "--sqlite-synchronous", "normal", "--quiet", "--data-dir", "/tmp/x",
-            "--commit-interval", "2.5",
+            "--commit-interval", "2.5", "--max-buffered-bytes", "65536", "--max-buffered-packets", "100",
         )
         self.assertEqual((config.pingInterval, config.pingTimeout, config.maxPayload), (1000, 2000, 5000))
         self.assertEqual((config.connectTimeout, config.maxMessageLength), (3000, 10))
@@ -94,6 +98,9 @@ class OptionsTests(SynchronousTestCase):
         self.assertFalse(config.logEvents)
         self.assertEqual(config.dataDir, "/tmp/x")
         self.assertEqual(config.engineConfig().corsOrigins, config.corsOrigins)
+        self.assertEqual(
+            (config.engineConfig().maxBufferedBytes, config.engineConfig().maxBufferedPackets), (65536, 100)
+        )
 
     def test_legacyClientsAndRecovery(self) -> None:
         """
@@ -150,6 +157,8 @@ class OptionsTests(SynchronousTestCase):
             ["--commit-interval", "-1"],
             ["--commit-interval", "5000"],
             ["--commit-interval", "nan"],
+            ["--max-buffered-bytes", "0"],
+            ["--max-buffered-packets", "many"],
         ):
             with self.subTest(args=args):
                 error = self.assertRaises(usage.UsageError, parse, *args)

@@ -1,7 +1,10 @@
 """
 Unit tests of the cluster's decisions on a L{Clock}: the Redis link's
 backoff and address parsing, cluster presence (no flap, a dead node's
-users leave after the settling delay) and targeted routing.
+users leave after the settling delay), targeted routing, and the
+WebSocket upgrade of another node's session spliced to that node
+(L{crm_im.cluster.forward}, L{crm_im.cluster.splice}) over string
+transports and a L{MemoryReactorClock}.
 """
 
 from __future__ import annotations
@@ -9,12 +12,21 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from crm_im.cluster.connection import RedisAddress, backoffDelay
+from crm_im.cluster.forward import ForwardingResource
 from crm_im.cluster.node import nodeTag, tagOfSid
 from crm_im.cluster.presence import ClusterPresence, DeviceRecord
+from crm_im.cluster.splice import CONNECT_TIMEOUT
 from crm_im.routing.local import LocalRouter
 from crm_im.routing.redis import TO_USERS, RedisRouter
 
@@ -122,3 +134,196 @@ class RouterTests(TestCase):
         self.assertEqual(sorted(n for n, _ in sent), ["B", "C"])
         kind, targets, _, _ = msgpack.unpackb(dict(sent)["B"])
         self.assertEqual((kind, sorted(targets)), (TO_USERS, ["x", "y"]))
+
+
+class _Inner(Resource):
+    """
+    This node's own Engine.IO endpoint: records what reaches it.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.uris: list[bytes] = []
+
+    def render(self, request: IRequest) -> bytes:
+        self.uris.append(request.uri)
+        return b"inner"
+
+
+#: A session of node n2, as its sid says.
+_SID = "abc." + nodeTag("n2")
+_UPGRADE = (
+    b"GET /socket.io/?EIO=4&transport=websocket&sid=" + _SID.encode() + b" HTTP/1.1\r\n"
+    b"Host: balancer.example:8080\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Connection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+    b"Cookie: a=1\r\n"
+    b"Cookie: b=2\r\n"
+)
+
+
+class UpgradeSpliceTests(TestCase):
+    """
+    A WebSocket upgrade for a session of another live node is spliced to
+    that node's internal address: the client's connection taken from
+    twisted.web, the request head replayed with the forwarding mark, then
+    bytes copied both ways.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.inner = _Inner()
+        self.resource = ForwardingResource(
+            self.inner,
+            self.reactor,
+            isLocal=lambda sid: sid == "mine." + nodeTag("n1"),
+            myTag=nodeTag("n1"),
+            addressOf={nodeTag("n2"): "http://10.0.0.2:8081"}.get,
+        )
+        self.site = Site(self.resource, timeout=60, reactor=self.reactor)
+        address = IPv4Address("TCP", "192.0.2.7", 40000)
+        self.client = StringTransportWithDisconnection(peerAddress=address)
+        protocol = self.site.buildProtocol(address)
+        # As a real TCP transport, the transport knows its protocol: the
+        # splice swaps it when it takes the connection over.
+        self.client.protocol = protocol
+        self.httpProtocol = protocol
+        protocol.makeConnection(self.client)
+
+    def ownerConnects(self) -> StringTransportWithDisconnection:
+        """
+        The connection attempt to the owner succeeds; the owner's end.
+        """
+        host, port, factory, timeout, _ = self.reactor.tcpClients[-1]
+        self.assertEqual((host, port, timeout), ("10.0.0.2", 8081, CONNECT_TIMEOUT))
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        assert protocol is not None
+        owner = StringTransportWithDisconnection()
+        owner.protocol = protocol
+        protocol.makeConnection(owner)
+        return owner
+
+    def splice(self) -> StringTransportWithDisconnection:
+        """
+        Send the upgrade and let the owner be reached; the owner's end,
+        with what it received so far cleared.
+        """
+        self.client.protocol.dataReceived(_UPGRADE + b"\r\n")
+        owner = self.ownerConnects()
+        owner.clear()
+        return owner
+
+    def test_headReplayed(self) -> None:
+        """
+        The owner receives the request line with the original URI, every
+        header the client sent (each value of a repeated one) and
+        C{X-CRM-IM-Forwarded: 1}; nothing is answered to the client by
+        this node, and nothing reaches this node's own endpoint.
+        """
+        self.client.protocol.dataReceived(_UPGRADE + b"\r\n")
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("10.0.0.2", 8081))
+        owner = self.ownerConnects()
+        head, separator, rest = owner.value().partition(b"\r\n\r\n")
+        self.assertEqual((separator, rest), (b"\r\n\r\n", b""))
+        requestLine, *lines = head.split(b"\r\n")
+        self.assertEqual(requestLine, _UPGRADE.split(b"\r\n")[0])
+        sent = sorted(tuple(line.split(b": ", 1)) for line in _UPGRADE.rstrip(b"\r\n").split(b"\r\n")[1:])
+        self.assertEqual(
+            sorted((name.lower(), value) for name, value in (line.split(b": ", 1) for line in lines)),
+            sorted([(name.lower(), value) for name, value in sent] + [(b"x-crm-im-forwarded", b"1")]),
+        )
+        self.assertEqual(self.client.value(), b"")
+        self.assertEqual(self.inner.uris, [])
+        self.assertEqual((self.resource.spliced, self.resource.forwarded, len(self.resource.splices)), (1, 0, 1))
+
+    def test_bytesBothWays(self) -> None:
+        """
+        Once spliced, what the client sends reaches the owner and what the
+        owner sends reaches the client, byte for byte; each side is the
+        other's producer (a full write buffer on one stops reading on the
+        other), and the HTTP channel's idle timeout no longer applies.
+        """
+        owner = self.splice()
+        self.assertIsNot(self.client.protocol, self.httpProtocol)
+        answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x063probe"
+        owner.protocol.dataReceived(answer)
+        self.assertEqual(self.client.value(), answer)
+        frame = b"\x81\x86abcd" + bytes(c ^ k for c, k in zip(b"2probe", b"abcdab"))
+        self.client.protocol.dataReceived(frame[:3])
+        self.client.protocol.dataReceived(frame[3:])
+        self.assertEqual(owner.value(), frame)
+        self.assertIs(self.client.producer, owner)
+        self.assertIs(owner.producer, self.client)
+        self.assertTrue(self.client.streaming and owner.streaming)
+        self.reactor.advance(3600)
+        self.assertTrue(self.client.connected and owner.connected)
+
+    def test_ownerCloses(self) -> None:
+        """
+        The owner closing its end closes the client's; the splice is over.
+        """
+        owner = self.splice()
+        owner.loseConnection()
+        self.assertFalse(self.client.connected)
+        self.assertEqual(self.resource.splices, set())
+
+    def test_clientCloses(self) -> None:
+        """
+        The client closing its end closes the owner's; the splice is over.
+        """
+        owner = self.splice()
+        self.client.loseConnection()
+        self.assertFalse(owner.connected)
+        self.assertEqual(self.resource.splices, set())
+
+    def test_unreachable(self) -> None:
+        """
+        An owner that refuses the connection gets the client Engine.IO's
+        "Session ID unknown" (502) from this node, over the HTTP channel.
+        """
+        self.client.protocol.dataReceived(_UPGRADE + b"\r\n")
+        _, _, factory, _, _ = self.reactor.tcpClients[-1]
+        factory.clientConnectionFailed(self.reactor.connectors[-1], Failure(ConnectionRefusedError()))
+        self.assertTrue(self.client.value().startswith(b"HTTP/1.1 502 "), self.client.value())
+        self.assertIn(b'{"code":1,"message":"Session ID unknown"}', self.client.value())
+        self.assertIs(self.client.protocol, self.httpProtocol)
+        self.assertEqual(self.resource.splices, set())
+
+    def test_clientGoneWhileConnecting(self) -> None:
+        """
+        A client gone before the owner answers cancels the attempt.
+        """
+        self.client.protocol.dataReceived(_UPGRADE + b"\r\n")
+        self.client.loseConnection()
+        self.assertTrue(self.reactor.connectors[-1].stoppedConnecting)
+        self.assertEqual(self.resource.splices, set())
+
+    def test_stopping(self) -> None:
+        """
+        A node stopping drops the connections it splices.
+        """
+        owner = self.splice()
+        self.resource.close()
+        self.assertFalse(self.client.connected or owner.connected)
+        self.assertEqual(self.resource.splices, set())
+
+    def test_notSpliced(self) -> None:
+        """
+        This node's own sessions, requests forwarded already, and upgrades
+        to anything but WebSocket are served by this node's endpoint.
+        """
+        for head in [
+            _UPGRADE.replace(_SID.encode(), b"mine." + nodeTag("n1").encode()),
+            _UPGRADE + b"X-CRM-IM-Forwarded: 1\r\n",
+            _UPGRADE.replace(b"Upgrade: websocket", b"Upgrade: h2c"),
+            _UPGRADE.replace(_SID.encode(), b"abc." + nodeTag("n3").encode()),
+        ]:
+            self.client.clear()
+            self.client.protocol.dataReceived(head + b"\r\n")
+            self.assertTrue(self.client.value().endswith(b"inner"), self.client.value())
+        self.assertEqual(len(self.inner.uris), 4)
+        self.assertEqual(self.reactor.tcpClients, [])

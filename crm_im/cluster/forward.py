@@ -1,20 +1,27 @@
 # -*- test-case-name: tests.test_cluster -*-
 """
-No sticky sessions: a long-polling request for an Engine.IO session of
-another node is forwarded to that node.
+No sticky sessions: a request for an Engine.IO session of another node
+is sent on to that node.
 
 Every Engine.IO sid of a cluster node ends with the node's tag
 (L{crm_im.cluster.node.nodeTag}); each node registers its internal HTTP
-address in Redis under that tag. A polling GET or POST whose sid is not
-one of this node's sessions but carries another live node's tag is sent
-on, unchanged, to that address (once: a forwarded request carries
-C{X-CRM-IM-Forwarded} and is never forwarded again), and the owner's
-answer is copied back. A WebSocket needs no forwarding when it opens a
-session, and the owner of a session answers the upgrade only if the
-balancer sends it there: a WebSocket upgrade landing on another node is
-refused with the Engine.IO "Session ID unknown" answer, and the client
-stays on long-polling (forwarded) -- it keeps working. Sticky sessions in
-the balancer make the upgrade succeed every time (deploy/haproxy.cfg).
+address in Redis under that tag. A request whose sid is not one of this
+node's sessions but carries another live node's tag goes to that address,
+once (it carries C{X-CRM-IM-Forwarded} there and is never forwarded
+again):
+
+  - a long-polling GET or POST is forwarded as a request, through a pool
+    of persistent connections, and the owner's answer copied back;
+  - a WebSocket upgrade (a C{GET} with C{Upgrade: websocket}, the
+    Engine.IO upgrade of a polling session) is spliced: the client's
+    connection is handed to the owner byte for byte for the rest of its
+    life (L{crm_im.cluster.splice}).
+
+A WebSocket that opens a session needs neither: it opens on whichever node
+it reaches. So a round-robin balancer works for polling, WebSocket and the
+upgrade between them; sticky sessions only save the extra hop. An owner
+that cannot be reached gets the client Engine.IO's "Session ID unknown"
+(502), as if the session were gone.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from ..http.query import QueryError, parseQuery
 from .node import tagOfSid
+from .splice import UpgradeSplice, isWebSocketUpgrade, spliceUpgrade
 
 FORWARDED = b"x-crm-im-forwarded"
 
@@ -46,9 +54,12 @@ MAX_ANSWER = 16 * 1024 * 1024
 class ForwardingResource(Resource):
     """
     The Engine.IO endpoint of a cluster node: its own sessions served by
-    C{inner}, other nodes' polling requests forwarded.
+    C{inner}, other nodes' polling requests forwarded and WebSocket
+    upgrades spliced to them.
 
-    @ivar forwarded: requests forwarded (for tests and metrics).
+    @ivar forwarded: polling requests forwarded (for tests and metrics).
+    @ivar spliced: WebSocket upgrades spliced to another node.
+    @ivar splices: the splices not over yet (connecting, or open).
     """
 
     isLeaf = True
@@ -72,25 +83,36 @@ class ForwardingResource(Resource):
         self.isLocal = isLocal
         self.myTag = myTag
         self.addressOf = addressOf
+        self.reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 16
         self.agent = Agent(reactor, pool=self.pool)
         self.forwarded = 0
+        self.spliced = 0
+        self.splices: set[UpgradeSplice] = set()
 
     def render(self, request: IRequest) -> Any:
         address = self._owner(request)
         if address is None:
             return self.inner.render(request)
+        if isWebSocketUpgrade(request):
+            self.spliced += 1
+            self.splices.add(spliceUpgrade(self.reactor, request, address, FORWARDED, self._failed, self.splices.discard))
+            return NOT_DONE_YET
         self.forwarded += 1
         d = Deferred.fromCoroutine(self._forward(request, address))
         d.addErrback(self._failed, request)
         return NOT_DONE_YET
 
     def _owner(self, request: IRequest) -> str | None:
+        """
+        The internal address of the live node that owns the session of
+        C{request}, if it is another node's polling request or WebSocket
+        upgrade not forwarded yet.
+        """
         if request.method not in (b"GET", b"POST") or request.getHeader(FORWARDED) is not None:
             return None
-        upgrade = request.getHeader(b"upgrade")
-        if upgrade is not None:
+        if request.getHeader(b"upgrade") is not None and not isWebSocketUpgrade(request):
             return None
         try:
             sid = parseQuery(request.uri).get("sid")
@@ -133,11 +155,17 @@ class ForwardingResource(Resource):
     def _failed(self, failure: Any, request: Any) -> None:
         if request.finished or getattr(request, "_disconnected", False):
             return
-        self.log.warn("forwarding a polling request: {error}", error=failure.getErrorMessage())
+        self.log.warn("forwarding a request to its node: {error}", error=failure.getErrorMessage())
         request.setResponseCode(502)
         request.setHeader(b"content-type", b"application/json")
         request.write(b'{"code":1,"message":"Session ID unknown"}')
         request.finish()
 
     def close(self) -> Deferred[Any]:
+        """
+        Drop the spliced connections and the pool's (the node is
+        stopping).
+        """
+        for splice in list(self.splices):
+            splice.close()
         return self.pool.closeCachedConnections()

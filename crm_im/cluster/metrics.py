@@ -44,7 +44,13 @@ class ClusterCollector:
         for name, value, text in (
             ("crm_im_cluster_node_messages", router.sentToNodes if router else 0, "Messages published to other nodes' channels."),
             ("crm_im_cluster_forwarded", forwarder.forwarded if forwarder else 0, "Long-polling requests forwarded to their node."),
+            ("crm_im_cluster_spliced", forwarder.spliced if forwarder else 0, "WebSocket upgrades spliced to their node."),
             ("crm_im_cluster_published_delivered", adapter.delivered if adapter else 0, "Sockets written to by Redis adapter broadcasts."),
             ("crm_im_cluster_published_refused", adapter.refused if adapter else 0, "Redis adapter broadcasts refused (IM event names)."),
         ):
             yield CounterMetricFamily(name, text, value=value)
+        yield GaugeMetricFamily(
+            "crm_im_cluster_splices",
+            "Spliced WebSocket connections open through this node (or connecting).",
+            value=len(forwarder.splices) if forwarder else 0,
+        )

@@ -186,6 +186,8 @@ class SettingsTests(SynchronousTestCase):
             sorted((s.labels["node"], s.value) for s in families["crm_im_cluster_devices"].samples), [("n1", 1), ("n2", 1)]
         )
         self.assertIn("crm_im_cluster_forwarded", families)
+        self.assertIn("crm_im_cluster_spliced", families)
+        self.assertEqual(families["crm_im_cluster_splices"].samples[0].value, 0)
 
     def test_startWithoutRedis(self) -> None:
         """

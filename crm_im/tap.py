@@ -155,7 +155,8 @@ class Options(usage.Options):
          "(default 15, at least 1)."],
         ["redis-prefix", None, None, "Channel prefix of the Socket.IO Redis adapter/emitter broadcasts crm_im listens to "
          "(default socket.io, the emitter's); several clusters sharing one Redis use their own."],
-        ["node-address", None, None, "The internal http://host:port the other nodes forward long-polling requests to "
+        ["node-address", None, None, "The internal http://host:port the other nodes forward long-polling requests and "
+         "WebSocket upgrades to "
          "(default: http://127.0.0.1:<first listening port>, right for nodes on one machine only)."],
         ["admin-token", None, None, "Token of the admin API and page at /admin/ (Authorization: Bearer); prefer "
          "$CRM_IM_ADMIN_TOKEN (not shown by ps). Without it (or --auth jwt) the admin API answers 404."],

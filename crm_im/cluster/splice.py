@@ -231,10 +231,11 @@ class UpgradeSplice:
         early = b"".join(getattr(channel, "_dataBuffer", []))
         owner.write(requestHead(request, self.forwarded, body) + body + early)
         client.peer, self.owner.peer = self.owner, client
+        # The channel may have paused reading while the request was served;
+        # from now on only the owner's write buffer pauses it.
+        _readingSide(transport).resumeProducing()
         transport.registerProducer(_readingSide(owner), True)
         owner.registerProducer(_readingSide(transport), True)
-        # The channel may have paused reading while the request was served.
-        _readingSide(transport).resumeProducing()
 
 
 def spliceUpgrade(

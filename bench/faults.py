@@ -585,6 +585,7 @@ class FaultRun:
         startTimeout: float = 30.0,
         serverArgs: Sequence[str] = (),
         python: str = sys.executable,
+        serverRepo: Path = REPO,
         log: Callable[[str], None] = lambda line: None,
     ) -> None:
         self.reactor = reactor
@@ -601,6 +602,7 @@ class FaultRun:
         self.startTimeout = startTimeout
         self.serverArgs = list(serverArgs)
         self.python = python
+        self.serverRepo = serverRepo
         self.log = log
         users = [f"f{index}" for index in range(clients)]
         self.senders = [Sender(self, user, users[(index + 1) % clients]) for index, user in enumerate(users)]
@@ -666,12 +668,12 @@ class FaultRun:
         self.starts += 1
         process = ServerProcess(self.dataDir / f"faults-server-{self.starts}.log")
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+        env["PYTHONPATH"] = os.pathsep.join([str(self.serverRepo)] + [p for p in [env.get("PYTHONPATH")] if p])
         args = [self.python, "-c", TWISTD, "-n", "--pidfile=", "crm_im",
                 "--listen", f"tcp:{self.port}:interface=127.0.0.1",
                 "--data-dir", str(self.dataDir), "--quiet", *self.serverArgs]
         spawner: IReactorProcess = self.reactor
-        spawner.spawnProcess(process, args[0], args, env=env, path=str(REPO))
+        spawner.spawnProcess(process, args[0], args, env=env, path=str(self.serverRepo))
         self.server = process
         await process.listening.addTimeout(self.startTimeout, self.clock)
         self.serverUp = True
@@ -945,6 +947,8 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
                         help="seconds, after the load stops, for every message to get its receipt (60)")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="one more crm_im option, repeatable, e.g. --server-arg=--commit-interval=0")
+    parser.add_argument("--server-repo", type=Path, default=REPO,
+                        help="run the crm_im of this source tree (e.g. a `git archive` of one commit; this checkout)")
     parser.add_argument("--sqlite-check", action="store_true",
                         help="at the end, also count the rows of the database file (read-only)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
@@ -964,7 +968,8 @@ async def main(reactor: Any, argv: Sequence[str]) -> None:
     run = FaultRun(reactor, dataDir.resolve(), port, kills=options.kills, clients=options.clients,
                    rate=options.rate, secondsBetweenKills=options.seconds_between_kills,
                    probes=options.probes, burst=not options.no_burst, armTimeout=options.arm_timeout,
-                   settleTimeout=options.settle_timeout, serverArgs=options.server_arg, log=log)
+                   settleTimeout=options.settle_timeout, serverArgs=options.server_arg,
+                   serverRepo=options.server_repo.resolve(), log=log)
     try:
         report = await run.run()
     finally:

@@ -12,11 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+from twisted.internet import ssl
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
+from twisted.test import iosim
 from twisted.trial.unittest import TestCase
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -28,6 +33,7 @@ from crm_im.cluster.node import nodeTag, tagOfSid
 from crm_im.cluster.presence import ClusterPresence, DeviceRecord
 from crm_im.cluster.splice import CONNECT_TIMEOUT
 from crm_im.routing.local import LocalRouter
+from crm_im.routing.order import ConversationOrder
 from crm_im.routing.redis import TO_USERS, RedisRouter
 
 
@@ -127,7 +133,9 @@ class RouterTests(TestCase):
         presence.remoteLogin("C", "c1", DeviceRecord("y", "Y", None, "online"))
         presence.remoteLogin("D", "d1", DeviceRecord("z", "Z", None, "online"))
         sent: list[tuple[str, bytes]] = []
-        router = RedisRouter(LocalRouter(sockets, presence), presence, sockets, lambda n, m: sent.append((n, m)))
+        router = RedisRouter(
+            LocalRouter(sockets, presence), presence, sockets, lambda n, m: sent.append((n, m)), ConversationOrder(Clock())
+        )
         count = router.toUsers(["x", "y"], "message", {"k": 1})
         self.assertEqual(count, 4)
         self.assertEqual(len(sockets["a1"].frames), 1)
@@ -240,6 +248,17 @@ class UpgradeSpliceTests(TestCase):
         self.assertEqual(self.inner.uris, [])
         self.assertEqual((self.resource.spliced, self.resource.forwarded, len(self.resource.splices)), (1, 0, 1))
 
+    def test_earlyBytes(self) -> None:
+        """
+        Bytes the client sent after the head, before the owner was reached
+        (kept by the HTTP channel as the start of a next request), follow
+        the head to the owner.
+        """
+        self.client.protocol.dataReceived(_UPGRADE + b"\r\nearly")
+        self.client.protocol.dataReceived(b" bytes")
+        owner = self.ownerConnects()
+        self.assertTrue(owner.value().endswith(b"\r\n\r\nearly bytes"), owner.value())
+
     def test_bytesBothWays(self) -> None:
         """
         Once spliced, what the client sends reaches the owner and what the
@@ -327,3 +346,74 @@ class UpgradeSpliceTests(TestCase):
             self.assertTrue(self.client.value().endswith(b"inner"), self.client.value())
         self.assertEqual(len(self.inner.uris), 4)
         self.assertEqual(self.reactor.tcpClients, [])
+
+
+class _TLSClient(Protocol):
+    """
+    A client over TLS: records what it receives, decrypted, and whether
+    its connection is gone.
+    """
+
+    lost = False
+
+    def __init__(self) -> None:
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost = True
+
+
+class UpgradeSpliceTLSTests(TestCase):
+    """
+    The splice of a node listening with TLS: the client's connection is a
+    TLS wrapper around TCP, and the splice takes over what the wrapper
+    decrypts (as Autobahn does) and reads from the connection under it.
+    """
+
+    def test_tls(self) -> None:
+        """
+        Over TLS, the head reaches the owner decrypted, bytes flow both
+        ways through the splice, and the owner closing closes the client.
+        """
+        reactor = MemoryReactorClock()
+        resource = ForwardingResource(
+            _Inner(), reactor, lambda sid: False, nodeTag("n1"), {nodeTag("n2"): "http://10.0.0.2:8081"}.get
+        )
+        pem = FilePath(iosim.__file__).sibling("server.pem").getContent()
+        site = TLSMemoryBIOFactory(
+            ssl.PrivateCertificate.loadPEM(pem).options(), False, Site(resource, timeout=60, reactor=reactor), reactor
+        )
+        client = _TLSClient()
+        clientFactory = TLSMemoryBIOFactory(
+            ssl.CertificateOptions(verify=False), True, ClientFactory.forProtocol(lambda: client), reactor
+        )
+        address = IPv4Address("TCP", "192.0.2.7", 40000)
+        serverTLS = site.buildProtocol(address)
+        clientTLS = clientFactory.buildProtocol(address)
+        pump = iosim.connect(
+            serverTLS, iosim.makeFakeServer(serverTLS), clientTLS, iosim.makeFakeClient(clientTLS), clock=reactor
+        )
+        assert client.transport is not None
+        client.transport.write(_UPGRADE + b"\r\n")
+        pump.flush()
+        host, port, factory, _, _ = reactor.tcpClients[-1]
+        ownerProtocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        assert ownerProtocol is not None
+        owner = StringTransportWithDisconnection()
+        owner.protocol = ownerProtocol
+        ownerProtocol.makeConnection(owner)
+        self.assertTrue(owner.value().startswith(_UPGRADE.split(b"\r\n")[0] + b"\r\n"), owner.value())
+        owner.clear()
+        ownerProtocol.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\n\r\nfrom owner")
+        pump.flush()
+        self.assertEqual(client.received, b"HTTP/1.1 101 Switching Protocols\r\n\r\nfrom owner")
+        client.transport.write(b"from client")
+        pump.flush()
+        self.assertEqual(owner.value(), b"from client")
+        self.assertFalse(client.lost)
+        owner.loseConnection()
+        pump.flush()
+        self.assertTrue(client.lost)

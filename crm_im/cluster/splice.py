@@ -119,7 +119,11 @@ class SpliceEnd(Protocol):
         self.lost = True
         peer = self.peer
         if peer is not None and not peer.lost:
-            peer.transport.loseConnection()  # type: ignore[union-attr]
+            transport: Any = peer.transport
+            # This end was the peer's producer, and a TLS transport does not
+            # close while a producer is registered.
+            transport.unregisterProducer()
+            transport.loseConnection()
         self.onLost()
 
 
@@ -188,8 +192,10 @@ class UpgradeSplice:
         # Taken over: twisted.web can no longer answer; close both ends.
         self.log.failure("splicing a WebSocket upgrade", failure)
         for end in (self.client, self.owner):
-            if end.transport is not None and not end.lost:
-                end.transport.loseConnection()
+            transport: Any = end.transport
+            if transport is not None and not end.lost:
+                transport.unregisterProducer()
+                transport.loseConnection()
 
     def _endLost(self) -> None:
         if self.owner.lost and (self.client is None or self.client.lost):

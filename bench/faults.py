@@ -50,10 +50,13 @@ resend was deduplicated) or not (C{storedAfterRestart}).
 The report is one JSON object on stdout (and in C{--out}); the exit status
 is 0 when C{ok} is true. Server output goes to C{DIR/faults-server-K.log}.
 
-Live deliveries are counted too (C{deliveries}, C{deliveriesRepeated}) but
-not judged: the server marks messages delivered lazily, so a kill may make
-it deliver a message again as an offline message at the next login (at
-least once, by design; see C{crm_im/storage/commit.py}).
+Live deliveries are counted too. A message delivered twice to one
+connection of a recipient (C{deliveriesRepeatedOnOneConnection}) fails the
+run: a resend must cause no second delivery. Across connections
+(C{deliveriesRepeated}) it is not judged: the server marks messages
+delivered lazily, so a kill may make it deliver a message again as an
+offline message at the recipient's next login (at least once, by design; see
+C{crm_im/storage/commit.py}).
 
 The clients speak the wire protocol by hand (one Engine.IO packet per
 WebSocket frame, as the official server sends them), so the check depends
@@ -361,6 +364,8 @@ class Sender:
         self.ledger = Ledger(userId)
         self.ready = False
         self.connecting = False
+        #: connection attempts so far: deliveries are told apart by it
+        self.connections = 0
         self._proto: Optional[SIOClientProtocol] = None
         self._ackIds = itertools.count(1)
         #: ack id -> (message id, time sent, whether it was a first send)
@@ -378,6 +383,7 @@ class Sender:
         if self.connecting or self._proto is not None:
             return
         self.connecting = True
+        self.connections += 1
         port = self.run.port
         factory = SIOClientFactory(self, f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket", self.run.reactor)
         self.run.reactor.connectTCP("127.0.0.1", port, factory, timeout=5)
@@ -615,6 +621,7 @@ class FaultRun:
         self.errorAcks: Counter[str] = Counter()
         self.latencies: List[float] = []
         self.deliveries: Counter[Tuple[str, str]] = Counter()
+        self.connectionDeliveries: Counter[Tuple[str, int, str, str]] = Counter()
         self.problems: List[str] = []
         self.killReports: List[Dict[str, Any]] = []
         self._armed: Optional[Deferred[None]] = None
@@ -631,7 +638,9 @@ class FaultRun:
         self.log(text)
 
     def delivered(self, sender: Sender, message: Dict[str, Any]) -> None:
-        self.deliveries[(str(message.get("fromId")), str(message.get("id")))] += 1
+        key = (str(message.get("fromId")), str(message.get("id")))
+        self.deliveries[key] += 1
+        self.connectionDeliveries[(sender.userId, sender.connections) + key] += 1
 
     def receiptArrived(self, sender: Sender) -> None:
         """
@@ -855,7 +864,8 @@ class FaultRun:
         unreceipted = len(sent - receipted)
         latencies = [value * 1000 for value in self.latencies]
         restart = [r["restartSeconds"] for r in self.killReports]
-        ok = not (missing or duplicates or unknown or mismatches or misplaced or seqProblems or unreceipted
+        repeatedOnOneConnection = sum(n - 1 for n in self.connectionDeliveries.values() if n > 1)
+        ok = not (repeatedOnOneConnection or missing or duplicates or unknown or mismatches or misplaced or seqProblems or unreceipted
                   or self.problems) and len(self.killReports) == self.kills
         return {
             "ok": ok,
@@ -885,6 +895,7 @@ class FaultRun:
             "errorAcks": dict(self.errorAcks),
             "deliveries": sum(self.deliveries.values()),
             "deliveriesRepeated": sum(n - 1 for n in self.deliveries.values() if n > 1),
+            "deliveriesRepeatedOnOneConnection": repeatedOnOneConnection,
             "receiptLatencyMs": {
                 "p50": _round(percentile(latencies, 0.5)),
                 "p99": _round(percentile(latencies, 0.99)),

@@ -309,6 +309,17 @@ class UpgradeSpliceTests(TestCase):
         self.assertIs(self.client.protocol, self.httpProtocol)
         self.assertEqual(self.resource.splices, set())
 
+    def test_badAddress(self) -> None:
+        """
+        An owner registered with an address that is not C{http://host:port}
+        gets the client the same 502, and nothing is connected.
+        """
+        self.resource.addressOf = lambda tag: "http://10.0.0.2:99999"
+        self.client.protocol.dataReceived(_UPGRADE + b"\r\n")
+        self.assertTrue(self.client.value().startswith(b"HTTP/1.1 502 "), self.client.value())
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(self.resource.splices, set())
+
     def test_clientGoneWhileConnecting(self) -> None:
         """
         A client gone before the owner answers cancels the attempt.

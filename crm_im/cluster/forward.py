@@ -38,7 +38,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from ..http.query import QueryError, parseQuery
 from .node import tagOfSid
-from .splice import UpgradeSplice, isWebSocketUpgrade, spliceUpgrade
+from .splice import UpgradeSplice, isWebSocketUpgrade
 
 FORWARDED = b"x-crm-im-forwarded"
 
@@ -97,7 +97,9 @@ class ForwardingResource(Resource):
             return self.inner.render(request)
         if isWebSocketUpgrade(request):
             self.spliced += 1
-            self.splices.add(spliceUpgrade(self.reactor, request, address, FORWARDED, self._failed, self.splices.discard))
+            splice = UpgradeSplice(request, FORWARDED, self._failed, self.splices.discard)
+            self.splices.add(splice)
+            splice.connect(self.reactor, address)
             return NOT_DONE_YET
         self.forwarded += 1
         d = Deferred.fromCoroutine(self._forward(request, address))

@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -168,9 +168,14 @@ class UpgradeSplice:
         C{refuse} answers the client. A client gone while connecting
         cancels the attempt.
         """
-        host, port = _hostAndPort(address)
-        d = self._connecting = connectProtocol(TCP4ClientEndpoint(reactor, host, port, timeout=timeout), self.owner)
-        self.request.notifyFinish().addErrback(lambda _: d.cancel())
+        d: Deferred[Any]
+        try:
+            host, port = _hostAndPort(address)
+        except ValueError:
+            d = fail()
+        else:
+            d = self._connecting = connectProtocol(TCP4ClientEndpoint(reactor, host, port, timeout=timeout), self.owner)
+            self.request.notifyFinish().addErrback(lambda _: d.cancel())
         return d.addCallback(lambda _: self._splice()).addErrback(self._failed)
 
     def close(self) -> None:
@@ -243,21 +248,3 @@ class UpgradeSplice:
         transport.registerProducer(_readingSide(owner), True)
         owner.registerProducer(_readingSide(transport), True)
 
-
-def spliceUpgrade(
-    reactor: Any,
-    request: IRequest,
-    address: str,
-    forwarded: bytes,
-    refuse: Callable[[Failure, Any], None],
-    ended: Callable[[UpgradeSplice], None] = lambda splice: None,
-    timeout: float = CONNECT_TIMEOUT,
-) -> UpgradeSplice:
-    """
-    Splice the WebSocket upgrade C{request} to the node at C{address}
-    (L{UpgradeSplice}). The caller returns C{NOT_DONE_YET} from its
-    C{render}.
-    """
-    splice = UpgradeSplice(request, forwarded, refuse, ended)
-    splice.connect(reactor, address, timeout)
-    return splice

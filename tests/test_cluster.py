@@ -33,6 +33,7 @@ from crm_im.cluster.node import nodeTag, tagOfSid
 from crm_im.cluster.presence import ClusterPresence, DeviceRecord
 from crm_im.cluster.splice import CONNECT_TIMEOUT
 from crm_im.routing.local import LocalRouter
+from crm_im.routing.order import ConversationOrder
 from crm_im.routing.redis import TO_USERS, RedisRouter
 
 
@@ -132,7 +133,9 @@ class RouterTests(TestCase):
         presence.remoteLogin("C", "c1", DeviceRecord("y", "Y", None, "online"))
         presence.remoteLogin("D", "d1", DeviceRecord("z", "Z", None, "online"))
         sent: list[tuple[str, bytes]] = []
-        router = RedisRouter(LocalRouter(sockets, presence), presence, sockets, lambda n, m: sent.append((n, m)))
+        router = RedisRouter(
+            LocalRouter(sockets, presence), presence, sockets, lambda n, m: sent.append((n, m)), ConversationOrder(Clock())
+        )
         count = router.toUsers(["x", "y"], "message", {"k": 1})
         self.assertEqual(count, 4)
         self.assertEqual(len(sockets["a1"].frames), 1)

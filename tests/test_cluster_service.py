@@ -38,6 +38,7 @@ from crm_im.im.errors import RATE_LIMITED, IMError
 from crm_im.im.interfaces import Caller
 from crm_im.limits import LimitSettings
 from crm_im.routing.local import LocalRouter
+from crm_im.storage.interface import MessageOrder
 from crm_im.storage.memory import MemoryMessageStore
 from crm_im.web.health import HealthResource
 from tests.test_cluster_node import _requireRedis
@@ -188,6 +189,11 @@ class SettingsTests(SynchronousTestCase):
         self.assertIn("crm_im_cluster_forwarded", families)
         self.assertIn("crm_im_cluster_spliced", families)
         self.assertEqual(families["crm_im_cluster_splices"].samples[0].value, 0)
+        router = service.makeRouter(LocalRouter({}, service.presence), {})
+        router.order.admit(MessageOrder("g:1", 10, 9, 0), lambda: None)
+        families = {family.name: family for family in service.collector().collect()}
+        self.assertEqual(families["crm_im_cluster_order_held"].samples[0].value, 1)
+        self.assertEqual(families["crm_im_cluster_order_late"].samples[0].value, 0)
 
     def test_startWithoutRedis(self) -> None:
         """
@@ -453,17 +459,22 @@ class RouterWireTests(SynchronousTestCase):
 
     def pair(self) -> tuple[Any, Any, dict[str, RecordingSocket]]:
         from crm_im.cluster.presence import ClusterPresence
+        from crm_im.routing.order import ConversationOrder
         from crm_im.routing.redis import RedisRouter
 
-        clock = Clock()
+        clock = self.clock = Clock()
         sent: list[tuple[str, bytes]] = []
         a, b = ClusterPresence(clock, "A"), ClusterPresence(clock, "B")
         socketsB = {"b1": RecordingSocket("b1"), "b2": RecordingSocket("b2")}
         for sid in socketsB:
             b.login("bob", sid, "Bob", None)
             a.remoteLogin("B", sid, DeviceRecord("bob", "Bob", None, "online"))
-        routerA = RedisRouter(LocalRouter({}, a), a, {}, lambda node, message: sent.append((node, message)))
-        routerB = RedisRouter(LocalRouter(socketsB, b), b, socketsB, lambda node, message: None)  # type: ignore[arg-type]
+        routerA = RedisRouter(
+            LocalRouter({}, a), a, {}, lambda node, message: sent.append((node, message)), ConversationOrder(clock)
+        )
+        routerB = RedisRouter(
+            LocalRouter(socketsB, b), b, socketsB, lambda node, message: None, ConversationOrder(clock)  # type: ignore[arg-type]
+        )
         return routerA, (routerB, sent), socketsB
 
     def test_eventCrosses(self) -> None:
@@ -491,6 +502,29 @@ class RouterWireTests(SynchronousTestCase):
         _, (routerB, _), _ = self.pair()
         self.assertRaises(ValueError, routerB.received, b"\xc1")
         self.assertRaises(ValueError, routerB.received, msgpack.packb(["u", ["bob"], None, 7]))
+
+    def test_orderAcrossNodes(self) -> None:
+        """
+        Two senders on two nodes write into one conversation: node B's own
+        message (seq 10, linked to seq 9) waits for node A's seq 9, still
+        crossing; the order crosses with the message, and B's devices get
+        9 then 10. Malformed order is refused.
+        """
+        routerA, (routerB, sent), sockets = self.pair()
+        self.clock.advance(100)
+        now = int(self.clock.seconds() * 1000)
+        self.assertEqual(routerB.toUsers(["bob"], "message", {"seq": 10}, order=MessageOrder("g:1", 10, 9, now)), 2)
+        self.assertEqual(sockets["b1"].events(), [])
+        routerA.toUsers(["bob"], "message", {"seq": 9}, order=MessageOrder("g:1", 9, 0, 0))
+        ((node, message),) = sent
+        self.assertEqual(msgpack.unpackb(message)[4], ["g:1", 9, 0, 0])
+        self.assertEqual(routerB.received(message), 2)
+        for sid in ("b1", "b2"):
+            self.assertEqual(sockets[sid].events(), [("message", {"seq": 9}), ("message", {"seq": 10})])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        bad = msgpack.unpackb(message)
+        bad[4] = ["g:1", "9", 0, 0]
+        self.assertRaises(ValueError, routerB.received, msgpack.packb(bad))
 
     def test_recoveryThroughLocal(self) -> None:
         """

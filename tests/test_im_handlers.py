@@ -25,7 +25,7 @@ from crm_im.im.groups import GroupLimits
 from crm_im.im.interfaces import Caller, IRouter
 from crm_im.im.rooms import RoomLimits
 from crm_im.presence import Presence
-from crm_im.storage.interface import groupConversation
+from crm_im.storage.interface import MessageOrder, directConversation, groupConversation
 from crm_im.storage.memory import MemoryMessageStore
 
 #: The clock's start: a realistic "now", in seconds.
@@ -40,6 +40,7 @@ class Delivery:
     @ivar method: C{toUsers}, C{toDevices}, C{toEveryone} or C{toConnected}.
     @ivar recipients: the user ids (C{toUsers}) or device ids given.
     @ivar devices: the devices it reached, resolved when it was made.
+    @ivar order: the stored message's place in its conversation, if given.
     """
 
     method: str
@@ -48,6 +49,7 @@ class Delivery:
     payload: Any
     exceptDevice: str | None
     devices: frozenset[str]
+    order: MessageOrder | None = None
 
 
 @implementer(IRouter)
@@ -63,26 +65,47 @@ class RecordingRouter:
         self.closed: list[str] = []
 
     def _record(
-        self, method: str, recipients: Iterable[str], event: str, payload: Any, exceptDevice: str | None, devices: Iterable[str]
+        self,
+        method: str,
+        recipients: Iterable[str],
+        event: str,
+        payload: Any,
+        exceptDevice: str | None,
+        devices: Iterable[str],
+        order: MessageOrder | None = None,
     ) -> int:
         reached = frozenset(d for d in devices if d != exceptDevice)
-        self.sent.append(Delivery(method, tuple(recipients), event, payload, exceptDevice, reached))
+        self.sent.append(Delivery(method, tuple(recipients), event, payload, exceptDevice, reached, order))
         return len(reached)
 
-    def toUsers(self, userIds: Iterable[str], event: str, payload: Any, exceptDevice: str | None = None) -> int:
+    def toUsers(
+        self,
+        userIds: Iterable[str],
+        event: str,
+        payload: Any,
+        exceptDevice: str | None = None,
+        order: MessageOrder | None = None,
+    ) -> int:
         """
         See L{IRouter.toUsers}.
         """
         users = tuple(userIds)
         devices = [d for u in users for d in self.presence.devicesOf(u)]
-        return self._record("toUsers", users, event, payload, exceptDevice, devices)
+        return self._record("toUsers", users, event, payload, exceptDevice, devices, order)
 
-    def toDevices(self, deviceIds: Iterable[str], event: str, payload: Any, exceptDevice: str | None = None) -> int:
+    def toDevices(
+        self,
+        deviceIds: Iterable[str],
+        event: str,
+        payload: Any,
+        exceptDevice: str | None = None,
+        order: MessageOrder | None = None,
+    ) -> int:
         """
         See L{IRouter.toDevices}.
         """
         devices = tuple(deviceIds)
-        return self._record("toDevices", devices, event, payload, exceptDevice, devices)
+        return self._record("toDevices", devices, event, payload, exceptDevice, devices, order)
 
     def toEveryone(self, event: str, payload: Any, exceptDevice: str | None = None) -> int:
         """
@@ -656,6 +679,29 @@ class GroupMessageTests(HandlerTestCase):
         (receipt,) = self.router.events("message:sent")
         self.assertEqual((receipt.devices, receipt.payload), ({"a1"}, ack))
         self.assertEqual(self.groupHistory()[-1]["id"], "m1")
+
+    def test_order(self) -> None:
+        """
+        Each new message (the group's system message included) is handed
+        to the router with its place in the conversation as the store
+        linked it, for a router that must keep order across nodes; a 1:1
+        message too, on its own conversation.
+        """
+        self.answer(self.core.groups.create(self.caller("a1"), {"name": "Team", "memberIds": ["bob"], "id": "g1"}))
+        self.send("a1", "one", id="m1", groupId="g1")
+        self.send("b1", "two", id="m2", groupId="g1")
+        self.send("a1", "direct", id="d1", toId="bob")
+        created, one, two, direct = self.router.events("message")
+        self.assertEqual(created.payload["type"], "system")
+        self.assertEqual(
+            [(m.order.conversation, m.order.seq, m.order.prevSeq) for m in (created, one, two, direct)],
+            [
+                (groupConversation("g1"), created.payload["seq"], 0),
+                (groupConversation("g1"), one.payload["seq"], created.payload["seq"]),
+                (groupConversation("g1"), two.payload["seq"], one.payload["seq"]),
+                (directConversation("alice", "bob"), direct.payload["seq"], 0),
+            ],
+        )
 
     def test_dedup(self) -> None:
         """

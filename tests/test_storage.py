@@ -336,6 +336,39 @@ class MessageStoreTestsMixin:
         self.assertTrue(verifyObject(IMessageStore, self.store))
         self.assertTrue(verifyObject(IFileMetadata, self.store))
 
+    #: whether the store links each new message to its predecessor in its
+    #: conversation (L{StoredMessage.prevSeq}); SQLite does not
+    links = True
+
+    async def test_linksConversations(self) -> None:
+        """
+        A store that links gives each new message the seq and server time
+        of the one before it in its conversation, in one batch and across
+        batches, 0 for a conversation's first; a resend or a message read
+        back carries no link. A store that does not link gives none.
+        """
+        first = await gatherResults(
+            [
+                self.store.storeMessage(newMessage("a1", serverTimestamp=1000)),
+                self.store.storeMessage(newMessage("c1", toId="carol", serverTimestamp=1001)),
+                self.store.storeMessage(newMessage("b1", fromId="bob", toId="alice", serverTimestamp=1002)),
+            ]
+        )
+        a1, c1, b1 = (outcome.message for outcome in first)
+        second = await self.store.storeMessage(newMessage("a2", serverTimestamp=1003))
+        resent = await self.store.storeMessage(newMessage("a1", serverTimestamp=1004))
+        self.assertFalse(resent.created)
+        self.assertIsNone(resent.message.prevSeq)
+        links = [(m.prevSeq, m.prevAt) for m in (a1, c1, b1, second.message)]
+        if not self.links:
+            self.assertEqual(links, [(None, 0)] * 4)
+            return
+        self.assertEqual(links, [(0, 0), (0, 0), (a1.seq, 1000), (b1.seq, 1002)])
+        order = second.message.order
+        self.assertEqual((order.conversation, order.seq, order.prevSeq), (a1.conversation, second.message.seq, b1.seq))
+        page = await self.store.history("bob", "alice", None, 10, None, None)
+        self.assertEqual([m.prevSeq for m in page.messages], [None] * 3)
+
     async def test_storeCreates(self) -> None:
         """
         A new message is stored with every field, a seq, undelivered and
@@ -995,6 +1028,8 @@ class SQLiteMessageStoreTests(SQLiteStores, SQLMessageStoreTestsMixin, TestCase)
     what only SQLite has: pragmas, query plans, upgrades of old files.
     """
 
+    links = False
+
     async def test_upgradeFromVersion2(self) -> None:
         """
         A database made by version 2 of the schema gets version 3 on the
@@ -1179,6 +1214,23 @@ class PostgresMessageStoreTests(PostgresStores, SQLMessageStoreTestsMixin, TestC
         self.addCleanup(store.close)
         await store.open()
         return store
+
+    async def test_linksAcrossNodes(self) -> None:
+        """
+        Two nodes writing into one conversation in turn: each message is
+        linked to the one before it, whichever node stored that one (read
+        under the write lock).
+        """
+        other = await self.otherNode()
+        made = []
+        for n in range(6):
+            store = (self.store, other)[n % 2]
+            outcome = await store.storeMessage(newMessage(f"x{n}", serverTimestamp=2000 + n))
+            made.append(outcome.message)
+        self.assertEqual(
+            [(m.prevSeq, m.prevAt) for m in made],
+            [(0, 0)] + [(before.seq, before.serverTimestamp) for before in made[:-1]],
+        )
 
     async def test_seqsCommitInOrderAcrossNodes(self) -> None:
         """

@@ -47,6 +47,16 @@ class ClusterCollector:
             ("crm_im_cluster_spliced", forwarder.spliced if forwarder else 0, "WebSocket upgrades spliced to their node."),
             ("crm_im_cluster_published_delivered", adapter.delivered if adapter else 0, "Sockets written to by Redis adapter broadcasts."),
             ("crm_im_cluster_published_refused", adapter.refused if adapter else 0, "Redis adapter broadcasts refused (IM event names)."),
+            (
+                "crm_im_cluster_order_held",
+                router.order.held if router else 0,
+                "Messages held until their predecessor in the conversation reached this node.",
+            ),
+            (
+                "crm_im_cluster_order_late",
+                router.order.late if router else 0,
+                "Messages that reached this node after a successor released at the hold deadline.",
+            ),
         ):
             yield CounterMetricFamily(name, text, value=value)
         yield GaugeMetricFamily(

@@ -35,6 +35,7 @@ from ..engineio.server import newSessionId
 from ..im.rooms import RoomHandlers
 from ..presence import UserPresence
 from ..routing.local import LocalRouter
+from ..routing.order import ConversationOrder
 from ..routing.redis import RedisRouter
 from .adapter import AdapterListener
 from .connection import CONNECT_TIMEOUT, RedisAddress, RedisLink
@@ -154,7 +155,7 @@ class ClusterService(Service):
         """
         self._sockets = sockets
         self._local = local
-        self.router = RedisRouter(local, self.presence, sockets, self.node.sendTo)
+        self.router = RedisRouter(local, self.presence, sockets, self.node.sendTo, ConversationOrder(self.reactor))
         self.node.received = self._nodeMessage
         return self.router
 
@@ -270,6 +271,9 @@ class ClusterService(Service):
         Leave the cluster (the other nodes drop our devices at once) and
         disconnect.
         """
+        if self.router is not None:
+            # what waits for a predecessor goes now (no timer left behind)
+            self.router.order.stop()
         await self.node.stop()
         if self.forwarder is not None:
             await self.forwarder.close()

@@ -272,7 +272,7 @@ class GroupHandlers:
     def _announce(self, userIds: Iterable[str], stored: StoredMessage | None) -> None:
         if stored is not None:
             self.directory.noteMessage(stored.groupId or "", stored.seq)
-            self.router.toUsers(userIds, "message", stored.toWire())
+            self.router.toUsers(userIds, "message", stored.toWire(), order=stored.order)
 
     async def _checkGroupCounts(self, userIds: Iterable[str]) -> None:
         limit = self.limits.maxGroupsPerUser

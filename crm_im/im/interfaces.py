@@ -14,6 +14,8 @@ from typing import Any, Iterable
 
 from zope.interface import Interface
 
+from ..storage.interface import MessageOrder
+
 
 class Caller:
     """
@@ -45,19 +47,36 @@ class IRouter(Interface):
     away is skipped, never an error.
     """
 
-    def toUsers(userIds: Iterable[str], event: str, payload: Any, exceptDevice: str | None = None) -> int:
+    def toUsers(
+        userIds: Iterable[str],
+        event: str,
+        payload: Any,
+        exceptDevice: str | None = None,
+        order: MessageOrder | None = None,
+    ) -> int:
         """
         Send C{event} to every device of each of C{userIds} but
         C{exceptDevice}.
 
-        @return: how many devices it was sent to.
+        @param order: a new stored message's place in its conversation, if
+            its store linked it: a router whose deliveries can overtake
+            each other (across nodes) delivers in this order; one process
+            needs nothing of it.
+        @return: how many devices it was, or is about to be, sent to.
         """
 
-    def toDevices(deviceIds: Iterable[str], event: str, payload: Any, exceptDevice: str | None = None) -> int:
+    def toDevices(
+        deviceIds: Iterable[str],
+        event: str,
+        payload: Any,
+        exceptDevice: str | None = None,
+        order: MessageOrder | None = None,
+    ) -> int:
         """
         Send C{event} to each of C{deviceIds} but C{exceptDevice}.
 
-        @return: how many devices it was sent to.
+        @param order: see L{toUsers}.
+        @return: how many devices it was, or is about to be, sent to.
         """
 
     def toEveryone(event: str, payload: Any, exceptDevice: str | None = None) -> int:

@@ -301,14 +301,14 @@ class Messaging:
             held.append(stored)
             delivered = True
             if stored.fromId != toId:
-                self.router.toUsers((stored.fromId,), "message", wire, senderDevice)
+                self.router.toUsers((stored.fromId,), "message", wire, senderDevice, stored.order)
         else:
             delivered = bool(self.presence.devicesOf(toId))
             if stored.fromId == toId:
                 # a note to oneself reaches every device, the sending one too
-                self.router.toUsers((toId,), "message", wire)
+                self.router.toUsers((toId,), "message", wire, order=stored.order)
             else:
-                self.router.toUsers((toId, stored.fromId), "message", wire, senderDevice)
+                self.router.toUsers((toId, stored.fromId), "message", wire, senderDevice, stored.order)
         if delivered:
             self._unflushed.add(stored.seq)
             # One markDelivered per reactor turn for every message
@@ -351,7 +351,7 @@ class Messaging:
             self.groups.noteMessage(groupId, stored.seq)
             current = self.groups.cached(groupId) or state
             assert current is not None
-            self.router.toUsers(current.members, "message", self.wire(stored), caller.device)
+            self.router.toUsers(current.members, "message", self.wire(stored), caller.device, stored.order)
             if self.settings.logEvents:
                 self.log.info("[群消息] {fromId} -> {groupId} seq={seq}", fromId=stored.fromId, groupId=groupId, seq=stored.seq)
         self.metrics.receipts["sent"].inc()
@@ -371,7 +371,9 @@ class Messaging:
         stored = outcome.message
         if outcome.created:
             self.metrics.messages[stored.type if stored.type in _COUNTED_TYPES else "text"].inc()
-            self.router.toDevices(list(self.rooms.rooms.devices(roomId)), "message", self.wire(stored), caller.device)
+            self.router.toDevices(
+                list(self.rooms.rooms.devices(roomId)), "message", self.wire(stored), caller.device, stored.order
+            )
         self.metrics.receipts["sent"].inc()
         return self._receipt(
             caller, {"messageId": stored.id, "status": "sent", "timestamp": stored.serverTimestamp, "seq": stored.seq}
@@ -506,9 +508,9 @@ class Messaging:
         if self.fileLinks is not None:
             payload["fileUrl"] = self.wire(stored)["fileUrl"]
         if toId == caller.userId:
-            self.router.toUsers((toId,), "file_transfer", payload)
+            self.router.toUsers((toId,), "file_transfer", payload, order=stored.order)
         else:
-            self.router.toUsers((toId, caller.userId), "file_transfer", payload, caller.device)
+            self.router.toUsers((toId, caller.userId), "file_transfer", payload, caller.device, stored.order)
         self._unflushed.add(stored.seq)
         if not self._toMark:
             self.clock.callLater(0, self._markDelivered)

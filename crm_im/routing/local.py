@@ -15,6 +15,7 @@ from ..engineio.packet import Frame
 from ..im.interfaces import IRouter
 from ..presence import Presence
 from ..socketio.packet import encodeEvent
+from ..storage.interface import MessageOrder
 
 
 #: The events of stored messages, which are followed by their offset when
@@ -107,9 +108,17 @@ class LocalRouter:
         else:
             socket.sendFrames(frames)
 
-    def toUsers(self, userIds: Iterable[str], event: str, payload: Any, exceptDevice: str | None = None) -> int:
+    def toUsers(
+        self,
+        userIds: Iterable[str],
+        event: str,
+        payload: Any,
+        exceptDevice: str | None = None,
+        order: MessageOrder | None = None,
+    ) -> int:
         """
-        See L{IRouter.toUsers}.
+        See L{IRouter.toUsers} (C{order} is not needed: in one
+        process, messages are delivered in the order they were stored).
         """
         devicesOf = self._presence.devicesOf
         sockets = self._sockets
@@ -135,7 +144,14 @@ class LocalRouter:
                 count += 1
         return count
 
-    def toDevices(self, deviceIds: Iterable[str], event: str, payload: Any, exceptDevice: str | None = None) -> int:
+    def toDevices(
+        self,
+        deviceIds: Iterable[str],
+        event: str,
+        payload: Any,
+        exceptDevice: str | None = None,
+        order: MessageOrder | None = None,
+    ) -> int:
         """
         See L{IRouter.toDevices}.
         """

@@ -13,6 +13,14 @@ per node with members online there.
 Order: everything one node sends to another goes through one Redis
 connection and one channel, both FIFO, so messages of one conversation
 from one node arrive in the order they were sent (their C{seq} order).
+Messages of one conversation from two nodes can overtake each other
+(each node delivers its own sender's message at once, the other's is
+still crossing): a new stored message travels with its place in its
+conversation (L{MessageOrder}, linked by the store), and every node,
+for its own messages and the ones that crossed, lets it through its
+L{ConversationOrder} gate, which holds a message until its predecessor
+has passed (bounded). A node message is C{[kind, targets, except, body]}
+or, for such a message, C{[kind, targets, except, body, order]}.
 
 What crosses is the event and its payload (msgpack), delivered on the
 receiving node through its L{LocalRouter}, so that what the local router
@@ -32,7 +40,9 @@ from ..cluster.presence import ClusterPresence
 from ..engineio.packet import Frame
 from ..im.interfaces import IRouter
 from ..socketio.packet import encodeEvent
+from ..storage.interface import MessageOrder
 from .local import LocalRouter
+from .order import ConversationOrder
 
 #: Kinds of node-channel messages.
 TO_USERS = "u"
@@ -74,14 +84,24 @@ class RedisRouter:
         metrics).
     """
 
-    def __init__(self, local: LocalRouter, presence: ClusterPresence, sockets: dict[str, Any], publish: Publish) -> None:
+    def __init__(
+        self,
+        local: LocalRouter,
+        presence: ClusterPresence,
+        sockets: dict[str, Any],
+        publish: Publish,
+        order: ConversationOrder,
+    ) -> None:
         """
         @param local: delivery to this node's sockets.
         @param presence: the cluster presence (devices and their nodes).
         @param sockets: this node's live table of sockets by sid.
         @param publish: C{publish(node, message)} sends to another node's
             channel (fire and forget; nothing is sent while Redis is down).
+        @param order: the gate that puts each conversation's messages back
+            in seq order before this node's devices see them.
         """
+        self.order = order
         self.local = local
         self.presence = presence
         self.sockets = sockets
@@ -117,9 +137,20 @@ class RedisRouter:
         """
         return self.local.release(device)
 
-    def _send(self, node: str, kind: str, targets: list[str] | None, exceptDevice: str | None, body: bytes) -> None:
+    def _send(
+        self,
+        node: str,
+        kind: str,
+        targets: list[str] | None,
+        exceptDevice: str | None,
+        body: bytes,
+        order: MessageOrder | None = None,
+    ) -> None:
         self.sentToNodes += 1
-        self.publish(node, msgpack.packb([kind, targets, exceptDevice, msgpack.ExtType(1, body)]))
+        message: list[object] = [kind, targets, exceptDevice, msgpack.ExtType(1, body)]
+        if order is not None:
+            message.append(order.toList())
+        self.publish(node, msgpack.packb(message))
 
     def _body(self, event: str, payload: Any) -> bytes:
         """
@@ -131,7 +162,14 @@ class RedisRouter:
         except (TypeError, ValueError, OverflowError):
             return msgpack.packb(packFrames(encodeEvent("/", event, (payload,))))
 
-    def toUsers(self, userIds: Iterable[str], event: str, payload: Any, exceptDevice: str | None = None) -> int:
+    def toUsers(
+        self,
+        userIds: Iterable[str],
+        event: str,
+        payload: Any,
+        exceptDevice: str | None = None,
+        order: MessageOrder | None = None,
+    ) -> int:
         """
         See L{IRouter.toUsers}.
         """
@@ -143,20 +181,32 @@ class RedisRouter:
             for node, sids in self.presence.nodesOf(userId).items():
                 if node == me:
                     localUsers.append(userId)
+                    if order is not None:
+                        count += len(sids) - (exceptDevice in sids)
                     continue
                 reached = len(sids) - (exceptDevice in sids)
                 if reached > 0:
                     count += reached
                     remote.setdefault(node, []).append(userId)
         if localUsers:
-            count += self.local.toUsers(localUsers, event, payload, exceptDevice)
+            if order is None:
+                count += self.local.toUsers(localUsers, event, payload, exceptDevice)
+            else:
+                self.order.admit(order, lambda: self.local.toUsers(localUsers, event, payload, exceptDevice))
         if remote:
             body = self._body(event, payload)
             for node, users in remote.items():
-                self._send(node, TO_USERS, users, exceptDevice, body)
+                self._send(node, TO_USERS, users, exceptDevice, body, order)
         return count
 
-    def toDevices(self, deviceIds: Iterable[str], event: str, payload: Any, exceptDevice: str | None = None) -> int:
+    def toDevices(
+        self,
+        deviceIds: Iterable[str],
+        event: str,
+        payload: Any,
+        exceptDevice: str | None = None,
+        order: MessageOrder | None = None,
+    ) -> int:
         """
         See L{IRouter.toDevices}.
         """
@@ -172,12 +222,18 @@ class RedisRouter:
                 mine.append(sid)
             elif self.presence.peersReachable:
                 remote.setdefault(node, []).append(sid)
-        count = self.local.toDevices(mine, event, payload) if mine else 0
+        count = 0
+        if mine:
+            if order is None:
+                count = self.local.toDevices(mine, event, payload)
+            else:
+                count = sum(1 for sid in mine if sid in self.sockets)
+                self.order.admit(order, lambda: self.local.toDevices(mine, event, payload))
         if remote:
             body = self._body(event, payload)
             for node, sids in remote.items():
                 count += len(sids)
-                self._send(node, TO_DEVICES, sids, None, body)
+                self._send(node, TO_DEVICES, sids, None, body, order)
         return count
 
     def toEveryone(self, event: str, payload: Any, exceptDevice: str | None = None) -> int:
@@ -228,7 +284,8 @@ class RedisRouter:
         @raise ValueError: if malformed.
         """
         try:
-            kind, targets, exceptDevice, packed = msgpack.unpackb(message)
+            kind, targets, exceptDevice, packed, *rest = msgpack.unpackb(message)
+            order = MessageOrder.fromList(rest[0]) if rest else None
             if kind == DISCONNECT:
                 for sid in targets:
                     self.local.disconnect(sid)
@@ -240,7 +297,7 @@ class RedisRouter:
         except Exception as error:
             raise ValueError(f"bad node message: {error}")
         if event is not None:
-            return self._deliver(kind, targets, exceptDevice, event, body[1])
+            return self._deliver(kind, targets, exceptDevice, event, body[1], order)
         frames = unpackFrames(body)
         sockets = self.sockets
         if kind == TO_USERS:
@@ -263,10 +320,18 @@ class RedisRouter:
                 count += 1
         return count
 
-    def _deliver(self, kind: str, targets: Any, exceptDevice: str | None, event: str, payload: Any) -> int:
+    def _deliver(
+        self,
+        kind: str,
+        targets: Any,
+        exceptDevice: str | None,
+        event: str,
+        payload: Any,
+        order: MessageOrder | None = None,
+    ) -> int:
         """
         An event from another node, to this node's sockets through the
-        local router.
+        local router (and the order gate, for a new stored message).
         """
         local, me = self.local, self.nodeId
         if kind == TO_USERS:
@@ -278,4 +343,7 @@ class RedisRouter:
             sids = list(self.presence.localDevices())
         else:
             raise ValueError(f"unknown node message kind {kind!r}")
-        return local.toDevices(sids, event, payload, exceptDevice)
+        if order is None:
+            return local.toDevices(sids, event, payload, exceptDevice)
+        self.order.admit(order, lambda: local.toDevices(sids, event, payload, exceptDevice))
+        return sum(1 for sid in sids if sid != exceptDevice and sid in self.sockets)

@@ -56,6 +56,12 @@ class BaseEngine:
         C{RETURNING} (PostgreSQL: a sequence hands out values to concurrent
         transactions too, so "the last id minus the row count" would be a
         guess); otherwise through L{lastInsertedId} (SQLite, one writer).
+    @ivar linksMessages: a new message is stored with the seq and time of
+        the one before it in its conversation (L{StoredMessage.prevSeq}),
+        read under L{writeLockSQL}: the nodes of a cluster, which share
+        this engine, put messages crossing Redis back in order with it
+        (L{crm_im.routing.order}). One small read per batch; SQLite, one
+        node, has no use for it.
     """
 
     #: how many times a transaction whose connection broke under it is run
@@ -67,6 +73,7 @@ class BaseEngine:
     beginSQL: str | None = None
     failedStatementAbortsTransaction = False
     returningKeys = False
+    linksMessages = False
     schemaLockSQL: str | None = None
     writeLockSQL: str | None = None
     integrityErrors: tuple[type[Exception], ...] = ()
@@ -260,6 +267,7 @@ class PostgresEngine(BaseEngine):
     paramStyle = "format"
     failedStatementAbortsTransaction = True
     returningKeys = True
+    linksMessages = True
     schemaLockSQL = f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK}, hashtext(current_schema()))"
     writeLockSQL = f"SELECT pg_advisory_xact_lock({_WRITE_LOCK}, hashtext(current_schema()))"
     #: seconds libpq waits for a connection unless the URL says otherwise

@@ -152,6 +152,47 @@ class NewMessage:
 
 
 @attrs.frozen
+class MessageOrder:
+    """
+    Where a stored message sits in its conversation, as a store that links
+    messages read it under its write lock (the cluster's order gate,
+    L{crm_im.routing.order}, puts messages back in this order).
+
+    @ivar conversation: the conversation's key.
+    @ivar seq: the message's seq.
+    @ivar prevSeq: the seq of the message before it in the conversation,
+        0 if none.
+    @ivar prevAt: that message's server time (ms since the epoch), 0 if
+        none.
+    """
+
+    conversation: str
+    seq: int
+    prevSeq: int
+    prevAt: int
+
+    def toList(self) -> list[object]:
+        """
+        The form that crosses between nodes (msgpack).
+        """
+        return [self.conversation, self.seq, self.prevSeq, self.prevAt]
+
+    @classmethod
+    def fromList(cls, value: object) -> "MessageOrder":
+        """
+        The inverse of L{toList}.
+
+        @raise ValueError: if malformed.
+        """
+        if not isinstance(value, (list, tuple)) or len(value) != 4:
+            raise ValueError("order must be [conversation, seq, prevSeq, prevAt]")
+        conversation, seq, prevSeq, prevAt = value
+        if not isinstance(conversation, str) or not all(type(v) is int for v in (seq, prevSeq, prevAt)):
+            raise ValueError("order must be [str, int, int, int]")
+        return cls(conversation, seq, prevSeq, prevAt)
+
+
+@attrs.frozen
 class StoredMessage:
     """
     A message as stored, with its place in the global order and its state.
@@ -166,6 +207,10 @@ class StoredMessage:
         L{None}.
     @ivar ciphertext: see L{NewMessage.ciphertext} (gone once recalled).
     @ivar algorithm: see L{NewMessage.algorithm}.
+    @ivar prevSeq: when the store links messages and this one was just
+        stored: the seq of the message before it in its conversation (0 if
+        none); else L{None}.
+    @ivar prevAt: that message's server time (0 if none or unknown).
     """
 
     seq: int
@@ -191,6 +236,20 @@ class StoredMessage:
     mimeType: str | None = None
     ciphertext: str | dict[str, str] | None = None
     algorithm: str | None = None
+    # Transient: what the store knew as it stored the message, not part of
+    # the message (a message read back has no link and equals its stored self).
+    prevSeq: int | None = attrs.field(default=None, eq=False)
+    prevAt: int = attrs.field(default=0, eq=False)
+
+    @property
+    def order(self) -> MessageOrder | None:
+        """
+        Its place in its conversation, if the store linked it (only a new
+        message from a store that links: PostgreSQL, the cluster's).
+        """
+        if self.prevSeq is None:
+            return None
+        return MessageOrder(self.conversation, self.seq, self.prevSeq, self.prevAt)
 
     @property
     def conversation(self) -> str:

@@ -49,6 +49,9 @@ class MemoryMessageStore(MemoryConversationStore, MemoryPushStore, MemoryKeyStor
         self.files: dict[str, FileRecord] = {}
         self._bySenderId: dict[tuple[str, str], int] = {}
         self._lastSeq = 0
+        #: each conversation's last message (seq, server time): new
+        #: messages are linked to it, as PostgreSQL links them
+        self._lastOf: dict[str, tuple[int, int]] = {}
         self._closed = False
         MemoryConversationStore.__init__(self)
         MemoryPushStore.__init__(self)
@@ -93,10 +96,13 @@ class MemoryMessageStore(MemoryConversationStore, MemoryPushStore, MemoryKeyStor
 
     def _insert(self, msg: NewMessage) -> StoredMessage:
         self._lastSeq += 1
+        conversation = msg.conversation
+        prevSeq, prevAt = self._lastOf.get(conversation, (0, 0))
         stored = StoredMessage.fromNew(msg, self._lastSeq)
+        self._lastOf[conversation] = (stored.seq, stored.serverTimestamp)
         self.messages[stored.seq] = stored
         self._bySenderId[(msg.fromId, msg.id)] = stored.seq
-        return stored
+        return attrs.evolve(stored, prevSeq=prevSeq, prevAt=prevAt)
 
     def markDelivered(self, seqs: Sequence[int]) -> Deferred[None]:
         """

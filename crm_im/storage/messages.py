@@ -207,6 +207,7 @@ def storeMessage_txn(txn: Transaction, msg: NewMessage) -> StoreOutcome:
     One statement in the common case: a single statement is atomic in
     SQLite and PostgreSQL, so this write needs no savepoint of its own.
     """
+    previous = _lastOfConversations_txn(txn, [msg.conversation]) if txn.engine.linksMessages else None
     txn.execute(_INSERT_COLUMNS + _ROW + _ON_CONFLICT_RETURNING, _insertRow(msg, txn.cipher))
     row = txn.fetchone()
     if row is None:
@@ -218,7 +219,50 @@ def storeMessage_txn(txn: Transaction, msg: NewMessage) -> StoreOutcome:
         existing = txn.fetchone()
         assert existing is not None
         return StoreOutcome(message=_messageFromRow(existing, txn.cipher), created=False)
-    return StoreOutcome(message=_newStored(msg, row[0]), created=True)
+    stored = _newStored(msg, row[0])
+    if previous is not None:
+        prevSeq, prevAt = previous.get(msg.conversation, (0, 0))
+        stored = attrs.evolve(stored, prevSeq=prevSeq, prevAt=prevAt)
+    return StoreOutcome(message=stored, created=True)
+
+
+def _lastOfConversations_txn(txn: Transaction, conversations: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """
+    The seq and server time of the last message of each of
+    C{conversations} that has one (the predecessor of the next, see
+    L{BaseEngine.linksMessages}): one index probe per conversation.
+    """
+    last: dict[str, tuple[int, int]] = {}
+    for chunk in chunks(list(conversations), INSERT_CHUNK):
+        txn.execute(
+            f"WITH k(c) AS (VALUES {', '.join(['(?)'] * len(chunk))})"
+            " SELECT conversation, seq, server_timestamp FROM messages"
+            " WHERE seq IN (SELECT (SELECT max(seq) FROM messages WHERE conversation = k.c) FROM k)",
+            chunk,
+        )
+        for conversation, seq, at in txn.fetchall():
+            last[conversation] = (int(seq), int(at))
+    return last
+
+
+def _link(results: list[tuple[bool, Any]], indexes: Sequence[int], previous: dict[str, tuple[int, int]]) -> None:
+    """
+    Give each message just stored at C{indexes} its predecessor in its
+    conversation: the last one before the batch, then each other.
+    """
+    created = [
+        (results[index][1].message.seq, index)
+        for index in indexes
+        if results[index][0] and results[index][1].created
+    ]
+    created.sort()
+    for _, index in created:
+        outcome = results[index][1]
+        message = outcome.message
+        conversation = message.conversation
+        prevSeq, prevAt = previous.get(conversation, (0, 0))
+        results[index] = (True, StoreOutcome(attrs.evolve(message, prevSeq=prevSeq, prevAt=prevAt), created=True))
+        previous[conversation] = (message.seq, message.serverTimestamp)
 
 
 def storeMessages_txn(txn: Transaction, msgs: Sequence[NewMessage]) -> list[tuple[bool, Any]]:
@@ -267,6 +311,9 @@ def storeMessages_txn(txn: Transaction, msgs: Sequence[NewMessage]) -> list[tupl
         else:
             firstOf[key] = index
             fresh.append(index)
+    previous = None
+    if fresh and txn.engine.linksMessages:
+        previous = _lastOfConversations_txn(txn, list({msgs[index].conversation for index in fresh}))
     for chunk in chunks(fresh, INSERT_CHUNK):
         ok, made = attempt_txn(txn, lambda txn: _insertRows_txn(txn, [msgs[index] for index in chunk]), False)
         if not ok:
@@ -278,6 +325,8 @@ def storeMessages_txn(txn: Transaction, msgs: Sequence[NewMessage]) -> list[tupl
         assert isinstance(made, list)
         for seq, index in zip(made, chunk):
             results[index] = (True, StoreOutcome(message=_newStored(msgs[index], seq), created=True))
+    if previous is not None:
+        _link(results, fresh, previous)
     for index, original in repeats:
         ok, outcome = results[original]
         results[index] = (True, StoreOutcome(message=outcome.message, created=False)) if ok else (ok, outcome)

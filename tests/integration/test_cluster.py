@@ -47,7 +47,7 @@ from tests.integration.test_ops import scrape, value
 from tests.integration.test_twistd import Inline, ProcessTestCase
 from tests.support.clients import ClientDriver, requireKind
 from tests.support.cluster import (
-    ADMIN_TOKEN, Cluster, RedisServer, RoundRobinProxy, keysOf, requireRedis, runEmitter)
+    ADMIN_TOKEN, Cluster, DelayedRedis, RedisServer, RoundRobinProxy, keysOf, requireRedis, runEmitter)
 from tests.support.postgres import newDatabaseURL
 
 #: seconds what is eventually true on every node has to become true
@@ -114,17 +114,24 @@ class ClusterTestCase(ProcessTestCase):
 
     @inlineCallbacks
     def startCluster(self, size: int = 3, nodeTTL: float = 3.0, redis: Optional[str] = None,
-                     options: Sequence[str] = (), cleanKeys: bool = True) -> Inline:
+                     options: Sequence[str] = (), cleanKeys: bool = True,
+                     redisDelays: Optional[Dict[int, float]] = None) -> Inline:
         """
         Start C{size} nodes on a database of the test's own and the
         machine's Redis (or C{redis}); fire with the L{Cluster} once every
         node joined.
+
+        @param redisDelays: for a node's index, the seconds by which what
+            it sends to Redis is delayed (L{DelayedRedis}).
         """
         requireKind("node")
         requireKind("python")
         redisURL = redis if redis is not None else requireRedis()
         store = newDatabaseURL(self)
         cluster = Cluster(self, size, store, redisURL, options, nodeTTL, cleanKeys=cleanKeys)
+        for index, delay in (redisDelays or {}).items():
+            nodeOptions = cluster.nodes[index].options
+            nodeOptions[nodeOptions.index("--redis") + 1] = DelayedRedis(redisURL, delay).listen(self)
         logs = os.path.abspath(self.mktemp())
         os.makedirs(logs)
 
@@ -311,13 +318,15 @@ class DeliveryTests(ClusterTestCase):
     def test_twoSendersOneGroup(self) -> Inline:
         """
         Two senders on two nodes writing into one group at once (30
-        messages each): every member's device, on three nodes, gets all
-        60; a sender's device gets the other's 30 in C{seq} order; the
-        other devices never see a lower C{seq} after a higher one (else
-        the test is skipped with what was seen: a known server bug). Order
+        messages each), the first node's traffic to Redis 150 ms late:
+        every member's device, on three nodes, gets all 60, and no device
+        sees a lower C{seq} after a higher one (each node's order gate
+        holds its own sender's message until the other node's earlier one
+        has crossed Redis; without it, the second node's devices see its
+        own sender's messages before the first node's earlier ones). Order
         is checked on Node clients, see L{test_offlineQueueAndOrder}.
         """
-        cluster = yield self.startCluster()
+        cluster = yield self.startCluster(redisDelays={0: 0.15})
         node, python = yield self.drivers()
         a, b, c = cluster.urls
         yield self.login(node, "alice", a, "alice")
@@ -332,7 +341,6 @@ class DeliveryTests(ClusterTestCase):
         yield node.waitFor("bob-c", "group:joined", predicate=lambda args: args[0]["group"]["id"] == groupId)
         yield python.waitFor("bob-py", "group:joined", predicate=lambda args: args[0]["group"]["id"] == groupId)
         each = 30
-        inverted: List[str] = []
         yield gatherResults(
             [self.send(node, "alice", {"id": f"ga{i}", "groupId": groupId, "content": "a"}) for i in range(each)]
             + [self.send(node, "olga", {"id": f"gb{i}", "groupId": groupId, "content": "o"})
@@ -345,21 +353,8 @@ class DeliveryTests(ClusterTestCase):
             seqs = [args[0]["seq"] for args in driver.events(client, "message")
                     if args[0].get("groupId") == groupId and args[0].get("type") != "system"]
             self.assertEqual(len(seqs), each * len(lastIds), client)
-            if driver is not node:
-                continue
-            if len(lastIds) == 1:
-                # one sender, on another node: its order holds
+            if driver is node:
                 self.assertEqual(seqs, sorted(set(seqs)), f"{client} saw a lower seq after a higher one")
-            elif seqs != sorted(set(seqs)):
-                inverted.append(client)
-        if inverted:
-            # Not a failure of the run (trial -j2 cannot report an
-            # unexpected success of a 'todo' test, and this one is a race):
-            # said as a skip with what was seen.
-            raise SkipTest(
-                f"known server bug, seen now on {inverted}: a node delivers its own sender's group message "
-                "as soon as it is committed, while a lower seq committed earlier on another node is still "
-                "crossing Redis (CLUSTER.md: 'a device never sees a lower seq after a higher one')")
 
 
 class PresenceTests(ClusterTestCase):

@@ -462,6 +462,90 @@ class RoundRobinProxy(ProxyFactory):
         return cast(Optional[Deferred[None]], listening.stopListening() if listening is not None else None)
 
 
+class _DelayingServer(ProxyServer):
+    """
+    One node's connection to Redis: what the node writes reaches Redis
+    L{DelayedRedis.delay} seconds late, in order; what Redis answers comes
+    back at once.
+    """
+
+    def connectionMade(self) -> None:
+        proxy = cast(DelayedRedis, self.factory)
+        proxy.servers.append(self)
+        self.pending: List[Tuple[float, bytes]] = []
+        self.timer: Any = None
+        ProxyServer.connectionMade(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        proxy = cast(DelayedRedis, self.factory)
+        self.pending.append((proxy.reactor.seconds() + proxy.delay, data))
+        if self.timer is None:
+            self.timer = proxy.reactor.callLater(proxy.delay, self._due)
+
+    def _due(self) -> None:
+        proxy = cast(DelayedRedis, self.factory)
+        self.timer = None
+        now = proxy.reactor.seconds()
+        while self.pending and self.pending[0][0] <= now:
+            _, data = self.pending.pop(0)
+            if self.peer is not None and self.peer.transport is not None:
+                self.peer.transport.write(data)
+        if self.pending:
+            self.timer = proxy.reactor.callLater(self.pending[0][0] - now, self._due)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        proxy = cast(DelayedRedis, self.factory)
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if self in proxy.servers:
+            proxy.servers.remove(self)
+        ProxyServer.connectionLost(self, reason)
+
+
+class DelayedRedis(ProxyFactory):
+    """
+    A TCP proxy in the test process in front of Redis that delays every
+    command a node sends (its publishes among them) by C{delay} seconds:
+    that node's messages then cross to the other nodes late, as on a
+    loaded network, while the other nodes deliver their own at once.
+    """
+
+    protocol = _DelayingServer
+
+    def __init__(self, redis: str, delay: float, reactor: Any = reactor) -> None:
+        """
+        @param redis: the real Redis, C{redis://host:port/db}.
+        """
+        parts = urlsplit(redis)
+        ProxyFactory.__init__(self, parts.hostname or "127.0.0.1", parts.port or 6379)
+        self.path = parts.path
+        self.delay = delay
+        self.reactor = reactor
+        self.servers: List[_DelayingServer] = []
+        self.listening: Any = None
+
+    def listen(self, testCase: ProcessTestCase) -> str:
+        """
+        Listen on a free loopback port until the end of C{testCase}; return
+        the C{--redis} URL that goes through the proxy.
+        """
+        self.listening = self.reactor.listenTCP(0, self, interface="127.0.0.1")
+        testCase.addCleanup(self.stop)
+        return f"redis://127.0.0.1:{self.listening.getHost().port}{self.path}"
+
+    def stop(self) -> Optional[Deferred[None]]:
+        """
+        Stop listening and drop every connection.
+        """
+        for server in list(self.servers):
+            for transport in (server.peer.transport if server.peer is not None else None, server.transport):
+                if transport is not None:
+                    cast(Any, transport).abortConnection()
+        listening, self.listening = self.listening, None
+        return cast(Optional[Deferred[None]], listening.stopListening() if listening is not None else None)
+
+
 @inlineCallbacks
 def runEmitter(testCase: ProcessTestCase, redis: str, prefix: str,
                emits: Sequence[Dict[str, Any]]) -> Inline:

@@ -83,7 +83,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import Deferred, ensureDeferred, fail, gatherResults, succeed
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
@@ -795,11 +795,11 @@ class FaultRun:
                 self._settleWaiter = None
                 self.problem(f"not every message had a receipt {self.settleTimeout}s after the load stopped")
         history = await self.readHistory()
+        self.serverUp = False  # no reconnects from here on
         for sender in self.senders:
             sender.close()
         server = self.server
         assert server is not None
-        self.serverUp = False
         server.signal("TERM")
         await server.ended.addTimeout(30, self.clock)
         report = self.report(history, offeredSeconds, self.clock.seconds() - started)

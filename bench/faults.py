@@ -310,13 +310,22 @@ class SIOClientProtocol(WebSocketClientProtocol):
     sender: "Sender"
 
     def onOpen(self) -> None:
+        """
+        The WebSocket is open: the server's Engine.IO OPEN comes next.
+        """
         self.sender.opened(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """
+        One Engine.IO packet (binary ones are not expected here).
+        """
         if not isBinary:
             self.sender.frameReceived(payload.decode("utf-8"))
 
     def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
+        """
+        Closed, cleanly or not (a killed server just vanishes).
+        """
         self.sender.closed(self)
 
     def sendText(self, text: str) -> None:
@@ -339,12 +348,18 @@ class SIOClientFactory(WebSocketClientFactory):
         self.sender = sender
 
     def buildProtocol(self, addr: Any) -> SIOClientProtocol:
+        """
+        The protocol, told its L{Sender}.
+        """
         proto = super().buildProtocol(addr)
         assert isinstance(proto, SIOClientProtocol)
         proto.sender = self.sender
         return proto
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        """
+        The TCP connection could not be made: the same as a lost one.
+        """
         self.sender.closed(None)
 
 
@@ -399,6 +414,9 @@ class Sender:
         return d
 
     def opened(self, proto: SIOClientProtocol) -> None:
+        """
+        The WebSocket of this attempt is open.
+        """
         self._proto = proto
 
     def closed(self, proto: Optional[SIOClientProtocol]) -> None:
@@ -634,10 +652,17 @@ class FaultRun:
     # reporting hooks of the senders
 
     def problem(self, text: str) -> None:
+        """
+        Something a correct server never does: it fails the run.
+        """
         self.problems.append(text)
         self.log(text)
 
     def delivered(self, sender: Sender, message: Dict[str, Any]) -> None:
+        """
+        C{sender} got C{message} as an event: count it, overall and per
+        connection.
+        """
         key = (str(message.get("fromId")), str(message.get("id")))
         self.deliveries[key] += 1
         self.connectionDeliveries[(sender.userId, sender.connections) + key] += 1
@@ -665,6 +690,9 @@ class FaultRun:
             self._retryCalls[sender.userId] = call
 
     def settled(self) -> bool:
+        """
+        Whether every message sent has its receipt.
+        """
         return all(sender.ledger.settled() for sender in self.senders)
 
     # the server
@@ -937,6 +965,9 @@ def sqliteCheck(dataDir: Path, senders: Iterable[Sender]) -> Dict[str, Any]:
 
 
 def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
+    """
+    The command line.
+    """
     parser = argparse.ArgumentParser(
         description="kill -9 crm_im under relay load, restart it, and check that every receipted "
                     "message is in history exactly once")
@@ -967,6 +998,10 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
 
 
 async def main(reactor: Any, argv: Sequence[str]) -> None:
+    """
+    Run once with the options of C{argv}; print the report; exit 1 unless
+    it is C{ok}.
+    """
     options = parseArgs(argv)
     dataDir = options.data_dir or Path(tempfile.mkdtemp(prefix="crm_im-faults-"))
     dataDir.mkdir(parents=True, exist_ok=True)

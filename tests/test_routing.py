@@ -128,6 +128,30 @@ class LocalRouterTests(SynchronousTestCase):
         self.assertEqual(count, 2)
         self.assertEqual(sorted(self.received()), ["a1", "c1"])
 
+    def test_toUsersDeviceGoneDuringFanOut(self) -> None:
+        """
+        A write that closes its session (its outgoing buffer was full) logs
+        the device out of presence in the middle of the fan-out: the other
+        devices of that user, and the users after it, still get the event
+        (the fan-out iterated the live set of devices, and raised
+        C{RuntimeError: Set changed size during iteration}: the sender got
+        C{INTERNAL} for a stored message, found by C{bench/slow_readers.py}).
+        """
+        presence = self.presence
+
+        class OverflowingSocket(RecordingSocket):
+            def sendFrames(self, frames: Sequence[Frame]) -> None:
+                # what the gateway does when the session closes at once
+                presence.logout(self.sid)
+
+        first = next(iter(presence.devicesOf("alice")))
+        self.sockets[first] = OverflowingSocket(first)
+        count = self.router.toUsers(["alice", "carol"], "message", {})
+        self.assertEqual(count, 3)
+        other = ({"a1", "a2"} - {first}).pop()
+        self.assertEqual(sorted(self.received()), sorted([other, "c1"]))
+        self.assertEqual(presence.devicesOf("alice"), {other})
+
     def test_toUsersOffline(self) -> None:
         """
         Users with no device (or unknown) get nothing, and nothing is

@@ -127,7 +127,9 @@ class LocalRouter:
         offsetFrames = None
         count = 0
         for userId in userIds:
-            for sid in devicesOf(userId):
+            # A copy: a write may close its session at once (its outgoing
+            # buffer full), which logs the device out of this very set.
+            for sid in tuple(devicesOf(userId)):
                 if sid == exceptDevice:
                     continue
                 socket = sockets.get(sid)

@@ -67,7 +67,8 @@ def scrape(url: str) -> dict[str, float]:
 
 class Server:
     """
-    One C{twistd -n crm_im} child process.
+    One C{twistd -n crm_im} child process (or, with L{Server.attach}, one
+    already running, which L{stop} leaves alone).
 
     @ivar url: C{http://127.0.0.1:PORT}.
     @ivar pid: the server's pid (C{twistd -n} runs in the process spawned).
@@ -81,13 +82,25 @@ class Server:
         self.logPath = os.path.join(self.dataDir, "server.log")
         env = dict(os.environ, PYTHONPATH=str(REPO))
         self._log = open(self.logPath, "wb")
-        self.process = subprocess.Popen(
+        self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
              "crm_im", "--listen", f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
              "--data-dir", self.dataDir, "--quiet", *options],
             cwd=str(REPO), env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         self.pid = self.process.pid
+    @classmethod
+    def attach(cls, port: int, pid: int) -> "Server":
+        """
+        A server started by someone else (a test), on C{port} with C{pid}.
+        """
+        server = cls.__new__(cls)
+        server.port = port
+        server.url = f"http://127.0.0.1:{port}"
+        server.pid = pid
+        server.process = None
+        server._ownDir = False
+        return server
 
     def waitServing(self, timeout: float = 30.0) -> None:
         """
@@ -95,7 +108,7 @@ class Server:
         """
         deadline = time.monotonic() + timeout
         while True:
-            if self.process.poll() is not None:
+            if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.logText()}")
             try:
                 scrape(self.url)
@@ -146,6 +159,8 @@ class Server:
         SIGTERM, wait for the exit (SIGKILL past C{timeout}), remove the
         data directory if it was made here.
         """
+        if self.process is None:
+            return None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

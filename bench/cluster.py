@@ -25,9 +25,13 @@ every node is up, and stops everything on SIGTERM or SIGINT.
      (C{crm_im_bench_<random>} unless C{--redis-prefix}); every key under
      it is deleted at exit.
   3. Writes C{DATA/haproxy.cfg} (L{haproxyConfig}) and runs C{haproxy -db}
-     as a child on C{--port}. Round-robin in TCP mode spreads consecutive
-     connections over the nodes, so most relay pairs have their two users
-     on different nodes: every message crosses Redis. C{--nodes 1} is the
+     as a child on C{--port}. Round-robin in TCP mode gives consecutive
+     connections to the nodes in turn. The load generator's relay pairs
+     client i with client i + C/2 and connects them in order: with two
+     nodes and C/2 even (C{--clients 1000}) both users of every pair land
+     on the same node, with C/2 odd (C{--clients 1002}) on different ones,
+     and every message crosses Redis (the C{crm_im_cluster_node_messages}
+     counters printed at exit say which happened). C{--nodes 1} is the
      same shape with one node (cluster mode, PostgreSQL, Redis, HAProxy),
      so that one against two compares like with like. A balancer in
      Python would be the bottleneck; HAProxy costs little.
@@ -46,14 +50,21 @@ every node is up, and stops everything on SIGTERM or SIGINT.
      (C{PR_SET_PDEATHSIG}), so a SIGKILL of the launcher leaves no node
      running (but leaves the database and keys).
 
-What C{run.sh} sees: it takes the server's PID from the process that owns
-the listening port, which is HAProxy. So the load generator's
-C{server_cpu} (and C{server_rss_kib}) are HAProxy's, and the nodes,
-PostgreSQL and Redis count in C{other_cpu}; read the C{cluster-cpu} lines
-of the run's C{.server.log} for the split. It sends SIGTERM to HAProxy and
-to this launcher at the same moment, so HAProxy closes the clients before
-the nodes' C{server:shutdown} reaches them: the health table's shutdown
-counts mean nothing for these servers.
+What C{run.sh} sees: it takes the server's PID from the first process
+C{ss} lists as owning the port, sends it and the launcher SIGTERM at the
+same moment, and hands that PID to the load generator, which measures its
+CPU and memory. HAProxy there would end at once on SIGTERM (a hard stop),
+cutting the clients off before the nodes' C{server:shutdown} reaches
+them. So the launcher binds the port itself, hands the socket to HAProxy
+(C{bind fd@N}), and then starts a C{sleep infinity} child holding it too
+(the I{holder}; C{--no-holder}: none). C{ss} lists the newest process
+first, so the holder is the server PID C{run.sh} sees: its SIGTERM ends
+the holder, and the launcher stops the nodes, then HAProxy. The price:
+the load generator's C{server_cpu} and C{server_rss_kib} are the
+holder's (zero); the nodes, HAProxy, PostgreSQL and Redis all count in
+C{other_cpu}. The C{cluster-cpu} lines of the run's C{.server.log} split
+it (and C{bench/run.py}'s capacity and latency figures do not depend on
+it).
 """
 
 from __future__ import annotations

@@ -619,6 +619,8 @@ class Cluster:
         """
         parts = []
         for child in self.children:
+            if child is self.holder:
+                continue
             pid = child.process.pid
             seconds = _cpuSeconds(pid)
             if seconds is not None and pid in self._cpuBase:

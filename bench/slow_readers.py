@@ -143,9 +143,12 @@ class ControlGroup:
             task.cancel()
 
 
-async def connectSlow(port: int, prefix: str, count: int, rcvbuf: int, concurrency: int, mss: int) -> list[RawClient]:
+async def connectSlow(
+    port: int, prefix: str, count: int, rcvbuf: int, concurrency: int, mss: int, fast: bool = False
+) -> list[RawClient]:
     """
-    C{count} clients that log in, then never read again.
+    C{count} clients that log in, then never read again (with C{fast}:
+    that keep reading, for the comparison run C{--fast-readers}).
     """
     clients: list[RawClient] = []
     gate = asyncio.Semaphore(concurrency)
@@ -156,6 +159,8 @@ async def connectSlow(port: int, prefix: str, count: int, rcvbuf: int, concurren
             await client.connect()
             await client.login(f"{prefix}-slow-{i}")
             clients.append(client)
+            if fast:
+                asyncio.ensure_future(client.run())
 
     await asyncio.gather(*(one(i) for i in range(count)))
     return clients
@@ -197,7 +202,7 @@ async def sendToSlow(
             target = pending.pop()
             counts = perTarget[target] = {"sent": 0, "delivered": 0, "offline": 0, "errors": 0}
             inFlight: set[asyncio.Future[Any]] = set()
-            while counts["sent"] < maxPerReader and counts["offline"] == 0 and not client.closed:
+            while (inFlight or counts["sent"] < maxPerReader) and counts["offline"] == 0 and not client.closed:
                 while len(inFlight) < window and counts["sent"] < maxPerReader:
                     future = client.emit(*payload(target, f"s{index}-{n}"), ack=True)
                     assert future is not None
@@ -308,7 +313,9 @@ async def scenario(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     report["fdsBefore"] = len(os.listdir(f"/proc/{server.pid}/fd"))
     control.phase = sampler.phase = "during"
     started = time.monotonic()
-    slow = await connectSlow(server.port, prefix, args.slow, args.rcvbuf, args.connect_concurrency, args.mss)
+    slow = await connectSlow(
+        server.port, prefix, args.slow, args.rcvbuf, args.connect_concurrency, args.mss, args.fast_readers
+    )
     report["slowLoginSeconds"] = round(time.monotonic() - started, 2)
     report["senders"] = await sendToSlow(
         server.port, prefix, [f"{prefix}-slow-{i}" for i in range(args.slow)], args.senders, args.size,
@@ -322,6 +329,9 @@ async def scenario(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     await control.stop()
     sampler.stop()
     await samplerTask
+    if args.fast_readers:
+        for client in slow:
+            client.close()
     # The server closes a dropped slow reader's connection itself: its
     # WebSocket close cannot get through, so after Autobahn's close
     # handshake timeout (5 s) it aborts the TCP connection. The slow
@@ -367,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
                              "online) or message (stored, then relayed)")
     parser.add_argument("--size", type=int, default=8192, help="characters per message or file to a slow reader")
     parser.add_argument("--max-per-reader", type=int, default=2000)
+    parser.add_argument("--fast-readers", action="store_true",
+                        help="the comparison run: the same clients keep reading, and get --max-per-reader each "
+                             "(give the mean a slow reader got before it was dropped: the same load, nobody slow)")
     parser.add_argument("--rcvbuf", type=int, default=4096, help="slow readers' SO_RCVBUF")
     parser.add_argument("--mss", type=int, default=1448,
                         help="the TCP MSS slow readers announce (0: loopback's, with which the server's kernel "
@@ -407,7 +420,10 @@ def main(argv: list[str] | None = None) -> int:
         growth = report["peak"]["rssMiB"] - report["rssBeforeMiB"]
         report["rssGrowthMiB"] = round(growth, 1)
         problems = []
-        if report["end"]["overflows"] < args.slow:
+        if args.fast_readers:
+            if report["end"]["overflows"]:
+                problems.append(f"{report['end']['overflows']:.0f} readers that read were dropped for their buffer")
+        elif report["end"]["overflows"] < args.slow:
             problems.append(f"{args.slow - report['end']['overflows']:.0f} slow readers not dropped for their buffer")
         if report["control"]["received"] < report["control"]["sent"] or report["control"]["refused"]:
             problems.append(f"control group: {report['control']}")

@@ -50,6 +50,7 @@ from zope.interface import implementer
 from ..socketio.recovery import DetachedSocket, IConnectionRecovery, RecoveryLog, Restored
 from ..storage.interface import StoreClosedError, StoredMessage
 from ..storage.recovery import IRecoveryStore, RecoveryRecord
+from ..timers import DeadlineHeap
 from .errors import IMError
 
 if TYPE_CHECKING:
@@ -131,6 +132,9 @@ class StoreRecovery:
         self._gone: dict[str, RecoveryRecord] = {}
         # Devices coming back (sid -> record, the client's seq).
         self._comingBack: dict[str, tuple[RecoveryRecord, int | None]] = {}
+        # When each record of _gone ends (its window): dropped then, not
+        # at the next sweep, which only a later disconnect runs.
+        self._goneDeadlines = DeadlineHeap(clock, self._goneExpired)
         self._lastSweep = clock.seconds()
 
     def now(self) -> int:
@@ -216,12 +220,21 @@ class StoreRecovery:
 
     # ---- the IM side, told by the sessions
 
+    @property
+    def goneRecords(self) -> int:
+        """
+        How many records of sockets gone from this node (within their
+        window) are kept in memory.
+        """
+        return len(self._gone)
+
     def start(self) -> None:
         """
         The server starts: records of sockets that were connected when the
         node last stopped without telling get the window from now;
         expired ones go.
         """
+        self._goneDeadlines.start()
         now = self.now()
         self.store.expireRecoveries(now, now + int(self.window * 1000)).addErrback(self._failed, "expiring")
 
@@ -266,8 +279,24 @@ class StoreRecovery:
             self.now() + int(self.window * 1000),
         )
         self._gone[record.pid] = record
+        self._goneDeadlines.set(record.pid, self.window)
         self.store.keepRecovery(record).addErrback(self._failed, "keeping")
         self._sweep()
+
+    def _goneExpired(self, pid: object) -> None:
+        """
+        The window of a socket that went away ended: its record leaves
+        memory (the store's copy expires with the next sweep; L{restore}
+        would not take it any more).
+        """
+        self._gone.pop(str(pid), None)
+
+    def stop(self) -> None:
+        """
+        The server stops: no deadline outlives it (the records stay, in
+        memory until the process ends and in the store).
+        """
+        self._goneDeadlines.stop()
 
     def forget(self, device: str) -> None:
         """

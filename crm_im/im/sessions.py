@@ -277,6 +277,8 @@ class Sessions:
         forgets the held sockets, the store keeps what recovery needs).
         """
         self._resumeDeadlines.stop()
+        if self.recovery is not None:
+            self.recovery.stop()
 
     def _resumeExpired(self, device: object) -> None:
         """

@@ -56,6 +56,68 @@ class LinkTests(TestCase):
         self.assertEqual(backoffDelay(30, 0.2, 5.0, rand=1.0), 5.0)
         self.assertEqual(backoffDelay(30, 0.2, 5.0, rand=0.0), 2.5)
 
+    def commands(self) -> tuple[Any, Clock, Any, list[Any]]:
+        """
+        The link's command protocol on a L{Clock}, connected to a string
+        transport; and what it reported lost.
+        """
+        from twisted.internet.testing import StringTransport
+
+        from crm_im.cluster.connection import _Commands
+
+        clock = Clock()
+        lost: list[Any] = []
+
+        class _Link:
+            replyTimeout = 5.0
+
+            def __init__(self) -> None:
+                self.clock = clock
+
+            def _lost(self, protocol: Any, why: Any) -> None:
+                lost.append(why)
+
+        protocol = _Commands(_Link())  # type: ignore[arg-type]
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, clock, transport, lost
+
+    def test_replyAfterStall(self) -> None:
+        """
+        A reply that waited in the socket while the reactor was busy past
+        the reply timeout is still taken: the expired timer looks again
+        after the reactor has read, instead of dropping the link.
+        """
+        from crm_im.cluster.connection import SECOND_LOOK
+
+        protocol, clock, transport, lost = self.commands()
+        d = protocol.execute_command("PING")
+        self.assertEqual(transport.value(), b"*1\r\n$4\r\nPING\r\n")
+        clock.advance(5.0)
+        protocol.dataReceived(b"+PONG\r\n")
+        clock.advance(SECOND_LOOK)
+        self.assertEqual(self.successResultOf(d), "PONG")
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_replyLost(self) -> None:
+        """
+        A reply that has not come a moment after the timeout is lost: the
+        command fails and the connection is dropped (the link makes it
+        again).
+        """
+        import txredisapi
+
+        from crm_im.cluster.connection import SECOND_LOOK
+
+        protocol, clock, transport, lost = self.commands()
+        d = protocol.execute_command("PING")
+        clock.advance(5.0)
+        self.assertNoResult(d)
+        clock.advance(SECOND_LOOK)
+        self.failureResultOf(d, txredisapi.TimeoutError)
+        self.assertTrue(transport.disconnecting)
+
     def test_address(self) -> None:
         """
         redis:// URLs give host, port, database and password; others are

@@ -42,6 +42,9 @@ from twisted.python.failure import Failure
 #: Seconds a command may wait for its reply before the connection is
 #: dropped (and made again).
 REPLY_TIMEOUT = 5.0
+#: Seconds after a reply timer expired before the timeout is believed
+#: (L{_SecondLook}).
+SECOND_LOOK = 0.1
 #: Seconds a TCP connection attempt may take.
 CONNECT_TIMEOUT = 5.0
 #: The first and the largest delay between two connection attempts.
@@ -108,6 +111,53 @@ def backoffDelay(attempt: int, start: float = BACKOFF_START, cap: float = BACKOF
     return base * (0.5 + r / 2)
 
 
+class _SecondLook:
+    """
+    A reply timer that, when it expires, looks again a moment later before
+    it declares the reply lost.
+
+    Why: a reactor turn that took longer than L{REPLY_TIMEOUT} (a login
+    storm fanning presence out to thousands of sockets, on a starved CPU)
+    runs the expired timers first in the next turn, before the sockets are
+    read, although Redis answered long ago and the reply waits in the
+    socket. Dropping the link then (txredisapi aborts the connection) makes
+    the node re-register everything in the middle of the storm and tell
+    its peers it was gone. Waiting L{SECOND_LOOK} lets the reactor read
+    first: the reply cancels the timer if it came.
+    """
+
+    __slots__ = ("clock", "func", "call")
+
+    def __init__(self, clock: IReactorTime, delay: float, func: Callable[[], object]) -> None:
+        self.clock = clock
+        self.func = func
+        self.call = clock.callLater(delay, self._expired)
+
+    def _expired(self) -> None:
+        self.call = self.clock.callLater(SECOND_LOOK, self.func)
+
+    def active(self) -> bool:
+        return bool(self.call.active())
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+
+def _replyTimers(clock: IReactorTime) -> Callable[..., Any]:
+    """
+    The C{callLater} for a txredisapi protocol: its reply timers (the only
+    calls it makes with a delay) take a second look (L{_SecondLook}); its
+    immediate calls go to C{clock} as they are.
+    """
+
+    def callLater(delay: float, func: Callable[..., object], *args: Any, **kw: Any) -> Any:
+        if delay > 0 and not args and not kw:
+            return _SecondLook(clock, delay, func)
+        return clock.callLater(delay, func, *args, **kw)
+
+    return callLater
+
+
 class _Subscriber(txredisapi.SubscriberProtocol):
     """
     txredisapi's subscriber, reporting messages and loss to the link.
@@ -115,7 +165,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
     def __init__(self, link: "RedisLink") -> None:
         super().__init__(charset=None, replyTimeout=link.replyTimeout, convertNumbers=False)
-        self.callLater = link.clock.callLater
+        self.callLater = _replyTimers(link.clock)
         self.link = link
 
     def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
@@ -133,7 +183,7 @@ class _Commands(txredisapi.RedisProtocol):
 
     def __init__(self, link: "RedisLink") -> None:
         super().__init__(charset=None, replyTimeout=link.replyTimeout, convertNumbers=False)
-        self.callLater = link.clock.callLater
+        self.callLater = _replyTimers(link.clock)
         self.link = link
 
     def connectionLost(self, why: Failure) -> None:

@@ -91,6 +91,9 @@ class ControlGroup:
         self._running = True
 
     async def start(self, prefix: str) -> None:
+        """
+        Connect and log in the pairs, then start every client sending.
+        """
         for i in range(2 * self.pairs):
             client = RawClient(self.port)
             await client.connect()
@@ -135,6 +138,9 @@ class ControlGroup:
             self.refused += 1
 
     async def stop(self) -> None:
+        """
+        Stop sending, give the last messages a second to arrive, close.
+        """
         self._running = False
         await asyncio.sleep(1.0)  # the last messages in flight arrive
         for client in self.clients:
@@ -301,6 +307,9 @@ class Sampler:
 
 
 async def scenario(server: Server, args: argparse.Namespace) -> dict[str, Any]:
+    """
+    The three phases (module docstring) against C{server}; the report.
+    """
     prefix = f"sr{int(time.time())}"
     report: dict[str, Any] = {"fdsIdle": len(os.listdir(f"/proc/{server.pid}/fd"))}
     sampler = Sampler(server, args.sample_every)

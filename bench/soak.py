@@ -53,6 +53,7 @@ COUNTERS = (
     "crm_im_ping_timeouts_total",
     "crm_im_buffer_overflows_total",
 )
+_READY_RE = re.compile(r"idle: (\d+) ready \(")
 _SAMPLE_RE = re.compile(r"^([a-z_]+)(\{[^}]*\})? ([0-9.eE+-]+)$")
 
 
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=19960, help="connections logged in and held")
     parser.add_argument("--hold-secs", type=int, default=600)
     parser.add_argument("--max-login-secs", type=int, default=2400)
+    parser.add_argument("--login-timeout-secs", type=int, default=120, help="one login's time limit")
     parser.add_argument("--trickle-clients", type=int, default=20)
     parser.add_argument("--trickle-rate", type=int, default=10, help="messages per second between them")
     parser.add_argument("--sample-secs", type=float, default=5.0)
@@ -139,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         idle = subprocess.Popen(
             ["taskset", "-c", "1", "node", str(loadgen), "idle", "--port", str(port), "--pid", str(server.pid),
-             "--n", str(a.n), "--login", "--hold-secs", str(a.hold_secs), "--max-login-secs", str(a.max_login_secs)],
+             "--n", str(a.n), "--login", "--hold-secs", str(a.hold_secs), "--max-login-secs", str(a.max_login_secs),
+             "--login-timeout-secs", str(a.login_timeout_secs)],
             stdout=subprocess.PIPE, stderr=open(data / "idle.log", "wb"), preexec_fn=raiseFileLimit,
         )
         holdStart = None
+        ready = a.n
         baseline: dict[str, float] = {}
         while idle.poll() is None:
             time.sleep(a.sample_secs)
@@ -157,11 +161,14 @@ def main(argv: list[str] | None = None) -> int:
                 **{name: now.get(name, 0) for name in COUNTERS},
             }
             result["samples"].append(sample)
-            if holdStart is None and sample["online"] >= a.n:
+            readyLine = _READY_RE.search((data / "idle.log").read_text(errors="replace"))
+            if holdStart is None and readyLine is not None:
+                # the load generator has logged in all it could and holds them now
+                ready = int(readyLine.group(1))
                 holdStart = time.monotonic()
                 baseline = {name: now.get(name, 0) for name in COUNTERS}
                 result["login_phase_s"] = round(holdStart - started, 1)
-                log(f"all {a.n} online after {result['login_phase_s']} s; trickle starts")
+                log(f"{ready} of {a.n} online after {result['login_phase_s']} s; trickle starts")
                 trickle = subprocess.Popen(
                     ["taskset", "-c", "1", "node", str(loadgen), "relay", "--port", str(port),
                      "--clients", str(a.trickle_clients), "--rates", str(a.trickle_rate),
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         # load generator closes them all once it has reported)
         inHold = [
             sample for sample in result["samples"]
-            if holdStart is not None and sample["online"] >= a.n and sample["connections"] >= a.n
+            if holdStart is not None and sample["t"] >= result["login_phase_s"] and sample["connections"] >= ready
         ]
         final = inHold[-1] if inHold else {}
         result["idle"] = json.loads(idle.stdout.read() or b"null") if idle.stdout else None
@@ -186,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         idleResult = result["idle"] or {}
         steps = (result["trickle"] or {}).get("steps") or []
         result["verdict"] = {
-            "all_held": idleResult.get("held_at_end") == a.n,
+            "all_logged_in": idleResult.get("ready") == a.n,
+            "all_held": idleResult.get("held_at_end") == idleResult.get("ready"),
             "no_ping_timeouts": bool(during) and during["crm_im_ping_timeouts_total"] == 0,
             "no_buffer_overflows": bool(during) and during["crm_im_buffer_overflows_total"] == 0,
             # the trickle's own clients close when it ends, before the hold does

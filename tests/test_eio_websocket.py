@@ -346,6 +346,22 @@ class DirectWebSocketTests(WebSocketTestMixin, SynchronousTestCase):
         self.assertEqual(self.app.closed[0][1], "transport close")
         self.assertEqual(self.engine.sessions, {})
 
+    def test_noCycleLeft(self) -> None:
+        """
+        Nothing of a finished WebSocket connection waits for the cycle
+        collector: the HTTP channel that accepted the upgrade does not keep
+        its request (which keeps the channel), and the protocol's
+        C{is_closed} does not hold the protocol. (The server raises the
+        collector's thresholds; every closed connection's cycles piled up
+        in the oldest generation, seen by C{bench/churn.py}.)
+        """
+        connection = self.openWebSocket()
+        self.assertEqual(connection.httpProtocol._channel.requests, [])
+        protocol = connection.protocol
+        connection.transport.loseConnection()
+        self.assertEqual(self.app.closed[0][1], "transport close")
+        self.assertIsNone(self.successResultOf(protocol.is_closed))
+
     def test_serverCloses(self) -> None:
         """
         Closing the session sends a normal WebSocket close.

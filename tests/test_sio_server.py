@@ -331,6 +331,33 @@ class ConnectTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(self.sio.namespaces["/"].sockets, {})
         self.assertEqual(self.calls, [])
 
+    def test_closedSessionLeavesNoCycle(self) -> None:
+        """
+        A closed session no longer refers to its Socket.IO connection
+        (which refers to it): with the cycle collector off, both are freed
+        as soon as nobody holds them. (The server raises the collector's
+        thresholds; every closed connection's cycle piled up in the oldest
+        generation, seen by C{bench/churn.py}.)
+        """
+        import gc
+        import weakref
+
+        self.sio.on("connect", self.record("connect"))
+        client = self.client()
+        client.connect()
+        connection = weakref.ref(client.session.appState)
+        session = weakref.ref(client.session)
+        client.session.close()
+        self.assertIsNone(client.session.appState)
+        gc.disable()
+        try:
+            del client
+            self.calls.clear()
+            self.assertIsNone(connection())
+            self.assertIsNone(session())
+        finally:
+            gc.enable()
+
     def test_unknownNamespace(self) -> None:
         """
         CONNECT to a namespace nobody registered gets

@@ -23,6 +23,20 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+def dumpsToKeep(value: Any) -> bytes:
+    """
+    L{dumps}, for a result that is kept (a cache that lives as long as a
+    connection or a user).
+
+    Why: orjson builds its output in a C{bytes} of at least 4 KiB and
+    hands that object back as it is, only its length set; C{sys.getsizeof}
+    shows the length, but the 4 KiB block stays allocated as long as the
+    result lives. A copy is allocated at its real size (a 64-byte user
+    costs 128 bytes of RSS instead of 4 KiB).
+    """
+    return bytes(memoryview(orjson.dumps(value)))
+
+
 def loads(data: bytes | str) -> Any:
     """
     Parse UTF-8 JSON.

@@ -22,6 +22,7 @@ import attrs
 import orjson
 from twisted.internet.interfaces import IReactorTime
 
+from ._json import dumpsToKeep
 from .timers import DeadlineWheel
 
 ONLINE = "online"
@@ -64,11 +65,13 @@ class UserPresence:
         orjson splices into any document.
 
         Why: every login sends C{online_users}, the whole list; encoding
-        each user anew made a storm of N logins cost N² encodings.
+        each user anew made a storm of N logins cost N² encodings. Kept
+        for the user's whole session, so encoded at its real size (see
+        L{dumpsToKeep}: 4 KiB per logged-in user otherwise).
         """
         encoded = self._json
         if encoded is None:
-            encoded = self._json = orjson.Fragment(orjson.dumps(self.toWire()))
+            encoded = self._json = orjson.Fragment(dumpsToKeep(self.toWire()))
         return encoded
 
     def changed(self) -> None:

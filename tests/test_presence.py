@@ -5,6 +5,8 @@ and an explicit clock.
 
 from __future__ import annotations
 
+import tracemalloc
+
 import orjson
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -93,6 +95,22 @@ class PresenceTests(SynchronousTestCase):
         self.presence.setStatus("u1", INVISIBLE)
         same()
         self.assertEqual(len(self.presence.onlineUsersJSON()), 1)
+
+    def test_wireJSONSmall(self) -> None:
+        """
+        A user's cached JSON costs about its own size, not the 4 KiB buffer
+        orjson encodes into (kept for the user's whole session).
+        """
+        self.presence.login("u1", "s1", "Alice", None)
+        user = self.presence.user("u1")
+        assert user is not None
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        before = tracemalloc.get_traced_memory()[0]
+        fragment = user.wireJSON()
+        kept = tracemalloc.get_traced_memory()[0] - before
+        self.assertLess(kept, 512)
+        self.assertEqual(orjson.loads(orjson.dumps([fragment])), [user.toWire()])
 
     def test_unknownStatus(self) -> None:
         """

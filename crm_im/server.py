@@ -35,6 +35,7 @@ from .engineio.session import CLOSING
 from .engineio.site import EngineIOSite
 from .gateway.adminui import AdminUINamespace
 from .gateway.socketio import SocketIOGateway
+from .heap import fixMmapThreshold
 from .im.admin import AdminHandlers
 from .im.core import IMCore, IMSettings
 from .im.groups import GroupLimits
@@ -86,8 +87,11 @@ def tuneInterpreter() -> None:
     make it re-scan them often, and a full collection of a large heap
     pauses the reactor for tens of ms, which sets the p99 latency at
     moderate load. The thread switch interval is shortened (see
-    L{SWITCH_INTERVAL}).
+    L{SWITCH_INTERVAL}). The C allocator's mmap threshold is fixed so that
+    the large frames of a login storm do not stay resident as heap holes
+    (see L{crm_im.heap}).
     """
+    fixMmapThreshold()
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)

@@ -271,6 +271,24 @@ class DirectWebSocketTests(WebSocketTestMixin, SynchronousTestCase):
         self.assertEqual(framed, [b"4broadcast"])
         self.assertEqual(frame.prepared, webSocketFrame(b"4broadcast", False))
 
+    def test_openConnectionCompact(self) -> None:
+        """
+        An open connection keeps none of the Autobahn objects it never
+        uses; a sync write still gets Autobahn's queue (after what the
+        session wrote), and listeners can still be registered for
+        Autobahn's events only.
+        """
+        connection = self.openWebSocket()
+        protocol = connection.protocol
+        for name in ("send_queue", "trafficStats", "_transport_details", "_valid_events", "_results"):
+            self.assertNotIn(name, protocol.__dict__)
+        self.app.opened[0].send(messageFrame(b"first"))
+        protocol.sendData(webSocketFrame(b"4second", False), sync=True)
+        self.reactor.advance(1)
+        self.assertEqual(connection.frames(), [(TEXT, b"4first"), (TEXT, b"4second")])
+        protocol.on("message", lambda *args: None)
+        self.assertRaises(RuntimeError, protocol.on, "nonsense", lambda *args: None)
+
     def test_webSocketFrameMatchesAutobahn(self) -> None:
         """
         L{webSocketFrame} builds the frame Autobahn's C{PreparedMessage}

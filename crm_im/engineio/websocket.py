@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import inspect
 import struct
+from collections import deque
 from typing import Any
 
 import txaio
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny
 from wsaccel.utf8validator import Utf8Validator
 from wsaccel.xormask import XorMaskerSimple
@@ -94,12 +96,16 @@ _SHARED_DEFAULTS.update(
             "websocket_protocol_in_use",
             "current_frame",
             "_probing",
+            "_transport_details",
         )
     }
 )
 _SHARED_DEFAULTS.update({"send_state": 0, "autoPingPendingSeq": 0})
 
 _MISSING = object()
+
+#: The events Autobahn's protocol lets listeners register for.
+_EVENTS = ("message",)
 
 #: One UTF-8 validator for every connection of the fast path: it is reset
 #: before each message and only used on the reactor thread.
@@ -190,11 +196,34 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
         state = self.__dict__
         for name in _HANDSHAKE_LEFTOVERS:
             state.pop(name, None)
+        # Autobahn objects this server never uses once the connection is
+        # open (about 1.4 KiB): the queue of sync or chopped writes (an
+        # empty deque is 760 bytes; sendData makes one if ever needed),
+        # the traffic counters (nobody reads them: one object per factory
+        # counts for all), WAMP's transport details (read before onOpen
+        # only) and the table of event results (kept for listeners, of
+        # which there are none; on() brings it back).
+        if not state.get("send_queue", True):
+            del state["send_queue"]
+        state.pop("trafficStats", None)
+        state.pop("_transport_details", None)
+        if state.get("_valid_events") == list(_EVENTS) and "_listeners" not in state:
+            del state["_valid_events"]
+            state.pop("_results", None)
         cls = type(self)
         for name in list(state):
             if getattr(cls, name, _MISSING) is state[name]:
                 del state[name]
         self.__dict__ = dict(state)
+
+    def on(self, event: str, handler: Any) -> None:
+        """
+        Autobahn's, with the event table that L{_compact} dropped restored
+        first.
+        """
+        if "_valid_events" not in self.__dict__:
+            self.set_valid_events(list(_EVENTS))
+        super().on(event, handler)
 
     def onConnect(self, request: Any) -> None:
         """
@@ -395,6 +424,9 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
         frames this turn has gathered for the connection.
         """
         self._writer.flush(self.transport)
+        if (sync or chopsize) and "send_queue" not in self.__dict__:
+            # Dropped by _compact: Autobahn queues these writes.
+            self.send_queue = deque()
         super().sendData(data, sync, chopsize)
 
     def flushWrites(self) -> None:
@@ -430,6 +462,10 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
 
 for _name, _value in _SHARED_DEFAULTS.items():
     setattr(EngineIOWebSocketProtocol, _name, _value)
+#: What an open connection reads in place of the objects _compact drops.
+EngineIOWebSocketProtocol.send_queue = ()  # type: ignore[assignment]
+EngineIOWebSocketProtocol._valid_events = _EVENTS  # type: ignore[assignment]
+EngineIOWebSocketProtocol.trafficStats = TrafficStats()
 
 
 def _asClassAttribute(value: object) -> object:
@@ -471,6 +507,7 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
             (EngineIOWebSocketProtocol,),
             {
                 "_writer": self.writer,
+                "trafficStats": TrafficStats(),
                 **{
                     name: _asClassAttribute(getattr(self, name))
                     for name in EngineIOWebSocketProtocol.CONFIG_ATTRS

@@ -12,6 +12,7 @@ test starts.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -57,7 +58,7 @@ class SlowReaderTests(ProcessTestCase):
             [str(HARNESS), "--port", str(process.port), "--pid", str(process.transport.pid),
              "--slow", str(SLOW), "--senders", "5", "--control-pairs", "3", "--phase-seconds", "2",
              "--max-buffered-bytes", str(BOUND), "--sample-every", "0.2"],
-            env={"PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": str(REPO)},
             reactor=reactor,
         )
         text = out.decode("utf-8", "replace")

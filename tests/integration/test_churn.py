@@ -12,6 +12,7 @@ checks the RSS too); the clients are C{bench/churn.js} (socket.io-client
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Callable
 
 import treq
@@ -96,6 +97,7 @@ def runChurn(url: str, cycles: int, concurrency: int, prefix: str) -> "Deferred[
         "node",
         [str(CHURN_JS), "--url", url, "--cycles", str(cycles), "--concurrency", str(concurrency),
          "--prefix", prefix, "--abrupt-every", "2"],
+        env=dict(os.environ),
         reactor=reactor,
     )
 

@@ -4,7 +4,7 @@
 // real socket.io-client 4.8 sockets (the copy in tests/interop/node_modules).
 //
 //   node bench/churn.js --url http://127.0.0.1:8080 --cycles 10000 \
-//        --concurrency 100 --prefix churn1 [--abrupt-every 2] [--size 120]
+//        --concurrency 100 --prefix churn1 [--abrupt-every 2] [--size 120] [--transport polling]
 //
 // Every cycle is a user of its own (PREFIX-N), so whatever the server keeps
 // per user must go when the user goes. Its message goes to PREFIX-sink, a
@@ -22,7 +22,7 @@ const path = require('path');
 const { io } = require(path.join(__dirname, '..', 'tests', 'interop', 'node_modules', 'socket.io-client'));
 
 function parseArgs(argv) {
-  const args = { url: 'http://127.0.0.1:8080', cycles: 1000, concurrency: 50, prefix: 'churn', abruptEvery: 2, size: 120, timeoutMs: 20000 };
+  const args = { url: 'http://127.0.0.1:8080', cycles: 1000, concurrency: 50, prefix: 'churn', abruptEvery: 2, size: 120, timeoutMs: 20000, transport: 'websocket' };
   for (let i = 2; i < argv.length; i += 2) {
     const name = argv[i].replace(/^--/, '').replace(/-([a-z])/g, (_, c) => c.toUpperCase());
     if (!(name in args)) throw new Error(`unknown option ${argv[i]}`);
@@ -32,7 +32,10 @@ function parseArgs(argv) {
 }
 
 const args = parseArgs(process.argv);
-const options = { transports: ['websocket'], forceNew: true, reconnection: false, timeout: args.timeoutMs };
+// --transport polling: long-polling only (no upgrade); its cycles all
+// disconnect cleanly (there is no TCP connection of its own to cut).
+const options = { transports: [args.transport], forceNew: true, reconnection: false, timeout: args.timeoutMs };
+if (args.transport !== 'websocket') args.abruptEvery = 0;
 const content = 'x'.repeat(args.size);
 
 function percentile(sorted, p) {

@@ -2,11 +2,12 @@
 """
 The twisted.web L{Site} that serves an Engine.IO endpoint well.
 
-Three things differ from a stock Site: request bodies are bounded before
-they are buffered (L{BoundedRequest}); the per-request access log is off
-(a long-polling client makes two requests per packet exchange); and the
-idle timeout is longer than a held poll (C{pingInterval}) so twisted.web
-never cuts a GET the session is still holding.
+Four things differ from a stock Site: request bodies are bounded before
+they are buffered (L{BoundedRequest}) and never parsed as forms; the
+per-request access log is off (a long-polling client makes two requests
+per packet exchange); and the idle timeout is longer than a held poll
+(C{pingInterval}) so twisted.web never cuts a GET the session is still
+holding.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ class EngineIOSite(Site):
             maxBody = limit
 
         timeout = max(60, (config.pingInterval + config.pingTimeout) // 1000 + 15)
-        kwargs: dict[str, Any] = {"requestFactory": _Request, "timeout": timeout}
+        # Bodies are never parsed as forms: twisted.web would parse the
+        # Content-Type of every POST with the email package (~170 us and a
+        # new class each: every long-polling POST); nothing here reads
+        # form fields from request.args.
+        kwargs: dict[str, Any] = {"requestFactory": _Request, "timeout": timeout, "parsePOSTFormSubmission": False}
         if reactor is not None:
             kwargs["reactor"] = reactor
         super().__init__(root, **kwargs)

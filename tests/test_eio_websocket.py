@@ -282,6 +282,7 @@ class DirectWebSocketTests(WebSocketTestMixin, SynchronousTestCase):
         protocol = connection.protocol
         for name in ("send_queue", "trafficStats", "_transport_details", "_valid_events", "_results"):
             self.assertNotIn(name, protocol.__dict__)
+        self.assertLessEqual(len(protocol.__dict__), 10, sorted(protocol.__dict__))
         self.app.opened[0].send(messageFrame(b"first"))
         protocol.sendData(webSocketFrame(b"4second", False), sync=True)
         self.reactor.advance(1)

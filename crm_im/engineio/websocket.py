@@ -100,7 +100,7 @@ _SHARED_DEFAULTS.update(
         )
     }
 )
-_SHARED_DEFAULTS.update({"send_state": 0, "autoPingPendingSeq": 0})
+_SHARED_DEFAULTS.update({"send_state": 0, "autoPingPendingSeq": 0, "data": b"", "websocket_version": 13})
 
 _MISSING = object()
 
@@ -210,6 +210,9 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
         if state.get("_valid_events") == list(_EVENTS) and "_listeners" not in state:
             del state["_valid_events"]
             state.pop("_results", None)
+        # Assigned again, never changed, by a new handshake.
+        if state.get("websocket_extensions_in_use") == []:
+            del state["websocket_extensions_in_use"]
         cls = type(self)
         for name in list(state):
             if getattr(cls, name, _MISSING) is state[name]:
@@ -265,7 +268,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
         self.session = engine.handshake(
             "websocket", getattr(peer, "host", ""), channel=self, protocol=self._protocol, userAgent=self._userAgent
         )
-        self._userAgent = ""
+        self.__dict__.pop("_userAgent", None)
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -465,6 +468,7 @@ for _name, _value in _SHARED_DEFAULTS.items():
 #: What an open connection reads in place of the objects _compact drops.
 EngineIOWebSocketProtocol.send_queue = ()  # type: ignore[assignment]
 EngineIOWebSocketProtocol._valid_events = _EVENTS  # type: ignore[assignment]
+EngineIOWebSocketProtocol.websocket_extensions_in_use = ()  # type: ignore[assignment]
 EngineIOWebSocketProtocol.trafficStats = TrafficStats()
 
 
@@ -507,6 +511,10 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
             (EngineIOWebSocketProtocol,),
             {
                 "_writer": self.writer,
+                # Each connection's own factory and maxPayload (set by
+                # buildProtocol and connectionMade) are these objects.
+                "factory": self,
+                "_maxPayload": maxPayload,
                 "trafficStats": TrafficStats(),
                 **{
                     name: _asClassAttribute(getattr(self, name))

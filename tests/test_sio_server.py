@@ -613,6 +613,23 @@ class RoomTests(ServerTestMixin, SynchronousTestCase):
         self.sio.leaveRoom(sa, "team")
         self.assertEqual(self.sio.namespaces["/"].rooms, {})
 
+    def test_noRoomsShared(self) -> None:
+        """
+        Sockets that joined no room share one empty set of rooms; joining
+        gives a socket its own, and leaving a room it is not in changes
+        nothing.
+        """
+        a, b = self.client(), self.client()
+        sa, sb = a.connect(), b.connect()
+        socketA, socketB = self.sio.getSocket(sa), self.sio.getSocket(sb)
+        assert socketA is not None and socketB is not None
+        self.assertIs(socketA.rooms, socketB.rooms)
+        self.sio.leaveRoom(sa, "team")
+        self.assertEqual(self.sio.rooms(sa), {sa})
+        self.sio.enterRoom(sa, "team")
+        self.assertEqual((socketA.rooms, socketB.rooms), ({"team"}, frozenset()))
+        self.assertEqual(self.sio.rooms(sb), {sb})
+
     def test_everyoneAndSeveral(self) -> None:
         """
         An emit to nobody in particular reaches everyone; to several rooms

@@ -121,6 +121,12 @@ async function main() {
   const deadline = Date.now() + args.timeoutMs;
   while (received < latencies.length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   sink.disconnect();
+  if (args.transport !== 'websocket') {
+    // Over long-polling a disconnect ends with a POST of the CLOSE packet:
+    // give the last ones time to leave before the process exits (a client
+    // that vanishes is only noticed by the heartbeat, 45 s later).
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
   latencies.sort((a, b) => a - b);
   process.stdout.write(JSON.stringify({
     cycles: args.cycles,

@@ -41,13 +41,15 @@ from serverprocess import GAUGES, Server  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
-def runClients(url: str, cycles: int, concurrency: int, prefix: str, abruptEvery: int, size: int) -> dict[str, Any]:
+def runClients(
+    url: str, cycles: int, concurrency: int, prefix: str, abruptEvery: int, size: int, transport: str = "websocket"
+) -> dict[str, Any]:
     """
     Run C{bench/churn.js}; its JSON report.
     """
     result = subprocess.run(
         ["node", str(HERE / "churn.js"), "--url", url, "--cycles", str(cycles), "--concurrency", str(concurrency),
-         "--prefix", prefix, "--abrupt-every", str(abruptEvery), "--size", str(size)],
+         "--prefix", prefix, "--abrupt-every", str(abruptEvery), "--size", str(size), "--transport", transport],
         capture_output=True, text=True, check=False,
     )
     if result.returncode != 0:
@@ -105,7 +107,9 @@ def phase(server: Server, name: str, idle: dict[str, float], args: argparse.Name
     sampler = PeakSampler(server)
     sampler.start()
     started = time.monotonic()
-    clients = runClients(server.url, cycles, args.concurrency, f"{name}{int(time.time())}", args.abrupt_every, args.size)
+    clients = runClients(
+        server.url, cycles, args.concurrency, f"{name}{int(time.time())}", args.abrupt_every, args.size, args.transport
+    )
     sampler.done.set()
     sampler.join()
     atEnd = server.gauges()
@@ -142,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--abrupt-every", type=int, default=2, help="every Nth cycle cuts TCP (0: none)")
     parser.add_argument("--size", type=int, default=120, help="message content length")
+    parser.add_argument("--transport", choices=("websocket", "polling"), default="websocket",
+                        help="polling: long-polling only, every cycle disconnects cleanly")
     parser.add_argument("--recovery-window", type=float, default=5.0)
     parser.add_argument("--settle-timeout", type=float, default=120.0, help="seconds to wait for idle gauges")
     parser.add_argument("--rss-tolerance", type=float, default=0.10)

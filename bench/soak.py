@@ -72,7 +72,7 @@ def metrics(port: int) -> dict[str, float]:
     """
     The server's /metrics, summed over labels.
     """
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as response:
         text = response.read().decode()
     found: dict[str, float] = {}
     for line in text.splitlines():
@@ -150,7 +150,16 @@ def main(argv: list[str] | None = None) -> int:
         baseline: dict[str, float] = {}
         while idle.poll() is None:
             time.sleep(a.sample_secs)
-            now = metrics(port)
+            try:
+                now = metrics(port)
+            except OSError as error:
+                # A login storm's turns can keep the reactor from answering
+                # for a while (each login fans out to every user): noted,
+                # not fatal.
+                result.setdefault("metrics_unanswered", []).append(
+                    [round(time.monotonic() - started, 1), str(error)]
+                )
+                continue
             sample = {
                 "t": round(time.monotonic() - started, 1),
                 "rss_kib": rssKiB(server.pid),

@@ -100,6 +100,33 @@ class LinkTests(TestCase):
         self.assertFalse(transport.disconnecting)
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_replyAfterLongTurns(self) -> None:
+        """
+        A reply timer that fires late (the reactor was busy for seconds,
+        not waiting) starts over instead of dropping the link, a bounded
+        number of times; then a missing reply is a timeout after all.
+        """
+        import txredisapi
+
+        from crm_im.cluster.connection import LATE, MAX_RESTARTS, SECOND_LOOK
+
+        protocol, clock, transport, lost = self.commands()
+        d = protocol.execute_command("PING")
+        clock.advance(5.0 + LATE)
+        clock.advance(SECOND_LOOK)
+        self.assertNoResult(d)
+        protocol.dataReceived(b"+PONG\r\n")
+        self.assertEqual(self.successResultOf(d), "PONG")
+        self.assertEqual(clock.getDelayedCalls(), [])
+        d = protocol.execute_command("PING")
+        for _ in range(MAX_RESTARTS):
+            clock.advance(5.0 + LATE)
+            self.assertNoResult(d)
+        clock.advance(5.0 + LATE)
+        clock.advance(SECOND_LOOK)
+        self.failureResultOf(d, txredisapi.TimeoutError)
+        self.assertTrue(transport.disconnecting)
+
     def test_replyLost(self) -> None:
         """
         A reply that has not come a moment after the timeout is lost: the

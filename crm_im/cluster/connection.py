@@ -45,6 +45,13 @@ REPLY_TIMEOUT = 5.0
 #: Seconds after a reply timer expired before the timeout is believed
 #: (L{_SecondLook}).
 SECOND_LOOK = 0.1
+#: A reply timer that fires this many seconds late or more was held up by
+#: this process's own long reactor turns: it starts over (L{_SecondLook}).
+LATE = 0.5
+#: How many times a reply timer may start over (so that a Redis that hangs
+#: while this process is overloaded is still noticed, after at most this
+#: many more reply timeouts).
+MAX_RESTARTS = 5
 #: Seconds a TCP connection attempt may take.
 CONNECT_TIMEOUT = 5.0
 #: The first and the largest delay between two connection attempts.
@@ -113,27 +120,38 @@ def backoffDelay(attempt: int, start: float = BACKOFF_START, cap: float = BACKOF
 
 class _SecondLook:
     """
-    A reply timer that, when it expires, looks again a moment later before
-    it declares the reply lost.
+    A reply timer that does not blame Redis for this process's own stalls.
 
-    Why: a reactor turn that took longer than L{REPLY_TIMEOUT} (a login
-    storm fanning presence out to thousands of sockets, on a starved CPU)
-    runs the expired timers first in the next turn, before the sockets are
-    read, although Redis answered long ago and the reply waits in the
-    socket. Dropping the link then (txredisapi aborts the connection) makes
-    the node re-register everything in the middle of the storm and tell
-    its peers it was gone. Waiting L{SECOND_LOOK} lets the reactor read
-    first: the reply cancels the timer if it came.
+    Why: a reactor turn that takes seconds (a login storm fanning presence
+    out to thousands of sockets, on a starved CPU) delays everything the
+    reply timer measures: the command may wait in the transport's buffer
+    until the next turn writes it, and the reply in the socket until the
+    turn after reads it, while the timer runs. Dropping the link then
+    (txredisapi aborts the connection) makes the node re-register
+    everything in the middle of the storm and tell its peers it was gone.
+    So: a timer that fires L{LATE} seconds late or more (the reactor was
+    busy, not waiting) starts over, at most L{MAX_RESTARTS} times; one
+    that fires on time looks again L{SECOND_LOOK} seconds later, after the
+    reactor has read its sockets, and only then declares the reply lost.
     """
 
-    __slots__ = ("clock", "func", "call")
+    __slots__ = ("clock", "delay", "func", "due", "restarts", "call")
 
     def __init__(self, clock: IReactorTime, delay: float, func: Callable[[], object]) -> None:
         self.clock = clock
+        self.delay = delay
         self.func = func
+        self.restarts = 0
+        self.due = clock.seconds() + delay
         self.call = clock.callLater(delay, self._expired)
 
     def _expired(self) -> None:
+        now = self.clock.seconds()
+        if now - self.due >= LATE and self.restarts < MAX_RESTARTS:
+            self.restarts += 1
+            self.due = now + self.delay
+            self.call = self.clock.callLater(self.delay, self._expired)
+            return
         self.call = self.clock.callLater(SECOND_LOOK, self.func)
 
     def active(self) -> bool:

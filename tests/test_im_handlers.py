@@ -1281,6 +1281,21 @@ class CatchUpTests(HandlerTestCase):
         self.assertEqual([event for event, _ in self.router.inbox("e2")], ["user:login:success", "online_users", "groups"])
 
 
+    def test_deliveredAsStoreCloses(self) -> None:
+        """
+        A message delivered just as the store closes (the server stopping)
+        is not a failure: its delivered mark is not written, nothing is
+        logged as an error, and it comes again from the offline queue.
+        """
+        receipt = self.send("a1", "late", id="m1", toId="bob")
+        self.assertEqual(receipt["status"], "delivered")
+        self.store.close()
+        self.clock.advance(0)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        (stored,) = [m for m in self.store.messages.values() if m.id == "m1"]
+        self.assertFalse(stored.delivered)
+
+
 class GroupLimitTests(HandlerTestCase):
     """
     Members per group (3 here) and groups per user (2 here).

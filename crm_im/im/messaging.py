@@ -32,6 +32,7 @@ from ..storage.interface import (
     IFileStore,
     IMessageStore,
     NewMessage,
+    StoreClosedError,
     StoredMessage,
     StoreOutcome,
     directConversation,
@@ -325,6 +326,15 @@ class Messaging:
     def _flushed(self, result: object, seqs: list[int]) -> None:
         self._unflushed.difference_update(seqs)
         if isinstance(result, Failure):
+            if result.check(StoreClosedError):
+                # Delivered while the server stopped, after its store
+                # closed: not an error, and nothing is lost; they come
+                # again from the offline queue (delivery is at least once).
+                self.log.info(
+                    "{count} messages delivered as the store closed: they will be delivered again at the next login",
+                    count=len(seqs),
+                )
+                return
             self.log.failure("marking {count} messages delivered", result, count=len(seqs))
 
     async def _sendToGroup(self, caller: Caller, new: NewMessage, mentions: tuple[str, ...] = ()) -> dict[str, Any]:

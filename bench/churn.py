@@ -32,11 +32,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serverprocess import GAUGES, Server  # noqa: E402
+from serverprocess import GAUGES, Server, idleAgain  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,23 +56,6 @@ def runClients(
         raise RuntimeError(f"churn.js failed ({result.returncode}):\n{result.stderr}")
     report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return report
-
-
-def idleAgain(idle: dict[str, float]) -> Callable[[dict[str, float]], bool]:
-    """
-    The condition "every client is gone": no connection, no user online,
-    nothing buffered, and no more reactor timers than at idle.
-    """
-
-    def condition(samples: dict[str, float]) -> bool:
-        return (
-            samples["crm_im_connections"] == 0
-            and samples["crm_im_users_online"] == 0
-            and samples["crm_im_buffered_bytes"] == 0
-            and samples["crm_im_reactor_delayed_calls"] <= idle["crm_im_reactor_delayed_calls"]
-        )
-
-    return condition
 
 
 class PeakSampler(threading.Thread):

@@ -29,6 +29,23 @@ NODE_MODULES = REPO / "tests" / "interop" / "node_modules"
 GAUGES = ("crm_im_connections", "crm_im_users_online", "crm_im_buffered_bytes", "crm_im_reactor_delayed_calls")
 
 
+def idleAgain(idle: dict[str, float]) -> Callable[[dict[str, float]], bool]:
+    """
+    The condition "every client is gone": no connection, no user online,
+    nothing buffered, and no more reactor timers than at idle.
+    """
+
+    def condition(samples: dict[str, float]) -> bool:
+        return (
+            samples["crm_im_connections"] == 0
+            and samples["crm_im_users_online"] == 0
+            and samples["crm_im_buffered_bytes"] == 0
+            and samples["crm_im_reactor_delayed_calls"] <= idle["crm_im_reactor_delayed_calls"]
+        )
+
+    return condition
+
+
 def freePort() -> int:
     """
     A TCP port on 127.0.0.1 that was free a moment ago.

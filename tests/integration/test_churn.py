@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 
+from bench.serverprocess import idleAgain
 from tests.integration.test_twistd import REPO, Inline, ProcessTestCase, ServerProcess
 from tests.support.clients import requireKind
 
@@ -70,23 +71,6 @@ def waitForGauges(
         if condition(samples) or reactor.seconds() > deadline:
             return condition(samples), samples
         yield deferLater(reactor, SCRAPE_EVERY, lambda: None)
-
-
-def idleAgain(idle: dict[str, float]) -> Callable[[dict[str, float]], bool]:
-    """
-    Every client is gone: no connection, no user online (recovery holds
-    ended), nothing queued, no more reactor timers than at idle.
-    """
-
-    def condition(samples: dict[str, float]) -> bool:
-        return (
-            samples["crm_im_connections"] == 0
-            and samples["crm_im_users_online"] == 0
-            and samples["crm_im_buffered_bytes"] == 0
-            and samples["crm_im_reactor_delayed_calls"] <= idle["crm_im_reactor_delayed_calls"]
-        )
-
-    return condition
 
 
 def runChurn(url: str, cycles: int, concurrency: int, prefix: str) -> "Deferred[dict[str, Any]]":

@@ -127,6 +127,26 @@ class LinkTests(TestCase):
         self.failureResultOf(d, txredisapi.TimeoutError)
         self.assertTrue(transport.disconnecting)
 
+    def test_replyBehindMessages(self) -> None:
+        """
+        A reply timer on a connection that keeps receiving bytes (the
+        subscriber's PONG behind a flood of published messages this
+        process is still working through) starts over instead of dropping
+        the link.
+        """
+        from crm_im.cluster.connection import SECOND_LOOK
+
+        protocol, clock, transport, lost = self.commands()
+        d = protocol.execute_command("PING")
+        clock.advance(4.0)
+        protocol.dataReceived(b"")
+        clock.advance(1.0)
+        clock.advance(SECOND_LOOK)
+        self.assertNoResult(d)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(b"+PONG\r\n")
+        self.assertEqual(self.successResultOf(d), "PONG")
+
     def test_replyLost(self) -> None:
         """
         A reply that has not come a moment after the timeout is lost: the

@@ -129,26 +129,42 @@ class _SecondLook:
     turn after reads it, while the timer runs. Dropping the link then
     (txredisapi aborts the connection) makes the node re-register
     everything in the middle of the storm and tell its peers it was gone.
+    The same holds when the reactor is not stalled but behind: the
+    subscriber connection's C{PING} is answered after every message
+    published before it, and in a login storm each presence message fans
+    out to every local socket, so its C{PONG} can wait seconds behind them
+    in the socket while bytes keep coming.
     So: a timer that fires L{LATE} seconds late or more (the reactor was
-    busy, not waiting) starts over, at most L{MAX_RESTARTS} times; one
-    that fires on time looks again L{SECOND_LOOK} seconds later, after the
+    busy, not waiting), or while the connection has received bytes since
+    the timer started (Redis is there; this process is behind), starts
+    over, at most L{MAX_RESTARTS} times; one that fires on time on a
+    silent connection looks again L{SECOND_LOOK} seconds later, after the
     reactor has read its sockets, and only then declares the reply lost.
     """
 
-    __slots__ = ("clock", "delay", "func", "due", "restarts", "call")
+    __slots__ = ("clock", "delay", "func", "received", "started", "due", "restarts", "call")
 
-    def __init__(self, clock: IReactorTime, delay: float, func: Callable[[], object]) -> None:
+    def __init__(
+        self, clock: IReactorTime, delay: float, func: Callable[[], object], received: Callable[[], float]
+    ) -> None:
+        """
+        @param received: when the connection last received bytes.
+        """
         self.clock = clock
         self.delay = delay
         self.func = func
+        self.received = received
         self.restarts = 0
-        self.due = clock.seconds() + delay
+        self.started = clock.seconds()
+        self.due = self.started + delay
         self.call = clock.callLater(delay, self._expired)
 
     def _expired(self) -> None:
         now = self.clock.seconds()
-        if now - self.due >= LATE and self.restarts < MAX_RESTARTS:
+        behind = now - self.due >= LATE or self.received() > self.started
+        if behind and self.restarts < MAX_RESTARTS:
             self.restarts += 1
+            self.started = now
             self.due = now + self.delay
             self.call = self.clock.callLater(self.delay, self._expired)
             return
@@ -161,7 +177,7 @@ class _SecondLook:
         self.call.cancel()
 
 
-def _replyTimers(clock: IReactorTime) -> Callable[..., Any]:
+def _replyTimers(clock: IReactorTime, received: Callable[[], float]) -> Callable[..., Any]:
     """
     The C{callLater} for a txredisapi protocol: its reply timers (the only
     calls it makes with a delay) take a second look (L{_SecondLook}); its
@@ -170,7 +186,7 @@ def _replyTimers(clock: IReactorTime) -> Callable[..., Any]:
 
     def callLater(delay: float, func: Callable[..., object], *args: Any, **kw: Any) -> Any:
         if delay > 0 and not args and not kw:
-            return _SecondLook(clock, delay, func)
+            return _SecondLook(clock, delay, func, received)
         return clock.callLater(delay, func, *args, **kw)
 
     return callLater
@@ -183,8 +199,14 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
     def __init__(self, link: "RedisLink") -> None:
         super().__init__(charset=None, replyTimeout=link.replyTimeout, convertNumbers=False)
-        self.callLater = _replyTimers(link.clock)
+        self.callLater = _replyTimers(link.clock, lambda: self.lastReceived)
         self.link = link
+        #: when bytes last came from Redis (see L{_SecondLook})
+        self.lastReceived = -1.0
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> Any:
+        self.lastReceived = self.link.clock.seconds()
+        return super().dataReceived(data, unpause)
 
     def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
         self.link._message(channel, message, pattern)
@@ -201,8 +223,14 @@ class _Commands(txredisapi.RedisProtocol):
 
     def __init__(self, link: "RedisLink") -> None:
         super().__init__(charset=None, replyTimeout=link.replyTimeout, convertNumbers=False)
-        self.callLater = _replyTimers(link.clock)
+        self.callLater = _replyTimers(link.clock, lambda: self.lastReceived)
         self.link = link
+        #: when bytes last came from Redis (see L{_SecondLook})
+        self.lastReceived = -1.0
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> Any:
+        self.lastReceived = self.link.clock.seconds()
+        return super().dataReceived(data, unpause)
 
     def connectionLost(self, why: Failure) -> None:
         super().connectionLost(why)

@@ -31,14 +31,15 @@ GAUGES = ("crm_im_connections", "crm_im_users_online", "crm_im_buffered_bytes", 
 
 def idleAgain(idle: dict[str, float]) -> Callable[[dict[str, float]], bool]:
     """
-    The condition "every client is gone": no connection, no user online,
-    nothing buffered, and no more reactor timers than at idle.
+    The condition "every client is gone": no more connections, users
+    online or reactor timers than at C{idle} (a scrape taken before the
+    clients came), and nothing queued.
     """
 
     def condition(samples: dict[str, float]) -> bool:
         return (
-            samples["crm_im_connections"] == 0
-            and samples["crm_im_users_online"] == 0
+            samples["crm_im_connections"] <= idle["crm_im_connections"]
+            and samples["crm_im_users_online"] <= idle["crm_im_users_online"]
             and samples["crm_im_buffered_bytes"] == 0
             and samples["crm_im_reactor_delayed_calls"] <= idle["crm_im_reactor_delayed_calls"]
         )

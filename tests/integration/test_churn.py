@@ -7,24 +7,28 @@ session, no user online, no queued byte, no more reactor timers than at
 idle. The small version of C{bench/churn.py} (which runs 10,000 cycles and
 checks the RSS too); the clients are C{bench/churn.js} (socket.io-client
 4.8).
+
+The server is another process, seen from outside: the tests wait on
+events it sends (an observer client, logged in throughout, hears each
+user's C{status_change} offline; its log says C{[断开]} for each socket
+it dropped) and then read its C{/metrics} once.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Iterable
 
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 
-from bench.serverprocess import idleAgain
+from bench.serverprocess import GAUGES, idleAgain
 from tests.integration.test_twistd import REPO, Inline, ProcessTestCase, ServerProcess
-from tests.support.clients import requireKind
+from tests.support.clients import ClientDriver, requireKind
 
 CHURN_JS = REPO / "bench" / "churn.js"
 
@@ -33,8 +37,8 @@ RECOVERY_WINDOW = 1.0
 #: seconds the server has, after the clients are done, to be idle again:
 #: the recovery window and a wide margin for a loaded machine
 SETTLE_TIMEOUT = RECOVERY_WINDOW + 20.0
-#: seconds between two scrapes while waiting
-SCRAPE_EVERY = 0.1
+#: the client that watches the churned users come and go
+OBSERVER = "observer"
 
 
 @inlineCallbacks
@@ -52,25 +56,27 @@ def scrape(process: ServerProcess) -> Inline:
 
 
 @inlineCallbacks
-def waitForGauges(
-    process: ServerProcess, condition: Callable[[dict[str, float]], bool], timeout: float
-) -> Inline:
+def observe(driver: ClientDriver, url: str) -> Inline:
     """
-    Scrape until C{condition} holds, at most C{timeout} seconds.
-
-    The server is another process: its sessions and timers are only
-    visible through C{/metrics}, and what is waited for is its own timers
-    firing (the recovery window) and its own reading of the clients' last
-    bytes, so the wait is a bounded series of scrapes on the reactor.
-
-    @return: C{(held, samples)}, the last samples scraped.
+    Log the observer in on C{driver}: it hears every user's
+    C{status_change}.
     """
-    deadline = reactor.seconds() + timeout
-    while True:
-        samples = yield scrape(process)
-        if condition(samples) or reactor.seconds() > deadline:
-            return condition(samples), samples
-        yield deferLater(reactor, SCRAPE_EVERY, lambda: None)
+    yield driver.connect(OBSERVER, url, transports=["websocket"])
+    yield driver.emit(OBSERVER, "user:login", {"id": OBSERVER, "name": "Observer"}, ack=True)
+
+
+@inlineCallbacks
+def offline(driver: ClientDriver, userIds: Iterable[str], timeout: float) -> Inline:
+    """
+    Fire once the observer heard each of C{userIds} go offline.
+    """
+    for userId in userIds:
+        yield driver.waitFor(
+            OBSERVER,
+            "status_change",
+            predicate=lambda args, userId=userId: args[0]["userId"] == userId and args[0]["status"] == "offline",
+            timeout=timeout,
+        )
 
 
 def runChurn(url: str, cycles: int, concurrency: int, prefix: str) -> "Deferred[dict[str, Any]]":
@@ -110,26 +116,29 @@ class ChurnTests(ProcessTestCase):
         """
         300 cycles of connect, C{user:login}, one message (delivered to a
         sink user kept online), disconnect, 30 at a time, every other one
-        cut off at the TCP level: every cycle succeeds; once the recovery
-        window passed, the server is back to its idle gauges (no session,
-        no user online, no queued byte, no extra reactor timer), it
-        opened and closed the same number of sessions and dropped nobody
-        for a full buffer or a missing PONG.
+        cut off at the TCP level: every cycle succeeds; once every user
+        went offline (the cut ones when the recovery window passed), the
+        server is back to its idle gauges (no session, no user online, no
+        queued byte, no extra reactor timer), it opened and closed the
+        same number of sessions and dropped nobody for a full buffer or a
+        missing PONG.
         """
         process = self.spawnTwistd(self.mktemp(), "--recovery-window", str(RECOVERY_WINDOW))
         yield self.waitUntilServing(process)
         url = f"http://127.0.0.1:{process.port}"
+        driver = yield self.driver("node")
+        yield observe(driver, url)
         idle = yield scrape(process)
         report = yield runChurn(url, 300, 30, "churn")
         self.assertEqual((report["ok"], report["failures"]), (300, 0), report["firstFailures"])
         self.assertEqual(report["sinkReceived"], 300)
-        settled, samples = yield waitForGauges(process, idleAgain(idle), SETTLE_TIMEOUT)
-        gauges = {name: samples[name] for name in (
-            "crm_im_connections", "crm_im_users_online", "crm_im_buffered_bytes", "crm_im_reactor_delayed_calls")}
-        self.assertTrue(settled, f"not idle again after {SETTLE_TIMEOUT}s: {gauges}, idle: {idle}")
+        yield offline(driver, [f"churn-{n}" for n in range(300)] + ["churn-sink"], SETTLE_TIMEOUT)
+        samples = yield scrape(process)
+        gauges = {name: (samples[name], idle[name]) for name in GAUGES}
+        self.assertTrue(idleAgain(idle)(samples), f"not idle again (now, idle): {gauges}")
         # 300 cycles and the sink
-        self.assertEqual(samples["crm_im_sessions_opened_total"], 301)
-        self.assertEqual(samples["crm_im_sessions_closed_total"], 301)
+        self.assertEqual(samples["crm_im_sessions_opened_total"] - idle["crm_im_sessions_opened_total"], 301)
+        self.assertEqual(samples["crm_im_sessions_closed_total"] - idle["crm_im_sessions_closed_total"], 301)
         self.assertEqual(samples["crm_im_buffer_overflows_total"], 0)
         self.assertEqual(samples["crm_im_ping_timeouts_total"], 0)
 
@@ -142,17 +151,26 @@ class ChurnTests(ProcessTestCase):
         passed. (A server that dropped the holds at once, or never, fails
         one of the two.)
         """
-        process = self.spawnTwistd(self.mktemp(), "--recovery-window", "10")
+        process = self.spawnTwistd(self.mktemp(), "--recovery-window", "10", quiet=False)
         yield self.waitUntilServing(process)
         url = f"http://127.0.0.1:{process.port}"
+        driver = yield self.driver("node")
+        yield observe(driver, url)
         idle = yield scrape(process)
         report = yield runChurn(url, 20, 10, "held")
         self.assertEqual(report["failures"], 0, report["firstFailures"])
-        closed, samples = yield waitForGauges(process, lambda samples: samples["crm_im_connections"] == 0, 10)
-        self.assertTrue(closed, samples)
+        users = [f"held-{n}" for n in range(20)]
+        # every socket dropped ("[断开] sid userId reason"): churn.js cuts
+        # the even ones' TCP connection, the others and the sink disconnect
+        dropped = [f" {userId} transport close" for userId in users[::2]]
+        dropped += [f" {userId} client namespace disconnect" for userId in users[1::2] + ["held-sink"]]
+        for line in dropped:
+            yield process.whenOutputContains(line.encode()).addTimeout(10, reactor)
+        samples = yield scrape(process)
+        self.assertEqual(samples["crm_im_connections"], idle["crm_im_connections"], samples)
         # 10 of the 20 cut their connection: their users stay online
-        self.assertEqual(samples["crm_im_users_online"], 10)
+        self.assertEqual(samples["crm_im_users_online"] - idle["crm_im_users_online"], 10)
         self.assertFalse(idleAgain(idle)(samples))
-        settled, samples = yield waitForGauges(process, idleAgain(idle), SETTLE_TIMEOUT)
-        self.assertTrue(settled, samples)
-
+        yield offline(driver, users, SETTLE_TIMEOUT)
+        samples = yield scrape(process)
+        self.assertTrue(idleAgain(idle)(samples), samples)

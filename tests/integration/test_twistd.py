@@ -160,16 +160,18 @@ class ProcessTestCase(TestCase):
 
     def spawnTwistd(self, dataDir: str, *options: str, port: Optional[int] = None,
                     python: str = sys.executable, env: Optional[Dict[str, str]] = None,
-                    cwd: Path = REPO) -> ServerProcess:
+                    cwd: Path = REPO, quiet: bool = True) -> ServerProcess:
         """
         Spawn C{twistd -n crm_im} on a free loopback port.
+
+        @param quiet: C{--quiet} (no line per event: C{[连接]}, C{[断开]}, ...).
         """
         port = port if port is not None else freePort()
         dataDir = os.path.abspath(dataDir)
         process = self.spawn(
             [python, "-c", TWISTD, "-n", "--pidfile=", "crm_im",
-             "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", dataDir, "--quiet",
-             *options], env=env, cwd=cwd)
+             "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", dataDir,
+             *(["--quiet"] if quiet else []), *options], env=env, cwd=cwd)
         process.port = port
         return process
 

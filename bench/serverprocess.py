@@ -69,12 +69,12 @@ def procStatus(pid: int) -> dict[str, int]:
     return values
 
 
-def scrape(url: str) -> dict[str, float]:
+def scrape(url: str, timeout: float = 10) -> dict[str, float]:
     """
     Every sample of C{GET url/metrics}; labelled samples are summed under
     their name (C{crm_im_connections} is both transports).
     """
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+    with urllib.request.urlopen(url + "/metrics", timeout=timeout) as response:
         text = response.read().decode("utf-8")
     samples: dict[str, float] = {}
     for family in text_string_to_metric_families(text):

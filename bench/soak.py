@@ -31,7 +31,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import run as benchrun  # noqa: E402  (bench/run.py: where the shared bench is set up)
+from serverprocess import freePort, procStatus, scrape  # noqa: E402
 
 #: the counters of /metrics the verdict reads
 COUNTERS = (
@@ -54,13 +54,6 @@ COUNTERS = (
     "crm_im_buffer_overflows_total",
 )
 _READY_RE = re.compile(r"idle: (\d+) ready \(")
-_SAMPLE_RE = re.compile(r"^([a-z_]+)(\{[^}]*\})? ([0-9.eE+-]+)$")
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def raiseFileLimit() -> None:
@@ -68,29 +61,11 @@ def raiseFileLimit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def metrics(port: int) -> dict[str, float]:
-    """
-    The server's /metrics, summed over labels.
-    """
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as response:
-        text = response.read().decode()
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        match = _SAMPLE_RE.match(line)
-        if match:
-            found[match.group(1)] = found.get(match.group(1), 0.0) + float(match.group(3))
-    return found
-
-
 def rssKiB(pid: int) -> int | None:
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+        return procStatus(pid).get("VmRSS")
     except OSError:
         return None
-    return None
 
 
 def waitListening(port: int, server: subprocess.Popen[bytes], seconds: float = 60) -> None:
@@ -151,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         while idle.poll() is None:
             time.sleep(a.sample_secs)
             try:
-                now = metrics(port)
+                # a login storm's reactor turns can be long: wait up to a minute
+                now = scrape(f"http://127.0.0.1:{port}", timeout=60)
             except OSError as error:
                 # A login storm's turns can keep the reactor from answering
                 # for a while (each login fans out to every user): noted,

@@ -5,7 +5,7 @@ schema and the real batch functions, without the reactor.
 
     python bench/store.py                          # batches of 40 on 100,000 stored messages
     python bench/store.py --batch 200 --runs 3
-    python bench/store.py --drop-index messages_recipient_message_id
+    python bench/store.py --drop-index messages_conversation_topic_seq
     python bench/store.py --page-size 1024 --pragma mmap_size=268435456
 
 Each commit is what the server's group commit runs: the delivered marks of

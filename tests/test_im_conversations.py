@@ -70,7 +70,6 @@ def message(fromId: str = "mona", serverTimestamp: int = 1_000_000, **kwargs: ob
         clientTimestamp=None,
         serverTimestamp=serverTimestamp,
         delivered=True,
-        readAt=serverTimestamp,
         groupId="g1",
     )
     fields.update(kwargs)

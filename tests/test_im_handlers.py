@@ -1158,12 +1158,16 @@ class RecallTests(HandlerTestCase):
 
     def test_directOthers(self) -> None:
         """
-        The recipient of a 1:1 message may not recall it (C{FORBIDDEN});
-        anyone else is told it does not exist (C{NOT_FOUND}).
+        The recipient of a 1:1 message who names the conversation (C{toId},
+        the other side) may not recall it (C{FORBIDDEN}); without C{toId}
+        there is no sender to find it under (C{NOT_FOUND}); anyone else is
+        told it does not exist (C{NOT_FOUND}).
         """
         self.send("a1", "x", id="m1", toId="bob")
-        self.assertEqual(self.refused(self.core.messaging.recall, self.caller("b1"), {"messageId": "m1"}), FORBIDDEN)
-        self.assertEqual(self.refused(self.core.messaging.recall, self.caller("d1"), {"messageId": "m1"}), NOT_FOUND)
+        recall = self.core.messaging.recall
+        self.assertEqual(self.refused(recall, self.caller("b1"), {"messageId": "m1", "toId": "alice"}), FORBIDDEN)
+        self.assertEqual(self.refused(recall, self.caller("b1"), {"messageId": "m1"}), NOT_FOUND)
+        self.assertEqual(self.refused(recall, self.caller("d1"), {"messageId": "m1", "toId": "alice"}), NOT_FOUND)
 
     def test_recalledAlready(self) -> None:
         """

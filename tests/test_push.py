@@ -72,7 +72,6 @@ def stored(seq: int, type: str = "text", content: str = "hello", groupId: str | 
         clientTimestamp=None,
         serverTimestamp=START * 1000,
         delivered=False,
-        readAt=None,
         groupId=groupId,
         **extra,
     )

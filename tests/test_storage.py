@@ -32,9 +32,11 @@ from crm_im.storage import (
     StoreClosedError,
     StoredMessage,
     conversationKey,
+    directConversation,
     groupConversation,
     roomConversation,
 )
+from crm_im.storage.messages import MAX_READ_MESSAGES
 from crm_im.storage.engines import PostgresEngine, engineFor
 from crm_im.storage.store import SQLMessageStore
 from crm_im.storage.database import (
@@ -106,7 +108,6 @@ class StoredMessageTests(SynchronousTestCase):
             clientTimestamp=None,
             serverTimestamp=1000,
             delivered=True,
-            readAt=5,
         )
         self.assertEqual(
             message.toWire(),
@@ -141,7 +142,6 @@ class StoredMessageTests(SynchronousTestCase):
             clientTimestamp=999.5,
             serverTimestamp=1000,
             delivered=False,
-            readAt=None,
         )
         wire = message.toWire()
         self.assertEqual(wire["topic"], "deal-42")
@@ -149,7 +149,6 @@ class StoredMessageTests(SynchronousTestCase):
         self.assertEqual(wire["fileUrl"], "/files/x")
         self.assertEqual(wire["fileName"], "a.pdf")
         self.assertNotIn("delivered", wire)
-        self.assertNotIn("readAt", wire)
 
     def test_conversationKey(self) -> None:
         """
@@ -398,7 +397,6 @@ class MessageStoreTestsMixin:
         self.assertIsInstance(stored.clientTimestamp, int)
         self.assertEqual(stored.serverTimestamp, 1700000000000)
         self.assertFalse(stored.delivered)
-        self.assertIsNone(stored.readAt)
         page = await self.store.history("bob", "alice", None, 10, None, None)
         self.assertEqual(page.messages, [stored])
 
@@ -614,9 +612,10 @@ class MessageStoreTestsMixin:
 
     async def test_markReadUpToSeq(self) -> None:
         """
-        C{markRead} with C{friendId} and C{upToSeq} marks the unread messages
-        from that friend to the reader up to that seq, and returns them; they
-        are then delivered and read, and not returned again.
+        C{markRead} with C{upToSeq} moves the reader's cursor in the
+        conversation with C{friendId} and returns the messages from that
+        friend it newly covers, marked delivered; they are not returned
+        again, and another sender's are not touched.
         """
         stored = await self.storeAll(
             newMessage("1"),
@@ -625,67 +624,76 @@ class MessageStoreTestsMixin:
             newMessage("4", fromId="bob", toId="alice"),
             newMessage("5"),
         )
-        read = await self.store.markRead(
-            "bob", 5000, friendId="alice", upToSeq=stored[3].seq
-        )
+        read = await self.store.markRead("bob", 5000, "alice", upToSeq=stored[3].seq)
         self.assertEqual(ids(read), ["1", "3"])
-        self.assertEqual([m.readAt for m in read], [5000, 5000])
         self.assertTrue(all(m.delivered for m in read))
-        again = await self.store.markRead(
-            "bob", 6000, friendId="alice", upToSeq=stored[4].seq
-        )
+        conversation = directConversation("alice", "bob")
+        self.assertEqual(await self.store.readCursors(conversation), {"bob": stored[3].seq})
+        again = await self.store.markRead("bob", 6000, "alice", upToSeq=stored[4].seq)
         self.assertEqual(ids(again), ["5"])
-        page = await self.store.history("alice", "bob", None, 10, None, None)
-        self.assertEqual(
-            [(m.id, m.readAt) for m in page.messages],
-            [("1", 5000), ("3", 5000), ("4", None), ("5", 6000)],
-        )
+        self.assertEqual(await self.store.markRead("bob", 6000, "alice", upToSeq=stored[4].seq), [])
         self.assertEqual(ids(await self.store.pendingFor("bob", 10)), ["2"])
+
+    async def test_markReadNotPastTheEnd(self) -> None:
+        """
+        A cursor never moves past the conversation's latest message: an
+        C{upToSeq} from the future does not read messages sent later.
+        """
+        await self.storeAll(newMessage("1"))
+        self.assertEqual(ids(await self.store.markRead("bob", 1, "alice", upToSeq=10**12)), ["1"])
+        later = await self.storeAll(newMessage("2"))
+        self.assertEqual(ids(await self.store.markRead("bob", 2, "alice", upToSeq=later[0].seq)), ["2"])
 
     async def test_markReadMessageIds(self) -> None:
         """
-        C{markRead} with C{messageIds} marks the reader's unread messages with
-        those ids, from any sender; others' messages with those ids are left
-        alone.
+        C{markRead} with C{messageIds} finds the friend's messages to the
+        reader by those ids and moves the cursor to the latest: the earlier
+        ones of the conversation are read with it. Ids of other senders,
+        of the reader's own messages or unknown are ignored.
         """
-        await self.storeAll(
+        stored = await self.storeAll(
             newMessage("1"),
             newMessage("2", fromId="carol"),
             newMessage("3"),
             newMessage("1", fromId="bob", toId="alice"),
+            newMessage("4"),
         )
-        read = await self.store.markRead("bob", 7000, messageIds=["2", "1", "nope"])
+        self.assertEqual(await self.store.markRead("bob", 7000, "alice", messageIds=["2", "nope"]), [])
+        read = await self.store.markRead("bob", 7000, "alice", messageIds=["3", "nope"])
+        self.assertEqual([(m.fromId, m.id) for m in read], [("alice", "1"), ("alice", "3")])
+        self.assertEqual(await self.store.markRead("bob", 8000, "alice", messageIds=["1"]), [])
+        conversation = directConversation("alice", "bob")
+        self.assertEqual(await self.store.readCursors(conversation), {"bob": stored[2].seq})
+        self.assertEqual([m.id for m in await self.store.markRead("alice", 8000, "bob", messageIds=["1"])], ["1"])
+        self.assertEqual([m.id for m in await self.store.markRead("bob", 8000, "carol", messageIds=["2"])], ["2"])
         self.assertEqual(
-            [(m.fromId, m.id) for m in read], [("alice", "1"), ("carol", "2")]
-        )
-        self.assertEqual(await self.store.markRead("bob", 8000, messageIds=["1"]), [])
-        page = await self.store.history("alice", "bob", None, 10, None, None)
-        self.assertEqual(
-            [(m.fromId, m.id, m.readAt) for m in page.messages],
-            [("alice", "1", 7000), ("alice", "3", None), ("bob", "1", None)],
+            await self.store.readCursors(conversation), {"bob": stored[2].seq, "alice": stored[3].seq}
         )
 
-    async def test_markReadManyIds(self) -> None:
+    async def test_markReadBounded(self) -> None:
         """
-        C{markRead} takes more ids than one SQL C{IN} list holds.
+        One C{markRead} covers at most C{MAX_READ_MESSAGES} messages (ids
+        beyond one SQL C{IN} list resolved); the cursor stops at the last,
+        and the next call covers the rest.
         """
-        await gatherResults(
-            [self.store.storeMessage(newMessage(str(n))) for n in range(1200)]
-        )
+        await gatherResults([self.store.storeMessage(newMessage(str(n))) for n in range(1200)])
         wanted = [str(n) for n in range(0, 1200, 2)]
         wanted += [f"missing{n}" for n in range(700)]
-        read = await self.store.markRead("bob", 1, messageIds=wanted)
-        self.assertEqual(len(read), 600)
+        read = await self.store.markRead("bob", 1, "alice", messageIds=wanted)
+        self.assertEqual(len(read), MAX_READ_MESSAGES)
         self.assertEqual([m.seq for m in read], sorted(m.seq for m in read))
+        rest = await self.store.markRead("bob", 2, "alice", messageIds=wanted)
+        self.assertEqual(len(rest), 1199 - MAX_READ_MESSAGES)
+        self.assertTrue(rest[0].seq > read[-1].seq)
+        self.assertEqual(rest[-1].id, "1198")
+        self.assertEqual(await self.store.markRead("bob", 3, "alice", messageIds=wanted), [])
 
     async def test_markReadNeedsATarget(self) -> None:
         """
-        C{markRead} with neither form complete fails with L{ValueError}.
+        C{markRead} with neither C{upToSeq} nor C{messageIds} fails with
+        L{ValueError}.
         """
-        await self.assertFailure(
-            self.store.markRead("bob", 1, friendId="alice"), ValueError
-        )
-        await self.assertFailure(self.store.markRead("bob", 1), ValueError)
+        await self.assertFailure(self.store.markRead("bob", 1, "alice"), ValueError)
 
     async def test_ping(self) -> None:
         """
@@ -957,16 +965,17 @@ class SQLMessageStoreTestsMixin(MessageStoreTestsMixin):
         )
         stored = await self.storeAll(newMessage("1"), newMessage("2"), newMessage("3"))
         await self.store.markDelivered([stored[0].seq])
-        await self.store.markRead("bob", 42, messageIds=["2"])
+        await self.store.markRead("bob", 42, "alice", messageIds=["2"])
         record = FileRecord("f" * 32, "alice", "bob", "a.pdf", "application/pdf", 3, 9)
         await self.store.recordFile(record)
         store = await self.reopen()
         self.assertEqual(store.database.schemaApplied, [])
         page = await store.history("alice", "bob", None, 10, None, None)
         self.assertEqual(
-            [(m.id, m.delivered, m.readAt) for m in page.messages],
-            [("1", True, None), ("2", True, 42), ("3", False, None)],
+            [(m.id, m.delivered) for m in page.messages],
+            [("1", True), ("2", True), ("3", False)],
         )
+        self.assertEqual(await store.readCursors(directConversation("alice", "bob")), {"bob": stored[1].seq})
         self.assertEqual(await store.fileRecord("f" * 32), record)
         outcome = await store.storeMessage(newMessage("4"))
         self.assertTrue(outcome.message.seq > stored[2].seq)
@@ -1133,6 +1142,83 @@ class SQLiteMessageStoreTests(SQLiteStores, SQLMessageStoreTestsMixin, TestCase)
         page = await self.store.history("alice", "bob", "deal", 10, None, None)
         self.assertEqual([m.id for m in page.messages], ["2"])
 
+
+    async def test_upgradeReadFlagsToCursors(self) -> None:
+        """
+        A database of schema version 11, with 1:1 read state as a C{read_at}
+        per message, gets version 12 on the next start: each reader's
+        highest read seq in each conversation becomes its read cursor, the
+        two per-message read indexes are gone, and reading goes on from
+        the cursor.
+        """
+        import sqlite3
+
+        path = self.mktemp()
+        with sqlite3.connect(path) as old:
+            for version, name, sql in schemaFiles()[:11]:
+                for statement in splitStatements(sql):
+                    old.execute(statement)
+            old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+            old.executemany("INSERT INTO schema_version VALUES (?, ?)", [(v, n) for v, n, _ in schemaFiles()[:11]])
+            insert = (
+                "INSERT INTO messages (message_id, from_id, from_name, to_id, conversation, type,"
+                " content, server_timestamp, delivered, read_at) VALUES (?, ?, 'X', ?, ?, 'text', 'hi', 1, 1, ?)"
+            )
+            ab, ac = conversationKey("alice", "bob"), conversationKey("alice", "carol")
+            old.execute(insert, ("1", "alice", "bob", ab, 5))
+            old.execute(insert, ("2", "alice", "bob", ab, 6))
+            old.execute(insert, ("3", "alice", "bob", ab, None))
+            old.execute(insert, ("4", "bob", "alice", ab, None))
+            old.execute(insert, ("5", "carol", "alice", ac, 7))
+            old.execute(insert, ("6", "alice", "", groupConversation("g1"), 1))
+        old.close()
+        store = SQLiteMessageStore(path, reactor)
+        await store.open()
+        self.addCleanup(store.close)
+        self.assertEqual(store.database.schemaApplied, [v for v, _, _ in schemaFiles()[11:]])
+        self.assertEqual(await store.readCursors(ab), {"bob": 2})
+        self.assertEqual(await store.readCursors(ac), {"alice": 5})
+        self.assertEqual(ids(await store.markRead("bob", 9, "alice", upToSeq=10)), ["3"])
+
+        def indexes_txn(txn: Transaction) -> dict[str, str]:
+            txn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'")
+            return {str(row[0]): str(row[1]) for row in txn.fetchall()}
+
+        indexes = await store.database.runInteraction("test", indexes_txn)
+        self.assertNotIn("messages_unread_from", indexes)
+        self.assertNotIn("messages_recipient_message_id", indexes)
+        self.assertIn("WHERE to_id = ''", indexes["messages_shared_message_id"])
+
+    async def test_readUsesIndexes(self) -> None:
+        """
+        What C{markRead} and C{findSharedMessages} ask is served by an
+        index: the sender's ids, the conversation's seqs, the shared
+        messages' ids; never a scan of the table.
+        """
+
+        def plan_txn(txn: Transaction, sql: str, args: Sequence[Any]) -> str:
+            txn.execute("EXPLAIN QUERY PLAN " + sql, args)
+            return " | ".join(str(row[-1]) for row in txn.fetchall())
+
+        key = conversationKey("alice", "bob")
+        plans = {
+            "messages_sender_message_id": (
+                "SELECT seq FROM messages WHERE from_id = ? AND message_id IN (?, ?) AND to_id = ?",
+                ("alice", "1", "2", "bob"),
+            ),
+            "messages_conversation_seq": (
+                "SELECT seq FROM messages WHERE conversation = ? AND seq > ? AND seq <= ? AND to_id = ?"
+                " ORDER BY seq LIMIT ?",
+                (key, 1, 10, "bob", 5),
+            ),
+            "messages_shared_message_id": (
+                "SELECT seq FROM messages WHERE to_id = '' AND message_id = ? ORDER BY seq LIMIT 100",
+                ("1",),
+            ),
+        }
+        for index, (sql, args) in plans.items():
+            plan = await self.store.database.runInteraction("test", plan_txn, sql, args)
+            self.assertIn(index, plan)
 
     async def test_upgradeKeysFromNUL(self) -> None:
         """

@@ -1,7 +1,7 @@
 """
 Tests for L{IConversationStore} (groups, members, read cursors, rooms) and
 the methods L{IMessageStore} gained with them (C{conversationHistory},
-C{findMessage}, C{findSharedMessages}, C{findReceived}, C{recall}): one
+C{findMessage}, C{findSharedMessages}, C{recall}): one
 mixin of semantics run against every implementation, as in
 L{tests.test_storage}: the memory fake and SQLite in a temporary file. A
 PostgreSQL engine gets the same tests by adding one more subclass with its
@@ -549,16 +549,6 @@ class ConversationStoreTestsMixin:
         await self.storeAll(message("alice", id="other", groupId="g1"))
         self.assertEqual(await self.store.findSharedMessages("same"), [first, second])
         self.assertEqual(await self.store.findSharedMessages("nope"), [])
-
-    async def test_findReceived(self) -> None:
-        """
-        C{findReceived}: the 1:1 messages to a user with an id, from any
-        sender; never a group message or a message to someone else.
-        """
-        fromAlice, fromBob = await self.storeAll(message("alice", id="m", toId="dave"), message("bob", id="m", toId="dave"))
-        await self.storeAll(message("carol", id="m", toId="erin"), message("carol", id="m2", groupId="g1"))
-        self.assertEqual(await self.store.findReceived("dave", "m"), [fromAlice, fromBob])
-        self.assertEqual(await self.store.findReceived("dave", "m2"), [])
 
     async def test_recall(self) -> None:
         """

@@ -29,6 +29,7 @@ from crm_im.storage import (
     PostgresMessageStore,
     RoomRecord,
     SQLiteMessageStore,
+    directConversation,
     groupConversation,
 )
 from crm_im.storage.admin import AuditEntry, BanRecord, SeenUser, SQLAdminStore
@@ -83,7 +84,7 @@ class CopyTests(TestCase):
         for n in range(messages):
             await store.storeMessage(message(f"m{n}", clientTimestamp=1701234567890.123 if n % 2 else n))
         await store.markDelivered([1, 2, 3])
-        await store.markRead("bob", 5000, messageIds=["m0", "m1"])
+        await store.markRead("bob", 5000, "alice", messageIds=["m1"])
         group = GroupRecord("g1", "Deals", None, "alice", "alice", "c1", 1000)
         members = [MemberRecord("alice", OWNER, 1000), MemberRecord("bob", MEMBER, 1000)]
         system = message("s1", toId=None, type="system", content="", system={"action": "create", "by": "alice"})
@@ -130,6 +131,9 @@ class CopyTests(TestCase):
         self.assertEqual(await pg.group("g1"), await lite.group("g1"))
         self.assertEqual(await pg.groupSummaries("bob"), await lite.groupSummaries("bob"))
         self.assertEqual(await pg.readCursors(groupConversation("g1")), await lite.readCursors(groupConversation("g1")))
+        self.assertEqual(
+            await pg.readCursors(directConversation("alice", "bob")), await lite.readCursors(directConversation("alice", "bob"))
+        )
         self.assertEqual(await pg.room("r1"), await lite.room("r1"))
         self.assertEqual(await pg.fileRecord("f" * 32), await lite.fileRecord("f" * 32))
         self.assertEqual(await pg.loadPush(), await lite.loadPush())

@@ -589,16 +589,16 @@ class Messaging:
             if moved:
                 self.router.toUsers((userId,), "message:read", payload, caller.device)
             return payload
+        friendId = request.friendId
+        assert friendId is not None
         newlyRead: list[StoredMessage] = await self.timed(
-            self.store.markRead(userId, now, friendId=request.friendId, upToSeq=request.upToSeq, messageIds=request.messageIds),
+            self.store.markRead(userId, now, friendId, upToSeq=request.upToSeq, messageIds=request.messageIds),
             "read",
         )
-        bySender: dict[str, list[str]] = {}
-        for stored in newlyRead:
-            bySender.setdefault(stored.fromId, []).append(stored.id)
-        for senderId, ids in bySender.items():
-            self.router.toUsers((senderId,), "message:read", {"readerId": userId, "messageIds": ids, "timestamp": now})
-        return {"readerId": userId, "messageIds": [m.id for m in newlyRead], "timestamp": now}
+        ids = [m.id for m in newlyRead]
+        if ids:
+            self.router.toUsers((friendId,), "message:read", {"readerId": userId, "messageIds": ids, "timestamp": now})
+        return {"readerId": userId, "messageIds": ids, "timestamp": now}
 
     def typing(self, caller: Caller, data: Any) -> Any:
         """
@@ -675,11 +675,13 @@ class Messaging:
             if message.recalledBy is not None or rules.mayRecall(message, caller.userId, role, now, window):
                 return message, role
             refusal = IMError(FORBIDDEN, f"messages can be recalled within {window:g} s of sending", request.messageId)
-        if refusal is None and request.groupId is None and request.roomId is None:
+        if refusal is None and request.toId is not None:
             # The recipient of a 1:1 message sees it, but only its sender
-            # may recall it.
-            received = await self.store.findReceived(caller.userId, request.messageId)
-            if any(request.toId is None or m.fromId == request.toId for m in received):
+            # may recall it. (Named by its sender and id: that is how the
+            # store finds a message; without toId there is no sender to
+            # look under, and NOT_FOUND follows.)
+            received = await self.store.findMessage(request.toId, request.messageId)
+            if received is not None and received.toId == caller.userId:
                 refusal = IMError(FORBIDDEN, "only its sender may recall a 1:1 message")
         if refusal is not None:
             refusal.id = request.messageId

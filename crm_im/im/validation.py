@@ -460,8 +460,8 @@ def history(data: Any) -> HistoryRequest:
 @attrs.frozen
 class ReadRequest:
     """
-    A valid C{message:read}: either C{friendId} and C{upToSeq}, or
-    C{messageIds}.
+    A valid C{message:read}: C{friendId} with C{upToSeq} or with
+    C{messageIds} (a 1:1 conversation), or C{groupId} with C{upToSeq}.
     """
 
     friendId: str | None
@@ -479,13 +479,17 @@ def read(data: Any) -> ReadRequest:
     if ids is not None:
         if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_READ_IDS:
             raise _invalid(f"messageIds must be a list of 1..{MAX_READ_IDS} ids")
-        return ReadRequest(None, None, tuple(clientId(i, "messageIds[]") for i in ids))
+        if data.get("friendId") is None:
+            # Read state is a cursor per conversation, and a message is
+            # found by its sender and id: the ids name the friend's messages.
+            raise _invalid("message:read {messageIds} needs the friendId who sent them")
+        return ReadRequest(userId(data["friendId"], "friendId"), None, tuple(clientId(i, "messageIds[]") for i in ids))
     if data.get("groupId") is not None:
         if data.get("friendId") is not None or data.get("upToSeq") is None:
             raise _invalid("message:read expects {groupId, upToSeq}")
         return ReadRequest(None, sequenceNumber(data["upToSeq"], "upToSeq"), None, clientId(data["groupId"], "groupId"))
     if data.get("friendId") is None or data.get("upToSeq") is None:
-        raise _invalid("message:read expects {friendId, upToSeq}, {groupId, upToSeq} or {messageIds}")
+        raise _invalid("message:read expects {friendId, upToSeq}, {friendId, messageIds} or {groupId, upToSeq}")
     return ReadRequest(userId(data["friendId"], "friendId"), sequenceNumber(data["upToSeq"], "upToSeq"), None)
 
 

@@ -429,9 +429,10 @@ def messagesById_txn(txn: Transaction, messageId: str) -> list[StoredMessage]:
     """
     See L{IAdminStore.messagesById}.
     """
-    # messages_sender_message_id (from_id, message_id) cannot serve this;
-    # messages_recipient_message_id (to_id, message_id) can, per recipient
-    # kind, but an admin recall is rare enough for a scan.
+    # messages_sender_message_id (from_id, message_id) cannot serve this
+    # without the sender, and the 1:1 messages have no index by id alone
+    # (schema 012: it cost every insert a page); an admin recall is rare
+    # enough for a scan.
     txn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE message_id = ? ORDER BY seq", (messageId,))
     return [_messageFromRow(row, txn.cipher) for row in txn.fetchall()]
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import attrs
 from twisted.internet.defer import Deferred
 
+from .cursors import lastSeq_txn, readSeq_txn, setReadSeq_txn
 from .database import Transaction, chunks, placeholders
 from .interface import (
     GROUP_PREFIX,
@@ -47,12 +48,6 @@ def _storeSystem_txn(txn: Transaction, system: NewMessage) -> StoredMessage:
     return storeMessage_txn(txn, system).message
 
 
-def _lastSeq_txn(txn: Transaction, conversation: str) -> int:
-    txn.execute("SELECT MAX(seq) FROM messages WHERE conversation = ?", (conversation,))
-    row = txn.fetchone()
-    return 0 if row is None or row[0] is None else int(row[0])
-
-
 def groupState_txn(txn: Transaction, groupId: str) -> GroupState | None:
     """
     A group that is not dissolved, with its current and former members.
@@ -73,7 +68,7 @@ def groupState_txn(txn: Transaction, groupId: str) -> GroupState | None:
             members[userId] = MemberRecord(userId, role, joinedAt, ordinal)
         else:
             former.add(userId)
-    return GroupState(group, members, frozenset(former), _lastSeq_txn(txn, GROUP_PREFIX + groupId))
+    return GroupState(group, members, frozenset(former), lastSeq_txn(txn, GROUP_PREFIX + groupId))
 
 
 def createGroup_txn(
@@ -137,7 +132,7 @@ def changeGroup_txn(txn: Transaction, change: GroupChange) -> StoredMessage | No
         )
     if change.add:
         conversation = groupConversation(groupId)
-        lastSeq = _lastSeq_txn(txn, conversation)
+        lastSeq = lastSeq_txn(txn, conversation)
         txn.execute("SELECT COALESCE(MAX(ordinal), 0) FROM group_members WHERE group_id = ?", (groupId,))
         row = txn.fetchone()
         ordinal = int(row[0]) if row is not None else 0
@@ -150,7 +145,7 @@ def changeGroup_txn(txn: Transaction, change: GroupChange) -> StoredMessage | No
                 (groupId, member.userId, member.role, member.joinedAt, ordinal),
             )
             # A new member's unread count starts at their arrival.
-            _setCursor_txn(txn, conversation, member.userId, lastSeq)
+            setReadSeq_txn(txn, conversation, member.userId, lastSeq)
     for chunk in chunks(list(change.remove)):
         txn.execute(
             f"UPDATE group_members SET left_at = ? WHERE group_id = ? AND user_id IN ({placeholders(len(chunk))})",
@@ -199,11 +194,7 @@ def groupSummaries_txn(txn: Transaction, userId: str) -> list[GroupSummary]:
         txn.execute("SELECT COUNT(*) FROM group_members WHERE group_id = ? AND left_at IS NULL", (group.id,))
         row = txn.fetchone()
         memberCount = int(row[0]) if row is not None else 0
-        txn.execute(
-            "SELECT read_seq FROM read_cursors WHERE conversation = ? AND user_id = ?", (conversation, userId)
-        )
-        row = txn.fetchone()
-        readSeq = int(row[0]) if row is not None else 0
+        readSeq = readSeq_txn(txn, conversation, userId)
         txn.execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation = ? ORDER BY seq DESC LIMIT 1",
             (conversation,),
@@ -233,25 +224,15 @@ def readCursors_txn(txn: Transaction, conversation: str) -> dict[str, int]:
     return {userId: int(seq) for userId, seq in txn.fetchall()}
 
 
-def _setCursor_txn(txn: Transaction, conversation: str, userId: str, seq: int) -> None:
-    txn.execute(
-        "INSERT INTO read_cursors (conversation, user_id, read_seq) VALUES (?, ?, ?)"
-        " ON CONFLICT (conversation, user_id) DO UPDATE SET read_seq = excluded.read_seq",
-        (conversation, userId, seq),
-    )
-
-
 def moveReadCursor_txn(txn: Transaction, conversation: str, userId: str, upToSeq: int) -> tuple[int, bool]:
     """
     See L{IConversationStore.moveReadCursor}.
     """
-    target = min(upToSeq, _lastSeq_txn(txn, conversation))
-    txn.execute("SELECT read_seq FROM read_cursors WHERE conversation = ? AND user_id = ?", (conversation, userId))
-    row = txn.fetchone()
-    current = int(row[0]) if row is not None else 0
+    target = min(upToSeq, lastSeq_txn(txn, conversation))
+    current = readSeq_txn(txn, conversation, userId)
     if target <= current:
         return current, False
-    _setCursor_txn(txn, conversation, userId, target)
+    setReadSeq_txn(txn, conversation, userId, target)
     return target, True
 
 

@@ -201,8 +201,6 @@ class StoredMessage:
     @ivar delivered: whether a device of the recipient was sent it (or the
         recipient read it); always true for group and room messages, which
         have no offline queue (members catch up from read cursors).
-    @ivar readAt: when the recipient marked it read (ms since the epoch), or
-        L{None}; group and room messages use read cursors instead.
     @ivar recalledBy: who recalled it (its content and file are gone), or
         L{None}.
     @ivar ciphertext: see L{NewMessage.ciphertext} (gone once recalled).
@@ -226,7 +224,6 @@ class StoredMessage:
     clientTimestamp: int | float | None
     serverTimestamp: int
     delivered: bool
-    readAt: int | None
     groupId: str | None = None
     roomId: str | None = None
     system: dict[str, Any] | None = None
@@ -283,7 +280,6 @@ class StoredMessage:
             clientTimestamp=msg.clientTimestamp,
             serverTimestamp=msg.serverTimestamp,
             delivered=shared,
-            readAt=msg.serverTimestamp if shared else None,
             groupId=msg.groupId,
             roomId=msg.roomId,
             system=msg.system,
@@ -353,7 +349,7 @@ class StoreOutcome:
     The result of L{IMessageStore.storeMessage}.
 
     @ivar message: the stored row: the new one, or for a duplicate the one
-        stored earlier, with its current delivered/read state.
+        stored earlier, with its current delivered state.
     @ivar created: C{False} if C{(fromId, id)} was already stored.
     """
 
@@ -481,19 +477,23 @@ class IMessageStore(Interface):
     def markRead(
         readerId: str,
         now: int,
-        friendId: str | None = None,
+        friendId: str,
         upToSeq: int | None = None,
         messageIds: Sequence[str] | None = None,
     ) -> Deferred[list[StoredMessage]]:
         """
-        Mark messages to C{readerId} that are not read yet as read at C{now}
-        (and as delivered): either those from C{friendId} with seq up to
-        C{upToSeq}, or those whose id is in C{messageIds} (from any sender).
+        Move C{readerId}'s read cursor in the conversation with C{friendId}
+        forward (never back, never past its latest message): to C{upToSeq},
+        or to the latest of the messages from C{friendId} whose id is in
+        C{messageIds}. Reading a message reads every earlier one of the
+        conversation. The messages newly covered are marked delivered too.
 
-        @return: the messages newly marked, seq ascending, with C{readAt}
-            set, so that their senders can be told.
-        @raise ValueError: (in the L{Deferred}) if neither form is given
-            completely.
+        @param now: when, for the caller's notices (cursors keep no time).
+        @return: the messages to C{readerId} newly covered, seq ascending
+            (at most a bounded number: the cursor stops at the last), so
+            that their senders can be told.
+        @raise ValueError: (in the L{Deferred}) with neither C{upToSeq} nor
+            C{messageIds}.
         """
 
     def conversationHistory(
@@ -516,12 +516,6 @@ class IMessageStore(Interface):
         """
         The group and room messages whose id is C{messageId} (ids are
         unique per sender only, so there may be several).
-        """
-
-    def findReceived(toId: str, messageId: str) -> Deferred[list[StoredMessage]]:
-        """
-        The 1:1 messages to C{toId} whose id is C{messageId} (from any
-        sender).
         """
 
     def recall(seq: int, by: str, now: int) -> Deferred[StoredMessage | None]:

@@ -26,6 +26,7 @@ from .interface import (
     directConversation,
 )
 from .memoryconversations import MemoryConversationStore
+from .messages import MAX_READ_MESSAGES
 from .keys import IKeyStore
 from .memorykeys import MemoryKeyStore
 from .memorypush import MemoryPushStore
@@ -173,7 +174,7 @@ class MemoryMessageStore(MemoryConversationStore, MemoryPushStore, MemoryKeyStor
         self,
         readerId: str,
         now: int,
-        friendId: str | None = None,
+        friendId: str,
         upToSeq: int | None = None,
         messageIds: Sequence[str] | None = None,
     ) -> Deferred[list[StoredMessage]]:
@@ -184,27 +185,29 @@ class MemoryMessageStore(MemoryConversationStore, MemoryPushStore, MemoryKeyStor
             self._check("markRead")
         except StoreClosedError:
             return fail()
-        unread = [
+        if messageIds is not None:
+            seqs = [self._bySenderId.get((friendId, messageId)) for messageId in messageIds]
+            upToSeq = max((seq for seq in seqs if seq is not None and self.messages[seq].toId == readerId), default=None)
+            if upToSeq is None:
+                return succeed([])
+        elif upToSeq is None:
+            return fail(ValueError("markRead needs upToSeq or messageIds"))
+        conversation = directConversation(readerId, friendId)
+        cursors = self._cursors.setdefault(conversation, {})
+        current = cursors.get(readerId, 0)
+        found = [
             message
-            for message in self.messages.values()
-            if message.toId == readerId and message.readAt is None
+            for seq, message in self.messages.items()
+            if current < seq <= upToSeq and message.toId == readerId and message.conversation == conversation
         ]
-        if friendId is not None and upToSeq is not None:
-            found = [
-                message
-                for message in unread
-                if message.fromId == friendId and message.seq <= upToSeq
-            ]
-        elif messageIds is not None:
-            ids = set(messageIds)
-            found = [message for message in unread if message.id in ids]
+        if len(found) > MAX_READ_MESSAGES:
+            del found[MAX_READ_MESSAGES:]
+            target = found[-1].seq
         else:
-            return fail(
-                ValueError("markRead needs friendId and upToSeq, or messageIds")
-            )
-        marked = [
-            attrs.evolve(message, readAt=now, delivered=True) for message in found
-        ]
+            target = min(upToSeq, max((m.seq for m in self.messages.values() if m.conversation == conversation), default=0))
+        if target > current:
+            cursors[readerId] = target
+        marked = [attrs.evolve(message, delivered=True) for message in found]
         for message in marked:
             self.messages[message.seq] = message
         return succeed(marked)
@@ -233,12 +236,6 @@ class MemoryMessageStore(MemoryConversationStore, MemoryPushStore, MemoryKeyStor
         See L{IMessageStore.findSharedMessages}.
         """
         return succeed([m for m in self.messages.values() if m.toId is None and m.id == messageId])
-
-    def findReceived(self, toId: str, messageId: str) -> Deferred[list[StoredMessage]]:
-        """
-        See L{IMessageStore.findReceived}.
-        """
-        return succeed([m for m in self.messages.values() if m.toId == toId and m.id == messageId])
 
     def recall(self, seq: int, by: str, now: int) -> Deferred[StoredMessage | None]:
         """

@@ -2,8 +2,10 @@
 """
 Where a message is stored: the message table's SQL, as C{*_txn} functions
 run on the pool thread. One row per message whatever the conversation
-(1:1, group, room); the 1:1 offline queue and read state are flags on the
-row, groups and rooms use read cursors (L{crm_im.storage.conversations}).
+(1:1, group, room). The 1:1 offline queue is a flag on the row (its
+partial index holds only what is still undelivered, so it stays small);
+read state, of 1:1 conversations as of groups and rooms, is a read cursor
+per reader and conversation (L{crm_im.storage.conversations}).
 
 L{writeBatch_txn} is how one group commit (L{crm_im.storage.commit}) runs
 its writes: the messages of the batch in a few multi-row statements, the
@@ -29,6 +31,7 @@ from .interface import (
     directConversation,
 )
 
+from .cursors import lastSeq_txn, readSeq_txn, setReadSeq_txn
 from .outbox import enqueueStored_txn
 
 if TYPE_CHECKING:
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 
 _MESSAGE_COLUMNS = (
     "seq, message_id, from_id, from_name, to_id, topic, type, content,"
-    " file_url, file_name, client_timestamp, server_timestamp, delivered, read_at,"
+    " file_url, file_name, client_timestamp, server_timestamp, delivered,"
     " conversation, system, recalled_by, file_id, file_size, mime_type,"
     " ciphertext, algorithm, key_id"
 )
@@ -78,7 +81,7 @@ def _openRow(row: Sequence[Any], cipher: RecordCipher | None) -> tuple[Any, Any,
             f"message {row[1]!r} is encrypted at rest (key {keyId!r}) and no --encryption-keys file was given"
         )
     identity = identityAAD(row[2], row[1])
-    content, fileUrl, fileName, system = row[7], row[8], row[9], row[15]
+    content, fileUrl, fileName, system = row[7], row[8], row[9], row[14]
     # '' is a recalled message's content, never a sealed one
     if content:
         content = cipher.open(keyId, content, _CONTENT + identity)
@@ -97,19 +100,19 @@ def _messageFromRow(row: Sequence[Any], cipher: RecordCipher | None = None) -> S
     C{cipher} (the transaction's, C{txn.cipher}) if sealed at rest.
     """
     if row[-1] is None:
-        content, fileUrl, fileName, system = row[7], row[8], row[9], row[15]
+        content, fileUrl, fileName, system = row[7], row[8], row[9], row[14]
     else:
         content, fileUrl, fileName, system = _openRow(row, cipher)
     toId = row[4]
     groupId = roomId = None
     if not toId:
         toId = None
-        conversation: str = row[14]
+        conversation: str = row[13]
         if conversation.startswith(GROUP_PREFIX):
             groupId = conversation[len(GROUP_PREFIX) :]
         else:
             roomId = conversation[len(ROOM_PREFIX) :]
-    ciphertext = row[20]
+    ciphertext = row[19]
     return StoredMessage(
         seq=row[0],
         id=row[1],
@@ -124,35 +127,34 @@ def _messageFromRow(row: Sequence[Any], cipher: RecordCipher | None = None) -> S
         clientTimestamp=row[10],
         serverTimestamp=row[11],
         delivered=bool(row[12]),
-        readAt=row[13],
         groupId=groupId,
         roomId=roomId,
         system=None if system is None else orjson.loads(system),
-        recalledBy=row[16],
-        fileId=row[17],
-        fileSize=row[18],
-        mimeType=row[19],
+        recalledBy=row[15],
+        fileId=row[16],
+        fileSize=row[17],
+        mimeType=row[18],
         ciphertext=None if ciphertext is None else orjson.loads(ciphertext),
-        algorithm=row[21],
+        algorithm=row[20],
     )
 
 
 _INSERT_COLUMNS = (
     "INSERT INTO messages (message_id, from_id, from_name, to_id,"
     " conversation, topic, type, content, file_url, file_name,"
-    " client_timestamp, server_timestamp, delivered, read_at, system,"
+    " client_timestamp, server_timestamp, delivered, system,"
     " file_id, file_size, mime_type, ciphertext, algorithm, key_id) VALUES "
 )
-_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _ON_CONFLICT_RETURNING = " ON CONFLICT (from_id, message_id) DO NOTHING RETURNING seq"
 
-#: Rows per multi-row INSERT (21 parameters each; SQLite allows 32766).
+#: Rows per multi-row INSERT (20 parameters each; SQLite allows 32766).
 INSERT_CHUNK = 250
 
 
 def _insertRow(msg: NewMessage, cipher: RecordCipher | None = None) -> tuple[Any, ...]:
-    # Group and room messages are stored delivered and read: they never
-    # enter the 1:1 offline queue or unread indexes (see 004_conversations).
+    # Group and room messages are stored delivered: they never enter the
+    # 1:1 offline queue (see 004_conversations).
     shared = msg.toId is None
     system = None if msg.system is None else orjson.dumps(msg.system).decode()
     content = msg.content
@@ -184,7 +186,6 @@ def _insertRow(msg: NewMessage, cipher: RecordCipher | None = None) -> tuple[Any
         msg.clientTimestamp,
         msg.serverTimestamp,
         1 if shared else 0,
-        msg.serverTimestamp if shared else None,
         system,
         msg.fileId,
         msg.fileSize,
@@ -371,48 +372,65 @@ def markDelivered_txn(txn: Transaction, seqs: Sequence[int]) -> None:
         )
 
 
+#: At most this many messages are newly read by one C{message:read}: the
+#: cursor stops at the last of them, and the client reads on from there.
+MAX_READ_MESSAGES = 1000
+
+
 def markRead_txn(
     txn: Transaction,
     readerId: str,
     now: int,
-    friendId: str | None,
+    friendId: str,
     upToSeq: int | None,
     messageIds: Sequence[str] | None,
 ) -> list[StoredMessage]:
     """
-    Mark unread messages to C{readerId} read (and delivered): from
-    C{friendId} up to C{upToSeq}, or those with an id in C{messageIds}.
+    Move C{readerId}'s read cursor in the conversation with C{friendId} to
+    C{upToSeq}, or to the latest of the messages from C{friendId} whose id
+    is in C{messageIds}, and mark what it newly covers delivered too.
 
-    @return: the messages marked now, seq ascending.
+    A cursor, not a flag per message: reading a message reads every earlier
+    one of the conversation, as in Slack or Matrix, and storing a message
+    costs no unread-index page (schema 012).
+
+    @return: the messages to C{readerId} newly covered, seq ascending (at
+        most L{MAX_READ_MESSAGES}), so that their senders can be told.
     """
-    found: list[StoredMessage] = []
-    if friendId is not None and upToSeq is not None:
-        txn.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-            " WHERE to_id = ? AND from_id = ? AND seq <= ? AND read_at IS NULL"
-            " ORDER BY seq",
-            (readerId, friendId, upToSeq),
-        )
-        found = [_messageFromRow(row, txn.cipher) for row in txn.fetchall()]
-    elif messageIds is not None:
+    conversation = directConversation(readerId, friendId)
+    if messageIds is not None:
+        seqs: list[int] = []
         for chunk in chunks(sorted(set(messageIds))):
             txn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-                f" WHERE to_id = ? AND message_id IN ({placeholders(len(chunk))})"
-                " AND read_at IS NULL",
-                (readerId, *chunk),
+                "SELECT seq FROM messages"
+                f" WHERE from_id = ? AND message_id IN ({placeholders(len(chunk))}) AND to_id = ?",
+                (friendId, *chunk, readerId),
             )
-            found.extend(_messageFromRow(row, txn.cipher) for row in txn.fetchall())
-        found.sort(key=lambda message: message.seq)
+            seqs.extend(int(row[0]) for row in txn.fetchall())
+        if not seqs:
+            return []
+        upToSeq = max(seqs)
+    elif upToSeq is None:
+        raise ValueError("markRead needs upToSeq or messageIds")
+    current = readSeq_txn(txn, conversation, readerId)
+    if upToSeq <= current:
+        return []
+    txn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+        " WHERE conversation = ? AND seq > ? AND seq <= ? AND to_id = ?"
+        " ORDER BY seq LIMIT ?",
+        (conversation, current, upToSeq, readerId, MAX_READ_MESSAGES + 1),
+    )
+    found = [_messageFromRow(row, txn.cipher) for row in txn.fetchall()]
+    if len(found) > MAX_READ_MESSAGES:
+        del found[MAX_READ_MESSAGES:]
+        target = found[-1].seq
     else:
-        raise ValueError("markRead needs friendId and upToSeq, or messageIds")
-    for seqChunk in chunks([message.seq for message in found]):
-        txn.execute(
-            "UPDATE messages SET read_at = ?, delivered = 1"
-            f" WHERE seq IN ({placeholders(len(seqChunk))})",
-            (now, *seqChunk),
-        )
-    return [attrs.evolve(message, readAt=now, delivered=True) for message in found]
+        target = min(upToSeq, lastSeq_txn(txn, conversation))
+    if target > current:
+        setReadSeq_txn(txn, conversation, readerId, target)
+    markDelivered_txn(txn, [message.seq for message in found if not message.delivered])
+    return [message if message.delivered else attrs.evolve(message, delivered=True) for message in found]
 
 
 def pendingFor_txn(txn: Transaction, userId: str, limit: int) -> list[StoredMessage]:
@@ -493,14 +511,13 @@ def findMessage_txn(txn: Transaction, fromId: str, messageId: str) -> StoredMess
     return None if row is None else _messageFromRow(row, txn.cipher)
 
 
-def findReceived_txn(txn: Transaction, toId: str, messageId: str) -> list[StoredMessage]:
+def findShared_txn(txn: Transaction, messageId: str) -> list[StoredMessage]:
     """
-    The messages to C{toId} with id C{messageId}; with C{toId} C{''}, the
-    group and room messages with that id (the recipient index finds both).
+    The group and room messages with id C{messageId}.
     """
     txn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE to_id = ? AND message_id = ? ORDER BY seq LIMIT 100",
-        (toId, messageId),
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE to_id = '' AND message_id = ? ORDER BY seq LIMIT 100",
+        (messageId,),
     )
     return [_messageFromRow(row, txn.cipher) for row in txn.fetchall()]
 

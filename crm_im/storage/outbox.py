@@ -358,7 +358,8 @@ def stillUnread(message: StoredMessage, userId: str, groupCursors: dict[str, int
     if message.recalledBy is not None or message.fromId == userId:
         return False
     if message.toId is not None:
-        return message.toId == userId and not message.delivered and message.readAt is None
+        # (reading a message marks it delivered too)
+        return message.toId == userId and not message.delivered
     if message.groupId is not None:
         cursor = groupCursors.get(message.groupId)
         return cursor is not None and message.seq > cursor

@@ -33,7 +33,7 @@ from .messages import (
     INSERT_CHUNK,
     conversationHistory_txn,
     findMessage_txn,
-    findReceived_txn,
+    findShared_txn,
     history_txn,
     markDelivered_txn,
     markRead_txn,
@@ -78,17 +78,15 @@ class SQLMessageStore(GroupCommit, SQLConversationStore, SQLPushStore, SQLKeySto
         self,
         readerId: str,
         now: int,
-        friendId: str | None = None,
+        friendId: str,
         upToSeq: int | None = None,
         messageIds: Sequence[str] | None = None,
     ) -> Deferred[list[StoredMessage]]:
         """
         See L{IMessageStore.markRead}.
         """
-        if (friendId is None or upToSeq is None) and messageIds is None:
-            return fail(
-                ValueError("markRead needs friendId and upToSeq, or messageIds")
-            )
+        if upToSeq is None and messageIds is None:
+            return fail(ValueError("markRead needs upToSeq or messageIds"))
         ids = None if messageIds is None else list(messageIds)
         return self._write(
             "markRead",
@@ -148,13 +146,7 @@ class SQLMessageStore(GroupCommit, SQLConversationStore, SQLPushStore, SQLKeySto
         """
         See L{IMessageStore.findSharedMessages}.
         """
-        return self._read("findSharedMessages", lambda txn: findReceived_txn(txn, "", messageId))
-
-    def findReceived(self, toId: str, messageId: str) -> Deferred[list[StoredMessage]]:
-        """
-        See L{IMessageStore.findReceived}.
-        """
-        return self._read("findReceived", lambda txn: findReceived_txn(txn, toId, messageId))
+        return self._read("findSharedMessages", lambda txn: findShared_txn(txn, messageId))
 
     def recall(self, seq: int, by: str, now: int) -> Deferred[StoredMessage | None]:
         """

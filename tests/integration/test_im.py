@@ -776,9 +776,11 @@ class IMScenario(DriverTestMixin):
     @inlineCallbacks
     def test_messageRead(self) -> Inline:
         """
-        C{message:read} with C{{friendId, upToSeq}} or C{{messageIds}}
+        C{message:read} with C{{friendId, upToSeq}} or C{{friendId,
+        messageIds}} moves the reader's cursor in the conversation and
         sends C{message:read} C{{readerId, messageIds, timestamp}} to every
-        device of the sender of the messages newly read.
+        device of the friend, naming the messages newly read: reading one
+        reads the earlier ones too, and nothing is read twice.
         """
         driver = yield self.startDriver()
         yield self.login(driver, "a1", "a", "A")
@@ -798,12 +800,16 @@ class IMScenario(DriverTestMixin):
             (read,) = yield driver.waitFor(device, "message:read")
             self.assertEqual(read, {"readerId": "b", "messageIds": ["r0", "r1"],
                                     "timestamp": ack["timestamp"]})
-        yield driver.emit("b", "message:read", {"messageIds": ["r3"]})
+        yield driver.emit("b", "message:read", {"friendId": "a", "messageIds": ["r3"]})
         (read,) = yield driver.waitFor("a1", "message:read")
-        self.assertEqual((read["readerId"], read["messageIds"]), ("b", ["r3"]))
+        self.assertEqual((read["readerId"], read["messageIds"]), ("b", ["r2", "r3"]))
         self.assertIsInstance(read["timestamp"], int)
+        (again,) = yield driver.emit("b", "message:read", {"friendId": "a", "messageIds": ["r1", "r3"]}, ack=True)
+        self.assertEqual(again["messageIds"], [])
         yield self.refused(driver, "b", "message:read", {"friendId": "a"}, "INVALID_PAYLOAD")
         yield self.refused(driver, "b", "message:read", {"messageIds": []}, "INVALID_PAYLOAD")
+        yield self.refused(driver, "b", "message:read", {"messageIds": ["r3"]}, "INVALID_PAYLOAD")
+        self.assertEqual(len(driver.events("a1", "message:read")), 2)
 
     # ---- logout, disconnect, grace
 

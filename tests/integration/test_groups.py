@@ -1151,16 +1151,18 @@ class GroupScenario(Scenario):
     def test_recallDirectByRecipient(self) -> Inline:
         """
         The recipient of a 1:1 message sees it but may not recall it:
-        C{FORBIDDEN} (docs/groups.md: "not allowed -> FORBIDDEN (if the
-        caller can see the message)"), and nothing changes.
+        C{FORBIDDEN} when it names the conversation (C{toId}: the sender;
+        docs/groups.md), C{NOT_FOUND} without (a message is found by its
+        sender and id), and nothing changes.
         """
         driver = yield self.startDriver()
         yield self.login(driver, "a", "a", "Alice")
         yield self.login(driver, "b", "b", "Bob")
         yield self.send(driver, "b", "keep", toId="a", id="r-2")
         yield driver.waitFor("a", "message", predicate=withId("r-2"))
-        error = yield self.refused(driver, "a", "message:recall", {"messageId": "r-2"}, "FORBIDDEN")
+        error = yield self.refused(driver, "a", "message:recall", {"messageId": "r-2", "toId": "b"}, "FORBIDDEN")
         self.assertEqual(error["id"], "r-2")
+        yield self.refused(driver, "a", "message:recall", {"messageId": "r-2"}, "NOT_FOUND")
         (page,) = yield driver.emit("a", "get_history", {"friendId": "b"}, ack=True)
         self.assertEqual([(m["content"], bool(m.get("recalled"))) for m in page["messages"]],
                          [("keep", False)])

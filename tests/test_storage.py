@@ -885,6 +885,7 @@ class SQLMessageStoreTestsMixin(MessageStoreTestsMixin):
         """
         clock = self.storeClock()
         self.store.commitInterval = 0.2
+        self.store.fullIntervalRate = 0  # the whole interval at any rate
         await self.store.storeMessage(newMessage("1"))
         # Out of the commit's callbacks (the store is idle again).
         await self.store.ping()
@@ -899,6 +900,54 @@ class SQLMessageStoreTestsMixin(MessageStoreTestsMixin):
         for write in writes:
             await write
         self.assertEqual(self.store.transactionCount, before + 1)
+
+    async def test_commitIntervalFollowsTheRate(self) -> None:
+        """
+        Below C{fullIntervalRate} the commit interval shrinks with the
+        write rate: writes at a tenth of it each start a transaction at
+        once; at twice it they share transactions C{commitInterval} apart;
+        after a quiet spell a write commits at once again.
+        """
+        clock = self.storeClock()
+        self.store.commitInterval = 0.2
+        self.store.fullIntervalRate = 100.0
+        self.store.rateWindow = 1.0
+        n = 0
+        for _ in range(20):  # 10 writes/s for 2 s
+            before = self.store.transactionCount
+            n += 1
+            write = self.store.storeMessage(newMessage(str(n)))
+            self.assertEqual(self.store.transactionCount, before + 1)
+            await write
+            await self.store.ping()  # out of the commit's callbacks
+            clock.advance(0.1)
+        before = self.store.transactionCount
+        writes = []
+        for _ in range(400):  # 200 writes/s for 2 s
+            n += 1
+            writes.append(self.store.storeMessage(newMessage(str(n))))
+            clock.advance(0.005)
+            await self.store.ping()  # the transaction started, if any, is done
+        # 400 write transactions without the interval, 10 with the whole
+        # of it (the 400 pings are transactions too)
+        self.assertLess(self.store.transactionCount - before - 400, 60)
+        # ... and a write now waits (the last transaction started less
+        # than the whole interval ago), until the interval is over
+        n += 1
+        held = self.store.transactionCount
+        waiting = self.store.storeMessage(newMessage(str(n)))
+        self.assertEqual(self.store.transactionCount, held)
+        clock.advance(0.2)
+        self.assertEqual(self.store.transactionCount, held + 1)
+        clock.advance(3)
+        for write in [*writes, waiting]:
+            await write
+        await self.store.ping()
+        before = self.store.transactionCount
+        n += 1
+        write = self.store.storeMessage(newMessage(str(n)))
+        self.assertEqual(self.store.transactionCount, before + 1)
+        await write
 
     async def test_deliveredMarksDueWaitOnlyForInterval(self) -> None:
         """

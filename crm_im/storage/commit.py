@@ -7,8 +7,10 @@ file record) joins one queue. While a write transaction is in flight, new
 writes wait; when it commits, all the waiting writes (up to
 L{GroupCommit.maxBatch}) go into the next single transaction. An idle store
 thus commits a write at once, and a busy one pays one commit (one fsync)
-for many writes; at least L{GroupCommit.commitInterval} separates the
-starts of two transactions. How a batch runs inside its transaction is the
+for many writes; under load at least L{GroupCommit.commitInterval}
+separates the starts of two transactions, and at lower rates a part of it
+in proportion to the rate (L{GroupCommit.fullIntervalRate}): a commit's
+fixed cost matters where the core is busy, its wait where it is not. How a batch runs inside its transaction is the
 store's (L{GroupCommit.runBatch_txn}): the message store merges its
 messages into multi-row statements and runs every other write in its own
 savepoint, so one failing write fails alone; a failed commit fails the
@@ -27,6 +29,7 @@ were drawn across nodes (L{GroupCommit._lockedBatch_txn}).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence, TypeVar
 
 import attrs
@@ -80,6 +83,17 @@ class GroupCommit:
     #: bench at 4,000 msg/s: 0.87 of a core at 2 ms, 0.68 at 10 ms (see
     #: bench/README.md). A lone write after a quiet spell does not wait.
     commitInterval = 0.010
+    #: writes per second (averaged over L{rateWindow}) from which the whole
+    #: L{commitInterval} applies; below it the interval shrinks in
+    #: proportion, so that a lightly loaded store commits almost every
+    #: write at once (latency) and a busy one shares commits (CPU). The
+    #: relay bench on one core: at 500 msg/s a commit per message costs
+    #: ~0.15 of a core more than the 10 ms interval and takes p50 from ~10
+    #: to ~2 ms; at 4,000 msg/s and more the core is full and every
+    #: commit shared counts (bench/README). 0: always the whole interval.
+    fullIntervalRate = 4000.0
+    #: seconds over which the write rate is averaged
+    rateWindow = 1.0
 
     def __init__(self, database: Database) -> None:
         """
@@ -96,6 +110,10 @@ class GroupCommit:
         # The lazy delay of the waiting delivered marks is over.
         self._marksDue = False
         self._lastCommitStart = float("-inf")
+        # Writes other than delivered marks since the last transaction
+        # started, and their average rate (per second).
+        self._arrivals = 0
+        self._rate = 0.0
         self._inFlight = False
         self._drainWaiters: list[Deferred[None]] = []
         self._closeResult: object = _PENDING
@@ -172,8 +190,30 @@ class GroupCommit:
         self._queue.append(Write(desc, func, d, atomic, seqs, message))
         if seqs is None:
             self._urgent += 1
+            self._arrivals += 1
         self._flush()
         return d
+
+    def _interval(self) -> float:
+        """
+        Seconds at least between two transactions' starts, at the current
+        write rate.
+        """
+        if self.fullIntervalRate <= 0 or self._rate >= self.fullIntervalRate:
+            return self.commitInterval
+        return self.commitInterval * self._rate / self.fullIntervalRate
+
+    def _observeRate(self, now: float) -> None:
+        """
+        Fold the writes since the last transaction started into the average
+        rate (an exponential average over L{rateWindow}).
+        """
+        elapsed = now - self._lastCommitStart
+        arrivals, self._arrivals = self._arrivals, 0
+        if elapsed <= 0:
+            return
+        weight = 1.0 - math.exp(-elapsed / self.rateWindow)
+        self._rate += (arrivals / elapsed - self._rate) * weight
 
     def _flush(self) -> None:
         """
@@ -196,11 +236,12 @@ class GroupCommit:
             return
         clock = self.database.clock
         now = clock.seconds()
-        wait = self._lastCommitStart + self.commitInterval - now
+        wait = self._lastCommitStart + self._interval() - now
         if wait > 0:
             if self._intervalCall is None:
                 self._intervalCall = clock.callLater(wait, self._intervalFlush)
             return
+        self._observeRate(now)
         self._lastCommitStart = now
         self._marksDue = False
         if self._lazyCall is not None:

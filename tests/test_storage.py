@@ -958,6 +958,7 @@ class SQLMessageStoreTestsMixin(MessageStoreTestsMixin):
         clock = self.storeClock()
         self.store.lazyDelay = 0.01
         self.store.commitInterval = 0.05
+        self.store.fullIntervalRate = 0  # the whole interval at any rate
         stored = await self.store.storeMessage(newMessage("1"))
         marked = self.store.markDelivered([stored.message.seq])
         # A read queued behind the commit: when it answers, the commit's

@@ -123,7 +123,9 @@ class LocalRouter:
         devicesOf = self._presence.devicesOf
         sockets = self._sockets
         frames = None
-        special = self.offsets or self._holding
+        # (only stored messages' events get an offset or are held: every
+        # other event, presence above all, takes the plain write)
+        special = (self.offsets or self._holding) and event in OFFSET_EVENTS
         offsetFrames = None
         count = 0
         for userId in userIds:
@@ -159,7 +161,7 @@ class LocalRouter:
         """
         sockets = self._sockets
         frames = None
-        special = self.offsets or self._holding
+        special = (self.offsets or self._holding) and event in OFFSET_EVENTS
         offsetFrames = None
         count = 0
         for sid in deviceIds:

@@ -339,7 +339,9 @@ class PushNodeTests(PushScenario, TestCase):
         got = yield self.driver.waitFor("carol", "message", predicate=lambda args: args[0]["content"] == f"round 7 #{len(users) + 1}")
         self.assertTrue(got)
         self.assertEqual(len(self.driver.events("carol", "message")), 16)
-        # the gateway took at most the concurrency, and answered none
+        # the gateway took the concurrency (once each user's coalescing
+        # window is over), no more, and answered none
+        yield self.gateway.waitFor(lambda received: len(received) >= 4, 20, reactor)
         self.assertEqual(len(self.gateway.received), 4)
         self.assertEqual([r.code for r in self.gateway.received], [None] * 4)
         samples = yield self.metrics()

@@ -6,6 +6,7 @@ commit, durability across reopen, schema versions, pragmas).
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import uuid
 from pathlib import Path
@@ -47,6 +48,23 @@ from crm_im.storage.database import (
     schemaFiles,
     splitStatements,
 )
+
+
+def sqliteAtVersion(path: str, version: int) -> sqlite3.Connection:
+    """
+    An SQLite file at C{path} made by the schema files up to C{version},
+    recorded as applied, as a release of that version left it (to test the
+    upgrades after it); the connection is open, in a transaction that its
+    C{with} block commits.
+    """
+    old = sqlite3.connect(path)
+    files = [entry for entry in schemaFiles() if entry[0] <= version]
+    for _, _, sql in files:
+        for statement in splitStatements(sql):
+            old.execute(statement)
+    old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+    old.executemany("INSERT INTO schema_version VALUES (?, ?)", [(v, n) for v, n, _ in files])
+    return old
 
 
 def newMessage(
@@ -1090,15 +1108,8 @@ class SQLiteMessageStoreTests(SQLiteStores, SQLMessageStoreTestsMixin, TestCase)
         A database made by version 2 of the schema gets version 3 on the
         next start: the topic index becomes partial and its messages stay.
         """
-        import sqlite3
-
         path = self.mktemp()
-        with sqlite3.connect(path) as old:
-            for version, name, sql in schemaFiles()[:2]:
-                for statement in splitStatements(sql):
-                    old.execute(statement)
-            old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
-            old.executemany("INSERT INTO schema_version VALUES (?, ?)", [(1, "messages"), (2, "files")])
+        with sqliteAtVersion(path, 2) as old:
             old.execute(
                 "INSERT INTO messages (message_id, from_id, from_name, to_id, conversation, topic, type,"
                 " content, server_timestamp) VALUES ('1', 'alice', 'A', 'bob', ?, 'deal', 'text', 'hi', 1)",
@@ -1197,15 +1208,8 @@ class SQLiteMessageStoreTests(SQLiteStores, SQLMessageStoreTestsMixin, TestCase)
         two per-message read indexes are gone, and reading goes on from
         the cursor.
         """
-        import sqlite3
-
         path = self.mktemp()
-        with sqlite3.connect(path) as old:
-            for version, name, sql in schemaFiles()[:11]:
-                for statement in splitStatements(sql):
-                    old.execute(statement)
-            old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
-            old.executemany("INSERT INTO schema_version VALUES (?, ?)", [(v, n) for v, n, _ in schemaFiles()[:11]])
+        with sqliteAtVersion(path, 11) as old:
             insert = (
                 "INSERT INTO messages (message_id, from_id, from_name, to_id, conversation, type,"
                 " content, server_timestamp, delivered, read_at) VALUES (?, ?, 'X', ?, ?, 'text', 'hi', 1, 1, ?)"
@@ -1273,21 +1277,12 @@ class SQLiteMessageStoreTests(SQLiteStores, SQLMessageStoreTestsMixin, TestCase)
         each kind, read cursors, file records) is joined with U+001F, and
         history, groups and cursors read as before.
         """
-        import sqlite3
-
         path = self.mktemp()
         nul = "\x00"
         direct = "alice" + nul + "bob"
         group = nul + "g" + nul + "g1"
         room = nul + "r" + nul + "r1"
-        with sqlite3.connect(path) as old:
-            for version, name, sql in schemaFiles()[:7]:
-                for statement in splitStatements(sql):
-                    old.execute(statement)
-            old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
-            old.executemany(
-                "INSERT INTO schema_version VALUES (?, ?)", [(v, n) for v, n, _ in schemaFiles()[:7]]
-            )
+        with sqliteAtVersion(path, 7) as old:
             insert = (
                 "INSERT INTO messages (message_id, from_id, from_name, to_id, conversation, type,"
                 " content, server_timestamp, delivered) VALUES (?, 'alice', 'A', ?, ?, 'text', ?, 1, ?)"

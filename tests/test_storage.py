@@ -642,14 +642,14 @@ class MessageStoreTestsMixin:
             newMessage("4", fromId="bob", toId="alice"),
             newMessage("5"),
         )
-        read = await self.store.markRead("bob", 5000, "alice", upToSeq=stored[3].seq)
+        read = await self.store.markRead("bob", "alice", upToSeq=stored[3].seq)
         self.assertEqual(ids(read), ["1", "3"])
         self.assertTrue(all(m.delivered for m in read))
         conversation = directConversation("alice", "bob")
         self.assertEqual(await self.store.readCursors(conversation), {"bob": stored[3].seq})
-        again = await self.store.markRead("bob", 6000, "alice", upToSeq=stored[4].seq)
+        again = await self.store.markRead("bob", "alice", upToSeq=stored[4].seq)
         self.assertEqual(ids(again), ["5"])
-        self.assertEqual(await self.store.markRead("bob", 6000, "alice", upToSeq=stored[4].seq), [])
+        self.assertEqual(await self.store.markRead("bob", "alice", upToSeq=stored[4].seq), [])
         self.assertEqual(ids(await self.store.pendingFor("bob", 10)), ["2"])
 
     async def test_markReadNotPastTheEnd(self) -> None:
@@ -658,9 +658,9 @@ class MessageStoreTestsMixin:
         C{upToSeq} from the future does not read messages sent later.
         """
         await self.storeAll(newMessage("1"))
-        self.assertEqual(ids(await self.store.markRead("bob", 1, "alice", upToSeq=10**12)), ["1"])
+        self.assertEqual(ids(await self.store.markRead("bob", "alice", upToSeq=10**12)), ["1"])
         later = await self.storeAll(newMessage("2"))
-        self.assertEqual(ids(await self.store.markRead("bob", 2, "alice", upToSeq=later[0].seq)), ["2"])
+        self.assertEqual(ids(await self.store.markRead("bob", "alice", upToSeq=later[0].seq)), ["2"])
 
     async def test_markReadMessageIds(self) -> None:
         """
@@ -676,14 +676,14 @@ class MessageStoreTestsMixin:
             newMessage("1", fromId="bob", toId="alice"),
             newMessage("4"),
         )
-        self.assertEqual(await self.store.markRead("bob", 7000, "alice", messageIds=["2", "nope"]), [])
-        read = await self.store.markRead("bob", 7000, "alice", messageIds=["3", "nope"])
+        self.assertEqual(await self.store.markRead("bob", "alice", messageIds=["2", "nope"]), [])
+        read = await self.store.markRead("bob", "alice", messageIds=["3", "nope"])
         self.assertEqual([(m.fromId, m.id) for m in read], [("alice", "1"), ("alice", "3")])
-        self.assertEqual(await self.store.markRead("bob", 8000, "alice", messageIds=["1"]), [])
+        self.assertEqual(await self.store.markRead("bob", "alice", messageIds=["1"]), [])
         conversation = directConversation("alice", "bob")
         self.assertEqual(await self.store.readCursors(conversation), {"bob": stored[2].seq})
-        self.assertEqual([m.id for m in await self.store.markRead("alice", 8000, "bob", messageIds=["1"])], ["1"])
-        self.assertEqual([m.id for m in await self.store.markRead("bob", 8000, "carol", messageIds=["2"])], ["2"])
+        self.assertEqual([m.id for m in await self.store.markRead("alice", "bob", messageIds=["1"])], ["1"])
+        self.assertEqual([m.id for m in await self.store.markRead("bob", "carol", messageIds=["2"])], ["2"])
         self.assertEqual(
             await self.store.readCursors(conversation), {"bob": stored[2].seq, "alice": stored[3].seq}
         )
@@ -697,21 +697,21 @@ class MessageStoreTestsMixin:
         await gatherResults([self.store.storeMessage(newMessage(str(n))) for n in range(1200)])
         wanted = [str(n) for n in range(0, 1200, 2)]
         wanted += [f"missing{n}" for n in range(700)]
-        read = await self.store.markRead("bob", 1, "alice", messageIds=wanted)
+        read = await self.store.markRead("bob", "alice", messageIds=wanted)
         self.assertEqual(len(read), MAX_READ_MESSAGES)
         self.assertEqual([m.seq for m in read], sorted(m.seq for m in read))
-        rest = await self.store.markRead("bob", 2, "alice", messageIds=wanted)
+        rest = await self.store.markRead("bob", "alice", messageIds=wanted)
         self.assertEqual(len(rest), 1199 - MAX_READ_MESSAGES)
         self.assertTrue(rest[0].seq > read[-1].seq)
         self.assertEqual(rest[-1].id, "1198")
-        self.assertEqual(await self.store.markRead("bob", 3, "alice", messageIds=wanted), [])
+        self.assertEqual(await self.store.markRead("bob", "alice", messageIds=wanted), [])
 
     async def test_markReadNeedsATarget(self) -> None:
         """
         C{markRead} with neither C{upToSeq} nor C{messageIds} fails with
         L{ValueError}.
         """
-        await self.assertFailure(self.store.markRead("bob", 1, "alice"), ValueError)
+        await self.assertFailure(self.store.markRead("bob", "alice"), ValueError)
 
     async def test_ping(self) -> None:
         """
@@ -1029,7 +1029,7 @@ class SQLMessageStoreTestsMixin(MessageStoreTestsMixin):
         )
         stored = await self.storeAll(newMessage("1"), newMessage("2"), newMessage("3"))
         await self.store.markDelivered([stored[0].seq])
-        await self.store.markRead("bob", 42, "alice", messageIds=["2"])
+        await self.store.markRead("bob", "alice", messageIds=["2"])
         record = FileRecord("f" * 32, "alice", "bob", "a.pdf", "application/pdf", 3, 9)
         await self.store.recordFile(record)
         store = await self.reopen()
@@ -1228,7 +1228,7 @@ class SQLiteMessageStoreTests(SQLiteStores, SQLMessageStoreTestsMixin, TestCase)
         self.assertEqual(store.database.schemaApplied, [v for v, _, _ in schemaFiles()[11:]])
         self.assertEqual(await store.readCursors(ab), {"bob": 2})
         self.assertEqual(await store.readCursors(ac), {"alice": 5})
-        self.assertEqual(ids(await store.markRead("bob", 9, "alice", upToSeq=10)), ["3"])
+        self.assertEqual(ids(await store.markRead("bob", "alice", upToSeq=10)), ["3"])
 
         def indexes_txn(txn: Transaction) -> dict[str, str]:
             txn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'")

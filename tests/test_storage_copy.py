@@ -84,7 +84,7 @@ class CopyTests(TestCase):
         for n in range(messages):
             await store.storeMessage(message(f"m{n}", clientTimestamp=1701234567890.123 if n % 2 else n))
         await store.markDelivered([1, 2, 3])
-        await store.markRead("bob", 5000, "alice", messageIds=["m1"])
+        await store.markRead("bob", "alice", messageIds=["m1"])
         group = GroupRecord("g1", "Deals", None, "alice", "alice", "c1", 1000)
         members = [MemberRecord("alice", OWNER, 1000), MemberRecord("bob", MEMBER, 1000)]
         system = message("s1", toId=None, type="system", content="", system={"action": "create", "by": "alice"})

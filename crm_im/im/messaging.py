@@ -592,7 +592,7 @@ class Messaging:
         friendId = request.friendId
         assert friendId is not None
         newlyRead: list[StoredMessage] = await self.timed(
-            self.store.markRead(userId, now, friendId, upToSeq=request.upToSeq, messageIds=request.messageIds),
+            self.store.markRead(userId, friendId, upToSeq=request.upToSeq, messageIds=request.messageIds),
             "read",
         )
         ids = [m.id for m in newlyRead]

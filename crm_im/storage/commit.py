@@ -10,8 +10,9 @@ thus commits a write at once, and a busy one pays one commit (one fsync)
 for many writes; under load at least L{GroupCommit.commitInterval}
 separates the starts of two transactions, and at lower rates a part of it
 in proportion to the rate (L{GroupCommit.fullIntervalRate}): a commit's
-fixed cost matters where the core is busy, its wait where it is not. How a batch runs inside its transaction is the
-store's (L{GroupCommit.runBatch_txn}): the message store merges its
+fixed cost matters where the core is busy, its wait where it is not. How a
+batch runs inside its transaction is the store's
+(L{GroupCommit.runBatch_txn}): the message store merges its
 messages into multi-row statements and runs every other write in its own
 savepoint, so one failing write fails alone; a failed commit fails the
 whole batch. A write's L{Deferred} fires only after its transaction

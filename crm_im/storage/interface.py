@@ -476,7 +476,6 @@ class IMessageStore(Interface):
 
     def markRead(
         readerId: str,
-        now: int,
         friendId: str,
         upToSeq: int | None = None,
         messageIds: Sequence[str] | None = None,
@@ -488,7 +487,6 @@ class IMessageStore(Interface):
         C{messageIds}. Reading a message reads every earlier one of the
         conversation. The messages newly covered are marked delivered too.
 
-        @param now: when, for the caller's notices (cursors keep no time).
         @return: the messages to C{readerId} newly covered, seq ascending
             (at most a bounded number: the cursor stops at the last), so
             that their senders can be told.

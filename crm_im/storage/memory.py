@@ -173,7 +173,6 @@ class MemoryMessageStore(MemoryConversationStore, MemoryPushStore, MemoryKeyStor
     def markRead(
         self,
         readerId: str,
-        now: int,
         friendId: str,
         upToSeq: int | None = None,
         messageIds: Sequence[str] | None = None,

@@ -5,7 +5,7 @@ run on the pool thread. One row per message whatever the conversation
 (1:1, group, room). The 1:1 offline queue is a flag on the row (its
 partial index holds only what is still undelivered, so it stays small);
 read state, of 1:1 conversations as of groups and rooms, is a read cursor
-per reader and conversation (L{crm_im.storage.conversations}).
+per reader and conversation (L{crm_im.storage.cursors}).
 
 L{writeBatch_txn} is how one group commit (L{crm_im.storage.commit}) runs
 its writes: the messages of the batch in a few multi-row statements, the
@@ -380,7 +380,6 @@ MAX_READ_MESSAGES = 1000
 def markRead_txn(
     txn: Transaction,
     readerId: str,
-    now: int,
     friendId: str,
     upToSeq: int | None,
     messageIds: Sequence[str] | None,

@@ -77,7 +77,6 @@ class SQLMessageStore(GroupCommit, SQLConversationStore, SQLPushStore, SQLKeySto
     def markRead(
         self,
         readerId: str,
-        now: int,
         friendId: str,
         upToSeq: int | None = None,
         messageIds: Sequence[str] | None = None,
@@ -90,7 +89,7 @@ class SQLMessageStore(GroupCommit, SQLConversationStore, SQLPushStore, SQLKeySto
         ids = None if messageIds is None else list(messageIds)
         return self._write(
             "markRead",
-            lambda txn: markRead_txn(txn, readerId, now, friendId, upToSeq, ids),
+            lambda txn: markRead_txn(txn, readerId, friendId, upToSeq, ids),
         )
 
     def recordFile(self, record: FileRecord) -> Deferred[None]:

@@ -192,49 +192,42 @@ def _replyTimers(clock: IReactorTime, received: Callable[[], float]) -> Callable
     return callLater
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _LinkProtocol(txredisapi.BaseRedisProtocol):
+    """
+    What both of a link's connections share: reply timers that take a
+    second look (L{_SecondLook}), fed with when bytes last came from Redis,
+    and loss reported to the link.
+    """
+
+    def __init__(self, link: "RedisLink") -> None:
+        super().__init__(charset=None, replyTimeout=link.replyTimeout, convertNumbers=False)
+        self.callLater = _replyTimers(link.clock, lambda: self.lastReceived)
+        self.link = link
+        #: when bytes last came from Redis (see L{_SecondLook})
+        self.lastReceived = -1.0
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> Any:
+        self.lastReceived = self.link.clock.seconds()
+        return super().dataReceived(data, unpause)
+
+    def connectionLost(self, why: Failure) -> None:
+        super().connectionLost(why)
+        self.link._lost(self, why)
+
+
+class _Subscriber(_LinkProtocol, txredisapi.SubscriberProtocol):
     """
     txredisapi's subscriber, reporting messages and loss to the link.
     """
 
-    def __init__(self, link: "RedisLink") -> None:
-        super().__init__(charset=None, replyTimeout=link.replyTimeout, convertNumbers=False)
-        self.callLater = _replyTimers(link.clock, lambda: self.lastReceived)
-        self.link = link
-        #: when bytes last came from Redis (see L{_SecondLook})
-        self.lastReceived = -1.0
-
-    def dataReceived(self, data: bytes, unpause: bool = False) -> Any:
-        self.lastReceived = self.link.clock.seconds()
-        return super().dataReceived(data, unpause)
-
     def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
         self.link._message(channel, message, pattern)
 
-    def connectionLost(self, why: Failure) -> None:
-        super().connectionLost(why)
-        self.link._lost(self, why)
 
-
-class _Commands(txredisapi.RedisProtocol):
+class _Commands(_LinkProtocol):
     """
     txredisapi's command protocol, reporting loss to the link.
     """
-
-    def __init__(self, link: "RedisLink") -> None:
-        super().__init__(charset=None, replyTimeout=link.replyTimeout, convertNumbers=False)
-        self.callLater = _replyTimers(link.clock, lambda: self.lastReceived)
-        self.link = link
-        #: when bytes last came from Redis (see L{_SecondLook})
-        self.lastReceived = -1.0
-
-    def dataReceived(self, data: bytes, unpause: bool = False) -> Any:
-        self.lastReceived = self.link.clock.seconds()
-        return super().dataReceived(data, unpause)
-
-    def connectionLost(self, why: Failure) -> None:
-        super().connectionLost(why)
-        self.link._lost(self, why)
 
 
 OnMessage = Callable[[bytes, bytes, "bytes | None"], object]

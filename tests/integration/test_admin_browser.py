@@ -37,6 +37,7 @@ from twisted.web.static import File
 
 from tests.integration.test_admin_api import TOKEN
 from tests.integration.test_im import serveIM
+from tests.support.apps import ConnectionTracker
 from tests.support.browser import Browser, startBrowser
 from tests.support.clients import NODE_MODULES, ClientDriver, DriverTestMixin
 
@@ -60,7 +61,13 @@ class BrowserCase(DriverTestMixin, TestCase):
         and the driver.
         """
         self.browser: Browser = yield startBrowser(self, reactor)
+        # The browser's keep-alive connections outlive the server's stop:
+        # dropped (and waited for) after it, before the browser closes.
+        connections = ConnectionTracker()
+        self.addCleanup(lambda: connections.dropAll(reactor))
         self.service, self.url = yield serveIM(self, **self.serverSettings)
+        for port in self.service.ports:
+            connections.track(port.factory)
         self.driver: ClientDriver = yield self.startDriver()
 
     @inlineCallbacks
@@ -267,7 +274,12 @@ class AdminUITests(BrowserCase):
         """
         if not ADMIN_UI_DIST.exists():
             self.fail(f"{ADMIN_UI_DIST} is missing: run `npm ci --prefix tests/interop`")
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(File(str(ADMIN_UI_DIST))))
+        site = Site(File(str(ADMIN_UI_DIST)))
+        connections = ConnectionTracker()
+        connections.track(site)
+        # (cleanups run last first: the port closes, then its connections)
+        self.addCleanup(lambda: connections.dropAll(reactor))
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.addCleanup(port.stopListening)
         self.uiURL = f"http://127.0.0.1:{port.getHost().port}"
         self.serverSettings = {"adminToken": TOKEN, "adminUI": True, "corsOrigins": (self.uiURL,)}

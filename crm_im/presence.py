@@ -136,6 +136,10 @@ class Presence:
         self.userLeft = userLeft
         self._users: dict[str, UserPresence] = {}
         self._userOfDevice: dict[str, UserPresence] = {}
+        # When each device logged in, as a count of logins (see
+        # loginSerial).
+        self._serialOfDevice: dict[str, int] = {}
+        self._lastSerial = 0
         self._wheel = DeadlineWheel(clock, self._graceEnded)
 
     def start(self) -> None:
@@ -177,6 +181,31 @@ class Presence:
         """
         return iter(self._userOfDevice)
 
+    def deviceCount(self) -> int:
+        """
+        How many devices L{allDevices} gives.
+        """
+        return len(self._userOfDevice)
+
+    def loginSerial(self, sid: str) -> int:
+        """
+        When device C{sid} logged in: a number that grows with every login
+        of a device not logged in before (0 for a device not logged in).
+
+        Why: an announcement to everyone that waits for the end of the
+        reactor turn (L{crm_im.routing.local.LocalRouter.toEveryone}) goes
+        to the devices logged in when it was made, which are those whose
+        serial is not past L{lastLoginSerial} then.
+        """
+        return self._serialOfDevice.get(sid, 0)
+
+    @property
+    def lastLoginSerial(self) -> int:
+        """
+        The L{loginSerial} of the latest login.
+        """
+        return self._lastSerial
+
     def onlineUsers(self) -> list[dict[str, object]]:
         """
         The contract's online list: every user not invisible.
@@ -215,6 +244,9 @@ class Presence:
                 user.leaving = False
                 self._wheel.cancel(userId)
         user.devices.add(sid)
+        if self._userOfDevice.get(sid) is not user:
+            self._lastSerial += 1
+            self._serialOfDevice[sid] = self._lastSerial
         self._userOfDevice[sid] = user
         return Login(user, first)
 
@@ -230,6 +262,7 @@ class Presence:
         user = self._userOfDevice.pop(sid, None)
         if user is None:
             return None
+        del self._serialOfDevice[sid]
         user.devices.discard(sid)
         if user.devices:
             return Logout(user, False, user.visible)

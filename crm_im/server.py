@@ -197,7 +197,7 @@ class CRMIMService(StagedService):
         if self.cluster is not None:
             self.metrics.registry.register(self.cluster.collector())
         namespace = self.sio.namespace("/")
-        local = LocalRouter(namespace.sockets, self.presence)
+        local = LocalRouter(namespace.sockets, self.presence, reactor)
         local.disconnector = lambda sid: self.sio.disconnect(sid, closeConnection=True)
         self.router: LocalRouter | RedisRouter = (
             local if self.cluster is None else self.cluster.makeRouter(local, namespace.sockets)

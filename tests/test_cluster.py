@@ -243,7 +243,7 @@ class RouterTests(TestCase):
         presence.remoteLogin("D", "d1", DeviceRecord("z", "Z", None, "online"))
         sent: list[tuple[str, bytes]] = []
         router = RedisRouter(
-            LocalRouter(sockets, presence), presence, sockets, lambda n, m: sent.append((n, m)), ConversationOrder(Clock())
+            LocalRouter(sockets, presence, Clock()), presence, sockets, lambda n, m: sent.append((n, m)), ConversationOrder(Clock())
         )
         count = router.toUsers(["x", "y"], "message", {"k": 1})
         self.assertEqual(count, 4)

@@ -189,7 +189,7 @@ class SettingsTests(SynchronousTestCase):
         self.assertIn("crm_im_cluster_forwarded", families)
         self.assertIn("crm_im_cluster_spliced", families)
         self.assertEqual(families["crm_im_cluster_splices"].samples[0].value, 0)
-        router = service.makeRouter(LocalRouter({}, service.presence), {})
+        router = service.makeRouter(LocalRouter({}, service.presence, Clock()), {})
         router.order.admit(MessageOrder("g:1", 10, 9, 0), lambda: None)
         families = {family.name: family for family in service.collector().collect()}
         self.assertEqual(families["crm_im_cluster_order_held"].samples[0].value, 1)
@@ -277,7 +277,7 @@ class _Node:
         )
         self.cluster = ClusterService(reactor, settings)
         self.namespace = _Namespace()
-        local = LocalRouter(self.namespace.sockets, self.cluster.presence)
+        local = LocalRouter(self.namespace.sockets, self.cluster.presence, reactor)
         router = self.cluster.makeRouter(local, self.namespace.sockets)
         self.core = IMCore(
             store, None, self.cluster.presence, router, reactor,  # type: ignore[arg-type]
@@ -470,10 +470,10 @@ class RouterWireTests(SynchronousTestCase):
             b.login("bob", sid, "Bob", None)
             a.remoteLogin("B", sid, DeviceRecord("bob", "Bob", None, "online"))
         routerA = RedisRouter(
-            LocalRouter({}, a), a, {}, lambda node, message: sent.append((node, message)), ConversationOrder(clock)
+            LocalRouter({}, a, clock), a, {}, lambda node, message: sent.append((node, message)), ConversationOrder(clock)
         )
         routerB = RedisRouter(
-            LocalRouter(socketsB, b), b, socketsB, lambda node, message: None, ConversationOrder(clock)  # type: ignore[arg-type]
+            LocalRouter(socketsB, b, clock), b, socketsB, lambda node, message: None, ConversationOrder(clock)  # type: ignore[arg-type]
         )
         return routerA, (routerB, sent), socketsB
 

@@ -73,7 +73,7 @@ class MessageAdmissionTests(SynchronousTestCase):
         self.gate = ReadGate(high=1, low=0)
         self.sio = SocketIOServer(self.clock)
         sockets = self.sio.namespace("/").sockets
-        self.core = IMCore(self.store, None, self.presence, LocalRouter(sockets, self.presence), self.clock)  # type: ignore[arg-type]
+        self.core = IMCore(self.store, None, self.presence, LocalRouter(sockets, self.presence, self.clock), self.clock)  # type: ignore[arg-type]
         self.app = SocketIOGateway(self.sio, self.core, self.clock, gate=self.gate)
         self.socket = RecordingSocket("sid-a")
         self.socket.session = SessionStub()  # type: ignore[attr-defined]

@@ -49,7 +49,7 @@ class OfflineAnnouncementTests(SynchronousTestCase):
         self.clock = Clock()
         self.sio = SocketIOServer(self.clock)
         self.presence = Presence(self.clock)
-        router = LocalRouter(self.sio.namespace("/").sockets, self.presence)
+        router = LocalRouter(self.sio.namespace("/").sockets, self.presence, self.clock)
         self.core = IMCore(MemoryMessageStore(), None, self.presence, router, self.clock)  # type: ignore[arg-type]
         self.app = SocketIOGateway(self.sio, self.core, self.clock)
         self.sockets: dict[str, RecordingSocket] = {}

@@ -44,7 +44,7 @@ class IMRecoveryTests(SynchronousTestCase):
         self.presence = Presence(self.clock)
         sockets = self.sio.namespace("/").sockets
         self.core = IMCore(
-            self.store, None, self.presence, LocalRouter(sockets, self.presence), self.clock  # type: ignore[arg-type]
+            self.store, None, self.presence, LocalRouter(sockets, self.presence, self.clock), self.clock  # type: ignore[arg-type]
         )
         self.gateway = SocketIOGateway(self.sio, self.core, self.clock)
 
@@ -183,7 +183,7 @@ class IMRecoveryTests(SynchronousTestCase):
         self.presence = Presence(self.clock)
         sockets = self.sio.namespace("/").sockets
         self.core = IMCore(
-            self.store, None, self.presence, LocalRouter(sockets, self.presence), self.clock  # type: ignore[arg-type]
+            self.store, None, self.presence, LocalRouter(sockets, self.presence, self.clock), self.clock  # type: ignore[arg-type]
         )
         self.gateway = SocketIOGateway(self.sio, self.core, self.clock)
         client = Client(self.sio)
@@ -257,7 +257,7 @@ class StoreRecoveryTests(IMRecoveryTests):
         self.sio = SocketIOServer(self.clock, engine, config=SocketIOConfig(recoveryWindow=WINDOW))
         self.presence = Presence(self.clock)
         sockets = self.sio.namespace("/").sockets
-        self.router = LocalRouter(sockets, self.presence)
+        self.router = LocalRouter(sockets, self.presence, self.clock)
         self.core = IMCore(self.store, None, self.presence, self.router, self.clock)  # type: ignore[arg-type]
         self.gateway = SocketIOGateway(self.sio, self.core, self.clock)
         recovery = enableRecovery(self.sio, self.core.sessions, self.router, self.recoveryStore, self.clock)

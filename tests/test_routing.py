@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from crm_im._json import loads
-from crm_im.engineio.packet import Frame
+from crm_im.engineio.packet import Frame, FrameBatch
 from crm_im.im.interfaces import IRouter
 from crm_im.presence import Presence
 from crm_im.routing import local
@@ -41,7 +41,27 @@ class RecordingSocket:
         """
         The events sent, decoded.
         """
-        return [tuple(loads(frame.data[2:])) for frames in self.sent for frame in frames]  # type: ignore[misc]
+        return [
+            tuple(loads(part.data[2:]))  # type: ignore[misc]
+            for frames in self.sent
+            for frame in frames
+            for part in (frame.parts if isinstance(frame, FrameBatch) else (frame,))
+        ]
+
+    def writes(self) -> list[list[str]]:
+        """
+        The events of each write, in order (a batch is one write).
+        """
+        return [
+            [
+                bytes(part.data)
+                if part.binary
+                else loads(part.data[part.data.index(b"[") :])[0]
+                for frame in frames
+                for part in (frame.parts if isinstance(frame, FrameBatch) else (frame,))
+            ]
+            for frames in self.sent
+        ]
 
 
 class LocalRouterTests(SynchronousTestCase):
@@ -55,14 +75,15 @@ class LocalRouterTests(SynchronousTestCase):
         """
         Log the users in and count the encodings.
         """
-        self.presence = Presence(Clock())
+        self.clock = Clock()
+        self.presence = Presence(self.clock)
         self.sockets: dict[str, Any] = {}
         for userId, sids in (("alice", ("a1", "a2")), ("bob", ("b1",)), ("carol", ("c1",))):
             for sid in sids:
                 self.sockets[sid] = RecordingSocket(sid)
                 self.presence.login(userId, sid, userId.title(), None)
         self.sockets["x1"] = RecordingSocket("x1")
-        self.router = LocalRouter(self.sockets, self.presence)
+        self.router = LocalRouter(self.sockets, self.presence, self.clock)
         self.encoded: list[tuple[str, Any]] = []
         realEncode = local.encodeEvent
 
@@ -200,8 +221,93 @@ class LocalRouterTests(SynchronousTestCase):
         count = self.router.toEveryone("status_change", {"userId": "bob"}, exceptDevice="b1")
         self.assertEqual(count, 3)
         self.assertEqual(len(self.encoded), 1)
+        self.clock.advance(0)
         self.assertSharedFrames(["a1", "a2", "c1"])
-        self.assertNotIn("x1", self.received())
+        self.assertEqual(set(self.received()), {"a1", "a2", "c1"})
+
+    def test_announcementsWaitForTheTurnsEnd(self) -> None:
+        """
+        Announcements to everyone go out at the end of the reactor turn,
+        all of the turn's in one write per device, in the order they were
+        made, each device's own left out; the batch is built once for the
+        devices that get the same.
+        """
+        self.router.toEveryone("status_change", {"n": 1}, exceptDevice="b1")
+        self.router.toEveryone("status_change", {"n": 2})
+        self.router.toEveryone("system:notice", {"n": 3}, exceptDevice="a1")
+        self.assertEqual(self.received(), {})
+        self.clock.advance(0)
+        self.assertEqual(
+            {sid: socket.writes() for sid, socket in self.sockets.items()},
+            {
+                "a1": [["status_change", "status_change"]],
+                "a2": [["status_change", "status_change", "system:notice"]],
+                "b1": [["status_change", "system:notice"]],
+                "c1": [["status_change", "status_change", "system:notice"]],
+                "x1": [],
+            },
+        )
+        self.assertIs(self.sockets["a2"].sent[0], self.sockets["c1"].sent[0])
+        self.assertEqual(self.sockets["a1"].events(), [("status_change", {"n": 1}), ("status_change", {"n": 2})])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(0)
+        self.assertEqual([len(socket.sent) for socket in self.sockets.values()], [1, 1, 1, 1, 0])
+
+    def test_announcementsToThoseLoggedInThen(self) -> None:
+        """
+        An announcement goes to the devices logged in when it was made: a
+        device that logs in later in the turn gets only those made after,
+        and its replies go at once, before the others are told anything.
+        """
+        self.router.toEveryone("status_change", {"n": 1})
+        self.sockets["d1"] = RecordingSocket("d1")
+        self.presence.login("dave", "d1", "Dave", None)
+        self.router.toDevices(["d1"], "online_users", [])
+        self.assertEqual(self.received(), {"d1": [("online_users", [])]})
+        self.router.toEveryone("status_change", {"n": 2}, exceptDevice="d1")
+        self.router.toEveryone("status_change", {"n": 3})
+        self.clock.advance(0)
+        self.assertEqual(self.sockets["d1"].events(), [("online_users", []), ("status_change", {"n": 3})])
+        self.assertEqual([n["n"] for _, n in self.sockets["b1"].events()], [1, 2, 3])
+
+    def test_announcementGoesFirst(self) -> None:
+        """
+        An event routed to a device that has an announcement waiting sends
+        the waiting announcements first, so that nothing overtakes them;
+        the end of the turn has nothing left to do.
+        """
+        self.router.toEveryone("status_change", {"userId": "carol"}, exceptDevice="c1")
+        self.router.toUsers(["bob"], "message", {"from": "carol"})
+        self.assertEqual(self.sockets["b1"].writes(), [["status_change"], ["message"]])
+        self.assertEqual(self.sockets["a1"].writes(), [["status_change"]])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.router.toEveryone("status_change", {"userId": "dave"})
+        self.router.toDevices(["c1"], "typing", {})
+        self.router.toEveryone("status_change", {"userId": "erin"})
+        self.router.toConnected("server:shutdown", {})
+        self.assertEqual(
+            self.sockets["c1"].writes(), [["status_change"], ["typing"], ["status_change"], ["server:shutdown"]]
+        )
+
+    def test_announcementMissesThoseGone(self) -> None:
+        """
+        A device logged out before the end of the turn is not written to.
+        """
+        self.router.toEveryone("status_change", {"userId": "carol"})
+        self.presence.logout("b1")
+        self.clock.advance(0)
+        self.assertNotIn("b1", self.received())
+        self.assertEqual(set(self.received()), {"a1", "a2", "c1"})
+
+    def test_binaryAnnouncementAtOnce(self) -> None:
+        """
+        An announcement with binary attachments is not batched: it goes at
+        once, after those waiting.
+        """
+        self.router.toEveryone("status_change", {"n": 1})
+        self.router.toEveryone("system:notice", {"data": b"\x00"})
+        self.assertEqual(self.sockets["c1"].writes(), [["status_change"], ["system:notice", b"\x00"]])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_toConnected(self) -> None:
         """
@@ -215,7 +321,7 @@ class LocalRouterTests(SynchronousTestCase):
         """
         Events are encoded for the router's namespace.
         """
-        router = LocalRouter(self.sockets, self.presence, "/chat")
+        router = LocalRouter(self.sockets, self.presence, self.clock, "/chat")
         router.toDevices(["c1"], "typing", {})
         (frames,) = self.sockets["c1"].sent
         self.assertTrue(bytes(frames[0].data).startswith(b"42/chat,"), frames[0].data)

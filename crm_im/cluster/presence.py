@@ -149,6 +149,12 @@ class ClusterPresence(Presence):
         """
         return iter(list(self._byNode[self.nodeId]))
 
+    def deviceCount(self) -> int:
+        """
+        How many devices L{allDevices} gives: this node's.
+        """
+        return len(self._byNode[self.nodeId])
+
     def devicesOf(self, userId: str) -> set[str]:
         """
         The devices of C{userId} on every reachable node.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import binascii
 from base64 import b64decode, b64encode
-from typing import Iterator
+from typing import Iterator, Sequence
 
 OPEN = 0
 CLOSE = 1
@@ -69,6 +69,48 @@ class Frame:
 
     def __len__(self) -> int:
         return len(self.data)
+
+
+class FrameBatch(Frame):
+    """
+    Several text packets sent together, in order: what a reactor turn's
+    announcements to everyone come to for one session.
+
+    Why: a login storm makes each login an announcement to every logged-in
+    device; sent one by one, a turn of K logins costs K writes per device,
+    batched one. Over WebSocket the batch is written at once, each packet
+    its own WebSocket message (the glue joins their frames, once for all
+    the sessions it goes to); a session that queues instead (long-polling,
+    paused, upgrading) queues the packets one by one, as if sent apart.
+
+    @ivar parts: the packets.
+    """
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: Sequence[Frame]) -> None:
+        """
+        @raise ValueError: if a part is binary or a batch itself.
+        """
+        super().__init__(b"")
+        for part in parts:
+            if part.binary or isinstance(part, FrameBatch):
+                raise ValueError("a batch holds text packets only")
+        self.parts = tuple(parts)
+
+    def __repr__(self) -> str:
+        return f"FrameBatch({list(self.parts)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FrameBatch):
+            return NotImplemented
+        return self.parts == other.parts
+
+    def __hash__(self) -> int:
+        return hash(self.parts)
+
+    def __len__(self) -> int:
+        return sum(len(part.data) for part in self.parts)
 
 
 def textFrame(packetType: int, data: bytes = b"") -> Frame:

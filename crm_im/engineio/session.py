@@ -159,6 +159,12 @@ class EngineIOSession:
         if channel is not None and not self._paused and not self._queue:
             channel.writeFrame(frame)
             return
+        if type(frame) is packet.FrameBatch:
+            for part in frame.parts:
+                self._enqueue(part)
+                if self.state is not OPEN:
+                    return
+            return
         self._enqueue(frame)
 
     def sendMany(self, frames: Iterable[Frame]) -> None:

@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from . import packet
 from .interfaces import IWebSocketChannel
-from .packet import Frame
+from .packet import Frame, FrameBatch
 from .server import EngineIOError, EngineIOServer
 from .session import EngineIOSession
 from .turnwriter import TurnWriter
@@ -103,6 +103,17 @@ _SHARED_DEFAULTS.update(
 _SHARED_DEFAULTS.update({"send_state": 0, "autoPingPendingSeq": 0, "data": b"", "websocket_version": 13})
 
 _MISSING = object()
+
+
+def preparedFrames(frame: Frame) -> bytes:
+    """
+    What L{EngineIOWebSocketProtocol.writeFrame} writes for C{frame}: its
+    WebSocket frame, or for a L{FrameBatch} the frames of its packets
+    joined (each packet its own WebSocket message, as if written apart).
+    """
+    if type(frame) is FrameBatch:
+        return b"".join(part.prepared or preparedFrames(part) for part in frame.parts)
+    return webSocketFrame(frame.data, frame.binary)
 
 #: The events Autobahn's protocol lets listeners register for.
 _EVENTS = ("message",)
@@ -415,7 +426,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
                 # Not cached: the frame may go to v4 clients too.
                 data = webSocketFrame(b"\x04" + frame.data, True)
             elif data is None:
-                data = frame.prepared = webSocketFrame(frame.data, frame.binary)
+                data = frame.prepared = preparedFrames(frame)
             if self.send_queue:
                 self.sendData(data)
             else:

@@ -3,15 +3,24 @@
 L{LocalRouter}: where delivery fans out, in one process. An event is
 encoded once, lazily (not at all if nobody is there), and its frames are
 written to each recipient socket; a recipient that went away is skipped.
+
+Announcements to everyone (presence changes, system notices) wait for the
+end of the reactor turn and go out together, one write per device for all
+of the turn's: in a login storm a turn handles tens of logins, each to be
+told to every device. Each still reaches exactly the devices logged in
+when it was made, and nothing routed to a device overtakes one meant for
+it (see L{LocalRouter.toEveryone}).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any, Iterable, Protocol, Sequence
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
-from ..engineio.packet import Frame
+from ..engineio.packet import Frame, FrameBatch
 from ..im.interfaces import IRouter
 from ..presence import Presence
 from ..socketio.packet import encodeEvent
@@ -51,14 +60,20 @@ class LocalRouter:
     Fan-out to the sockets of one Socket.IO namespace.
     """
 
-    def __init__(self, sockets: dict[str, Any], presence: Presence, namespace: str = "/") -> None:
+    def __init__(self, sockets: dict[str, Any], presence: Presence, clock: IReactorTime, namespace: str = "/") -> None:
         """
         @param sockets: the namespace's live table of sockets by sid.
         @param presence: which devices each user has.
+        @param clock: schedules the end of the turn's announcements.
         """
         self._sockets = sockets
         self._presence = presence
+        self._clock = clock
         self._namespace = namespace
+        # This turn's announcements to everyone, in order: the frame, the
+        # device left out, and the last login serial when it was made.
+        self._announcements: list[tuple[Frame, str | None, int]] = []
+        self._announcing: IDelayedCall | None = None
         self.disconnector: Any = None
         #: Connection state recovery is on: a stored message's event
         #: (L{OFFSET_EVENTS}) is followed by its offset, C{"m<seq>"}
@@ -120,6 +135,7 @@ class LocalRouter:
         See L{IRouter.toUsers} (C{order} is not needed: in one
         process, messages are delivered in the order they were stored).
         """
+        self.announce()
         devicesOf = self._presence.devicesOf
         sockets = self._sockets
         frames = None
@@ -159,6 +175,10 @@ class LocalRouter:
         """
         See L{IRouter.toDevices}.
         """
+        if self._announcements:
+            deviceIds = list(deviceIds)
+            if self._announcedTo(deviceIds):
+                self.announce()
         sockets = self._sockets
         frames = None
         special = (self.offsets or self._holding) and event in OFFSET_EVENTS
@@ -183,14 +203,86 @@ class LocalRouter:
 
     def toEveryone(self, event: str, payload: Any, exceptDevice: str | None = None) -> int:
         """
-        See L{IRouter.toEveryone}.
+        See L{IRouter.toEveryone}: to the devices logged in now, at the end
+        of this reactor turn (L{announce}), unless something else is routed
+        to one of them first.
+
+        @return: how many devices it goes to.
         """
-        return self.toDevices(list(self._presence.allDevices()), event, payload, exceptDevice)
+        presence = self._presence
+        frames = self._encode(event, payload)
+        if len(frames) != 1 or frames[0].binary:
+            # (binary attachments: sent now, after what waits)
+            self.announce()
+            return self.toDevices(list(presence.allDevices()), event, payload, exceptDevice)
+        if not self._announcements:
+            self._announcing = self._clock.callLater(0, self.announce)
+        self._announcements.append((frames[0], exceptDevice, presence.lastLoginSerial))
+        return presence.deviceCount() - (exceptDevice is not None and presence.loginSerial(exceptDevice) > 0)
+
+    def _announcedTo(self, deviceIds: list[str]) -> bool:
+        """
+        Whether an announcement waiting for the end of the turn is for one
+        of C{deviceIds} (which then must get it first). A device that
+        logged in after the last of them gets none (a device logging in
+        gets its replies while the others' logins of the turn wait).
+        """
+        last = self._announcements[-1][2]
+        serialOf = self._presence.loginSerial
+        for sid in deviceIds:
+            if 0 < serialOf(sid) <= last:
+                return True
+        return False
+
+    def announce(self) -> None:
+        """
+        Send the announcements to everyone made so far in this turn: to
+        each logged-in device, in one write, those made since it logged
+        in, but its own.
+        """
+        if not self._announcements:
+            return
+        pending, self._announcements = self._announcements, []
+        call, self._announcing = self._announcing, None
+        if call is not None and call.active():
+            call.cancel()
+        frames = [frame for frame, _, _ in pending]
+        serials = [serial for _, _, serial in pending]
+        leftOut: dict[str, list[int]] = {}
+        for index, (_, device, _) in enumerate(pending):
+            if device is not None:
+                leftOut.setdefault(device, []).append(index)
+        everything: list[Frame] = [FrameBatch(frames) if len(frames) > 1 else frames[0]]
+        first = serials[0]
+        batches: dict[tuple[int, tuple[int, ...]], list[Frame]] = {}
+        serialOf = self._presence.loginSerial
+        sockets = self._sockets
+        # A copy: a write may close its session at once (its outgoing
+        # buffer full), which logs the device out.
+        for sid in list(self._presence.allDevices()):
+            socket = sockets.get(sid)
+            if socket is None:
+                continue
+            serial = serialOf(sid)
+            if serial <= first and sid not in leftOut:
+                socket.sendFrames(everything)
+                continue
+            # the first one made since it logged in, and its own
+            start = bisect_left(serials, serial)
+            skipped = tuple(index for index in leftOut.get(sid, ()) if index >= start)
+            key = (start, skipped)
+            batch = batches.get(key)
+            if batch is None:
+                parts = [frames[index] for index in range(start, len(frames)) if index not in skipped]
+                batch = batches[key] = [FrameBatch(parts) if len(parts) > 1 else parts[0]] if parts else []
+            if batch:
+                socket.sendFrames(batch)
 
     def toConnected(self, event: str, payload: Any) -> None:
         """
         See L{IRouter.toConnected}.
         """
+        self.announce()
         self.toDevices(list(self._sockets), event, payload)
 
     def disconnect(self, device: str) -> None:

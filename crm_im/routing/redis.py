@@ -240,7 +240,7 @@ class RedisRouter:
         """
         See L{IRouter.toEveryone}: every node once.
         """
-        count = self.local.toDevices(list(self.presence.localDevices()), event, payload, exceptDevice)
+        count = self.local.toEveryone(event, payload, exceptDevice)
         if self.presence.peersReachable:
             body = None
             for node in self.presence.nodes():
@@ -310,6 +310,8 @@ class RedisRouter:
             sids = list(self.presence.localDevices())
         else:
             raise ValueError(f"unknown node message kind {kind!r}")
+        # (after the announcements waiting for the end of the turn)
+        self.local.announce()
         count = 0
         for sid in sids:
             if sid == exceptDevice:
@@ -340,6 +342,9 @@ class RedisRouter:
         elif kind == TO_DEVICES:
             sids = list(targets)
         elif kind == TO_EVERYONE:
+            if order is None:
+                # (batched with this turn's other announcements)
+                return local.toEveryone(event, payload, exceptDevice)
             sids = list(self.presence.localDevices())
         else:
             raise ValueError(f"unknown node message kind {kind!r}")

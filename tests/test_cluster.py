@@ -226,6 +226,17 @@ class PresenceTests(TestCase):
         self.assertEqual(self.presence.devicesOf("u"), {"a1"})
         self.assertEqual(list(self.presence.allDevices()), ["a1"])
 
+    def test_deviceCountLocal(self) -> None:
+        """
+        The device count is of this node's devices, those L{allDevices}
+        gives, whatever other nodes hold.
+        """
+        self.presence.login("u", "a1", "U", None)
+        self.presence.remoteLogin("B", "b1", DeviceRecord("u", "U", None, "online"))
+        self.presence.remoteLogin("B", "b2", DeviceRecord("v", "V", None, "online"))
+        self.assertEqual(self.presence.deviceCount(), 1)
+        self.assertEqual(len(list(self.presence.allDevices())), self.presence.deviceCount())
+
 
 class RouterTests(TestCase):
     def test_targeted(self) -> None:

@@ -32,7 +32,7 @@ from crm_im.cluster.presence import DeviceRecord
 from crm_im.cluster.rooms import ClusterRoomPresence
 from crm_im.cluster.service import ClusterService, ClusterSettings
 from crm_im.config import Config
-from crm_im.engineio.packet import Frame
+from crm_im.engineio.packet import Frame, FrameBatch
 from crm_im.im.core import IMCore, IMSettings
 from crm_im.im.errors import RATE_LIMITED, IMError
 from crm_im.im.interfaces import Caller
@@ -251,9 +251,12 @@ class RecordingSocket:
     def __init__(self, sid: str) -> None:
         self.sid = sid
         self.frames: list[Frame] = []
+        self.writes = 0
 
     def sendFrames(self, frames: list[Frame]) -> None:
-        self.frames.extend(frames)
+        self.writes += 1
+        for frame in frames:
+            self.frames.extend(frame.parts if isinstance(frame, FrameBatch) else [frame])
 
     def events(self, name: str | None = None) -> list[tuple[str, Any]]:
         result = []
@@ -497,6 +500,38 @@ class RouterWireTests(SynchronousTestCase):
         routerA.toDevices(["b2"], "online_users", [orjson.Fragment(b'{"id":"x"}')])
         self.assertEqual(routerB.received(sent[0][1]), 1)
         self.assertEqual(sockets["b2"].events(), [("online_users", [{"id": "x"}])])
+
+    def test_announcementsBatched(self) -> None:
+        """
+        Announcements to everyone from another node join this node's
+        announcements of the turn: each device gets them in one write at
+        the turn's end, but the one it made itself.
+        """
+        routerA, (routerB, sent), sockets = self.pair()
+        routerA.toEveryone("status_change", {"userId": "x", "status": "online"})
+        routerA.toEveryone("status_change", {"userId": "y", "status": "online"})
+        self.assertEqual([routerB.received(message) for _, message in sent], [2, 2])
+        self.assertEqual(routerB.toEveryone("status_change", {"userId": "bob", "status": "busy"}, exceptDevice="b1"), 1)
+        self.assertEqual(sockets["b1"].frames, [])
+        self.clock.advance(0)
+        self.assertEqual([socket.writes for socket in sockets.values()], [1, 1])
+        self.assertEqual([payload["userId"] for _, payload in sockets["b1"].events()], ["x", "y"])
+        self.assertEqual([payload["userId"] for _, payload in sockets["b2"].events()], ["x", "y", "bob"])
+
+    def test_framesAfterAnnouncements(self) -> None:
+        """
+        Encoded frames from another node go after the announcements that
+        wait for the end of the turn, not before them.
+        """
+        import orjson
+
+        routerA, (routerB, sent), sockets = self.pair()
+        routerA.toEveryone("status_change", {"userId": "x", "status": "online"})
+        routerA.toDevices(["b2"], "online_users", [orjson.Fragment(b'{"id":"x"}')])
+        for _, message in sent:
+            routerB.received(message)
+        self.assertEqual([event for event, _ in sockets["b2"].events()], ["status_change", "online_users"])
+        self.assertEqual([event for event, _ in sockets["b1"].events()], ["status_change"])
 
     def test_malformed(self) -> None:
         _, (routerB, _), _ = self.pair()

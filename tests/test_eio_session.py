@@ -437,6 +437,31 @@ class PollingTests(EngineTestMixin, SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(len(poll.bodies), 1)
 
+    def test_batchQueuedAsPackets(self) -> None:
+        """
+        A L{packet.FrameBatch} sent to a polling session is queued packet
+        by packet, as if each had been sent apart: one payload, counted
+        and bounded per packet.
+        """
+        session = self.pollingSession()
+        session.send(packet.FrameBatch([messageFrame(b"a"), messageFrame(b"bc")]))
+        session.send(messageFrame(b"d"))
+        self.assertEqual(session.queuedPackets, 3)
+        self.assertEqual(session.queuedBytes, 7)
+        poll = FakePoll()
+        session.pollArrived(poll)
+        self.assertEqual(poll.bodies, [b"4a\x1e4bc\x1e4d"])
+
+    def test_batchOnlyOfText(self) -> None:
+        """
+        A batch holds text packets, not binary ones nor other batches.
+        """
+        text = messageFrame(b"a")
+        self.assertRaises(ValueError, packet.FrameBatch, [text, packet.binaryFrame(b"\x01")])
+        self.assertRaises(ValueError, packet.FrameBatch, [packet.FrameBatch([text])])
+        self.assertEqual(packet.FrameBatch([text, messageFrame(b"bc")]), packet.FrameBatch([text, messageFrame(b"bc")]))
+        self.assertEqual(len(packet.FrameBatch([text, messageFrame(b"bc")])), 5)
+
     def test_pollGone(self) -> None:
         """
         A held GET that the client aborted is not answered; the packets
@@ -875,6 +900,19 @@ class BufferBoundTests(EngineTestMixin, SynchronousTestCase):
         self.assertTrue(channel.closed)
         self.assertEqual(self.app.closed, [(session, "transport error")])
         self.assertEqual(self.server.stats.bufferOverflows, 1)
+        self.assertEqual(session.queuedPackets, 0)
+
+    def test_batchBoundPerPacket(self) -> None:
+        """
+        A batch queued on a paused session counts as its packets: one that
+        would pass maxBufferedPackets closes the session, and the rest of
+        it is dropped with the queue.
+        """
+        session, channel = self.webSocketSession()
+        session.pauseWriting()
+        session.send(packet.FrameBatch([messageFrame(b"%d" % (i,)) for i in range(12)]))
+        self.assertEqual(session.state, CLOSED)
+        self.assertEqual(self.app.closed, [(session, "transport error")])
         self.assertEqual(session.queuedPackets, 0)
         self.assertEqual(len(channel.frames), 1)
 

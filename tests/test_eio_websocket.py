@@ -17,7 +17,7 @@ from twisted.web.resource import Resource
 
 from crm_im._json import loads
 from crm_im.engineio.config import EngineIOConfig
-from crm_im.engineio.packet import binaryFrame, messageFrame
+from crm_im.engineio.packet import FrameBatch, binaryFrame, messageFrame
 from crm_im.engineio.resource import EngineIOResource
 from crm_im.engineio.server import EngineIOServer
 from crm_im.engineio.session import CLOSED, OPEN
@@ -270,6 +270,29 @@ class DirectWebSocketTests(WebSocketTestMixin, SynchronousTestCase):
             self.assertEqual(connection.frames(), [(TEXT, b"4broadcast")])
         self.assertEqual(framed, [b"4broadcast"])
         self.assertEqual(frame.prepared, webSocketFrame(b"4broadcast", False))
+
+    def test_batchAsSeparateMessages(self) -> None:
+        """
+        A L{FrameBatch} is written at once, each of its packets its own
+        WebSocket message, framed once for all the sessions it goes to and
+        with the parts' cached frames reused.
+        """
+        framed: list[bytes] = []
+
+        def countingFrame(payload: bytes, binary: bool) -> bytes:
+            framed.append(payload)
+            return webSocketFrame(payload, binary)
+
+        connections = [self.openWebSocket() for _ in range(3)]
+        self.patch(websocket, "webSocketFrame", countingFrame)
+        first = messageFrame(b"first")
+        first.prepared = webSocketFrame(b"4first", False)
+        batch = FrameBatch([first, messageFrame(b"second"), messageFrame(b"third")])
+        for session in self.app.opened:
+            session.send(batch)
+        for connection in connections:
+            self.assertEqual(connection.frames(), [(TEXT, b"4first"), (TEXT, b"4second"), (TEXT, b"4third")])
+        self.assertEqual(framed, [b"4second", b"4third"])
 
     def test_openConnectionCompact(self) -> None:
         """

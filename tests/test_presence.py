@@ -56,6 +56,29 @@ class PresenceTests(SynchronousTestCase):
         self.assertEqual(self.presence.onlineCount(), 0)
         self.assertIsNone(self.presence.logout("s2"))
 
+    def test_loginSerials(self) -> None:
+        """
+        Each device logging in gets a serial past every earlier one; it
+        keeps it while it stays logged in as that user (a second login
+        of the same device changes nothing), and has none once out.
+        """
+        presence = self.presence
+        self.assertEqual((presence.lastLoginSerial, presence.loginSerial("s1")), (0, 0))
+        presence.login("u1", "s1", "Alice", None)
+        presence.login("u2", "s2", "Bob", None)
+        first, second = presence.loginSerial("s1"), presence.loginSerial("s2")
+        self.assertLess(0, first)
+        self.assertLess(first, second)
+        self.assertEqual(presence.lastLoginSerial, second)
+        presence.login("u1", "s1", "Alice A", None)
+        self.assertEqual((presence.loginSerial("s1"), presence.lastLoginSerial), (first, second))
+        self.assertEqual(presence.deviceCount(), 2)
+        presence.logout("s1")
+        self.assertEqual((presence.loginSerial("s1"), presence.deviceCount()), (0, 1))
+        presence.login("u1", "s1", "Alice", None)
+        self.assertLess(second, presence.loginSerial("s1"))
+        self.assertEqual(presence.lastLoginSerial, presence.loginSerial("s1"))
+
     def test_invisibleLeftOut(self) -> None:
         """
         An invisible user is logged in but neither listed nor counted.

@@ -1051,6 +1051,16 @@ class ConcurrencyTests(DriverTestMixin, TestCase):
             got = [args[0]["content"] for args in driver.events(receiver, "message")
                    if args[0]["fromId"] == sender]
             self.assertEqual(got, [f"{sender}>{i}" for i in range(self.perSender)])
+        # The logins' announcements (batched per reactor turn): each of
+        # the receivers, whose messages came after every login, heard of
+        # each other user exactly once, in its online_users if that user
+        # was in before it, else by status_change, and never of itself.
+        for receiver in {receiver for _, receiver in conversations}:
+            ((listed,),) = driver.events(receiver, "online_users")
+            announced = [args[0]["userId"] for args in driver.events(receiver, "status_change")]
+            self.assertNotIn(receiver, announced)
+            heard = [entry["id"] for entry in listed] + announced
+            self.assertEqual(sorted(heard), sorted(names), receiver)
         # Every live delivery was marked, in one write per reactor turn
         # rather than one per message; one more message carries the marks
         # still waiting into its commit.

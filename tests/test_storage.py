@@ -43,7 +43,9 @@ from crm_im.storage.store import SQLMessageStore
 from crm_im.storage.database import (
     SchemaTooNewError,
     Transaction,
+    binaryChunks,
     chunks,
+    paddedChunks,
     prepareSchema_txn,
     schemaFiles,
     splitStatements,
@@ -292,6 +294,27 @@ class SchemaTests(SynchronousTestCase):
         """
         self.assertEqual(list(chunks([1, 2, 3, 4, 5], 2)), [[1, 2], [3, 4], [5]])
         self.assertEqual(list(chunks([], 2)), [])
+
+    def test_binaryChunks(self) -> None:
+        """
+        C{binaryChunks} slices a sequence into pieces whose lengths are
+        powers of two, the longest first, none past the bound, losing
+        nothing.
+        """
+        self.assertEqual([len(c) for c in binaryChunks(list(range(11)), 4)], [4, 4, 2, 1])
+        self.assertEqual([len(c) for c in binaryChunks(list(range(45)), 64)], [32, 8, 4, 1])
+        self.assertEqual([x for c in binaryChunks(list(range(45)), 64) for x in c], list(range(45)))
+        self.assertEqual(list(binaryChunks([], 4)), [])
+
+    def test_paddedChunks(self) -> None:
+        """
+        C{paddedChunks} slices a sequence into bounded pieces, each padded
+        to a power-of-two length with its last value.
+        """
+        self.assertEqual(list(paddedChunks([1, 2, 3, 4, 5], 4)), [[1, 2, 3, 4], [5]])
+        self.assertEqual(list(paddedChunks([1, 2, 3], 8)), [[1, 2, 3, 3]])
+        self.assertEqual(list(paddedChunks([7] * 5 + [8], 8)), [[7, 7, 7, 7, 7, 8, 8, 8]])
+        self.assertEqual(list(paddedChunks([], 4)), [])
 
     def test_unknownSynchronousMode(self) -> None:
         """
@@ -840,6 +863,36 @@ class SQLMessageStoreTestsMixin(MessageStoreTestsMixin):
         self.assertEqual(results[count + 1].created, False)
         self.assertEqual(results[count + 1].message.seq, rows["m5"])
         self.assertEqual(results[count + 1].message.content, "c5")
+
+    async def test_fewStatementShapes(self) -> None:
+        """
+        Batches of every size from 1 to 40 messages, each then marked
+        delivered, run at most seven texts (lengths 1 to 64, powers of two)
+        of each variable-length statement, so that the database prepares
+        and keeps a bounded number of them (L{paddedChunks},
+        L{binaryChunks}); every message is stored once and marked.
+        """
+        from crm_im.storage import database
+
+        texts: set[str] = set()
+        execute = database.Transaction.execute
+
+        def recording(txn: database.Transaction, sql: str, args: Any = ()) -> None:
+            texts.add(sql)
+            execute(txn, sql, args)
+
+        self.patch(database.Transaction, "execute", recording)
+        total = 0
+        for size in range(1, 41):
+            results = await gatherResults(
+                [self.store.storeMessage(newMessage(f"b{size}-{n}")) for n in range(size)]
+            )
+            await self.store.markDelivered([outcome.message.seq for outcome in results])
+            total += size
+        for fragment in ("INSERT INTO messages", "UPDATE messages SET delivered", "WITH k(f, m)"):
+            shapes = [text for text in texts if fragment in text]
+            self.assertTrue(1 <= len(shapes) <= 7, (fragment, len(shapes)))
+        self.assertEqual(self.rows("SELECT COUNT(*), SUM(delivered) FROM messages"), [(total, total)])
 
     async def test_badRowInBatchFailsAlone(self) -> None:
         """

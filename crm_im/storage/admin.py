@@ -333,10 +333,10 @@ def seenUsersByIds_txn(txn: Transaction, userIds: Sequence[str]) -> dict[str, Se
     """
     See L{IAdminStore.seenUsersByIds}.
     """
-    from .database import chunks, placeholders
+    from .database import paddedChunks, placeholders
 
     found: dict[str, SeenUser] = {}
-    for chunk in chunks(list(userIds)):
+    for chunk in paddedChunks(list(userIds)):
         txn.execute(f"{_SEEN_COLUMNS} WHERE user_id IN ({placeholders(len(chunk))})", list(chunk))
         for row in txn.fetchall():
             found[row[0]] = SeenUser(*row)

@@ -19,7 +19,7 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from .cursors import lastSeq_txn, readSeq_txn, setReadSeq_txn
-from .database import Transaction, chunks, placeholders
+from .database import Transaction, paddedChunks, placeholders
 from .interface import (
     GROUP_PREFIX,
     GroupChange,
@@ -146,7 +146,7 @@ def changeGroup_txn(txn: Transaction, change: GroupChange) -> StoredMessage | No
             )
             # A new member's unread count starts at their arrival.
             setReadSeq_txn(txn, conversation, member.userId, lastSeq)
-    for chunk in chunks(list(change.remove)):
+    for chunk in paddedChunks(list(change.remove)):
         txn.execute(
             f"UPDATE group_members SET left_at = ? WHERE group_id = ? AND user_id IN ({placeholders(len(chunk))})",
             (change.now, groupId, *chunk),
@@ -163,7 +163,7 @@ def groupCounts_txn(txn: Transaction, userIds: Sequence[str]) -> dict[str, int]:
     See L{IConversationStore.groupCounts}.
     """
     counts = {userId: 0 for userId in userIds}
-    for chunk in chunks(list(counts)):
+    for chunk in paddedChunks(list(counts)):
         txn.execute(
             "SELECT user_id, COUNT(*) FROM group_members"
             f" WHERE left_at IS NULL AND user_id IN ({placeholders(len(chunk))}) GROUP BY user_id",

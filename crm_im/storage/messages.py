@@ -20,7 +20,7 @@ import attrs
 import orjson
 
 from ..crypto.records import RecordCipher, UnknownKeyError, fieldAAD, identityAAD
-from .database import Transaction, attempt_txn, chunks, placeholders
+from .database import Transaction, attempt_txn, binaryChunks, chunks, paddedChunks, placeholders
 from .interface import (
     GROUP_PREFIX,
     ROOM_PREFIX,
@@ -148,8 +148,9 @@ _INSERT_COLUMNS = (
 _ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _ON_CONFLICT_RETURNING = " ON CONFLICT (from_id, message_id) DO NOTHING RETURNING seq"
 
-#: Rows per multi-row INSERT (20 parameters each; SQLite allows 32766).
-INSERT_CHUNK = 250
+#: Rows per multi-row INSERT (20 parameters each; SQLite allows 32766), a
+#: power of two (L{paddedChunks}).
+INSERT_CHUNK = 256
 
 
 def _insertRow(msg: NewMessage, cipher: RecordCipher | None = None) -> tuple[Any, ...]:
@@ -234,7 +235,7 @@ def _lastOfConversations_txn(txn: Transaction, conversations: Sequence[str]) -> 
     L{BaseEngine.linksMessages}): one index probe per conversation.
     """
     last: dict[str, tuple[int, int]] = {}
-    for chunk in chunks(list(conversations), INSERT_CHUNK):
+    for chunk in paddedChunks(list(conversations), INSERT_CHUNK):
         txn.execute(
             f"WITH k(c) AS (VALUES {', '.join(['(?)'] * len(chunk))})"
             " SELECT conversation, seq, server_timestamp FROM messages"
@@ -289,7 +290,7 @@ def storeMessages_txn(txn: Transaction, msgs: Sequence[NewMessage]) -> list[tupl
     results: list[tuple[bool, Any]] = [(True, None)] * len(msgs)
     existing: dict[tuple[str, str], StoredMessage] = {}
     keys = list({(msg.fromId, msg.id) for msg in msgs})
-    for keyChunk in chunks(keys, INSERT_CHUNK):
+    for keyChunk in paddedChunks(keys, INSERT_CHUNK):
         txn.execute(
             f"WITH k(f, m) AS (VALUES {', '.join(['(?, ?)'] * len(keyChunk))})"
             f" SELECT {', '.join('messages.' + c.strip() for c in _MESSAGE_COLUMNS.split(','))}"
@@ -336,35 +337,40 @@ def storeMessages_txn(txn: Transaction, msgs: Sequence[NewMessage]) -> list[tupl
 
 def _insertRows_txn(txn: Transaction, rows: Sequence[NewMessage]) -> list[int]:
     """
-    Insert messages none of which is stored yet, with one statement.
+    Insert messages none of which is stored yet, with a statement per
+    power of two of their number (L{binaryChunks}).
 
     @return: their seqs, in order.
     @raise RuntimeError: if the database did not insert them all.
     """
-    sql = _INSERT_COLUMNS + ", ".join([_ROW] * len(rows))
+    seqs: list[int] = []
     cipher = txn.cipher
-    args = [value for msg in rows for value in _insertRow(msg, cipher)]
-    if txn.engine.returningKeys:
-        # Other transactions draw from the sequence too (other nodes'):
-        # ask for the keys rather than deduce them.
-        txn.execute(sql + " RETURNING seq, from_id, message_id", args)
-        made = {(row[1], row[2]): int(row[0]) for row in txn.fetchall()}
-        if len(made) != len(rows):
-            raise RuntimeError("multi-row insert made an unexpected number of rows")
-        return [made[(msg.fromId, msg.id)] for msg in rows]
-    txn.execute(sql, args)
-    if txn.rowcount != len(rows):
-        raise RuntimeError("multi-row insert changed an unexpected number of rows")
-    # One connection writes and AUTOINCREMENT allocates in order.
-    last = txn.lastInsertedId()
-    return list(range(last - len(rows) + 1, last + 1))
+    for part in binaryChunks(rows, INSERT_CHUNK):
+        sql = _INSERT_COLUMNS + ", ".join([_ROW] * len(part))
+        args = [value for msg in part for value in _insertRow(msg, cipher)]
+        if txn.engine.returningKeys:
+            # Other transactions draw from the sequence too (other nodes'):
+            # ask for the keys rather than deduce them.
+            txn.execute(sql + " RETURNING seq, from_id, message_id", args)
+            made = {(row[1], row[2]): int(row[0]) for row in txn.fetchall()}
+            if len(made) != len(part):
+                raise RuntimeError("multi-row insert made an unexpected number of rows")
+            seqs.extend(made[(msg.fromId, msg.id)] for msg in part)
+            continue
+        txn.execute(sql, args)
+        if txn.rowcount != len(part):
+            raise RuntimeError("multi-row insert changed an unexpected number of rows")
+        # One connection writes and AUTOINCREMENT allocates in order.
+        last = txn.lastInsertedId()
+        seqs.extend(range(last - len(part) + 1, last + 1))
+    return seqs
 
 
 def markDelivered_txn(txn: Transaction, seqs: Sequence[int]) -> None:
     """
     Mark the messages with these seqs delivered.
     """
-    for chunk in chunks(sorted(set(seqs))):
+    for chunk in paddedChunks(sorted(set(seqs))):
         txn.execute(
             "UPDATE messages SET delivered = 1"
             f" WHERE delivered = 0 AND seq IN ({placeholders(len(chunk))})",
@@ -399,7 +405,7 @@ def markRead_txn(
     conversation = directConversation(readerId, friendId)
     if messageIds is not None:
         seqs: list[int] = []
-        for chunk in chunks(sorted(set(messageIds))):
+        for chunk in paddedChunks(sorted(set(messageIds))):
             txn.execute(
                 "SELECT seq FROM messages"
                 f" WHERE from_id = ? AND message_id IN ({placeholders(len(chunk))}) AND to_id = ?",

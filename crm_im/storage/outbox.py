@@ -22,7 +22,7 @@ import orjson
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
-from .database import Transaction, chunks, placeholders
+from .database import Transaction, paddedChunks, placeholders
 from .interface import GROUP_PREFIX, StoredMessage
 
 #: Outbox rows read for one notification (the rest wait for the next).
@@ -204,7 +204,7 @@ def registerPushkey_txn(txn: Transaction, key: Pushkey, maxPerUser: int) -> Regi
             (key.userId, key.pushkey, count - maxPerUser),
         )
         oldest = [str(r[0]) for r in txn.fetchall()]
-        for chunk in chunks(oldest):
+        for chunk in paddedChunks(oldest):
             txn.execute(f"DELETE FROM push_keys WHERE pushkey IN ({placeholders(len(chunk))})", chunk)
         evicted = len(oldest)
     movedFrom = previous if previous is not None and previous != key.userId else None
@@ -253,7 +253,7 @@ def enqueue_txn(txn: Transaction, rows: Sequence[tuple[str, int, int]]) -> None:
     Add outbox rows C{(userId, seq, createdAt)}, in the caller's
     transaction (the message's own, from L{writeBatch_txn}).
     """
-    for chunk in chunks(rows, 250):
+    for chunk in paddedChunks(rows, 256):
         txn.execute(
             "INSERT INTO push_outbox (user_id, seq, created_at) VALUES "
             + ", ".join(["(?, ?, ?)"] * len(chunk))
@@ -313,14 +313,14 @@ def pushPlan_txn(txn: Transaction, userId: str, limit: int = PLAN_ROWS) -> PushP
     seqs = [int(row[0]) for row in rows]
     oldestAt = min(int(row[1]) for row in rows)
     messages: list[StoredMessage] = []
-    for chunk in chunks(seqs):
+    for chunk in paddedChunks(seqs):
         txn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq IN ({placeholders(len(chunk))})", chunk)
         messages.extend(_messageFromRow(row, txn.cipher) for row in txn.fetchall())
     messages.sort(key=lambda m: m.seq)
     groupIds = sorted({m.groupId for m in messages if m.groupId is not None})
     cursors: dict[str, int] = {}
     names: dict[str, str] = {}
-    for groupChunk in chunks(groupIds):
+    for groupChunk in paddedChunks(groupIds):
         txn.execute(
             "SELECT g.group_id, g.name, COALESCE(c.read_seq, 0) FROM group_members m"
             " JOIN groups g ON g.group_id = m.group_id"
@@ -372,7 +372,7 @@ def finishPush_txn(txn: Transaction, userId: str, upToSeq: int, rejected: Sequen
     """
     txn.execute("DELETE FROM push_outbox WHERE user_id = ? AND seq <= ?", (userId, upToSeq))
     deleted = max(txn.rowcount, 0)
-    for chunk in chunks(list(rejected)):
+    for chunk in paddedChunks(list(rejected)):
         txn.execute(
             f"DELETE FROM push_keys WHERE user_id = ? AND pushkey IN ({placeholders(len(chunk))})", (userId, *chunk)
         )

@@ -251,9 +251,11 @@ class DirectWebSocketTests(WebSocketTestMixin, SynchronousTestCase):
         session.send(binaryFrame(b"\xff\x00"))
         self.assertEqual(connection.frames(), [(TEXT, b"4hi"), (BINARY, b"\xff\x00")])
 
-    def test_preparedOnce(self) -> None:
+    def countFraming(self) -> list[bytes]:
         """
-        A frame sent to several sessions is framed once.
+        Record every payload framed from now on.
+
+        @return: the list the payloads go to.
         """
         framed: list[bytes] = []
 
@@ -261,8 +263,15 @@ class DirectWebSocketTests(WebSocketTestMixin, SynchronousTestCase):
             framed.append(payload)
             return webSocketFrame(payload, binary)
 
-        connections = [self.openWebSocket() for _ in range(3)]
         self.patch(websocket, "webSocketFrame", countingFrame)
+        return framed
+
+    def test_preparedOnce(self) -> None:
+        """
+        A frame sent to several sessions is framed once.
+        """
+        connections = [self.openWebSocket() for _ in range(3)]
+        framed = self.countFraming()
         frame = messageFrame(b"broadcast")
         for session in self.app.opened:
             session.send(frame)
@@ -277,14 +286,8 @@ class DirectWebSocketTests(WebSocketTestMixin, SynchronousTestCase):
         WebSocket message, framed once for all the sessions it goes to and
         with the parts' cached frames reused.
         """
-        framed: list[bytes] = []
-
-        def countingFrame(payload: bytes, binary: bool) -> bytes:
-            framed.append(payload)
-            return webSocketFrame(payload, binary)
-
         connections = [self.openWebSocket() for _ in range(3)]
-        self.patch(websocket, "webSocketFrame", countingFrame)
+        framed = self.countFraming()
         first = messageFrame(b"first")
         first.prepared = webSocketFrame(b"4first", False)
         batch = FrameBatch([first, messageFrame(b"second"), messageFrame(b"third")])

@@ -62,7 +62,9 @@ class IWebSocketChannel(Interface):
 
     def writeFrame(frame: "Frame") -> None:
         """
-        Write one packet as one WebSocket message.
+        Write one packet as one WebSocket message; a
+        L{crm_im.engineio.packet.FrameBatch} as one
+        message per packet, in order.
         """
 
     def flushWrites() -> None:

@@ -602,3 +602,23 @@ class OutageTests(TestCase):
         await _until(lambda: [r for _, r in alice.events("message:sent") if r["status"] == "delivered"])
         self.assertIsNone(a.cluster.reason())
 
+    async def test_appearedAfterOutage(self) -> None:
+        """
+        A user who logged in on another node while this one was cut off
+        from Redis is announced to this node's devices once it is back
+        (read from the other node's registrations), once.
+        """
+        a, b = await self.nodes()
+        alice = a.connect("a1", "alice")
+        b.connect("b1", "bob")
+        await _until(lambda: a.cluster.presence.devicesOf("bob") and b.cluster.presence.devicesOf("alice"))
+        link = a.cluster.link
+        link.backoffStart = link.backoffMax = 0.5  # back within half a second
+        clientId = await link.execute("CLIENT", "ID")
+        await b.cluster.link.execute("CLIENT", "KILL", "ID", clientId)
+        await _until(lambda: not link.up)
+        b.connect("b2", "carol")
+        await _until(lambda: [p for _, p in alice.events("status_change") if p["userId"] == "carol"], timeout=15)
+        (change,) = [p for _, p in alice.events("status_change") if p["userId"] == "carol"]
+        self.assertEqual((change["status"], change["name"]), ("online", "Carol"))
+

@@ -346,7 +346,9 @@ class ClusterService(Service):
             "name": user.name,
             "avatar": user.avatar,
         }
-        local.toDevices(list(self.presence.localDevices()), "status_change", payload)
+        # (batched with the turn's other announcements: an outage's end
+        # brings many at once)
+        local.toEveryone("status_change", payload)
 
     def _remoteDevice(self, sid: str, record: DeviceRecord | None) -> None:
         if record is None:

@@ -113,6 +113,12 @@ class RecordingRouter:
         """
         return self._record("toEveryone", (), event, payload, exceptDevice, list(self.presence.allDevices()))
 
+    def toEveryoneHere(self, event: str, payload: Any) -> int:
+        """
+        See L{IRouter.toEveryoneHere}.
+        """
+        return self._record("toEveryoneHere", (), event, payload, None, list(self.presence.allDevices()))
+
     def toConnected(self, event: str, payload: Any) -> None:
         """
         See L{IRouter.toConnected}.

@@ -86,6 +86,16 @@ class IRouter(Interface):
         @return: how many devices it was sent to.
         """
 
+    def toEveryoneHere(event: str, payload: Any) -> int:
+        """
+        Send C{event} to every logged-in device of this node: what each
+        node announces to its own devices because every node sees it
+        happen (a user gone from the whole cluster). In one process, the
+        same as L{toEveryone}.
+
+        @return: how many devices it was, or is about to be, sent to.
+        """
+
     def toConnected(event: str, payload: Any) -> None:
         """
         Send C{event} to every connected socket, logged in or not

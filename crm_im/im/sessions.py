@@ -299,12 +299,13 @@ class Sessions:
         gone, self._goneOffline = self._goneOffline, []
         if self.shuttingDown:
             return
-        devices = list(self.presence.allDevices())
         for userId, timestamp in gone:
             if self.presence.user(userId) is not None:
                 # Back (or leaving again) within the turn: nothing changed.
                 continue
-            self.router.toDevices(devices, "status_change", {"userId": userId, "status": INVISIBLE, "timestamp": timestamp})
+            # (every node sees the user leave and tells its own devices;
+            # a mass disconnect's notices go out batched per device)
+            self.router.toEveryoneHere("status_change", {"userId": userId, "status": INVISIBLE, "timestamp": timestamp})
 
     def _userLeft(self, user: UserPresence) -> None:
         if user.visible:

@@ -220,6 +220,13 @@ class LocalRouter:
         self._announcements.append((frames[0], exceptDevice, presence.lastLoginSerial))
         return presence.deviceCount() - (exceptDevice is not None and presence.loginSerial(exceptDevice) > 0)
 
+    def toEveryoneHere(self, event: str, payload: Any) -> int:
+        """
+        See L{IRouter.toEveryoneHere}: L{toEveryone}, this router's
+        devices being this node's.
+        """
+        return self.toEveryone(event, payload)
+
     def _announcedTo(self, deviceIds: list[str]) -> bool:
         """
         Whether an announcement waiting for the end of the turn is for one

@@ -236,6 +236,13 @@ class RedisRouter:
                 self._send(node, TO_DEVICES, sids, None, body, order)
         return count
 
+    def toEveryoneHere(self, event: str, payload: Any) -> int:
+        """
+        See L{IRouter.toEveryoneHere}: this node's devices only, batched
+        by the local router.
+        """
+        return self.local.toEveryone(event, payload)
+
     def toEveryone(self, event: str, payload: Any, exceptDevice: str | None = None) -> int:
         """
         See L{IRouter.toEveryone}: every node once.

@@ -579,11 +579,12 @@ class RouterWireTests(SynchronousTestCase):
 class OutageTests(TestCase):
     nodes = TwoNodeTests.nodes
 
-    async def test_catchUpAfterOutage(self) -> None:
+    async def cutOff(self) -> tuple[Any, Any, RecordingSocket, RecordingSocket]:
         """
-        A message sent from a node cut off from Redis to a user on another
-        node is stored as offline; once the node is back, the recipient's
-        node delivers it (offline queue) and the sender hears delivered.
+        Two nodes, alice on A and bob on B, each seen by the other; then
+        A's Redis connection is killed (A is back within half a second).
+
+        @return: the nodes and the two sockets.
         """
         a, b = await self.nodes()
         alice = a.connect("a1", "alice")
@@ -594,6 +595,15 @@ class OutageTests(TestCase):
         clientId = await link.execute("CLIENT", "ID")
         await b.cluster.link.execute("CLIENT", "KILL", "ID", clientId)
         await _until(lambda: not link.up)
+        return a, b, alice, bob
+
+    async def test_catchUpAfterOutage(self) -> None:
+        """
+        A message sent from a node cut off from Redis to a user on another
+        node is stored as offline; once the node is back, the recipient's
+        node delivers it (offline queue) and the sender hears delivered.
+        """
+        a, b, alice, bob = await self.cutOff()
         self.assertIn("connection lost", a.cluster.reason() or "")
         receipt = await a.core.messaging.send(a.caller("a1"), {"id": "m-out", "toId": "bob", "content": "while cut off"})
         self.assertEqual(receipt["status"], "offline")
@@ -608,15 +618,7 @@ class OutageTests(TestCase):
         from Redis is announced to this node's devices once it is back
         (read from the other node's registrations), once.
         """
-        a, b = await self.nodes()
-        alice = a.connect("a1", "alice")
-        b.connect("b1", "bob")
-        await _until(lambda: a.cluster.presence.devicesOf("bob") and b.cluster.presence.devicesOf("alice"))
-        link = a.cluster.link
-        link.backoffStart = link.backoffMax = 0.5  # back within half a second
-        clientId = await link.execute("CLIENT", "ID")
-        await b.cluster.link.execute("CLIENT", "KILL", "ID", clientId)
-        await _until(lambda: not link.up)
+        a, b, alice, _ = await self.cutOff()
         b.connect("b2", "carol")
         await _until(lambda: [p for _, p in alice.events("status_change") if p["userId"] == "carol"], timeout=15)
         (change,) = [p for _, p in alice.events("status_change") if p["userId"] == "carol"]

@@ -110,10 +110,15 @@ def preparedFrames(frame: Frame) -> bytes:
     What L{EngineIOWebSocketProtocol.writeFrame} writes for C{frame}: its
     WebSocket frame, or for a L{FrameBatch} the frames of its packets
     joined (each packet its own WebSocket message, as if written apart).
+    Each packet's frame is kept on it: a packet in several batches (the
+    same announcements from different starts) is framed once.
     """
     if type(frame) is FrameBatch:
-        return b"".join(part.prepared or preparedFrames(part) for part in frame.parts)
-    return webSocketFrame(frame.data, frame.binary)
+        return b"".join([preparedFrames(part) for part in frame.parts])
+    data = frame.prepared
+    if data is None:
+        data = frame.prepared = webSocketFrame(frame.data, frame.binary)
+    return data
 
 #: The events Autobahn's protocol lets listeners register for.
 _EVENTS = ("message",)

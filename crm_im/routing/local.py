@@ -135,7 +135,8 @@ class LocalRouter:
         See L{IRouter.toUsers} (C{order} is not needed: in one
         process, messages are delivered in the order they were stored).
         """
-        self.announce()
+        if self._announcements:
+            self.announce()
         devicesOf = self._presence.devicesOf
         sockets = self._sockets
         frames = None
@@ -210,6 +211,8 @@ class LocalRouter:
         @return: how many devices it goes to.
         """
         presence = self._presence
+        if not presence.deviceCount():
+            return 0
         frames = self._encode(event, payload)
         if len(frames) != 1 or frames[0].binary:
             # (binary attachments: sent now, after what waits)

@@ -866,11 +866,13 @@ class SQLMessageStoreTestsMixin(MessageStoreTestsMixin):
 
     async def test_fewStatementShapes(self) -> None:
         """
-        Batches of every size from 1 to 40 messages, each then marked
-        delivered, run at most seven texts (lengths 1 to 64, powers of two)
-        of each variable-length statement, so that the database prepares
-        and keeps a bounded number of them (L{paddedChunks},
-        L{binaryChunks}); every message is stored once and marked.
+        Batches of every size from 1 to 40 messages, each with a resend
+        of the batch before's first message (so that the look-up of stored
+        keys runs too) and then marked delivered, run at most seven texts
+        (lengths 1 to 64, powers of two) of each variable-length statement,
+        so that the database prepares and keeps a bounded number of them
+        (L{paddedChunks}, L{binaryChunks}); every message is stored once
+        and marked.
         """
         from crm_im.storage import database
 
@@ -884,9 +886,11 @@ class SQLMessageStoreTestsMixin(MessageStoreTestsMixin):
         self.patch(database.Transaction, "execute", recording)
         total = 0
         for size in range(1, 41):
+            resend = [self.store.storeMessage(newMessage(f"b{size - 1}-0"))] if size > 1 else []
             results = await gatherResults(
-                [self.store.storeMessage(newMessage(f"b{size}-{n}")) for n in range(size)]
+                [self.store.storeMessage(newMessage(f"b{size}-{n}")) for n in range(size)] + resend
             )
+            self.assertEqual(sum(outcome.created for outcome in results), size)
             await self.store.markDelivered([outcome.message.seq for outcome in results])
             total += size
         for fragment in ("INSERT INTO messages", "UPDATE messages SET delivered", "WITH k(f, m)"):
@@ -909,6 +913,49 @@ class SQLMessageStoreTestsMixin(MessageStoreTestsMixin):
             await write
         page = await self.store.history("alice", "bob", None, 10, None, None)
         self.assertEqual(ids(page.messages), ["a", "c"])
+
+    async def test_badRowInLaterStatement(self) -> None:
+        """
+        A batch inserted with several statements (here 2 rows and 1) whose
+        later statement fails undoes the earlier ones too: their messages
+        are then stored as new (delivered, receipted as such), not taken
+        for resends of what the failed attempt had left behind.
+        """
+        busy = self.store.storeMessage(newMessage("first"))
+        writes: list[Deferred[Any]] = [
+            self.store.storeMessage(newMessage("a")),
+            self.store.storeMessage(newMessage("b")),
+            self.store.storeMessage(newMessage("bad", content=None)),  # type: ignore[arg-type]
+        ]
+        await busy
+        await self.assertFailure(writes.pop(), self.integrityError)
+        outcomes = [await write for write in writes]
+        self.assertEqual([outcome.created for outcome in outcomes], [True, True])
+        page = await self.store.history("alice", "bob", None, 10, None, None)
+        self.assertEqual(ids(page.messages), ["first", "a", "b"])
+
+    async def test_resendInBatch(self) -> None:
+        """
+        A batch holding a resend (its key stored by an earlier batch)
+        stores the others, one of them twice in the batch, as new and
+        returns the stored message for the resend.
+        """
+        stored = await self.store.storeMessage(newMessage("old", content="before"))
+        busy = self.store.storeMessage(newMessage("first"))
+        writes = [
+            self.store.storeMessage(newMessage("x")),
+            self.store.storeMessage(newMessage("old", content="again")),
+            self.store.storeMessage(newMessage("y")),
+            self.store.storeMessage(newMessage("x")),
+        ]
+        await busy
+        outcomes = [await write for write in writes]
+        self.assertEqual([outcome.created for outcome in outcomes], [True, False, True, False])
+        self.assertEqual(outcomes[1].message.seq, stored.message.seq)
+        self.assertEqual(outcomes[1].message.content, "before")
+        self.assertEqual(outcomes[3].message.seq, outcomes[0].message.seq)
+        page = await self.store.history("alice", "bob", None, 10, None, None)
+        self.assertEqual(ids(page.messages), ["old", "first", "x", "y"])
 
     async def test_deliveredMarksRideAlong(self) -> None:
         """

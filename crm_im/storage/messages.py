@@ -213,14 +213,9 @@ def storeMessage_txn(txn: Transaction, msg: NewMessage) -> StoreOutcome:
     txn.execute(_INSERT_COLUMNS + _ROW + _ON_CONFLICT_RETURNING, _insertRow(msg, txn.cipher))
     row = txn.fetchone()
     if row is None:
-        txn.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-            " WHERE from_id = ? AND message_id = ?",
-            (msg.fromId, msg.id),
-        )
-        existing = txn.fetchone()
+        (existing,) = _findMessages_txn(txn, [(msg.fromId, msg.id)])
         assert existing is not None
-        return StoreOutcome(message=_messageFromRow(existing, txn.cipher), created=False)
+        return StoreOutcome(message=existing, created=False)
     stored = _newStored(msg, row[0])
     if previous is not None:
         prevSeq, prevAt = previous.get(msg.conversation, (0, 0))
@@ -270,27 +265,97 @@ def _link(results: list[tuple[bool, Any]], indexes: Sequence[int], previous: dic
 def storeMessages_txn(txn: Transaction, msgs: Sequence[NewMessage]) -> list[tuple[bool, Any]]:
     """
     Insert many messages with a handful of statements, whatever their
-    number: one look-up of the keys that already exist, then multi-row
-    C{INSERT}s.
+    number: multi-row C{INSERT}s of them all; only if that fails (a resend
+    among them: its C{(fromId, id)} is stored already), one look-up of the
+    keys that exist, then multi-row C{INSERT}s of the others.
 
     Why: the pool thread releases and re-takes the GIL around every
     statement step, and under load each re-take waits for the reactor
     thread to let go of it; a statement per message made the database
-    thread crawl exactly when the batches grew. The seqs of the new rows
-    come back with C{RETURNING} (PostgreSQL) or from the last row id
-    (SQLite: consecutive rows of one C{INSERT} get consecutive seqs, one
-    connection writing and C{AUTOINCREMENT} allocating in order; the row
-    count is checked). A failing multi-row C{INSERT} (a row the database
-    refuses) is undone (in a savepoint where a failed statement aborts the
-    transaction) and its messages stored one statement each, so that the
-    bad one fails alone.
+    thread crawl exactly when the batches grew. Resends are rare (a client
+    retrying after a reconnect), so a batch is first inserted as if it had
+    none: a batch of one message costs one statement, not two (the
+    look-up of keys that are not there was a fifth of a lone message's
+    SQL). Not C{ON CONFLICT DO NOTHING RETURNING}: measured with
+    C{bench/store.py}, it costs SQLite more than the look-up it saves. The
+    seqs of the new rows come back with C{RETURNING} (PostgreSQL) or from
+    the last row id (SQLite: consecutive rows of one C{INSERT} get
+    consecutive seqs, one connection writing and C{AUTOINCREMENT}
+    allocating in order; the row count is checked). A failing multi-row
+    C{INSERT} (a resend, or a row the database refuses) is undone, with the
+    rest of its attempt (L{_insertAll_txn}), and a refused row's messages
+    are then stored one statement each, so that the bad one fails alone.
 
     @return: per message, C{(True, StoreOutcome)} or C{(False, Failure)}.
     """
     results: list[tuple[bool, Any]] = [(True, None)] * len(msgs)
-    existing: dict[tuple[str, str], StoredMessage] = {}
-    keys = list({(msg.fromId, msg.id) for msg in msgs})
-    for keyChunk in paddedChunks(keys, INSERT_CHUNK):
+    candidates: list[int] = []
+    firstOf: dict[tuple[str, str], int] = {}
+    repeats: list[tuple[int, int]] = []
+    for index, msg in enumerate(msgs):
+        key = (msg.fromId, msg.id)
+        if key in firstOf:
+            repeats.append((index, firstOf[key]))
+        else:
+            firstOf[key] = index
+            candidates.append(index)
+    previous = None
+    if candidates and txn.engine.linksMessages:
+        previous = _lastOfConversations_txn(txn, list({msgs[index].conversation for index in candidates}))
+    if not _insertAll_txn(txn, msgs, candidates, results):
+        existing = _findMessages_txn(txn, [(msgs[index].fromId, msgs[index].id) for index in candidates])
+        fresh: list[int] = []
+        for index, found in zip(candidates, existing):
+            if found is None:
+                fresh.append(index)
+            else:
+                results[index] = (True, StoreOutcome(message=found, created=False))
+        for chunk in chunks(fresh, INSERT_CHUNK):
+            if not _insertAll_txn(txn, msgs, chunk, results):
+                # One bad row must not fail the others: one statement each.
+                for index in chunk:
+                    msg = msgs[index]
+                    results[index] = attempt_txn(txn, lambda txn: storeMessage_txn(txn, msg), False)
+    if previous is not None:
+        _link(results, candidates, previous)
+    for index, original in repeats:
+        ok, outcome = results[original]
+        results[index] = (True, StoreOutcome(message=outcome.message, created=False)) if ok else (ok, outcome)
+    return results
+
+
+def _insertAll_txn(
+    txn: Transaction, msgs: Sequence[NewMessage], indexes: Sequence[int], results: list[tuple[bool, Any]]
+) -> bool:
+    """
+    Insert the messages of C{msgs} at C{indexes} (none of them stored
+    yet, as far as the caller knows) and set their C{results}; or, if any
+    of them fails, none of them.
+
+    @return: whether they were inserted.
+    """
+    if not indexes:
+        return True
+    rows = [msgs[index] for index in indexes]
+    # More than one statement needs a savepoint to be undone as a whole
+    # (SQLite undoes a failed statement alone).
+    several = len(rows) > INSERT_CHUNK or len(rows) & (len(rows) - 1) != 0
+    ok, made = attempt_txn(txn, lambda txn: _insertRows_txn(txn, rows), several)
+    if not ok:
+        return False
+    assert isinstance(made, list)
+    for seq, index in zip(made, indexes):
+        results[index] = (True, StoreOutcome(message=_newStored(msgs[index], seq), created=True))
+    return True
+
+
+def _findMessages_txn(txn: Transaction, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
+    """
+    The stored messages with these C{(fromId, id)} keys, in their order
+    (L{None} for a key not stored).
+    """
+    found: dict[tuple[str, str], StoredMessage] = {}
+    for keyChunk in paddedChunks(list(keys), INSERT_CHUNK):
         txn.execute(
             f"WITH k(f, m) AS (VALUES {', '.join(['(?, ?)'] * len(keyChunk))})"
             f" SELECT {', '.join('messages.' + c.strip() for c in _MESSAGE_COLUMNS.split(','))}"
@@ -299,40 +364,8 @@ def storeMessages_txn(txn: Transaction, msgs: Sequence[NewMessage]) -> list[tupl
         )
         for row in txn.fetchall():
             stored = _messageFromRow(row, txn.cipher)
-            existing[(stored.fromId, stored.id)] = stored
-    fresh: list[int] = []
-    firstOf: dict[tuple[str, str], int] = {}
-    repeats: list[tuple[int, int]] = []
-    for index, msg in enumerate(msgs):
-        key = (msg.fromId, msg.id)
-        found = existing.get(key)
-        if found is not None:
-            results[index] = (True, StoreOutcome(message=found, created=False))
-        elif key in firstOf:
-            repeats.append((index, firstOf[key]))
-        else:
-            firstOf[key] = index
-            fresh.append(index)
-    previous = None
-    if fresh and txn.engine.linksMessages:
-        previous = _lastOfConversations_txn(txn, list({msgs[index].conversation for index in fresh}))
-    for chunk in chunks(fresh, INSERT_CHUNK):
-        ok, made = attempt_txn(txn, lambda txn: _insertRows_txn(txn, [msgs[index] for index in chunk]), False)
-        if not ok:
-            # One bad row must not fail the others: one statement each.
-            for index in chunk:
-                msg = msgs[index]
-                results[index] = attempt_txn(txn, lambda txn: storeMessage_txn(txn, msg), False)
-            continue
-        assert isinstance(made, list)
-        for seq, index in zip(made, chunk):
-            results[index] = (True, StoreOutcome(message=_newStored(msgs[index], seq), created=True))
-    if previous is not None:
-        _link(results, fresh, previous)
-    for index, original in repeats:
-        ok, outcome = results[original]
-        results[index] = (True, StoreOutcome(message=outcome.message, created=False)) if ok else (ok, outcome)
-    return results
+            found[(stored.fromId, stored.id)] = stored
+    return [found.get(key) for key in keys]
 
 
 def _insertRows_txn(txn: Transaction, rows: Sequence[NewMessage]) -> list[int]:

@@ -338,11 +338,10 @@ def _insertAll_txn(
     """
     if not indexes:
         return True
-    rows = [msgs[index] for index in indexes]
+    parts = list(binaryChunks([msgs[index] for index in indexes], INSERT_CHUNK))
     # More than one statement needs a savepoint to be undone as a whole
     # (SQLite undoes a failed statement alone).
-    several = len(rows) > INSERT_CHUNK or len(rows) & (len(rows) - 1) != 0
-    ok, made = attempt_txn(txn, lambda txn: _insertRows_txn(txn, rows), several)
+    ok, made = attempt_txn(txn, lambda txn: _insertRows_txn(txn, parts), len(parts) > 1)
     if not ok:
         return False
     assert isinstance(made, list)
@@ -370,17 +369,17 @@ def _findMessages_txn(txn: Transaction, keys: Sequence[tuple[str, str]]) -> list
     return [found.get(key) for key in keys]
 
 
-def _insertRows_txn(txn: Transaction, rows: Sequence[NewMessage]) -> list[int]:
+def _insertRows_txn(txn: Transaction, parts: Sequence[Sequence[NewMessage]]) -> list[int]:
     """
-    Insert messages none of which is stored yet, with a statement per
-    power of two of their number (L{binaryChunks}).
+    Insert messages none of which is stored yet, a statement per part (of
+    L{binaryChunks}).
 
     @return: their seqs, in order.
     @raise RuntimeError: if the database did not insert them all.
     """
     seqs: list[int] = []
     cipher = txn.cipher
-    for part in binaryChunks(rows, INSERT_CHUNK):
+    for part in parts:
         sql = _INSERT_COLUMNS + ", ".join([_ROW] * len(part))
         args = [value for msg in part for value in _insertRow(msg, cipher)]
         if txn.engine.returningKeys:

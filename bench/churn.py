@@ -16,10 +16,13 @@ seconds) and must drop it afterwards.
 
 Steps: start the server; read the gauges at idle; run C{--warmup} cycles
 and wait until the gauges are back to idle (no connection, no user online,
-nothing queued, no more reactor timers than at idle): the RSS then is the
+nothing queued, no more reactor timers than at idle) and, if the server
+gives memory back when quiet (C{crm_im_memory_releases_total},
+C{--release-memory-after}), until it has done so: the RSS then is the
 baseline; run C{--cycles} cycles, wait the same way, read the RSS again.
 It fails (exit status 1) if a cycle failed, the gauges never came back
-(a leaked session, user, buffer or timer) or the RSS ended more than
+(a leaked session, user, buffer or timer), the memory release did not
+come or the RSS ended more than
 C{--rss-tolerance} above the baseline. One JSON report on stdout.
 """
 
@@ -97,12 +100,20 @@ def phase(server: Server, name: str, idle: dict[str, float], args: argparse.Name
     sampler.join()
     atEnd = server.gauges()
     settled, settleSeconds, after = server.waitUntil(idleAgain(idle), args.settle_timeout)
+    released: bool | None = None
+    if settled and RELEASES in atEnd:
+        # The server gives back what the spell took once it has been quiet
+        # for --release-memory-after seconds: the RSS is read after that.
+        released, _, after = server.waitUntil(
+            lambda samples: samples[RELEASES] > atEnd[RELEASES], args.settle_timeout
+        )
     return {
         "clients": clients,
         "seconds": round(time.monotonic() - started, 2),
         "atClientsEnd": {key: atEnd[key] for key in (*GAUGE_KEYS, "rss_kib")},
         "settled": settled,
         "settleSeconds": round(settleSeconds, 2),
+        "memoryReleased": released,
         "after": {key: after[key] for key in REPORT_KEYS},
         "peakRSSKiB": sampler.peakRSS,
         "peakConnections": sampler.peakConnections,
@@ -111,6 +122,8 @@ def phase(server: Server, name: str, idle: dict[str, float], args: argparse.Name
 
 
 GAUGE_KEYS = GAUGES
+#: how many times the server gave memory back after a busy spell
+RELEASES = "crm_im_memory_releases_total"
 REPORT_KEYS = (
     *GAUGE_KEYS,
     "crm_im_sessions_opened_total",
@@ -153,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("warmup", "main"):
             if report[name]["clients"]["failures"]:
                 problems.append(f"{name}: {report[name]['clients']['failures']} cycles failed")
+            if report[name]["memoryReleased"] is False:
+                problems.append(f"{name}: no memory release within {args.settle_timeout}s of going idle")
             if not report[name]["settled"]:
                 problems.append(f"{name}: gauges not back to idle after {args.settle_timeout}s: {report[name]['after']}")
         if report["rssGrowth"] > args.rss_tolerance:

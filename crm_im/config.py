@@ -36,6 +36,9 @@ class Config:
         power loss; C{NORMAL} survives a killed process).
     @ivar commitInterval: seconds at least between the starts of two write
         transactions of the message store (group commit).
+    @ivar releaseMemoryAfter: seconds without activity after which the
+        memory a busy spell took is given back (L{crm_im.idlerelease};
+        C{0}: never).
     @ivar logEvents: log one line per event (C{[消息]} and the like).
     @ivar shutdownGrace: seconds to wait on stop for polling clients to
         collect C{server:shutdown}.
@@ -100,6 +103,7 @@ class Config:
     store: str | None = attrs.field(default=None, repr=False)
     sqliteSynchronous: str = "FULL"
     commitInterval: float = 0.010
+    releaseMemoryAfter: float = 10.0
     logEvents: bool = True
     shutdownGrace: float = 2.0
     auth: str = "open"

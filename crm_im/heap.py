@@ -22,7 +22,10 @@ unaffected.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import platform
+
+PAGE_SIZE = mmap.PAGESIZE
 
 #: glibc's C{mallopt} parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -62,3 +65,37 @@ def fixMmapThreshold(threshold: int = MMAP_THRESHOLD) -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(mallopt(M_MMAP_THRESHOLD, threshold))
+
+
+def trimHeap() -> bool:
+    """
+    Give the free memory inside glibc's heaps back to the system
+    (C{malloc_trim(0)}: every arena, free pages anywhere in them, not only
+    at the top). It walks the heaps under their locks, so it is called off
+    the reactor thread, and only when the server is quiet
+    (L{crm_im.idlerelease}).
+
+    @return: whether memory was returned: C{False} when there was none, or
+        on a C library other than glibc, where nothing is done.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallocTrim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    mallocTrim.argtypes = (ctypes.c_size_t,)
+    mallocTrim.restype = ctypes.c_int
+    return bool(mallocTrim(0))
+
+
+def residentBytes() -> int | None:
+    """
+    The process's resident memory (Linux's C{/proc/self/statm}), or
+    L{None} where there is no such file.
+    """
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None

@@ -22,7 +22,7 @@ live in one test process).
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
@@ -157,3 +157,21 @@ class LabelledCounts:
         for value, count in self.children.items():
             family.add_metric([value], count.value)
         return family
+
+
+class ReadCounter:
+    """
+    One counter read from its owner at scrape time (a count a service keeps
+    as a plain attribute, such as L{crm_im.idlerelease}'s releases).
+    """
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], int]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        """
+        The counter's one sample.
+        """
+        yield CounterMetricFamily(self.name, self.documentation, value=self.read())

@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IReactorFromThreads
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
@@ -35,7 +36,8 @@ from .engineio.session import CLOSING
 from .engineio.site import EngineIOSite
 from .gateway.adminui import AdminUINamespace
 from .gateway.socketio import SocketIOGateway
-from .heap import fixMmapThreshold
+from .heap import fixMmapThreshold, trimHeap
+from .idlerelease import IdleMemoryRelease
 from .im.admin import AdminHandlers
 from .im.core import IMCore, IMSettings
 from .im.groups import GroupLimits
@@ -43,6 +45,7 @@ from .im.recovery import enableRecovery, recoveryStoreFor
 from .im.rooms import RoomLimits
 from .im.metrics import IMMetrics
 from .lifecycle import ListeningPorts, Stage, StagedService
+from .metrics import ReadCounter
 from .notify import GatewayClient, PushMetrics, PushSender, PushSettings
 from .presence import Presence
 from .rest.admin import MAX_BODY as ADMIN_MAX_BODY, mountAdmin
@@ -110,8 +113,10 @@ class CRMIMService(StagedService):
     (heartbeats, connect timeouts, token expiry), C{listen} and
     C{admin-listen} (the ports), C{drain} (at stop only: C{server:shutdown}
     to every client, sessions closed after their last packets while the
-    ports still answer the polling clients collecting them) and C{tuning}
-    (the interpreter tuned for a long run, once everything is up).
+    ports still answer the polling clients collecting them), C{tuning}
+    (the interpreter tuned for a long run, once everything is up) and
+    C{idle-release} (memory given back after busy spells, with
+    C{--release-memory-after}).
 
     @ivar ports: the listening ports, once started.
     @ivar ready: fires with C{ports} once the store is open and every
@@ -261,8 +266,35 @@ class CRMIMService(StagedService):
             self.adminSite if self.adminSite is not None else self.site,
             self._adminListening,
         )
+        self.idleRelease: IdleMemoryRelease | None = None
+        if config.releaseMemoryAfter > 0:
+            self.idleRelease = IdleMemoryRelease(
+                reactor,
+                self._activity,
+                self.store.releaseCaches,
+                lambda: deferToThreadPool(reactor, self.threadpool, trimHeap),
+                config.releaseMemoryAfter,
+            )
+            release = self.idleRelease
+            self.metrics.registry.register(
+                ReadCounter(
+                    "crm_im_memory_releases",
+                    "Memory given back after a busy spell once the server went quiet (--release-memory-after).",
+                    lambda: release.releases,
+                )
+            )
         self.ready: Deferred[list[IListeningPort]] = Deferred()
         self._addStages()
+
+    def _activity(self) -> int:
+        """
+        A count that grows with the server's work, for L{IdleMemoryRelease}:
+        Engine.IO sessions opened and closed, and store transactions (every
+        message, login's offline queue, read and recovery record is one).
+        """
+        stats = self.sio.engine.stats
+        transactions = self.store.transactionCount if isinstance(self.store, SQLMessageStore) else 0
+        return stats.opened + stats.closed + transactions
 
     def _addStages(self) -> None:
         """
@@ -285,6 +317,7 @@ class CRMIMService(StagedService):
             self.adminListeners,
             Stage("drain", None, self._drain),
             Stage("tuning", self._tune, None),
+            *([] if self.idleRelease is None else [self.idleRelease]),
         ):
             stage.setServiceParent(self)
 

@@ -102,6 +102,9 @@ class Options(usage.Options):
         ["commit-interval", None, 10, "Milliseconds at least between two message-store commits under load "
          "(4,000 writes/s and more; less in proportion below): writes arriving meanwhile share the next one "
          "(0: commit as soon as the previous one is done)."],
+        ["release-memory-after", None, 10, "Seconds without activity (no connection opened or closed, no store "
+         "transaction) after which the caches and free heap a busy spell left are given back to the system "
+         "(0: never)."],
         ["shutdown-grace", None, 2, "Seconds to wait on stop for clients to collect server:shutdown."],
         ["auth", None, None, "Authentication mode: open (default; clients say who they are) or jwt "
          "(also: $CRM_IM_AUTH)."],
@@ -220,6 +223,9 @@ class Options(usage.Options):
         commitInterval = _number("commit-interval", self["commit-interval"], float)
         if not 0 <= commitInterval <= 1000:
             raise usage.UsageError("--commit-interval must be between 0 and 1000 ms")
+        releaseMemoryAfter = _number("release-memory-after", self["release-memory-after"], float)
+        if not 0 <= releaseMemoryAfter <= 86400:
+            raise usage.UsageError("--release-memory-after must be between 0 and 86400 seconds")
         synchronous = str(self["sqlite-synchronous"]).upper()
         if synchronous not in _SYNCHRONOUS:
             raise usage.UsageError(f"--sqlite-synchronous must be one of {', '.join(_SYNCHRONOUS)}")
@@ -265,6 +271,7 @@ class Options(usage.Options):
             store=store,
             sqliteSynchronous=synchronous,
             commitInterval=commitInterval / 1000,
+            releaseMemoryAfter=releaseMemoryAfter,
             logEvents=not quiet,
             shutdownGrace=shutdownGrace,
             auth=auth,

@@ -9,7 +9,7 @@ import platform
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from crm_im.heap import MMAP_THRESHOLD, fixMmapThreshold
+from crm_im.heap import MMAP_THRESHOLD, fixMmapThreshold, residentBytes, trimHeap
 
 
 class _MallInfo2(ctypes.Structure):
@@ -28,6 +28,12 @@ class _MallInfo2(ctypes.Structure):
             "keepcost",
         )
     ]
+
+
+def _residentBytes() -> int:
+    resident = residentBytes()
+    assert resident is not None
+    return resident
 
 
 def _mallinfo() -> _MallInfo2:
@@ -72,3 +78,40 @@ class FixMmapThresholdTests(SynchronousTestCase):
         self.assertEqual(_mallinfo().hblks, info.hblks + 1)
         del block
         self.assertEqual(_mallinfo().hblks, info.hblks)
+
+
+class TrimHeapTests(SynchronousTestCase):
+    """
+    L{trimHeap} on glibc.
+    """
+
+    def setUp(self) -> None:
+        if platform.libc_ver()[0] != "glibc":
+            raise self.skipTest("glibc only")
+
+    def test_freeMiddleOfHeapReturned(self) -> None:
+        """
+        Free memory in the middle of the heap, under a block still in use
+        (which glibc's automatic trim, of the heap's top only, never
+        returns), leaves the process's resident memory.
+        """
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = ctypes.c_void_p
+        libc.malloc.argtypes = (ctypes.c_size_t,)
+        libc.free.argtypes = (ctypes.c_void_p,)
+        # 32 MiB in 16 KiB blocks (under any mmap threshold: from the
+        # heap), touched so that they are resident, then a block above them.
+        size, count = 16 * 1024, 2048
+        blocks = [libc.malloc(size) for _ in range(count)]
+        for block in blocks:
+            ctypes.memset(block, 1, size)
+        guard = libc.malloc(size)
+        try:
+            for block in blocks:
+                libc.free(block)
+            before = _residentBytes()
+            self.assertTrue(trimHeap())
+            after = _residentBytes()
+        finally:
+            libc.free(guard)
+        self.assertGreater(before - after, (size * count) // 2)

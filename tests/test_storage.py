@@ -6,6 +6,7 @@ commit, durability across reopen, schema versions, pragmas).
 
 from __future__ import annotations
 
+import ctypes
 import sqlite3
 import threading
 import uuid
@@ -752,6 +753,18 @@ class MessageStoreTestsMixin:
         self.assertEqual(await self.store.fileRecord("f" * 32), record)
         self.assertIsNone(await self.store.fileRecord("g" * 32))
 
+    async def test_releaseCaches(self) -> None:
+        """
+        C{releaseCaches} fires once done, and the store goes on as before:
+        what it holds is read again, new writes are stored.
+        """
+        stored = await self.storeAll(*[newMessage(str(n)) for n in range(30)])
+        self.assertIsNone(await self.store.releaseCaches())
+        page = await self.store.history("alice", "bob", None, 50, None, None)
+        self.assertEqual([m.seq for m in page.messages], [m.seq for m in stored])
+        outcome = await self.store.storeMessage(newMessage("after"))
+        self.assertTrue(outcome.created)
+
     async def test_closeDrainsWrites(self) -> None:
         """
         C{close} finishes the writes requested before it, and later writes
@@ -1202,6 +1215,27 @@ class SQLiteMessageStoreTests(SQLiteStores, SQLMessageStoreTestsMixin, TestCase)
     """
 
     links = False
+
+    async def test_releaseCachesFreesPageCache(self) -> None:
+        """
+        C{releaseCaches} empties SQLite's page cache, which the writes had
+        filled (its C{sqlite3_memory_used()}, in the library Python's
+        C{sqlite3} runs on).
+        """
+        import _sqlite3
+
+        try:
+            memoryUsed = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_used
+        except (OSError, AttributeError):
+            raise self.skipTest("this Python's SQLite does not export sqlite3_memory_used")
+        memoryUsed.restype = ctypes.c_int64
+        await gatherResults([self.store.storeMessage(newMessage(str(n), content="x" * 500)) for n in range(2000)])
+        before = memoryUsed()
+        await self.store.releaseCaches()
+        after = memoryUsed()
+        # 2,000 rows of ~600 bytes and their index entries: over a MiB of
+        # pages, nearly all of it cached.
+        self.assertGreater(before - after, 512 * 1024)
 
     async def test_upgradeFromVersion2(self) -> None:
         """

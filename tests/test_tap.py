@@ -88,6 +88,7 @@ class OptionsTests(SynchronousTestCase):
             "--cors-origin", "https://a.example", "--cors-origin", "https://b.example",
             "--sqlite-synchronous", "normal", "--quiet", "--data-dir", "/tmp/x",
             "--commit-interval", "2.5", "--max-buffered-bytes", "65536", "--max-buffered-packets", "100",
+            "--release-memory-after", "0.5",
         )
         self.assertEqual((config.pingInterval, config.pingTimeout, config.maxPayload), (1000, 2000, 5000))
         self.assertEqual((config.connectTimeout, config.maxMessageLength), (3000, 10))
@@ -95,6 +96,9 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.corsOrigins, ("https://a.example", "https://b.example"))
         self.assertEqual(config.sqliteSynchronous, "NORMAL")
         self.assertEqual(config.commitInterval, 0.0025)
+        self.assertEqual(config.releaseMemoryAfter, 0.5)
+        self.assertEqual(parse("--release-memory-after", "0").releaseMemoryAfter, 0)
+        self.assertEqual(parse().releaseMemoryAfter, 10)
         self.assertFalse(config.logEvents)
         self.assertEqual(config.dataDir, "/tmp/x")
         self.assertEqual(config.engineConfig().corsOrigins, config.corsOrigins)
@@ -157,6 +161,9 @@ class OptionsTests(SynchronousTestCase):
             ["--commit-interval", "-1"],
             ["--commit-interval", "5000"],
             ["--commit-interval", "nan"],
+            ["--release-memory-after", "-1"],
+            ["--release-memory-after", "nan"],
+            ["--release-memory-after", "inf"],
             ["--max-buffered-bytes", "0"],
             ["--max-buffered-packets", "many"],
         ):

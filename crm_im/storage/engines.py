@@ -62,6 +62,9 @@ class BaseEngine:
         this engine, put messages crossing Redis back in order with it
         (L{crm_im.routing.order}). One small read per batch; SQLite, one
         node, has no use for it.
+    @ivar releaseMemorySQL: frees the connection's cache when the server
+        is quiet (L{crm_im.idlerelease}); or L{None}, where the cache is
+        another process's (PostgreSQL's shared buffers).
     """
 
     #: how many times a transaction whose connection broke under it is run
@@ -76,6 +79,7 @@ class BaseEngine:
     linksMessages = False
     schemaLockSQL: str | None = None
     writeLockSQL: str | None = None
+    releaseMemorySQL: str | None = None
     integrityErrors: tuple[type[Exception], ...] = ()
 
     def convertParamStyle(self, sql: str) -> str:
@@ -129,8 +133,10 @@ class SQLiteEngine(BaseEngine):
     name = "sqlite"
     beginSQL = "BEGIN"
     integrityErrors = (sqlite3.IntegrityError,)
-    #: the page cache of the connection, KiB
+    #: the page cache of the connection, KiB: filled again from the
+    #: system's file cache after L{releaseMemorySQL} empties it
     cacheKiB = 65536
+    releaseMemorySQL = "PRAGMA shrink_memory"
     #: WAL pages between automatic checkpoints
     walAutocheckpoint = 10000
 

@@ -436,6 +436,13 @@ class IMessageStore(Interface):
         calls fail with L{StoreClosedError}.
         """
 
+    def releaseCaches() -> Deferred[None]:
+        """
+        Free what the store caches in this process (SQLite's page cache),
+        to be read again as needed: called when the server has gone quiet
+        (L{crm_im.idlerelease}).
+        """
+
     def storeMessage(msg: NewMessage) -> Deferred[StoreOutcome]:
         """
         Store C{msg} unless its C{(fromId, id)} is stored already.

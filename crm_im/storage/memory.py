@@ -79,6 +79,16 @@ class MemoryMessageStore(MemoryConversationStore, MemoryPushStore, MemoryKeyStor
         self._closed = True
         return succeed(None)
 
+    def releaseCaches(self) -> Deferred[None]:
+        """
+        See L{IMessageStore.releaseCaches}: nothing is cached.
+        """
+        try:
+            self._check("releaseCaches")
+        except StoreClosedError:
+            return fail()
+        return succeed(None)
+
     def storeMessage(self, msg: NewMessage) -> Deferred[StoreOutcome]:
         """
         See L{IMessageStore.storeMessage}.

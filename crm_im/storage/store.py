@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from .commit import GroupCommit, Write
@@ -97,6 +97,16 @@ class SQLMessageStore(GroupCommit, SQLConversationStore, SQLPushStore, SQLKeySto
         See L{IFileMetadata.recordFile}.
         """
         return self._write("recordFile", lambda txn: recordFile_txn(txn, record))
+
+    def releaseCaches(self) -> Deferred[None]:
+        """
+        See L{IMessageStore.releaseCaches}: the engine's
+        C{releaseMemorySQL}, on the store's thread.
+        """
+        sql = self.database.engine.releaseMemorySQL
+        if sql is None:
+            return succeed(None)
+        return self._read("releaseCaches", lambda txn: txn.execute(sql))
 
     # reads
 

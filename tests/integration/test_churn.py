@@ -143,6 +143,34 @@ class ChurnTests(ProcessTestCase):
         self.assertEqual(samples["crm_im_ping_timeouts_total"], 0)
 
     @inlineCallbacks
+    def test_memoryReleasedWhenQuiet(self) -> Inline:
+        """
+        Once the churn is over and the server has been quiet for
+        C{--release-memory-after} seconds, it gives back the memory the
+        spell took (SQLite's page cache, the C heap's free pages) and says
+        so: one C{[内存]} line with its RSS before and after, the
+        C{crm_im_memory_releases_total} counter, and by then every cut-off
+        socket's hold has ended (holds ending are store transactions:
+        activity).
+        """
+        process = self.spawnTwistd(
+            self.mktemp(), "--recovery-window", str(RECOVERY_WINDOW), "--release-memory-after", "1"
+        )
+        yield self.waitUntilServing(process)
+        url = f"http://127.0.0.1:{process.port}"
+        driver = yield self.driver("node")
+        yield observe(driver, url)
+        idle = yield scrape(process)
+        self.assertEqual(idle["crm_im_memory_releases_total"], 0)
+        released = process.whenOutputContains("[内存] quiet for 1 s: caches and free heap released, RSS ".encode())
+        report = yield runChurn(url, 100, 20, "spell")
+        self.assertEqual(report["failures"], 0, report["firstFailures"])
+        yield released.addTimeout(SETTLE_TIMEOUT, reactor)
+        samples = yield scrape(process)
+        self.assertGreaterEqual(samples["crm_im_memory_releases_total"], 1)
+        self.assertTrue(idleAgain(idle)(samples), samples)
+
+    @inlineCallbacks
     def test_heldUntilWindowEnds(self) -> Inline:
         """
         The check above can fail: right after the cycles, the users of the

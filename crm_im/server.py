@@ -21,7 +21,6 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
-from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -52,6 +51,7 @@ from .rest.admin import MAX_BODY as ADMIN_MAX_BODY, mountAdmin
 from .rest.auth import AdminAuthenticator
 from .routing.local import LocalRouter
 from .routing.redis import RedisRouter
+from .threadpool import AcyclicThreadPool
 from .startup import hostPort, logStartFailure, stopAndExit, warnAboutJWTKey
 from .socketio.server import SocketIOConfig, SocketIOServer
 from .storage import DiskFileStore, MemoryMessageStore, SQLMessageStore, storeFor
@@ -157,7 +157,7 @@ class CRMIMService(StagedService):
             self.store.commitInterval = config.commitInterval
         else:
             self.store = store
-        self.threadpool = ThreadPool(minthreads=0, maxthreads=4, name="crm_im-files")
+        self.threadpool = AcyclicThreadPool(minthreads=0, maxthreads=4, name="crm_im-files")
         self.fileRecords: IFileRecords = (
             MemoryFileRecords(self.store) if isinstance(self.store, MemoryMessageStore) else SQLFileRecords(self.store)
         )

@@ -22,6 +22,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from twisted.enterprise.adbapi import ConnectionPool
 from twisted.internet.interfaces import IReactorCore
+from twisted.python.threadpool import ThreadPool
+
+from ..threadpool import AcyclicThreadPool
 
 SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
@@ -32,6 +35,28 @@ SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 #: (C{options=-csearch_path=...}) do not wait on each other.
 _SCHEMA_LOCK = 0x63726D00
 _WRITE_LOCK = 0x63726D01
+
+
+class StoreConnectionPool(ConnectionPool):
+    """
+    adbapi's L{ConnectionPool}, its transactions run on an
+    L{AcyclicThreadPool} of the same size, so that they leave no cyclic
+    garbage (see L{crm_im.threadpool}).
+
+    The pool builds its L{ThreadPool} in its C{__init__} and, if the
+    reactor is already running, starts it there too; the assignment is
+    where the other pool is put in its place.
+    """
+
+    _threads: AcyclicThreadPool
+
+    @property
+    def threadpool(self) -> AcyclicThreadPool:
+        return self._threads
+
+    @threadpool.setter
+    def threadpool(self, pool: ThreadPool) -> None:
+        self._threads = AcyclicThreadPool(pool.min, pool.max, name="crm_im-store")
 
 
 class BaseEngine:
@@ -176,7 +201,7 @@ class SQLiteEngine(BaseEngine):
         """
         A pool of one connection to the database file.
         """
-        return ConnectionPool(
+        return StoreConnectionPool(
             "sqlite3",
             self.path,
             check_same_thread=False,
@@ -353,7 +378,7 @@ class PostgresEngine(BaseEngine):
         """
         A pool of C{minConnections} to C{maxConnections} connections.
         """
-        return ConnectionPool(
+        return StoreConnectionPool(
             "psycopg",
             self.url,
             cp_min=self.minConnections,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import platform
+from typing import Any
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -46,6 +47,19 @@ MMAP_THRESHOLD = 64 * 1024
 TRIM_THRESHOLD = 64 * 1024 * 1024
 
 
+def _glibc(name: str) -> Any:
+    """
+    glibc's function C{name} (through C{ctypes}), or L{None} on another C
+    library.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def fixMmapThreshold(threshold: int = MMAP_THRESHOLD) -> bool:
     """
     Make glibc serve blocks of C{threshold} bytes or more with C{mmap},
@@ -56,11 +70,8 @@ def fixMmapThreshold(threshold: int = MMAP_THRESHOLD) -> bool:
     @return: whether it was set: C{False} on a C library other than glibc,
         where nothing is done.
     """
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
@@ -78,11 +89,8 @@ def trimHeap() -> bool:
     @return: whether memory was returned: C{False} when there was none, or
         on a C library other than glibc, where nothing is done.
     """
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallocTrim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    mallocTrim = _glibc("malloc_trim")
+    if mallocTrim is None:
         return False
     mallocTrim.argtypes = (ctypes.c_size_t,)
     mallocTrim.restype = ctypes.c_int

@@ -19,8 +19,8 @@ it empties as it starts: the arguments, the result and the closure itself
 are freed by reference counting as soon as the call is over, as Twisted
 intends, and nothing is left for the collector. C{bench/churn.py} (10,000
 cycles after a 500-cycle warm-up): RSS +15.3 % with this pool alone, +21.5 %
-without; with the release of L{crm_im.idlerelease} too, +3.8 % against
-+10.3 %.
+without; with the release of L{crm_im.idlerelease} too, +3.5 to 4.5 %
+against +10.3 %.
 """
 
 from __future__ import annotations

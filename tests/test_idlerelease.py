@@ -136,6 +136,19 @@ class IdleMemoryReleaseTests(SynchronousTestCase):
         self.harness.clock.advance(QUIET)
         self.assertEqual(self.release.releases, 1)
 
+    def test_failureAfterStopNotLogged(self) -> None:
+        """
+        A release that fails because the server stopped under it (the store
+        closed) is not an error to log.
+        """
+        self.harness.cachesResult = Deferred()
+        self.harness.busy(1)
+        self.harness.clock.advance(QUIET)
+        self.release.stopService()
+        self.harness.cachesResult.errback(RuntimeError("store closed"))
+        self.assertEqual(self.flushLoggedErrors(RuntimeError), [])
+        self.assertEqual(self.release.releases, 0)
+
     def test_stopLeavesNoTimer(self) -> None:
         """
         Stopping the service cancels its timer.

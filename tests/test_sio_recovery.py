@@ -276,6 +276,44 @@ class RecoveryLogTests(SynchronousTestCase):
         log.record(log.nextOffset(), "/", None, None, [])
         self.assertEqual(len(log), 1)
 
+    def test_expireWhenQuiet(self) -> None:
+        """
+        With no new event, what the window ends for is dropped all the same
+        (its timer): a quiet server keeps neither the last events' frames
+        nor its detached sockets. Once nothing is kept, no timer is left.
+        """
+        clock = Clock()
+        log = RecoveryLog(clock, 10.0)
+        log.record(log.nextOffset(), "/", None, None, [b"frame"])
+        clock.advance(4)
+        log.detach("p", "s", "/", [], None, firstOffset=0)
+        log.record(log.nextOffset(), "/", None, None, [b"frame"])
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(6)
+        self.assertEqual(len(log), 1)
+        clock.advance(4)
+        self.assertEqual(len(log), 0)
+        self.assertIsNone(log.restore("p", "/", None))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_stopLeavesNoTimer(self) -> None:
+        """
+        C{stop} cancels the timer and keeps the entries; C{start} arms it
+        again.
+        """
+        clock = Clock()
+        log = RecoveryLog(clock, 10.0)
+        log.record(log.nextOffset(), "/", None, None, [])
+        log.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        log.record(log.nextOffset(), "/", None, None, [])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(len(log), 2)
+        log.start()
+        clock.advance(10)
+        self.assertEqual(len(log), 0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_otherNamespace(self) -> None:
         """
         A pid is only restored in its own namespace.

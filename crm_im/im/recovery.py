@@ -235,6 +235,7 @@ class StoreRecovery:
         expired ones go.
         """
         self._goneDeadlines.start()
+        self.memory.start()
         now = self.now()
         self.store.expireRecoveries(now, now + int(self.window * 1000)).addErrback(self._failed, "expiring")
 
@@ -293,10 +294,12 @@ class StoreRecovery:
 
     def stop(self) -> None:
         """
-        The server stops: no deadline outlives it (the records stay, in
-        memory until the process ends and in the store).
+        The server stops: no deadline outlives it, nor the memory log's
+        timer (the records stay, in memory until the process ends and in the
+        store).
         """
         self._goneDeadlines.stop()
+        self.memory.stop()
 
     def forget(self, device: str) -> None:
         """

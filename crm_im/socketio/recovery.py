@@ -12,8 +12,11 @@ socket that went away for a reason worth recovering from (its sid, rooms
 and application data). L{SocketIOServer} asks it, on such a CONNECT, for
 the socket to restore and the events it missed.
 
-It is pure data on an injected clock: no I/O, no timer of its own (expired
-entries are dropped as new ones come in and when looked up).
+It is data on an injected clock, with no I/O. Expired entries are dropped
+as new ones come in and when looked up, and by one timer of its own, due
+when the oldest entry ends: without it, a server gone quiet would keep the
+last window's events (their encoded frames) and detached sockets until the
+next event, however long that takes (bench/README.md, "Churn").
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Iterable
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from zope.interface import Attribute, Interface, implementer
 
 #: The disconnect reasons a client can recover from: the connection broke
@@ -146,6 +150,28 @@ class RecoveryLog:
         self._droppedUpTo = 0
         self._detached: dict[str, DetachedSocket] = {}
         self._detachedOrder: deque[DetachedSocket] = deque()
+        # Due when the oldest entry or detached socket ends (None: nothing
+        # kept, or stopped).
+        self._expiry: IDelayedCall | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        """
+        Expire entries on time again after L{stop} (a new log needs no
+        start: keeping an entry arms the timer).
+        """
+        self._stopped = False
+        self._armExpiry()
+
+    def stop(self) -> None:
+        """
+        The server stops: no timer outlives it (the entries stay).
+        """
+        self._stopped = True
+        if self._expiry is not None:
+            if self._expiry.active():
+                self._expiry.cancel()
+            self._expiry = None
 
     @property
     def lastOffset(self) -> int:
@@ -242,3 +268,25 @@ class RecoveryLog:
         # Restored ones stay in the order until they age out; bound it.
         if len(order) > 2 * len(self._detached) + 1024:
             self._detachedOrder = deque(s for s in order if self._detached.get(s.pid) is s)
+        if self._expiry is None and not self._stopped:
+            self._armExpiry()
+
+    def _armExpiry(self) -> None:
+        """
+        Set the timer for the end of the oldest entry or detached socket, if
+        any is kept.
+        """
+        if self._expiry is not None or self._stopped:
+            return
+        oldest: float | None = self._entries[0].at if self._entries else None
+        if self._detachedOrder:
+            detachedAt = self._detachedOrder[0].detachedAt
+            oldest = detachedAt if oldest is None else min(oldest, detachedAt)
+        if oldest is None:
+            return
+        delay = max(0.0, oldest + self.window - self._clock.seconds())
+        self._expiry = self._clock.callLater(delay, self._expiryDue)
+
+    def _expiryDue(self) -> None:
+        self._expiry = None
+        self._expire(self._clock.seconds())

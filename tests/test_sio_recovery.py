@@ -278,9 +278,10 @@ class RecoveryLogTests(SynchronousTestCase):
 
     def test_expireWhenQuiet(self) -> None:
         """
-        With no new event, what the window ends for is dropped all the same
-        (its timer): a quiet server keeps neither the last events' frames
-        nor its detached sockets. Once nothing is kept, no timer is left.
+        With no new event, what the window ends for is dropped all the same,
+        at most a quarter window later (its timer): a quiet server keeps
+        neither the last events' frames nor its detached sockets. Once
+        nothing is kept, no timer is left.
         """
         clock = Clock()
         log = RecoveryLog(clock, 10.0)
@@ -289,12 +290,39 @@ class RecoveryLogTests(SynchronousTestCase):
         log.detach("p", "s", "/", [], None, firstOffset=0)
         log.record(log.nextOffset(), "/", None, None, [b"frame"])
         self.assertEqual(len(clock.getDelayedCalls()), 1)
-        clock.advance(6)
+        # a quarter window (2.5 s) after the first event's end...
+        clock.advance(8.4)
+        self.assertEqual(len(log), 2)
+        clock.advance(0.1)
         self.assertEqual(len(log), 1)
+        # ...and after the detached socket's and the second event's
         clock.advance(4)
         self.assertEqual(len(log), 0)
         self.assertIsNone(log.restore("p", "/", None))
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_busyLogFewTimers(self) -> None:
+        """
+        Events coming all the time fire the timer at most about four times
+        a window, not once per event.
+        """
+        clock = Clock()
+        log = RecoveryLog(clock, 10.0)
+        fired = 0
+        due = log._expiryDue
+
+        def counting() -> None:
+            nonlocal fired
+            fired += 1
+            due()
+
+        log._expiryDue = counting  # type: ignore[method-assign]
+        for _ in range(10_000):
+            log.record(log.nextOffset(), "/", None, None, [])
+            clock.advance(0.01)
+        # 100 s of events, 100 a second
+        self.assertLessEqual(fired, 40)
+        self.assertLessEqual(len(log), 1250)
 
     def test_stopLeavesNoTimer(self) -> None:
         """
@@ -310,7 +338,7 @@ class RecoveryLogTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(len(log), 2)
         log.start()
-        clock.advance(10)
+        clock.advance(12.5)
         self.assertEqual(len(log), 0)
         self.assertEqual(clock.getDelayedCalls(), [])
 

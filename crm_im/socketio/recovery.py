@@ -13,10 +13,12 @@ and application data). L{SocketIOServer} asks it, on such a CONNECT, for
 the socket to restore and the events it missed.
 
 It is data on an injected clock, with no I/O. Expired entries are dropped
-as new ones come in and when looked up, and by one timer of its own, due
-when the oldest entry ends: without it, a server gone quiet would keep the
-last window's events (their encoded frames) and detached sockets until the
-next event, however long that takes (bench/README.md, "Churn").
+as new ones come in and when looked up, and by one timer of its own, due a
+quarter of the window after the oldest entry ends: without it, a server
+gone quiet would keep the last window's events (their encoded frames) and
+detached sockets until the next event, however long that takes
+(bench/README.md, "Churn"). The quarter window of slack makes a busy
+server's timer fire at most four times a window, not once per event.
 """
 
 from __future__ import annotations
@@ -273,8 +275,8 @@ class RecoveryLog:
 
     def _armExpiry(self) -> None:
         """
-        Set the timer for the end of the oldest entry or detached socket, if
-        any is kept.
+        Set the timer for a quarter window after the end of the oldest entry
+        or detached socket, if any is kept.
         """
         if self._expiry is not None or self._stopped:
             return
@@ -284,7 +286,7 @@ class RecoveryLog:
             oldest = detachedAt if oldest is None else min(oldest, detachedAt)
         if oldest is None:
             return
-        delay = max(0.0, oldest + self.window - self._clock.seconds())
+        delay = max(0.0, oldest + self.window - self._clock.seconds()) + self.window / 4
         self._expiry = self._clock.callLater(delay, self._expiryDue)
 
     def _expiryDue(self) -> None:

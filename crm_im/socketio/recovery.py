@@ -152,8 +152,8 @@ class RecoveryLog:
         self._droppedUpTo = 0
         self._detached: dict[str, DetachedSocket] = {}
         self._detachedOrder: deque[DetachedSocket] = deque()
-        # Due when the oldest entry or detached socket ends (None: nothing
-        # kept, or stopped).
+        # Due a quarter window after the oldest entry or detached socket
+        # ends (None: nothing kept, or stopped).
         self._expiry: IDelayedCall | None = None
         self._stopped = False
 

@@ -14,7 +14,9 @@ have been idle for a while.
 
 L{IdleMemoryRelease} watches an activity count (sessions opened and closed,
 store transactions) on the injected clock. When a whole C{quiet} interval
-went by without activity after some activity, it runs one release: the
+went by without activity after some activity, and once the recovery log
+has let go of the spell's last events (its own timer, a window later;
+what it frees is then given back too), it runs one release: the
 store's cache release (SQLite's C{PRAGMA shrink_memory}, on the store's own
 thread), then C{malloc_trim} on a pool thread; the reactor thread only
 waits for them. Each costs about a millisecond (measured after 10,000
@@ -64,6 +66,7 @@ class IdleMemoryRelease(Service):
         releaseCaches: Callable[[], Deferred[None]],
         trimHeap: Callable[[], Deferred[object]],
         quiet: float = QUIET,
+        settled: Callable[[], bool] = lambda: True,
     ) -> None:
         """
         @param activity: a count that grows with the server's work.
@@ -71,12 +74,17 @@ class IdleMemoryRelease(Service):
         @param trimHeap: gives the C allocator's free memory back to the
             system, off the reactor thread.
         @param quiet: seconds without activity that make a quiet spell.
+        @param settled: whether what the spell left to expire on its own
+            timer (the recovery log's events and detached sockets) is gone:
+            the release waits for it, so that what that frees is given back
+            too.
         """
         self.clock = clock
         self.activity = activity
         self.releaseCaches = releaseCaches
         self.trimHeap = trimHeap
         self.quiet = quiet
+        self.settled = settled
         self.releases = 0
         self._seen = 0
         self._busySinceRelease = False
@@ -99,7 +107,7 @@ class IdleMemoryRelease(Service):
         if count != self._seen:
             self._seen = count
             self._busySinceRelease = True
-        elif self._busySinceRelease and not self._releasing:
+        elif self._busySinceRelease and not self._releasing and self.settled():
             self._releasing = True
             ensureDeferred(self._release())
 
@@ -112,13 +120,19 @@ class IdleMemoryRelease(Service):
             after = residentBytes()
             if before is not None and after is not None:
                 self.log.info(
-                    "[内存] quiet for {quiet:g} s: caches and free heap released, RSS {before:.1f} -> {after:.1f} MiB",
+                    "[内存] quiet for {quiet:g} s (release {n}): caches and free heap released,"
+                    " RSS {before:.1f} -> {after:.1f} MiB",
                     quiet=self.quiet,
+                    n=self.releases,
                     before=before / 2**20,
                     after=after / 2**20,
                 )
             else:
-                self.log.info("[内存] quiet for {quiet:g} s: caches and free heap released", quiet=self.quiet)
+                self.log.info(
+                    "[内存] quiet for {quiet:g} s (release {n}): caches and free heap released",
+                    quiet=self.quiet,
+                    n=self.releases,
+                )
         except Exception:
             if self.running:
                 self.log.failure("releasing memory after a quiet spell")

@@ -274,6 +274,7 @@ class CRMIMService(StagedService):
                 self.store.releaseCaches,
                 lambda: deferToThreadPool(reactor, self.threadpool, trimHeap),
                 config.releaseMemoryAfter,
+                lambda: self.sio.recoveryLog is None or self.sio.recoveryLog.isEmpty,
             )
             release = self.idleRelease
             self.metrics.registry.register(

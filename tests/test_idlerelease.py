@@ -25,7 +25,10 @@ class Harness:
         self.count = 0
         self.calls: list[str] = []
         self.cachesResult: Deferred[None] | None = None
-        self.release = IdleMemoryRelease(self.clock, lambda: self.count, self.releaseCaches, self.trimHeap, QUIET)
+        self.settled = True
+        self.release = IdleMemoryRelease(
+            self.clock, lambda: self.count, self.releaseCaches, self.trimHeap, QUIET, lambda: self.settled
+        )
 
     def releaseCaches(self) -> Deferred[None]:
         self.calls.append("caches")
@@ -97,6 +100,21 @@ class IdleMemoryReleaseTests(SynchronousTestCase):
         self.harness.busy(2)
         self.harness.clock.advance(QUIET)
         self.assertEqual(self.release.releases, 2)
+
+    def test_waitsUntilSettled(self) -> None:
+        """
+        While what the spell left still waits for its own timer (the
+        recovery log's last events), quiet intervals release nothing; the
+        first tick after it is gone does.
+        """
+        self.harness.settled = False
+        self.harness.busy(1)
+        self.harness.clock.advance(QUIET * 5)
+        self.assertEqual(self.harness.calls, [])
+        self.harness.settled = True
+        self.harness.clock.advance(QUIET)
+        self.assertEqual(self.harness.calls, ["caches", "trim"])
+        self.assertEqual(self.release.releases, 1)
 
     def test_neverBusy(self) -> None:
         """

@@ -290,6 +290,7 @@ class RecoveryLogTests(SynchronousTestCase):
         log.detach("p", "s", "/", [], None, firstOffset=0)
         log.record(log.nextOffset(), "/", None, None, [b"frame"])
         self.assertEqual(len(clock.getDelayedCalls()), 1)
+        self.assertFalse(log.isEmpty)
         # a quarter window (2.5 s) after the first event's end...
         clock.advance(8.4)
         self.assertEqual(len(log), 2)
@@ -299,6 +300,7 @@ class RecoveryLogTests(SynchronousTestCase):
         clock.advance(4)
         self.assertEqual(len(log), 0)
         self.assertIsNone(log.restore("p", "/", None))
+        self.assertTrue(log.isEmpty)
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_busyLogFewTimers(self) -> None:

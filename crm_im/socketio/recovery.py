@@ -185,6 +185,13 @@ class RecoveryLog:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def isEmpty(self) -> bool:
+        """
+        Nothing is kept: no event, no detached socket (so no timer either).
+        """
+        return not self._entries and not self._detachedOrder
+
     @staticmethod
     def newPid() -> str:
         """

@@ -354,12 +354,12 @@ class SocketIOServer(Service):
         )
         self.connectTimeout = config.connectTimeout / 1000
         self.maxAttachments = config.maxAttachments
-        # The log this server made (an application's own recovery, or the
-        # IM's store around this log, may replace self.recovery): started
-        # and stopped with the server.
-        self._recoveryLog: RecoveryLog | None = None
+        #: The log this server made (an application's own recovery, or the
+        #: IM's store around this log, may replace self.recovery): started
+        #: and stopped with the server.
+        self.recoveryLog: RecoveryLog | None = None
         if recovery is None and config.recoveryWindow > 0:
-            recovery = self._recoveryLog = RecoveryLog(clock, config.recoveryWindow / 1000, config.recoveryMaxEvents)
+            recovery = self.recoveryLog = RecoveryLog(clock, config.recoveryWindow / 1000, config.recoveryMaxEvents)
         self.recovery = recovery
         # Connected sockets by pid, for a client that comes back before the
         # server noticed its connection was gone.
@@ -514,8 +514,8 @@ class SocketIOServer(Service):
         """
         self.engine.start()
         self._connectWheel.start()
-        if self._recoveryLog is not None:
-            self._recoveryLog.start()
+        if self.recoveryLog is not None:
+            self.recoveryLog.start()
 
     def stop(self) -> None:
         """
@@ -523,8 +523,8 @@ class SocketIOServer(Service):
         """
         self.engine.stop("server shutting down")
         self._connectWheel.stop()
-        if self._recoveryLog is not None:
-            self._recoveryLog.stop()
+        if self.recoveryLog is not None:
+            self.recoveryLog.stop()
 
     def startService(self) -> None:
         """

@@ -11,9 +11,9 @@ checks the RSS too); the clients are C{bench/churn.js} (socket.io-client
 The server is another process, seen from outside: the tests wait on
 events it sends (an observer client, logged in throughout, hears each
 user's C{status_change} offline; its log says C{[断开]} for each socket
-it dropped) and then read its C{/metrics} until its gauges are idle, for
-a bounded time (what ends after the last event a client sees, the
-recovery log's timer, is visible only there).
+it dropped; what ends after the last event a client sees, the recovery
+log's timer, is followed by the server's memory release and its log
+line) and then read its C{/metrics}.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 
 from bench.serverprocess import GAUGES, idleAgain
@@ -40,6 +39,9 @@ RECOVERY_WINDOW = 1.0
 #: seconds the server has, after the clients are done, to be idle again:
 #: the recovery window and a wide margin for a loaded machine
 SETTLE_TIMEOUT = RECOVERY_WINDOW + 20.0
+#: seconds of quiet after which the server releases memory (and logs it:
+#: the event L{settled} waits for)
+RELEASE_AFTER = 1
 #: the client that watches the churned users come and go
 OBSERVER = "observer"
 
@@ -61,20 +63,24 @@ def scrape(process: ServerProcess) -> Inline:
 @inlineCallbacks
 def settled(process: ServerProcess, idle: dict[str, float]) -> Inline:
     """
-    The server's C{/metrics} once its gauges are back to C{idle}, scraped
-    every 0.1 s for at most C{SETTLE_TIMEOUT} (then the last scrape).
+    The server's C{/metrics} once it is idle again, for a server started
+    with C{--release-memory-after}.
 
     The tests first wait for what clients see (every user offline); what
     ends after that is invisible to them: the recovery log lets go of the
     last events a quarter window after their own window (its one timer,
-    L{crm_im.socketio.recovery.RecoveryLog}).
+    L{crm_im.socketio.recovery.RecoveryLog}). The server's next memory
+    release comes only after that (and after a quiet interval), and says
+    so in its log: the event to wait for when the first scrape is not idle
+    yet.
     """
-    deadline = reactor.seconds() + SETTLE_TIMEOUT
-    while True:
-        samples = yield scrape(process)
-        if idleAgain(idle)(samples) or reactor.seconds() > deadline:
-            return samples
-        yield deferLater(reactor, 0.1, lambda: None)
+    samples = yield scrape(process)
+    if idleAgain(idle)(samples):
+        return samples
+    following = int(samples["crm_im_memory_releases_total"]) + 1
+    yield process.whenOutputContains(f"(release {following}): ".encode()).addTimeout(SETTLE_TIMEOUT, reactor)
+    samples = yield scrape(process)
+    return samples
 
 
 @inlineCallbacks
@@ -145,7 +151,9 @@ class ChurnTests(ProcessTestCase):
         same number of sessions and dropped nobody for a full buffer or a
         missing PONG.
         """
-        process = self.spawnTwistd(self.mktemp(), "--recovery-window", str(RECOVERY_WINDOW))
+        process = self.spawnTwistd(
+            self.mktemp(), "--recovery-window", str(RECOVERY_WINDOW), "--release-memory-after", str(RELEASE_AFTER)
+        )
         yield self.waitUntilServing(process)
         url = f"http://127.0.0.1:{process.port}"
         driver = yield self.driver("node")
@@ -173,10 +181,10 @@ class ChurnTests(ProcessTestCase):
         so: one C{[内存]} line with its RSS before and after, the
         C{crm_im_memory_releases_total} counter, and by then every cut-off
         socket's hold has ended (holds ending are store transactions:
-        activity).
+        activity) and the recovery log has let go of their events.
         """
         process = self.spawnTwistd(
-            self.mktemp(), "--recovery-window", str(RECOVERY_WINDOW), "--release-memory-after", "1"
+            self.mktemp(), "--recovery-window", str(RECOVERY_WINDOW), "--release-memory-after", str(RELEASE_AFTER)
         )
         yield self.waitUntilServing(process)
         url = f"http://127.0.0.1:{process.port}"
@@ -184,11 +192,15 @@ class ChurnTests(ProcessTestCase):
         yield observe(driver, url)
         idle = yield scrape(process)
         self.assertEqual(idle["crm_im_memory_releases_total"], 0)
-        released = process.whenOutputContains("[内存] quiet for 1 s: caches and free heap released, RSS ".encode())
         report = yield runChurn(url, 100, 20, "spell")
         self.assertEqual(report["failures"], 0, report["firstFailures"])
-        yield released.addTimeout(SETTLE_TIMEOUT, reactor)
-        samples = yield settled(process, idle)
+        # Right after the clients, the cut-off sockets are held: not quiet.
+        before = yield scrape(process)
+        self.assertFalse(idleAgain(idle)(before))
+        following = int(before["crm_im_memory_releases_total"]) + 1
+        line = f"[内存] quiet for 1 s (release {following}): caches and free heap released, RSS "
+        yield process.whenOutputContains(line.encode()).addTimeout(SETTLE_TIMEOUT, reactor)
+        samples = yield scrape(process)
         self.assertGreaterEqual(samples["crm_im_memory_releases_total"], 1)
         self.assertTrue(idleAgain(idle)(samples), samples)
 
@@ -201,7 +213,9 @@ class ChurnTests(ProcessTestCase):
         passed. (A server that dropped the holds at once, or never, fails
         one of the two.)
         """
-        process = self.spawnTwistd(self.mktemp(), "--recovery-window", "10", quiet=False)
+        process = self.spawnTwistd(
+            self.mktemp(), "--recovery-window", "10", "--release-memory-after", str(RELEASE_AFTER), quiet=False
+        )
         yield self.waitUntilServing(process)
         url = f"http://127.0.0.1:{process.port}"
         driver = yield self.driver("node")

@@ -12,8 +12,8 @@ import uuid
 from typing import Any, Callable
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock, LoopingCall
 from twisted.trial.unittest import SkipTest, TestCase
 
 from crm_im.cluster.connection import RedisAddress, RedisLink
@@ -74,3 +74,92 @@ class NodeTests(TestCase):
         await a.stop()
         await _until(lambda: not b.presence.devicesOf("u"))
         self.assertEqual(await b.link.execute("EXISTS", a.devicesKey("A")), 0)
+
+
+class _FakeLink:
+    """
+    The commands a L{ClusterNode} sends, in order; each answered at once
+    (C{None}, or an empty list for the reads of many), except C{PING}s,
+    which wait for the test.
+    """
+
+    def __init__(self) -> None:
+        self.up = True
+        self.reason: str | None = None
+        self.commands: list[tuple[Any, ...]] = []
+        self.pings: list[Deferred[Any]] = []
+        self.ready: list[Callable[[], object]] = []
+        self.lost: list[Callable[[str], object]] = []
+        self.onMessage: Any = None
+
+    def subscribe(self, channel: bytes) -> None:
+        pass
+
+    def psubscribe(self, pattern: bytes) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> Deferred[Any]:
+        self.up = False
+        return succeed(None)
+
+    def execute(self, *args: Any) -> Deferred[Any]:
+        self.commands.append(args)
+        if args[0] in ("HGETALL", "MGET"):
+            return succeed([])
+        return succeed(b"1" if args[0] == "SET" else None)
+
+    def publish(self, channel: Any, message: bytes) -> Deferred[Any]:
+        return self.execute("PUBLISH", channel, message)
+
+    def send(self, *args: Any) -> None:
+        self.commands.append(args)
+
+    def ping(self) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pings.append(d)
+        return d
+
+
+class LeavingTests(TestCase):
+    def test_heartbeatUnderWayBeforeLeaving(self) -> None:
+        """
+        A node that stops while a heartbeat waits for Redis removes its
+        C{alive} key after that heartbeat has refreshed it, not before:
+        no node that has left stays listed as alive until the key's TTL.
+        """
+        clock = Clock()
+        presence = ClusterPresence(clock, "A", settle=0.2)
+        link = _FakeLink()
+        node = ClusterNode(clock, link, presence, prefix="p", address="http://A", ttl=3.0)  # type: ignore[arg-type]
+        node.start()
+        clock.advance(1.0)
+        self.assertEqual(len(link.pings), 1)
+        stopped = Deferred.fromCoroutine(node.stop())
+        self.assertNoResult(stopped)
+        link.pings[0].callback(b"PONG")
+        self.successResultOf(stopped)
+        alive = node.aliveKey("A")
+        writes = [i for i, command in enumerate(link.commands) if alive in command]
+        self.assertEqual([link.commands[i][0] for i in writes], ["SET", "DEL"])
+        clock.advance(10.0)
+        self.assertEqual(link.pings[1:], [])
+
+    def test_noRegistrationWhileLeaving(self) -> None:
+        """
+        The link coming up again while the node leaves registers nothing.
+        """
+        clock = Clock()
+        presence = ClusterPresence(clock, "A", settle=0.2)
+        link = _FakeLink()
+        node = ClusterNode(clock, link, presence, prefix="p", address="http://A", ttl=3.0)  # type: ignore[arg-type]
+        node.start()
+        clock.advance(1.0)
+        stopped = Deferred.fromCoroutine(node.stop())
+        for listener in link.ready:
+            listener()
+        link.pings[0].callback(b"PONG")
+        self.successResultOf(stopped)
+        self.assertEqual([command[0] for command in link.commands if command[0] == "HSET"], [])

@@ -36,10 +36,10 @@ event heals). While Redis is down the node serves its own devices only
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine
 
 import msgpack
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -121,7 +121,10 @@ class ClusterNode:
         self._heartbeat.clock = clock
         self._beats = 0
         self._cleared = False
-        self._syncing: Deferred[Any] | None = None
+        #: registrations, joins and heartbeats under way: L{stop} waits
+        #: for them, so none writes our keys again after we removed them
+        self._working: set[Deferred[Any]] = set()
+        self._leaving = False
         presence.published = self._published
         link.onMessage = self._message
         link.subscribe(self.ownChannel)
@@ -157,6 +160,7 @@ class ClusterNode:
     # ---- life
 
     def start(self) -> None:
+        self._leaving = False
         self.presence.peersReachable = False
         self.link.start()
         self._heartbeat.start(self.ttl / 3, now=False)
@@ -165,9 +169,17 @@ class ClusterNode:
         """
         Leave the cluster: remove our registration (the others drop our
         devices at once instead of after the TTL), then disconnect.
+
+        A heartbeat or registration still under way is waited for first
+        (each command has the link's reply timeout): one that went on
+        after our C{DEL} would write our C{alive} key again, and the
+        others would list a node that is gone until that key expired.
         """
+        self._leaving = True
         if self._heartbeat.running:
             self._heartbeat.stop()
+        while self._working:
+            await DeferredList(list(self._working))
         if self.link.up:
             try:
                 await self.link.execute("DEL", self.aliveKey(self.nodeId), self.devicesKey(self.nodeId))
@@ -296,8 +308,23 @@ class ClusterNode:
     def _linkDown(self, reason: str) -> None:
         self.presence.peersReachable = False
 
-    def _track(self, d: Any) -> None:
-        Deferred.fromCoroutine(d).addErrback(self._failed)
+    def _track(self, work: Coroutine[Any, Any, None]) -> Deferred[Any] | None:
+        """
+        Run C{work}, a coroutine of Redis commands, unless we are leaving;
+        a failure is logged, and L{stop} waits for it to end.
+        """
+        if self._leaving:
+            work.close()
+            return None
+        d = Deferred.fromCoroutine(work).addErrback(self._failed)
+        if not d.called:
+            self._working.add(d)
+            d.addBoth(self._done, d)
+        return d
+
+    def _done(self, result: object, d: Deferred[Any]) -> object:
+        self._working.discard(d)
+        return result
 
     def _failed(self, failure: Failure) -> None:
         self.log.warn("cluster registration: {error}", error=failure.getErrorMessage())
@@ -391,7 +418,7 @@ class ClusterNode:
         if not self.link.up:
             return None
         self._beats += 1
-        return Deferred.fromCoroutine(self._beat()).addErrback(self._failed)
+        return self._track(self._beat())
 
     async def _beat(self) -> None:
         link, me = self.link, self.nodeId

@@ -316,6 +316,28 @@ class DirectWebSocketTests(WebSocketTestMixin, SynchronousTestCase):
         protocol.on("message", lambda *args: None)
         self.assertRaises(RuntimeError, protocol.on, "nonsense", lambda *args: None)
 
+    def test_optionsNotListedPerConnection(self) -> None:
+        """
+        A connection reads Autobahn's options from its class: Autobahn
+        neither copies them into it nor pretty-prints their list (which
+        was half the CPU of a connection's set-up), and the server's
+        bounds still apply to it.
+        """
+        from autobahn.websocket import protocol as autobahnProtocol
+
+        listed: list[object] = []
+
+        def pformat(value: object) -> str:
+            listed.append(value)
+            return ""
+
+        self.patch(autobahnProtocol, "pformat", pformat)
+        protocol = self.openWebSocket().protocol
+        self.assertEqual([value for value in listed if value], [])
+        self.assertEqual(protocol.maxMessagePayloadSize, self.config.maxPayload)
+        self.assertEqual(protocol.openHandshakeTimeout, 10)
+        self.assertNotIn("maxMessagePayloadSize", protocol.__dict__)
+
     def test_webSocketFrameMatchesAutobahn(self) -> None:
         """
         L{webSocketFrame} builds the frame Autobahn's C{PreparedMessage}

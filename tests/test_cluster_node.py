@@ -124,11 +124,9 @@ class _FakeLink:
 
 
 class LeavingTests(TestCase):
-    def test_heartbeatUnderWayBeforeLeaving(self) -> None:
+    def beating(self) -> tuple[Clock, _FakeLink, ClusterNode]:
         """
-        A node that stops while a heartbeat waits for Redis removes its
-        C{alive} key after that heartbeat has refreshed it, not before:
-        no node that has left stays listed as alive until the key's TTL.
+        A node on a fake link whose first heartbeat waits on C{PING}.
         """
         clock = Clock()
         presence = ClusterPresence(clock, "A", settle=0.2)
@@ -136,6 +134,15 @@ class LeavingTests(TestCase):
         node = ClusterNode(clock, link, presence, prefix="p", address="http://A", ttl=3.0)  # type: ignore[arg-type]
         node.start()
         clock.advance(1.0)
+        return clock, link, node
+
+    def test_heartbeatUnderWayBeforeLeaving(self) -> None:
+        """
+        A node that stops while a heartbeat waits for Redis removes its
+        C{alive} key after that heartbeat has refreshed it, not before:
+        no node that has left stays listed as alive until the key's TTL.
+        """
+        clock, link, node = self.beating()
         self.assertEqual(len(link.pings), 1)
         stopped = Deferred.fromCoroutine(node.stop())
         self.assertNoResult(stopped)
@@ -151,12 +158,7 @@ class LeavingTests(TestCase):
         """
         The link coming up again while the node leaves registers nothing.
         """
-        clock = Clock()
-        presence = ClusterPresence(clock, "A", settle=0.2)
-        link = _FakeLink()
-        node = ClusterNode(clock, link, presence, prefix="p", address="http://A", ttl=3.0)  # type: ignore[arg-type]
-        node.start()
-        clock.advance(1.0)
+        clock, link, node = self.beating()
         stopped = Deferred.fromCoroutine(node.stop())
         for listener in link.ready:
             listener()

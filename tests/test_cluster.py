@@ -13,11 +13,12 @@ from typing import Any
 
 import msgpack
 from twisted.internet import ssl
+from twisted.internet.defer import Deferred
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
+from twisted.internet.testing import MemoryReactorClock, StringTransport, StringTransportWithDisconnection
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
@@ -164,6 +165,64 @@ class LinkTests(TestCase):
         clock.advance(SECOND_LOOK)
         self.failureResultOf(d, txredisapi.TimeoutError)
         self.assertTrue(transport.disconnecting)
+
+    def connecting(self) -> tuple[Any, list[tuple[Any, Deferred[Any]]], list[tuple[Any, ...]]]:
+        """
+        A started link whose two connections are being made (the test
+        completes them), subscribed to C{chan}; and what it heard.
+        """
+        from crm_im.cluster.connection import RedisLink
+
+        pending: list[tuple[Any, Deferred[Any]]] = []
+
+        def connect(protocol: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append((protocol, d))
+            return d
+
+        heard: list[tuple[Any, ...]] = []
+        link = RedisLink(Clock(), RedisAddress.parse("redis://127.0.0.1:6379/0"), lambda *a: heard.append(a), connect=connect)
+        link.onMessage = lambda *a: heard.append(a)
+        link.subscribe(b"chan")
+        link.start()
+        return link, pending, heard
+
+    def test_connectedAfterStop(self) -> None:
+        """
+        Connections that are made after the link was stopped are closed at
+        once, subscribe to nothing and report nothing: a stopped node no
+        longer hears the cluster.
+        """
+        link, pending, heard = self.connecting()
+        self.assertTrue(link.stop().called)
+        transports = []
+        for protocol, d in pending:
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            transports.append(transport)
+            d.callback(protocol)
+        self.assertEqual([transport.disconnecting for transport in transports], [True, True])
+        self.assertNotIn(b"SUBSCRIBE", transports[1].value())
+        pending[1][0].messageReceived(None, b"chan", b"hello")
+        self.assertEqual(heard, [])
+        self.assertFalse(link.up)
+
+    def test_otherConnectionFailed(self) -> None:
+        """
+        When one connection fails while the other is being made, the other
+        is closed once it is made, and the next attempt's connections are
+        the link's.
+        """
+        link, pending, heard = self.connecting()
+        (commands, commandsMade), (subscriber, subscriberMade) = pending
+        commandsMade.errback(ConnectionRefusedError())
+        transport = StringTransport()
+        subscriber.makeConnection(transport)
+        subscriberMade.callback(subscriber)
+        self.assertTrue(transport.disconnecting)
+        subscriber.messageReceived(None, b"chan", b"hello")
+        self.assertEqual(heard, [])
+        link.stop()
 
     def test_address(self) -> None:
         """

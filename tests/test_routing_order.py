@@ -163,6 +163,19 @@ class OrderTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+    def test_afterStop(self) -> None:
+        """
+        A message that arrives after the gate stopped goes at once and
+        leaves no timer; once started again, the gate holds as before.
+        """
+        self.gate.stop()
+        self.assertTrue(self.admit(11, 10))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.gate.start()
+        self.assertFalse(self.admit(13, 12))
+        self.assertEqual(self.seqs(), [11])
+
+
 class MessageOrderTests(SynchronousTestCase):
     def test_roundTrip(self) -> None:
         order = MessageOrder("g:1", 10, 9, NOW_MS)

@@ -221,7 +221,8 @@ class _Subscriber(_LinkProtocol, txredisapi.SubscriberProtocol):
     """
 
     def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
-        self.link._message(channel, message, pattern)
+        if self is self.link._subscriber:  # (not one the link gave up)
+            self.link._message(channel, message, pattern)
 
 
 class _Commands(_LinkProtocol):
@@ -401,12 +402,32 @@ class RedisLink:
         commands, subscriber = _Commands(self), _Subscriber(self)
         self._commands, self._subscriber = commands, subscriber
         d = DeferredList(
-            [self._connectProtocol(commands), self._connectProtocol(subscriber)],
+            [
+                self._connectProtocol(commands).addCallback(self._connected),
+                self._connectProtocol(subscriber).addCallback(self._connected),
+            ],
             fireOnOneErrback=True,
             consumeErrors=True,
         )
-        d.addCallback(lambda _: Deferred.fromCoroutine(self._setUp(commands, subscriber)))
+        d.addCallback(lambda _: self._setUpCurrent(commands, subscriber, generation))
         d.addCallbacks(lambda _: self._isUp(generation), lambda f: self._failed(f, generation))
+
+    def _connected(self, protocol: Any) -> Any:
+        """
+        A connection made after its attempt was given up (the link was
+        stopped, or the other connection failed, while it was being made)
+        is closed at once: nothing else would ever close it, and its
+        subscriptions would go on hearing the cluster.
+        """
+        if protocol is not self._commands and protocol is not self._subscriber:
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()
+        return protocol
+
+    def _setUpCurrent(self, commands: Any, subscriber: Any, generation: int) -> Deferred[None] | None:
+        if generation != self._generation or not self._running:
+            return None
+        return Deferred.fromCoroutine(self._setUp(commands, subscriber))
 
     async def _setUp(self, commands: Any, subscriber: Any) -> None:
         address = self.address

@@ -241,6 +241,8 @@ class ClusterService(Service):
         clients arrive), then go on anyway: a node without Redis serves
         its own devices and joins once Redis answers.
         """
+        if self.router is not None:
+            self.router.order.start()
         self.node.start()
         first = self._firstRegistration
         if first.called:

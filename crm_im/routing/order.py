@@ -88,6 +88,7 @@ class ConversationOrder:
         self._last: OrderedDict[str, int] = OrderedDict()
         self._held: OrderedDict[str, _Held] = OrderedDict()
         self._heldCount = 0
+        self._stopped = False
         self.late = 0
         self.held = 0
 
@@ -98,6 +99,11 @@ class ConversationOrder:
         @param deliver: writes the message to this node's devices.
         @return: whether it was delivered now.
         """
+        if self._stopped:
+            # (a message still arriving while the node leaves: no timer
+            # may outlive the stop)
+            deliver()
+            return True
         conversation = order.conversation
         last = self._last.get(conversation)
         if last is not None and order.seq <= last:
@@ -193,9 +199,17 @@ class ConversationOrder:
             self._pass(conversation, seq)
             deliver()
 
+    def start(self) -> None:
+        """
+        Hold messages again (after L{stop}).
+        """
+        self._stopped = False
+
     def stop(self) -> None:
         """
-        Release everything held (the node is stopping).
+        Release everything held (the node is stopping); until L{start},
+        every message goes at once.
         """
+        self._stopped = True
         for conversation in list(self._held):
             self._releaseAll(conversation)

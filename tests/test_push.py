@@ -927,6 +927,28 @@ class LifecycleTests(PushTestCase):
         self.assertEqual(len(self.gateway.requests), 1)
 
 
+    def test_stoppedWhileLoading(self) -> None:
+        """
+        A sender stopped while its start still reads the outbox schedules
+        nothing once the read comes back: no timer outlives the stop, and
+        the rows stay for the next start.
+        """
+        self.send(toId="bob")
+        self.answer(self.sender.stop())
+        self.metrics = PushMetrics()
+        sender = self.makeSender()
+        loading: Deferred[Any] = Deferred()
+        loadPush = self.store.loadPush
+        self.patch(self.store, "loadPush", lambda: loading)
+        started = Deferred.fromCoroutine(sender.start())
+        calls = len(self.clock.getDelayedCalls())
+        self.answer(sender.stop())
+        loadPush().chainDeferred(loading)
+        self.answer(started)
+        self.assertEqual(len(self.clock.getDelayedCalls()), calls)
+        self.assertEqual(sender.depth, 0)
+        self.assertEqual(len(self.outbox()), 1)
+
 class SignedRequestTests(SynchronousTestCase):
     """
     L{GatewayClient} on the wire, through treq's L{StubTreq} and a real

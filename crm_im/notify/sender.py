@@ -212,7 +212,12 @@ class PushSender:
         once the coalescing window and the grace are over: devices
         reconnecting after a restart are not notified).
         """
+        self._stopping = False
         loaded = await self.store.loadPush()
+        if self._stopping:
+            # stopped while loading (the server's start was cut short):
+            # schedule nothing, the rows stay for the next start
+            return
         self.directory.load(loaded)
         self.depth += sum(rows for _, _, rows in loaded.outbox)
         for userId, _, _ in loaded.outbox:

@@ -216,6 +216,7 @@ class CRMIMService(StagedService):
             IMSettings(
                 maxMessageLength=config.maxMessageLength,
                 maxCiphertext=config.maxPayload,
+                maxHistoryBytes=config.maxPayload,
                 logEvents=config.logEvents,
                 recallWindow=config.recallWindow,
                 groups=GroupLimits(config.maxGroupMembers, config.maxGroupsPerUser),

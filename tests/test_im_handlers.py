@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from crm_im._json import dumps
 from crm_im.im.core import IMCore, IMSettings
 from crm_im.im.errors import FORBIDDEN, INVALID_PAYLOAD, NOT_FOUND, RATE_LIMITED, TOO_LARGE, IMError
 from crm_im.im.groups import GroupLimits
@@ -168,6 +169,7 @@ class HandlerTestCase(SynchronousTestCase):
     groupLimits = GroupLimits()
     roomLimits = RoomLimits()
     recallWindow = 120.0
+    maxHistoryBytes = 1_000_000
 
     def setUp(self) -> None:
         """
@@ -179,7 +181,11 @@ class HandlerTestCase(SynchronousTestCase):
         self.presence = Presence(self.clock)
         self.router = RecordingRouter(self.presence)
         settings = IMSettings(
-            logEvents=False, recallWindow=self.recallWindow, groups=self.groupLimits, rooms=self.roomLimits
+            logEvents=False,
+            recallWindow=self.recallWindow,
+            groups=self.groupLimits,
+            rooms=self.roomLimits,
+            maxHistoryBytes=self.maxHistoryBytes,
         )
         self.core = IMCore(self.store, None, self.presence, self.router, self.clock, settings)  # type: ignore[arg-type]
         for userId, devices in (("alice", ("a1", "a2")), ("bob", ("b1", "b2")), ("carol", ("c1",)), ("dave", ("d1",))):
@@ -265,6 +271,65 @@ class HandlerTestCase(SynchronousTestCase):
         listed = self.answer(self.core.groups.listGroups(self.caller(device), None))["groups"]
         (entry,) = [g for g in listed if g["id"] == groupId]
         return entry  # type: ignore[no-any-return]
+
+
+class HistoryBytesTests(HandlerTestCase):
+    """
+    A history page weighs at most C{maxHistoryBytes} encoded, whatever its
+    count: the messages nearest the cursor stay, C{hasMore} says more
+    remain, and paging on gets them all.
+    """
+
+    maxHistoryBytes = 10_000
+
+    def page(self, device: str, **request: Any) -> tuple[list[str], bool]:
+        answer = self.answer(self.core.messaging.history(self.caller(device), request))
+        if len(answer["messages"]) > 1:
+            self.assertLessEqual(len(dumps(answer["messages"])), self.maxHistoryBytes)
+        return [m["content"][-1] for m in answer["messages"]], answer["hasMore"]
+
+    def seqOf(self, digit: str) -> int:
+        """
+        The seq of alice's message to bob that ends with C{digit}.
+        """
+        page = self.successResultOf(self.store.history("bob", "alice", None, 200, None, None))
+        (seq,) = [m.seq for m in page.messages if m.content[-1] == digit]
+        return seq
+
+    def test_direct(self) -> None:
+        """
+        Ten messages of 3,000 characters come three to a page, back from
+        the latest and forward from the start.
+        """
+        for i in range(10):
+            self.send("a1", "x" * 2999 + str(i), toId="bob")
+        self.assertEqual(self.page("b1", friendId="alice"), (["7", "8", "9"], True))
+        before = self.seqOf("7")
+        self.assertEqual(self.page("b1", friendId="alice", before=before), (["4", "5", "6"], True))
+        before = self.seqOf("1")
+        self.assertEqual(self.page("b1", friendId="alice", before=before), (["0"], False))
+        self.assertEqual(self.page("b1", friendId="alice", after=0), (["0", "1", "2"], True))
+        after = self.seqOf("8")
+        self.assertEqual(self.page("b1", friendId="alice", after=after), (["9"], False))
+
+    def test_oneLargerThanTheBound(self) -> None:
+        """
+        A message heavier than the bound comes alone, so paging goes on.
+        """
+        self.send("a1", "x" * 2999 + "0", toId="bob")
+        self.send("a1", "y" * 11999 + "1", toId="bob")
+        self.assertEqual(self.page("b1", friendId="alice"), (["1"], True))
+
+    def test_group(self) -> None:
+        """
+        A group's history is bounded the same way.
+        """
+        self.makeGroup("a1", ["bob"])
+        for i in range(5):
+            self.send("a1", "x" * 2999 + str(i), groupId="g1")
+        answer = self.answer(self.core.messaging.history(self.caller("b1"), {"groupId": "g1"}))
+        self.assertEqual([m["content"][-1] for m in answer["messages"]], ["2", "3", "4"])
+        self.assertTrue(answer["hasMore"])
 
 
 class RecordingRouterTests(HandlerTestCase):

@@ -42,6 +42,8 @@ class IMSettings:
     @ivar groups: group limits. @ivar rooms: room limits.
     @ivar maxCiphertext: the largest ciphertext of an encrypted message
         (the server's maxPayload). @ivar keys: the key directory's limits.
+    @ivar maxHistoryBytes: the most a history page may weigh, encoded
+        (the server's maxPayload; a page always has one message).
     """
 
     maxMessageLength: int = 65536
@@ -52,6 +54,7 @@ class IMSettings:
     rooms: RoomLimits = RoomLimits()
     maxCiphertext: int = 1_000_000
     keys: KeyLimits = KeyLimits()
+    maxHistoryBytes: int = 1_000_000
 
 
 class IMCore:
@@ -105,7 +108,11 @@ class IMCore:
             self.rooms,
             clock,
             MessagingSettings(
-                settings.maxMessageLength, settings.recallWindow, settings.logEvents, settings.maxCiphertext
+                settings.maxMessageLength,
+                settings.recallWindow,
+                settings.logEvents,
+                settings.maxCiphertext,
+                settings.maxHistoryBytes,
             ),
             self.metrics,
         )

@@ -24,12 +24,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .._json import dumps
 from .metrics import IMMetrics
 from ..notify.rules import groupRecipients
 from ..presence import Presence
 from ..storage.interface import (
     IConversationStore,
     IFileStore,
+    HistoryPage,
     IMessageStore,
     NewMessage,
     StoreClosedError,
@@ -63,12 +65,15 @@ class MessagingSettings:
     @ivar logEvents: log a line per message (the original's C{[消息]}).
     @ivar maxCiphertext: the largest ciphertext of an encrypted message, in
         characters (the server's maxPayload).
+    @ivar maxHistoryBytes: the most a history page may weigh, encoded
+        (the server's maxPayload; a page always has one message).
     """
 
     maxMessageLength: int = 65536
     recallWindow: float = 120.0
     logEvents: bool = True
     maxCiphertext: int = validation.MAX_CIPHERTEXT
+    maxHistoryBytes: int = validation.MAX_CIPHERTEXT
 
 
 class Notifier(Protocol):
@@ -545,12 +550,8 @@ class Messaging:
                 ),
                 "history",
             )
-            return {
-                "friendId": request.friendId,
-                "topic": request.topic,
-                "messages": [self.wire(m) for m in page.messages],
-                "hasMore": page.hasMore,
-            }
+            messages, hasMore = self._pageOnWire(page, request.after is not None)
+            return {"friendId": request.friendId, "topic": request.topic, "messages": messages, "hasMore": hasMore}
         if request.groupId is not None:
             rules.authorize(await self.groups.get(request.groupId), caller.userId, rules.READ)
             conversation = groupConversation(request.groupId)
@@ -567,9 +568,29 @@ class Messaging:
         page = await self.timed(
             self.store.conversationHistory(conversation, request.limit, request.before, request.after), "history"
         )
-        answer["messages"] = [self.wire(m) for m in page.messages]
-        answer["hasMore"] = page.hasMore
+        answer["messages"], answer["hasMore"] = self._pageOnWire(page, request.after is not None)
         return answer
+
+    def _pageOnWire(self, page: HistoryPage, forward: bool) -> tuple[list[dict[str, Any]], bool]:
+        """
+        A history page's messages as sent, cut to
+        L{IMSettings.maxHistoryBytes} encoded: the count bound alone lets
+        200 messages of a ciphertext each near C{maxPayload} make a 200 MB
+        answer. The messages nearest the cursor stay (the oldest when
+        paging forward with C{after}, else the newest); C{hasMore} then
+        says the client pages on from the last one it got, as usual.
+        """
+        wires = [self.wire(m) for m in page.messages]
+        budget = self.settings.maxHistoryBytes
+        total = kept = 0
+        for wire in wires if forward else reversed(wires):
+            total += len(dumps(wire))
+            if kept and total > budget:
+                break
+            kept += 1
+        if kept == len(wires):
+            return wires, page.hasMore
+        return (wires[:kept] if forward else wires[len(wires) - kept :]), True
 
     async def read(self, caller: Caller, data: Any) -> dict[str, Any]:
         """

@@ -20,6 +20,7 @@ L{ConcurrencyTests} run 200 Node clients at once.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from typing import Any, Dict, Generator, List, Optional, Tuple
 
@@ -752,6 +753,33 @@ class IMScenario(DriverTestMixin):
         yield self.refused(driver, "a", "get_history", {"friendId": "b", "limit": 0},
                            "INVALID_PAYLOAD")
         yield self.refused(driver, "a", "get_history", {"limit": 5}, "INVALID_PAYLOAD")
+
+    @inlineCallbacks
+    def test_historyBytes(self) -> Inline:
+        """
+        A history page weighs at most C{--max-payload} encoded: heavy
+        messages come a few at a time with C{hasMore}, and paging back with
+        C{before} gets every one once, in order.
+        """
+        yield self.serve(maxMessageLength=MAX_LENGTH, maxPayload=3000)
+        driver = yield self.startDriver()
+        yield self.login(driver, "a", "a", "A")
+        yield self.login(driver, "b", "b", "B")
+        for i in range(6):
+            yield self.send(driver, "a", "b", str(i) * MAX_LENGTH)
+        got: List[str] = []
+        query: Dict[str, Any] = {"friendId": "a"}
+        pages = 0
+        while True:
+            (answer,) = yield driver.emit("b", "get_history", query, ack=True)
+            pages += 1
+            self.assertLessEqual(len(json.dumps(answer["messages"], separators=(",", ":"))), 3000)
+            got = [m["content"][0] for m in answer["messages"]] + got
+            if not answer["hasMore"]:
+                break
+            query = {"friendId": "a", "before": answer["messages"][0]["seq"]}
+        self.assertEqual(got, [str(i) for i in range(6)])
+        self.assertEqual(pages, 3)
 
     @inlineCallbacks
     def test_historyIsPrivate(self) -> Inline:

@@ -29,9 +29,9 @@ from .metrics import IMMetrics
 from ..notify.rules import groupRecipients
 from ..presence import Presence
 from ..storage.interface import (
+    HistoryPage,
     IConversationStore,
     IFileStore,
-    HistoryPage,
     IMessageStore,
     NewMessage,
     StoreClosedError,

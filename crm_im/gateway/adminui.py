@@ -211,6 +211,10 @@ class AdminUINamespace:
             self.sio.emit(event, *args, namespace=NAMESPACE)
 
     def _count(self, kind: str) -> None:
+        if not self.namespace.sockets:
+            # No UI to send them to: the counts would pile up, one key a
+            # second, until one connects (the stats then start afresh).
+            return
         key = (int(self.clock.seconds()), kind)
         self._events[key] = self._events.get(key, 0) + 1
 

@@ -926,7 +926,6 @@ class LifecycleTests(PushTestCase):
         self.clock.advance(3600)
         self.assertEqual(len(self.gateway.requests), 1)
 
-
     def test_stoppedWhileLoading(self) -> None:
         """
         A sender stopped while its start still reads the outbox schedules
@@ -948,6 +947,7 @@ class LifecycleTests(PushTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), calls)
         self.assertEqual(sender.depth, 0)
         self.assertEqual(len(self.outbox()), 1)
+
 
 class SignedRequestTests(SynchronousTestCase):
     """

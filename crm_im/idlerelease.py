@@ -118,21 +118,13 @@ class IdleMemoryRelease(Service):
             await self.trimHeap()
             self.releases += 1
             after = residentBytes()
-            if before is not None and after is not None:
-                self.log.info(
-                    "[内存] quiet for {quiet:g} s (release {n}): caches and free heap released,"
-                    " RSS {before:.1f} -> {after:.1f} MiB",
-                    quiet=self.quiet,
-                    n=self.releases,
-                    before=before / 2**20,
-                    after=after / 2**20,
-                )
-            else:
-                self.log.info(
-                    "[内存] quiet for {quiet:g} s (release {n}): caches and free heap released",
-                    quiet=self.quiet,
-                    n=self.releases,
-                )
+            rss = "" if before is None or after is None else f", RSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB"
+            self.log.info(
+                "[内存] quiet for {quiet:g} s (release {n}): caches and free heap released{rss}",
+                quiet=self.quiet,
+                n=self.releases,
+                rss=rss,
+            )
         except Exception:
             if self.running:
                 self.log.failure("releasing memory after a quiet spell")

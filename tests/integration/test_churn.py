@@ -140,6 +140,29 @@ class ChurnTests(ProcessTestCase):
         requireKind("node")
 
     @inlineCallbacks
+    def serve(self, recoveryWindow: float, quiet: bool = True) -> Inline:
+        """
+        A C{twistd} server with this C{recoveryWindow}, a Node driver
+        observing it, and its idle gauges.
+
+        @return: C{(process, url, driver, idle)}.
+        """
+        process = self.spawnTwistd(
+            self.mktemp(),
+            "--recovery-window",
+            str(recoveryWindow),
+            "--release-memory-after",
+            str(RELEASE_AFTER),
+            quiet=quiet,
+        )
+        yield self.waitUntilServing(process)
+        url = f"http://127.0.0.1:{process.port}"
+        driver = yield self.driver("node")
+        yield observe(driver, url)
+        idle = yield scrape(process)
+        return process, url, driver, idle
+
+    @inlineCallbacks
     def test_nothingLeftAfterChurn(self) -> Inline:
         """
         300 cycles of connect, C{user:login}, one message (delivered to a
@@ -151,14 +174,7 @@ class ChurnTests(ProcessTestCase):
         same number of sessions and dropped nobody for a full buffer or a
         missing PONG.
         """
-        process = self.spawnTwistd(
-            self.mktemp(), "--recovery-window", str(RECOVERY_WINDOW), "--release-memory-after", str(RELEASE_AFTER)
-        )
-        yield self.waitUntilServing(process)
-        url = f"http://127.0.0.1:{process.port}"
-        driver = yield self.driver("node")
-        yield observe(driver, url)
-        idle = yield scrape(process)
+        process, url, driver, idle = yield self.serve(RECOVERY_WINDOW)
         report = yield runChurn(url, 300, 30, "churn")
         self.assertEqual((report["ok"], report["failures"]), (300, 0), report["firstFailures"])
         self.assertEqual(report["sinkReceived"], 300)
@@ -183,14 +199,7 @@ class ChurnTests(ProcessTestCase):
         socket's hold has ended (holds ending are store transactions:
         activity) and the recovery log has let go of their events.
         """
-        process = self.spawnTwistd(
-            self.mktemp(), "--recovery-window", str(RECOVERY_WINDOW), "--release-memory-after", str(RELEASE_AFTER)
-        )
-        yield self.waitUntilServing(process)
-        url = f"http://127.0.0.1:{process.port}"
-        driver = yield self.driver("node")
-        yield observe(driver, url)
-        idle = yield scrape(process)
+        process, url, driver, idle = yield self.serve(RECOVERY_WINDOW)
         self.assertEqual(idle["crm_im_memory_releases_total"], 0)
         report = yield runChurn(url, 100, 20, "spell")
         self.assertEqual(report["failures"], 0, report["firstFailures"])
@@ -213,14 +222,7 @@ class ChurnTests(ProcessTestCase):
         passed. (A server that dropped the holds at once, or never, fails
         one of the two.)
         """
-        process = self.spawnTwistd(
-            self.mktemp(), "--recovery-window", "10", "--release-memory-after", str(RELEASE_AFTER), quiet=False
-        )
-        yield self.waitUntilServing(process)
-        url = f"http://127.0.0.1:{process.port}"
-        driver = yield self.driver("node")
-        yield observe(driver, url)
-        idle = yield scrape(process)
+        process, url, driver, idle = yield self.serve(10, quiet=False)
         report = yield runChurn(url, 20, 10, "held")
         self.assertEqual(report["failures"], 0, report["firstFailures"])
         users = [f"held-{n}" for n in range(20)]

@@ -941,6 +941,143 @@ class BufferBoundTests(EngineTestMixin, SynchronousTestCase):
         self.assertNotIn(session.sid, self.server.sessions)
 
 
+class WhenWritableTests(EngineTestMixin, SynchronousTestCase):
+    """
+    L{EngineIOSession.whenWritable}: a long run of packets paced on the
+    client's reading, within a quarter of the session's bounds (here 250
+    bytes and 2 packets).
+    """
+
+    config = EngineIOConfig(maxBufferedBytes=1000, maxBufferedPackets=10)
+
+    def test_roomAtOnce(self) -> None:
+        """
+        A session that writes straight through, or whose queue is within a
+        quarter of its bounds, is writable at once.
+        """
+        session, channel = self.webSocketSession()
+        self.assertIs(self.successResultOf(session.whenWritable()), True)
+        session.pauseWriting()
+        session.send(messageFrame(b"x" * 249))
+        self.assertEqual(session.queuedBytes, 250)
+        self.assertIs(self.successResultOf(session.whenWritable()), True)
+
+    def test_webSocketDrains(self) -> None:
+        """
+        Past a quarter of the byte bound it waits, and fires once the
+        transport took the queue; a write that pauses the transport again
+        before it is back within the quarter keeps it waiting.
+        """
+        session, channel = self.webSocketSession()
+        session.pauseWriting()
+        session.sendMany([messageFrame(b"x" * 99) for _ in range(3)])
+        self.assertEqual(session.queuedBytes, 300)
+        writable = session.whenWritable()
+        also = session.whenWritable()
+        self.assertNoResult(writable)
+        original = channel.writeFrame
+
+        def writeFrame(frame: Frame) -> None:
+            original(frame)
+            session.pauseWriting()
+
+        channel.writeFrame = writeFrame  # type: ignore[method-assign]
+        session.resumeWriting()
+        self.assertEqual(session.queuedBytes, 200)
+        # (the first write paused it again, but 200 bytes are within 250)
+        self.assertIs(self.successResultOf(writable), True)
+        self.assertIs(self.successResultOf(also), True)
+
+    def test_webSocketStillFull(self) -> None:
+        """
+        A transport that takes too little to bring the queue within the
+        quarter keeps the waiter waiting until it takes more.
+        """
+        session, channel = self.webSocketSession()
+        session.pauseWriting()
+        session.sendMany([messageFrame(b"x" * 199) for _ in range(3)])
+        writable = session.whenWritable()
+        original = channel.writeFrame
+
+        def writeFrame(frame: Frame) -> None:
+            original(frame)
+            session.pauseWriting()
+
+        channel.writeFrame = writeFrame  # type: ignore[method-assign]
+        session.resumeWriting()
+        self.assertEqual(session.queuedBytes, 400)
+        self.assertNoResult(writable)
+        channel.writeFrame = original  # type: ignore[method-assign]
+        session.resumeWriting()
+        self.assertIs(self.successResultOf(writable), True)
+
+    def test_packetQuarter(self) -> None:
+        """
+        The packet bound counts too: three small packets queued (more than
+        a quarter of ten) wait.
+        """
+        session, channel = self.webSocketSession()
+        session.pauseWriting()
+        session.sendMany([messageFrame(b"x") for _ in range(3)])
+        writable = session.whenWritable()
+        self.assertNoResult(writable)
+        session.resumeWriting()
+        self.assertIs(self.successResultOf(writable), True)
+
+    def test_pollingCollects(self) -> None:
+        """
+        Over long-polling, the next GET taking the queue makes room.
+        """
+        session = self.pollingSession()
+        session.sendMany([messageFrame(b"x" * 99) for _ in range(3)])
+        writable = session.whenWritable()
+        self.assertNoResult(writable)
+        poll = FakePoll()
+        session.pollArrived(poll)
+        self.assertTrue(poll.answered)
+        self.assertIs(self.successResultOf(writable), True)
+
+    def test_pollingHeldGet(self) -> None:
+        """
+        A GET held when the queue fills answers at the end of the turn,
+        and the waiter fires then.
+        """
+        session = self.pollingSession()
+        poll = FakePoll()
+        session.pollArrived(poll)
+        session.sendMany([messageFrame(b"x" * 99) for _ in range(3)])
+        writable = session.whenWritable()
+        self.assertNoResult(writable)
+        self.clock.advance(0)
+        self.assertTrue(poll.answered)
+        self.assertIs(self.successResultOf(writable), True)
+
+    def test_closed(self) -> None:
+        """
+        A session that closes while a writer waits tells it C{False}; a
+        closed one says C{False} at once.
+        """
+        session, channel = self.webSocketSession()
+        session.pauseWriting()
+        session.sendMany([messageFrame(b"x" * 99) for _ in range(3)])
+        writable = session.whenWritable()
+        session.close()
+        self.assertIs(self.successResultOf(writable), False)
+        self.assertIs(self.successResultOf(session.whenWritable()), False)
+
+    def test_closedByOverflow(self) -> None:
+        """
+        A writer that did not wait and passed the bound closed the session:
+        its waiter hears C{False}.
+        """
+        session = self.pollingSession()
+        session.sendMany([messageFrame(b"x" * 99) for _ in range(3)])
+        writable = session.whenWritable()
+        session.sendMany([messageFrame(b"x" * 99) for _ in range(8)])
+        self.assertEqual(self.app.closed, [(session, "transport error")])
+        self.assertIs(self.successResultOf(writable), False)
+
+
 class CheckRequestTests(EngineTestMixin, SynchronousTestCase):
     """
     L{EngineIOServer.checkRequest}: the request refusals of the official

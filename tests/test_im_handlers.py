@@ -13,7 +13,7 @@ import uuid
 from typing import Any, Callable, Iterable, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -24,6 +24,7 @@ from crm_im.im.core import IMCore, IMSettings
 from crm_im.im.errors import FORBIDDEN, INVALID_PAYLOAD, NOT_FOUND, RATE_LIMITED, TOO_LARGE, IMError
 from crm_im.im.groups import GroupLimits
 from crm_im.im.interfaces import Caller, IRouter
+from crm_im.im.messaging import PENDING_BATCH
 from crm_im.im.rooms import RoomLimits
 from crm_im.presence import Presence
 from crm_im.storage.interface import MessageOrder, directConversation, groupConversation
@@ -64,6 +65,9 @@ class RecordingRouter:
         self.presence = presence
         self.sent: list[Delivery] = []
         self.closed: list[str] = []
+        #: Devices whose connection is full (L{whenWritable} waits).
+        self.full: set[str] = set()
+        self.waiting: list[tuple[str, Deferred[bool]]] = []
 
     def _record(
         self,
@@ -131,6 +135,29 @@ class RecordingRouter:
         See L{IRouter.disconnect}.
         """
         self.closed.append(device)
+
+    def whenWritable(self, device: str) -> Deferred[bool]:
+        """
+        See L{IRouter.whenWritable}: at once unless C{device} is in
+        L{full}; C{False} for a device logged out.
+        """
+        if device in self.full:
+            d: Deferred[bool] = Deferred()
+            self.waiting.append((device, d))
+            return d
+        return succeed(self.presence.userOfDevice(device) is not None)
+
+    def drain(self, device: str) -> None:
+        """
+        C{device}'s connection has room again: its waiters go on.
+        """
+        self.full.discard(device)
+        waiting, self.waiting = self.waiting, []
+        for which, d in waiting:
+            if which == device:
+                d.callback(self.presence.userOfDevice(device) is not None)
+            else:
+                self.waiting.append((which, d))
 
     # ---- reading what was sent
 
@@ -1355,6 +1382,114 @@ class CatchUpTests(HandlerTestCase):
         self.core.sessions.login("e2", "127.0.0.1", {"id": "erin", "name": "Erin"})
         self.assertEqual([event for event, _ in self.router.inbox("e2")], ["user:login:success", "online_users", "groups"])
 
+
+    def pending(self, userId: str) -> list[str]:
+        """
+        The ids of the messages in C{userId}'s offline queue.
+        """
+        return [m.id for m in self.successResultOf(self.store.pendingFor(userId, 1000))]
+
+    def test_pacedOnReading(self) -> None:
+        """
+        The queue goes as the device's connection has room: nothing while
+        it is full, everything, in order and once, when it drains; the
+        senders hear C{delivered} then.
+        """
+        for i in range(3):
+            self.send("a1", f"n{i}", id=f"n{i}", toId="erin")
+        self.router.full.add("e1")
+        self.router.clear()
+        self.core.sessions.login("e1", "127.0.0.1", {"id": "erin", "name": "Erin"})
+        self.assertEqual([event for event, _ in self.router.inbox("e1")], ["user:login:success", "online_users"])
+        self.assertEqual(self.pending("erin"), ["n0", "n1", "n2"])
+        self.router.drain("e1")
+        self.clock.advance(0)
+        self.assertEqual([p["id"] for e, p in self.router.inbox("e1") if e == "message"], ["n0", "n1", "n2"])
+        self.assertEqual([e for e, _ in self.router.inbox("e1")][-1], "groups")
+        self.assertEqual(self.pending("erin"), [])
+        delivered = [d.payload["messageId"] for d in self.router.events("message:sent") if d.payload["status"] == "delivered"]
+        self.assertEqual(delivered, ["n0", "n1", "n2"])
+
+    def test_goneWhileFull(self) -> None:
+        """
+        A device that goes while its connection is full was sent nothing:
+        the queue stays whole for the next login, and no sender hears
+        C{delivered}.
+        """
+        for i in range(2):
+            self.send("a1", f"n{i}", id=f"n{i}", toId="erin")
+        self.router.full.add("e1")
+        self.router.clear()
+        self.core.sessions.login("e1", "127.0.0.1", {"id": "erin", "name": "Erin"})
+        self.presence.logout("e1")
+        self.router.drain("e1")
+        self.clock.advance(0)
+        self.assertEqual([e for e, _ in self.router.inbox("e1") if e == "message"], [])
+        self.assertEqual(self.pending("erin"), ["n0", "n1"])
+        self.assertEqual([d for d in self.router.events("message:sent") if d.payload["status"] == "delivered"], [])
+
+    def test_readsBoundedInBytes(self) -> None:
+        """
+        The queue is read about C{maxHistoryBytes} at a time (here two
+        messages of 600 characters per read), so a queue of heavy messages
+        is never held whole; every message still comes once, in order.
+        """
+        self.core.messaging.settings = attrs.evolve(self.core.messaging.settings, maxHistoryBytes=1000)
+        for i in range(5):
+            self.send("a1", f"{i}" * 600, id=f"n{i}", toId="erin")
+        reads: list[int] = []
+        pendingFor = self.store.pendingFor
+
+        def recording(userId: str, limit: int, maxBytes: int | None = None, after: int = 0) -> Deferred[Any]:
+            d = pendingFor(userId, limit, maxBytes, after)
+            d.addCallback(lambda found: reads.append(len(found)) or found)
+            return d
+
+        self.store.pendingFor = recording  # type: ignore[method-assign]
+        self.core.sessions.login("e1", "127.0.0.1", {"id": "erin", "name": "Erin"})
+        self.clock.advance(0)
+        self.assertEqual([p["id"] for e, p in self.router.inbox("e1") if e == "message"], [f"n{i}" for i in range(5)])
+        self.assertEqual(reads, [2, 2, 1])
+        self.assertEqual(self.pending("erin"), [])
+
+    def test_arrivingDuringCatchUp(self) -> None:
+        """
+        A message that comes while the queue is being sent goes after it,
+        and stays in the queue until a device is sent it: if the device
+        goes first, the next login gets it.
+        """
+        self.send("a1", "old", id="old", toId="erin")
+        self.router.full.add("e1")
+        self.core.sessions.login("e1", "127.0.0.1", {"id": "erin", "name": "Erin"})
+        receipt = self.send("a1", "new", id="new", toId="erin")
+        self.assertEqual(receipt["status"], "delivered")
+        self.presence.logout("e1")
+        self.router.drain("e1")
+        self.clock.advance(0)
+        self.assertEqual(self.pending("erin"), ["old", "new"])
+        self.router.clear()
+        self.core.sessions.login("e2", "127.0.0.1", {"id": "erin", "name": "Erin"})
+        self.clock.advance(0)
+        self.assertEqual([p["id"] for e, p in self.router.inbox("e2") if e == "message"], ["old", "new"])
+        self.assertEqual(self.pending("erin"), [])
+        delivered = [d.payload["messageId"] for d in self.router.events("message:sent") if d.payload["status"] == "delivered"]
+        self.assertEqual(delivered, ["old", "new"])
+
+    def test_manyArrivingDuringCatchUp(self) -> None:
+        """
+        More messages than a catch-up holds, coming while it waits, all
+        come after the queue, in order and once.
+        """
+        self.send("a1", "old", id="old", toId="erin")
+        self.router.full.add("e1")
+        self.core.sessions.login("e1", "127.0.0.1", {"id": "erin", "name": "Erin"})
+        for i in range(PENDING_BATCH + 5):
+            self.send("a1", "new", id=f"new{i}", toId="erin")
+        self.router.drain("e1")
+        self.clock.advance(0)
+        got = [p["id"] for e, p in self.router.inbox("e1") if e == "message"]
+        self.assertEqual(got, ["old"] + [f"new{i}" for i in range(PENDING_BATCH + 5)])
+        self.assertEqual(self.pending("erin"), [])
 
     def test_deliveredAsStoreCloses(self) -> None:
         """

@@ -488,6 +488,36 @@ class StoreRecoveryTests(IMRecoveryTests):
         self.assertEqual(resync["afterSeq"], lastReplayed[1]["seq"])
         self.assertLess(names.index("message"), names.index("recovery:resync"))
 
+    def test_boundedInBytes(self) -> None:
+        """
+        Missed messages past C{maxReplayBytes} are not replayed: the
+        client gets those within it (here one: a message of 600 characters
+        weighs 800 of 1,000) and is told to fetch the rest. The store read
+        stops at the message that passes the bound, so a thousand missed
+        messages near C{--max-payload} are never held at once.
+        """
+        self.recovery.maxReplayBytes = 1000
+        alice, _, pid = self.login("alice")
+        bob, _, _ = self.login("bob")
+        self.cut(alice)
+        for n in range(5):
+            self.send(bob, {"id": f"m{n}", "toId": "alice", "content": f"{n}" * 600})
+        read: list[int] = []
+        missedMessages = self.records.missedMessages
+
+        def recording(*args: Any) -> Any:
+            return missedMessages(*args).addCallback(lambda found: read.append(len(found)) or found)
+
+        self.records.missedMessages = recording  # type: ignore[method-assign]
+        back, _ = self.reconnect(pid)
+        received = [loads(d[1:]) for d in back.received() if d.startswith(b"2")]
+        names = [r[0] for r in received]
+        replayed = [r[1] for r in received if r[0] == "message"]
+        self.assertEqual([m["content"][0] for m in replayed], ["0"])
+        self.assertEqual(read, [2])
+        resync = received[names.index("recovery:resync")][1]
+        self.assertEqual(resync["afterSeq"], replayed[-1]["seq"])
+
     def test_liveDuringReplay(self) -> None:
         """
         Messages that arrive while the missed ones are being read wait and

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import attrs
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
@@ -188,6 +189,19 @@ class RecoveryStoreTestsMixin:
         )
         found = await self.records.missedMessages("alice", [], sinceGroup, sinceGroup, 100)
         self.assertEqual([m.seq for m in found], [wanted[0], wanted[3]])
+
+    async def test_missedMessagesBytes(self) -> None:
+        """
+        With C{maxBytes}, C{missedMessages} stops at the message whose
+        weight takes the total past it, that one included.
+        """
+        start = await self.store_(message("bob", "alice"))
+        for i in range(4):
+            await self.store_(attrs.evolve(message("bob", "alice"), content="x" * 800))
+        found = await self.records.missedMessages("alice", [], start, start, 100, 1500)
+        self.assertEqual([m.content for m in found], ["x" * 800] * 2)
+        found = await self.records.missedMessages("alice", [], start, start, 100)
+        self.assertEqual(len(found), 4)
 
 
 class MemoryRecoveryStoreTests(RecoveryStoreTestsMixin, TestCase):

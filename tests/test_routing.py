@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -109,6 +110,21 @@ class LocalRouterTests(SynchronousTestCase):
         first = sent[0][0]
         for s in sent[1:]:
             self.assertIs(s[0], first)
+
+    def test_whenWritable(self) -> None:
+        """
+        C{whenWritable} is the socket's session's; a device with no socket
+        here is not writable.
+        """
+        waiting: Deferred[bool] = Deferred()
+
+        class Session:
+            def whenWritable(self) -> Deferred[bool]:
+                return waiting
+
+        self.sockets["a1"].session = Session()
+        self.assertIs(self.router.whenWritable("a1"), waiting)
+        self.assertIs(self.successResultOf(self.router.whenWritable("gone")), False)
 
     def test_interface(self) -> None:
         """

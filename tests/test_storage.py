@@ -38,7 +38,8 @@ from crm_im.storage import (
     groupConversation,
     roomConversation,
 )
-from crm_im.storage.messages import MAX_READ_MESSAGES
+from crm_im.storage.interface import messageWeight
+from crm_im.storage.messages import MAX_READ_MESSAGES, READ_PAGE
 from crm_im.storage.engines import PostgresEngine, engineFor
 from crm_im.storage.store import SQLMessageStore
 from crm_im.storage.database import (
@@ -527,6 +528,30 @@ class MessageStoreTestsMixin:
         self.assertFalse(any(message.delivered for message in pending))
         self.assertEqual(ids(await self.store.pendingFor("bob", 2)), ["2", "4"])
         self.assertEqual(await self.store.pendingFor("nobody", 10), [])
+
+    async def test_pendingForBytes(self) -> None:
+        """
+        With C{maxBytes}, C{pendingFor} stops at the message whose weight
+        takes the total past it (that one included, so the caller knows
+        more may wait), across the pages it reads; with C{after}, it starts
+        past that seq.
+        """
+        heavy = "x" * 800  # weighs 1,000 with MESSAGE_OVERHEAD
+        count = READ_PAGE + 8
+        stored = await self.storeAll(*(newMessage(str(i), content=heavy) for i in range(count)))
+        self.assertEqual(messageWeight(stored[0]), 1000)
+        self.assertEqual(ids(await self.store.pendingFor("bob", 200, 2500)), ["0", "1", "2"])
+        self.assertEqual(ids(await self.store.pendingFor("bob", 200, 3000)), ["0", "1", "2", "3"])
+        self.assertEqual(ids(await self.store.pendingFor("bob", 2, 2500)), ["0", "1"])
+        self.assertEqual(ids(await self.store.pendingFor("bob", 200, 10)), ["0"])
+        # (past the first page read)
+        many = await self.store.pendingFor("bob", 200, (READ_PAGE + 2) * 1000 - 1)
+        self.assertEqual(ids(many), [str(i) for i in range(READ_PAGE + 2)])
+        self.assertEqual(ids(await self.store.pendingFor("bob", 200)), [str(i) for i in range(count)])
+        after = await self.store.pendingFor("bob", 200, 1500, after=stored[4].seq)
+        self.assertEqual(ids(after), ["5", "6"])
+        await self.store.markDelivered([stored[5].seq])
+        self.assertEqual(ids(await self.store.pendingFor("bob", 200, 1500, after=stored[4].seq)), ["6", "7"])
 
     async def test_markDelivered(self) -> None:
         """

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, Iterable
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from . import packet
@@ -77,6 +78,7 @@ class EngineIOSession:
         "_paused",
         "_awaitingPong",
         "_flushScheduled",
+        "_writers",
         "__weakref__",
     )
 
@@ -108,6 +110,7 @@ class EngineIOSession:
         self._paused = False
         self._awaitingPong = False
         self._flushScheduled = False
+        self._writers: list[Deferred[bool]] | None = None
 
     def __repr__(self) -> str:
         return f"<EngineIOSession {self.sid} {self.transportName} {self.state}>"
@@ -134,6 +137,53 @@ class EngineIOSession:
         return len(self._queue)
 
     # ---- sending
+
+    def whenWritable(self) -> Deferred[bool]:
+        """
+        Pace a long run of packets (an offline queue, a replay) on the
+        client's reading: their sender writes while this fires at once and
+        waits when it does not. Writing them all in one go would pass the
+        queue's bounds and close the session (see L{_enqueue}) as soon as
+        the client reads slower than the server reads the store.
+
+        @return: a L{Deferred} that fires with C{True} when the packets
+            queued and not yet taken by a transport are back to a quarter
+            of the session's bounds (at once if they are), or with C{False}
+            when the session closes first.
+        """
+        if self.state is not OPEN:
+            return succeed(False)
+        if self._roomy():
+            return succeed(True)
+        writers = self._writers
+        if writers is None:
+            writers = self._writers = []
+        d: Deferred[bool] = Deferred()
+        writers.append(d)
+        return d
+
+    def _roomy(self) -> bool:
+        config = self.server.config
+        return (
+            self._queuedBytes <= config.maxBufferedBytes // 4
+            and len(self._queue) <= config.maxBufferedPackets // 4
+        )
+
+    def _wakeWriters(self) -> None:
+        """
+        Fire the L{whenWritable} waiters if the queue has room again or the
+        session closed; called once a transport took packets, or at a close,
+        after the session's own state is settled.
+        """
+        writers = self._writers
+        if writers is None:
+            return
+        isOpen = self.state is OPEN
+        if isOpen and not self._roomy():
+            return
+        self._writers = None
+        for d in writers:
+            d.callback(isOpen)
 
     def send(self, data: Frame | str | bytes) -> None:
         """
@@ -218,6 +268,7 @@ class EngineIOSession:
             return
         self._poll = None
         poll.respond(self._encodePayload(self._takeQueue()))
+        self._wakeWriters()
 
     def _flushChannel(self) -> None:
         channel = self._channel
@@ -256,6 +307,7 @@ class EngineIOSession:
             return True
         if self._queue and self._upgrading is None:
             poll.respond(self._encodePayload(self._takeQueue()))
+            self._wakeWriters()
         else:
             self._poll = poll
         return True
@@ -337,6 +389,7 @@ class EngineIOSession:
             self.transportName = WEBSOCKET
             self._flushChannel()
             self.server.sessionUpgraded(self)
+            self._wakeWriters()
         else:
             self.abortUpgrade(channel)
 
@@ -395,6 +448,7 @@ class EngineIOSession:
         """
         self._paused = False
         self._flushChannel()
+        self._wakeWriters()
 
     def pauseReading(self) -> None:
         """
@@ -506,6 +560,7 @@ class EngineIOSession:
         if self.state is CLOSED:
             self.server.sessionClosed(self)
         self.server.app.sessionClosed(self, reason)
+        self._wakeWriters()
 
     def _finishClosing(self) -> None:
         self.state = CLOSED

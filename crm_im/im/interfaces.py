@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from ..storage.interface import MessageOrder
@@ -77,6 +78,17 @@ class IRouter(Interface):
 
         @param order: see L{toUsers}.
         @return: how many devices it was, or is about to be, sent to.
+        """
+
+    def whenWritable(device: str) -> "Deferred[bool]":
+        """
+        Pace a long run of events to C{device} (its offline queue) on its
+        client's reading, where sending them all at once would pass its
+        connection's buffer bounds and close it.
+
+        @return: a L{Deferred} firing with C{True} at once if C{device}
+            can take more now, else when it can; with C{False} if it is
+            gone (or goes first), or is not connected to this node.
         """
 
     def toEveryone(event: str, payload: Any, exceptDevice: str | None = None) -> int:

@@ -39,6 +39,7 @@ from ..storage.interface import (
     StoreOutcome,
     directConversation,
     groupConversation,
+    messageWeight,
     roomConversation,
 )
 from . import conversations as rules
@@ -51,6 +52,26 @@ from .rooms import RoomHandlers
 
 #: How many offline messages are fetched and sent per round.
 PENDING_BATCH = 200
+
+
+@attrs.define
+class _CatchUp:
+    """
+    A user's offline queue being delivered (L{Messaging.catchUp}).
+
+    @ivar device: the device it goes to.
+    @ivar held: the messages to the user stored meanwhile, in the order
+        they came, at most L{PENDING_BATCH}; still in the queue, where the
+        catch-up may find them.
+    @ivar delivered: the seqs the catch-up sent.
+    @ivar overflow: more came than L{held} keeps: another catch-up
+        follows, for those its reads did not find.
+    """
+
+    device: str
+    held: list[StoredMessage] = attrs.Factory(list)
+    delivered: set[int] = attrs.Factory(set)
+    overflow: bool = False
 #: Message types counted under their own name in C{/metrics} (the rest,
 #: system messages aside, count as C{text}).
 _COUNTED_TYPES = frozenset(["file", "encrypted"])
@@ -126,8 +147,8 @@ class Messaging:
         self.clock = clock
         self.settings = settings if settings is not None else MessagingSettings()
         self.metrics = metrics if metrics is not None else IMMetrics()
-        # Users whose offline queue is being delivered -> live messages held.
-        self._catchingUp: dict[str, list[StoredMessage]] = {}
+        # Users whose offline queue is being delivered -> its state.
+        self._catchingUp: dict[str, _CatchUp] = {}
         # Messages delivered live whose "delivered" flag is not committed yet.
         self._unflushed: set[int] = set()
         # Delivered this turn, to be marked in one write at its end.
@@ -302,19 +323,24 @@ class Messaging:
         toId = stored.toId
         assert toId is not None
         wire = self.wire(stored)
-        held = self._catchingUp.get(toId)
-        if held is not None:
-            held.append(stored)
-            delivered = True
+        catchUp = self._catchingUp.get(toId)
+        if catchUp is not None:
+            # Its place is after the queue being delivered, which the
+            # catch-up reads it with if it comes in time; it stays in the
+            # queue until a device of the recipient is sent it.
+            if len(catchUp.held) < PENDING_BATCH:
+                catchUp.held.append(stored)
+            else:
+                catchUp.overflow = True
             if stored.fromId != toId:
                 self.router.toUsers((stored.fromId,), "message", wire, senderDevice, stored.order)
+            return True
+        delivered = bool(self.presence.devicesOf(toId))
+        if stored.fromId == toId:
+            # a note to oneself reaches every device, the sending one too
+            self.router.toUsers((toId,), "message", wire, order=stored.order)
         else:
-            delivered = bool(self.presence.devicesOf(toId))
-            if stored.fromId == toId:
-                # a note to oneself reaches every device, the sending one too
-                self.router.toUsers((toId,), "message", wire, order=stored.order)
-            else:
-                self.router.toUsers((toId, stored.fromId), "message", wire, senderDevice, stored.order)
+            self.router.toUsers((toId, stored.fromId), "message", wire, senderDevice, stored.order)
         if delivered:
             self._unflushed.add(stored.seq)
             # One markDelivered per reactor turn for every message
@@ -405,41 +431,92 @@ class Messaging:
             d: Deferred[None] = Deferred()
             d.callback(None)
             return d
-        self._catchingUp[userId] = []
-        d = ensureDeferred(self._deliverPending(userId, device))
+        catchUp = self._catchingUp[userId] = _CatchUp(device)
+        d = ensureDeferred(self._deliverPending(userId, device, catchUp))
         d.addErrback(lambda failure: self.log.failure("offline delivery to {userId}", failure, userId=userId))
         d.addBoth(lambda _: self._endCatchUp(userId))
         return d
 
-    async def _deliverPending(self, userId: str, device: str) -> None:
-        delivered: set[int] = set()
+    async def _deliverPending(self, userId: str, device: str, catchUp: "_CatchUp") -> None:
+        """
+        Send the queue in reads of at most L{PENDING_BATCH} messages and
+        about C{maxHistoryBytes}, each message when the device's connection
+        has room (L{IRouter.whenWritable}): a queue of 200 messages near
+        C{--max-payload} each, sent at once, would pass its buffer bound,
+        close it, and come again at every login. What was sent is marked
+        delivered as it goes (the marks ride with other writes, as the live
+        ones do; the next read starts past them), and each sender hears
+        C{delivered} once its mark is committed; what was not sent waits
+        for the next login.
+        """
+        budget = self.settings.maxHistoryBytes
+        after = 0
         while True:
-            batch = await self.timed(self.store.pendingFor(userId, PENDING_BATCH), "pending")
-            fresh = [m for m in batch if m.seq not in self._unflushed and m.seq not in delivered]
-            if not fresh:
+            batch = await self.timed(self.store.pendingFor(userId, PENDING_BATCH, budget, after), "pending")
+            if not batch:
                 return
-            user = self.presence.userOfDevice(device)
-            if user is None or user.id != userId:
-                # That device went; the rest waits for the next login.
-                return
+            after = batch[-1].seq
+            # (delivered live, or by an earlier catch-up, and not marked yet)
+            fresh = [m for m in batch if m.seq not in self._unflushed]
+            sent: list[StoredMessage] = []
             for stored in fresh:
+                if not await self.router.whenWritable(device):
+                    break
+                user = self.presence.userOfDevice(device)
+                if user is None or user.id != userId:
+                    # That device went; the rest waits for the next login.
+                    break
                 self.router.toDevices((device,), "message", self.wire(stored))
-                delivered.add(stored.seq)
-            await self.store.markDelivered([m.seq for m in fresh])
-            self.metrics.receipts["delivered"].inc(len(fresh))
-            for stored in fresh:
-                self.router.toUsers(
-                    (stored.fromId,),
-                    "message:sent",
-                    {"messageId": stored.id, "status": "delivered", "timestamp": stored.serverTimestamp},
-                )
-            if len(batch) < PENDING_BATCH:
+                sent.append(stored)
+            if sent:
+                seqs = [m.seq for m in sent]
+                catchUp.delivered.update(seqs)
+                self._unflushed.update(seqs)
+                # (a message held during the catch-up got its receipt,
+                # "delivered", when it was stored)
+                held = {m.seq for m in catchUp.held}
+                queued = [m for m in sent if m.seq not in held]
+                marked = self.store.markDelivered(seqs)
+                marked.addCallback(self._queueDelivered, queued)
+                marked.addBoth(self._flushed, seqs)
+            if len(sent) < len(fresh):
+                return
+            if len(batch) < PENDING_BATCH and sum(messageWeight(m) for m in batch) <= budget:
+                # the whole queue (a read that filled neither bound)
                 return
 
+    def _queueDelivered(self, _: object, queued: list[StoredMessage]) -> None:
+        """
+        Messages of the offline queue were sent and their marks committed:
+        their senders hear C{message:sent} C{delivered}.
+        """
+        self.metrics.receipts["delivered"].inc(len(queued))
+        for stored in queued:
+            self.router.toUsers(
+                (stored.fromId,),
+                "message:sent",
+                {"messageId": stored.id, "status": "delivered", "timestamp": stored.serverTimestamp},
+            )
+
     def _endCatchUp(self, userId: str) -> None:
-        held = self._catchingUp.pop(userId, [])
-        for stored in sorted(held, key=lambda m: m.seq):
-            self.router.toUsers((userId,), "message", self.wire(stored))
+        """
+        The messages that came during the catch-up and that its reads did
+        not find go now, to every device of the user, and are marked
+        delivered if one was there; past L{PENDING_BATCH} of them, the
+        rest by another catch-up.
+        """
+        catchUp = self._catchingUp.pop(userId)
+        late = sorted((m for m in catchUp.held if m.seq not in catchUp.delivered), key=lambda m: m.seq)
+        reached = [m for m in late if self.router.toUsers((userId,), "message", self.wire(m))]
+        if reached:
+            self._unflushed.update(m.seq for m in reached)
+            if not self._toMark:
+                self.clock.callLater(0, self._markDelivered)
+            self._toMark.extend(m.seq for m in reached)
+        if catchUp.overflow:
+            user = self.presence.userOfDevice(catchUp.device)
+            if user is not None and user.id == userId:
+                self.catchUp(userId, catchUp.device)
 
     # ---- files sent inline
 

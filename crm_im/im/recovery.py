@@ -31,9 +31,10 @@ another node sharing the database:
    seq, each once, in order, and the 1:1 ones still in the offline queue
    are marked delivered (their senders get C{message:sent} C{delivered}).
 
-At most L{MAX_REPLAY} messages are replayed: a client that missed more
-gets the oldest ones, then C{recovery:resync} C{{afterSeq}}: it fetches
-the rest with C{get_history} (C{after}).
+At most L{MAX_REPLAY} messages and about L{MAX_REPLAY_BYTES} are
+replayed: a client that missed more gets the oldest ones, then
+C{recovery:resync} C{{afterSeq}}: it fetches the rest with
+C{get_history} (C{after}), a page at a time.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..socketio.recovery import DetachedSocket, IConnectionRecovery, RecoveryLog, Restored
-from ..storage.interface import StoreClosedError, StoredMessage
+from ..storage.interface import StoreClosedError, StoredMessage, messageWeight
 from ..storage.recovery import IRecoveryStore, RecoveryRecord
 from ..timers import DeadlineHeap
 from .errors import IMError
@@ -60,6 +61,11 @@ if TYPE_CHECKING:
 #: The most missed messages replayed to a socket that comes back; past it,
 #: C{recovery:resync}.
 MAX_REPLAY = 1000
+
+#: The most bytes of missed messages replayed (by L{messageWeight}), the
+#: message that passes it included; past it, C{recovery:resync}. The
+#: server's own is its C{--max-payload}, a history page's bound.
+MAX_REPLAY_BYTES = 1_000_000
 
 #: Seconds between two deletions of expired records (done along with a
 #: socket going away; no timer of its own).
@@ -101,6 +107,7 @@ class StoreRecovery:
 
     @ivar window: seconds a socket may come back within.
     @ivar maxReplay: see L{MAX_REPLAY}.
+    @ivar maxReplayBytes: see L{MAX_REPLAY_BYTES}.
     """
 
     log = Logger()
@@ -113,6 +120,7 @@ class StoreRecovery:
         window: float,
         namespace: str = "/",
         maxReplay: int = MAX_REPLAY,
+        maxReplayBytes: int = MAX_REPLAY_BYTES,
     ) -> None:
         self.memory = memory
         self.store = store
@@ -120,6 +128,7 @@ class StoreRecovery:
         self.window = window
         self.namespace = namespace
         self.maxReplay = maxReplay
+        self.maxReplayBytes = maxReplayBytes
         #: set by L{enable}
         self.sessions: Sessions | None = None
         self.router: _Router | None = None
@@ -379,7 +388,9 @@ class StoreRecovery:
             # message: what waits in the offline queue, as after a login.
             return sessions.messaging.catchUp(user.id, device)
         router.hold(device)
-        d = self.store.missedMessages(user.id, tuple(record.rooms), after, record.lastSeq, self.maxReplay + 1)
+        d = self.store.missedMessages(
+            user.id, tuple(record.rooms), after, record.lastSeq, self.maxReplay + 1, self.maxReplayBytes
+        )
         done: Deferred[Any] = d.addCallbacks(
             self._replay, self._replayFailed, callbackArgs=(device, user.id), errbackArgs=(device,)
         )
@@ -400,11 +411,12 @@ class StoreRecovery:
         held = router.release(device)
         if sessions.presence.userOfDevice(device) is None:
             return
+        kept = self._replayable(missed)
+        # (a read that passed the byte bound stopped there: more may wait)
+        truncated = kept < len(missed) or sum(messageWeight(m) for m in missed) > self.maxReplayBytes
         # A published event (POST /api/publish) went out live under its own
         # name, without an offset: replayed only from the offline queue.
-        missed = [m for m in missed if not _published(m) or (m.toId == userId and not m.delivered)]
-        truncated = len(missed) > self.maxReplay
-        missed = missed[: self.maxReplay]
+        missed = [m for m in missed[:kept] if not _published(m) or (m.toId == userId and not m.delivered)]
         bySeq: dict[int, tuple[str, Any]] = {m.seq: ("message", messaging.wire(m)) for m in missed}
         liveAfter: list[tuple[str, Any]] = []
         lastReplayed = missed[-1].seq if missed else 0
@@ -426,7 +438,7 @@ class StoreRecovery:
             router.toDevices(
                 (device,),
                 "recovery:resync",
-                {"afterSeq": lastReplayed, "reason": f"more than {self.maxReplay} messages were missed"},
+                {"afterSeq": lastReplayed, "reason": "more was missed than a replay carries"},
             )
         queued = [m for m in missed if m.toId == userId and not m.delivered]
         if queued:
@@ -447,6 +459,20 @@ class StoreRecovery:
             after=missed[0].seq - 1 if missed else lastReplayed,
             more=" (more: recovery:resync)" if truncated else "",
         )
+
+    def _replayable(self, missed: list[StoredMessage]) -> int:
+        """
+        How many of C{missed} are replayed: at most L{maxReplay}, and no
+        more than weigh L{maxReplayBytes} (never none).
+        """
+        total = 0
+        for count, message in enumerate(missed):
+            if count >= self.maxReplay:
+                return count
+            total += messageWeight(message)
+            if count and total > self.maxReplayBytes:
+                return count
+        return len(missed)
 
     def _failed(self, failure: Failure, what: str) -> None:
         if not failure.check(StoreClosedError):
@@ -472,7 +498,9 @@ def enableRecovery(sio: Any, sessions: "Sessions", router: Any, store: IRecovery
         # (off; or a router that cannot hold or mark messages: recovery
         # stays in memory, as before)
         return None
-    recovery = StoreRecovery(memory, store, clock, memory.window)
+    recovery = StoreRecovery(
+        memory, store, clock, memory.window, maxReplayBytes=sessions.messaging.settings.maxHistoryBytes
+    )
     recovery.sessions = sessions
     recovery.router = router
     recovery.pidOf = lambda device: _pidOf(sio, device)

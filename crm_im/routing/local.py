@@ -17,6 +17,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Any, Iterable, Protocol, Sequence
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
@@ -201,6 +202,17 @@ class LocalRouter:
                 socket.sendFrames(frames)
             count += 1
         return count
+
+    def whenWritable(self, device: str) -> Deferred[bool]:
+        """
+        See L{IRouter.whenWritable}: when the socket's Engine.IO session
+        has room (L{EngineIOSession.whenWritable}).
+        """
+        socket = self._sockets.get(device)
+        if socket is None:
+            return succeed(False)
+        writable: Deferred[bool] = socket.session.whenWritable()
+        return writable
 
     def toEveryone(self, event: str, payload: Any, exceptDevice: str | None = None) -> int:
         """

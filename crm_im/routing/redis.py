@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Sequence
 
 import msgpack
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from ..cluster.presence import ClusterPresence
@@ -235,6 +236,12 @@ class RedisRouter:
                 count += len(sids)
                 self._send(node, TO_DEVICES, sids, None, body, order)
         return count
+
+    def whenWritable(self, device: str) -> Deferred[bool]:
+        """
+        See L{IRouter.whenWritable}: a device of this node's.
+        """
+        return self.local.whenWritable(device)
 
     def toEveryoneHere(self, event: str, payload: Any) -> int:
         """

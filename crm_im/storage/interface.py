@@ -20,7 +20,7 @@ history, read cursors and recall are all per key.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -343,6 +343,55 @@ class StoredMessage:
         return wire
 
 
+#: What L{messageWeight} adds for a message's fixed fields (ids, names,
+#: times): a rough figure, the bound is on the variable-length ones.
+MESSAGE_OVERHEAD = 200
+
+
+def messageWeight(message: StoredMessage) -> int:
+    """
+    About how many bytes C{message} takes in memory and on the wire: its
+    text, ciphertext, file fields and system record, plus
+    L{MESSAGE_OVERHEAD}. What the byte-bounded reads
+    (C{pendingFor}, C{missedMessages}) count, since a count alone lets 200
+    messages near C{--max-payload} each make one 200 MB read.
+    """
+    weight = MESSAGE_OVERHEAD + len(message.content)
+    ciphertext = message.ciphertext
+    if isinstance(ciphertext, str):
+        weight += len(ciphertext)
+    elif ciphertext is not None:
+        weight += sum(len(k) + len(v) for k, v in ciphertext.items())
+    if message.fileUrl is not None:
+        weight += len(message.fileUrl)
+    if message.fileName is not None:
+        weight += len(message.fileName)
+    if message.system is not None:
+        weight += len(repr(message.system))
+    return weight
+
+
+def boundedMessages(messages: Iterable[StoredMessage], limit: int, maxBytes: int | None) -> list[StoredMessage]:
+    """
+    The first of C{messages}, at most C{limit}; with C{maxBytes}, only
+    until their L{messageWeight}s pass it, the message that passes it
+    included. C{messages} is consumed no further than that.
+    """
+    found: list[StoredMessage] = []
+    if limit <= 0:
+        return found
+    total = 0
+    for message in messages:
+        found.append(message)
+        if len(found) >= limit:
+            break
+        if maxBytes is not None:
+            total += messageWeight(message)
+            if total > maxBytes:
+                break
+    return found
+
+
 @attrs.frozen
 class StoreOutcome:
     """
@@ -456,10 +505,15 @@ class IMessageStore(Interface):
         their recipient.
         """
 
-    def pendingFor(userId: str, limit: int) -> Deferred[list[StoredMessage]]:
+    def pendingFor(
+        userId: str, limit: int, maxBytes: int | None = None, after: int = 0
+    ) -> Deferred[list[StoredMessage]]:
         """
-        The undelivered messages to C{userId}, C{seq} ascending, at most
-        C{limit}.
+        The undelivered messages to C{userId} with a C{seq} above C{after},
+        C{seq} ascending, at most C{limit}; with C{maxBytes}, also no more
+        than until their L{messageWeight}s pass it (the message that passes
+        it included, so that a caller given more than C{maxBytes} knows
+        more may wait).
         """
 
     def history(

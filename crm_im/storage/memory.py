@@ -23,6 +23,7 @@ from .interface import (
     StoreClosedError,
     StoredMessage,
     StoreOutcome,
+    boundedMessages,
     directConversation,
 )
 from .memoryconversations import MemoryConversationStore
@@ -129,7 +130,9 @@ class MemoryMessageStore(MemoryConversationStore, MemoryPushStore, MemoryKeyStor
                 self.messages[seq] = attrs.evolve(message, delivered=True)
         return succeed(None)
 
-    def pendingFor(self, userId: str, limit: int) -> Deferred[list[StoredMessage]]:
+    def pendingFor(
+        self, userId: str, limit: int, maxBytes: int | None = None, after: int = 0
+    ) -> Deferred[list[StoredMessage]]:
         """
         See L{IMessageStore.pendingFor}.
         """
@@ -137,12 +140,12 @@ class MemoryMessageStore(MemoryConversationStore, MemoryPushStore, MemoryKeyStor
             self._check("pendingFor")
         except StoreClosedError:
             return fail()
-        pending = [
+        pending = (
             message
             for message in self.messages.values()
-            if message.toId == userId and not message.delivered
-        ]
-        return succeed(pending[: max(limit, 0)])
+            if message.toId == userId and not message.delivered and message.seq > after
+        )
+        return succeed(boundedMessages(pending, limit, maxBytes))
 
     def history(
         self,

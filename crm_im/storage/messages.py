@@ -14,7 +14,7 @@ delivered marks merged, every other write in its own savepoint.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import attrs
 import orjson
@@ -28,6 +28,7 @@ from .interface import (
     NewMessage,
     StoredMessage,
     StoreOutcome,
+    boundedMessages,
     directConversation,
 )
 
@@ -472,16 +473,55 @@ def markRead_txn(
     return [message if message.delivered else attrs.evolve(message, delivered=True) for message in found]
 
 
-def pendingFor_txn(txn: Transaction, userId: str, limit: int) -> list[StoredMessage]:
+#: Rows per query of a byte-bounded read (L{boundedMessages_txn}): what
+#: a driver that holds a whole result in memory (psycopg does) holds at
+#: once, and what such a read fetches past its bound at most.
+READ_PAGE = 32
+
+
+def boundedMessages_txn(
+    txn: Transaction, query: Callable[[int, int], object], after: int, limit: int, maxBytes: int | None
+) -> list[StoredMessage]:
     """
-    The undelivered messages to C{userId}, seq ascending.
+    Messages in seq order, as L{boundedMessages} takes them: at most
+    C{limit}, and with C{maxBytes} read L{READ_PAGE} at a time, each page
+    only if the bound is not passed yet.
+
+    @param query: executes the read of C{_MESSAGE_COLUMNS} ordered by seq,
+        given the seq to read above and how many rows.
+    @param after: the seq to read above first.
     """
-    txn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-        " WHERE to_id = ? AND delivered = 0 ORDER BY seq LIMIT ?",
-        (userId, max(limit, 0)),
+    cipher = getattr(txn, "cipher", None)
+
+    def pages() -> Iterator[StoredMessage]:
+        above = after
+        left = max(limit, 0)
+        page = left if maxBytes is None else READ_PAGE
+        while left > 0:
+            count = min(page, left)
+            query(above, count)
+            rows = txn.fetchall()
+            for row in rows:
+                yield _messageFromRow(row, cipher)
+            if len(rows) < count:
+                return
+            left -= count
+            above = int(rows[-1][0])
+
+    return boundedMessages(pages(), limit, maxBytes)
+
+
+def pendingFor_txn(
+    txn: Transaction, userId: str, limit: int, maxBytes: int | None = None, after: int = 0
+) -> list[StoredMessage]:
+    """
+    The undelivered messages to C{userId}, seq ascending; see
+    L{IMessageStore.pendingFor}.
+    """
+    sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE to_id = ? AND delivered = 0 AND seq > ? ORDER BY seq LIMIT ?"
+    return boundedMessages_txn(
+        txn, lambda above, count: txn.execute(sql, (userId, above, count)), after, limit, maxBytes
     )
-    return [_messageFromRow(row, txn.cipher) for row in txn.fetchall()]
 
 
 def history_txn(

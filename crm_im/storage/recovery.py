@@ -18,7 +18,7 @@ fake beside a L{crm_im.storage.memory.MemoryMessageStore}. Portable SQL
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import attrs
 import orjson
@@ -26,8 +26,8 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import Interface, implementer
 
 from .database import Transaction, placeholders
-from .interface import GROUP_PREFIX, ROOM_PREFIX, StoredMessage, roomConversation
-from .messages import _MESSAGE_COLUMNS, _messageFromRow
+from .interface import GROUP_PREFIX, ROOM_PREFIX, StoredMessage, boundedMessages, roomConversation
+from .messages import _MESSAGE_COLUMNS, boundedMessages_txn
 from .section import StoreSection
 
 
@@ -100,11 +100,14 @@ class IRecoveryStore(Interface):
         node stopped without telling) that one. @return: how many deleted.
         """
 
-    def missedMessages(userId: str, rooms: Sequence[str], after: int, since: int, limit: int) -> Deferred[list[StoredMessage]]:
+    def missedMessages(
+        userId: str, rooms: Sequence[str], after: int, since: int, limit: int, maxBytes: int | None = None
+    ) -> Deferred[list[StoredMessage]]:
         """
         The messages C{userId} did not send with a seq above C{after},
         seq ascending, at most C{limit}: the 1:1 messages to it, and the
-        messages of its groups and of C{rooms} above C{since} too.
+        messages of its groups and of C{rooms} above C{since} too. With
+        C{maxBytes}, bounded in bytes as L{IMessageStore.pendingFor} is.
         """
 
 
@@ -195,7 +198,7 @@ def expireRecoveries_txn(txn: Transaction, now: int, orphansUntil: int | None) -
 
 
 def missedMessages_txn(
-    txn: Transaction, userId: str, rooms: Sequence[str], after: int, since: int, limit: int
+    txn: Transaction, userId: str, rooms: Sequence[str], after: int, since: int, limit: int, maxBytes: int | None = None
 ) -> list[StoredMessage]:
     """
     See L{IRecoveryStore.missedMessages}: a range of the primary key (the
@@ -206,22 +209,15 @@ def missedMessages_txn(
         "conversation IN (SELECT ? || m.group_id FROM group_members m JOIN groups g ON g.group_id = m.group_id"
         " WHERE m.user_id = ? AND m.left_at IS NULL AND g.dissolved_at IS NULL)"
     )
-    args: list[Any] = [after, userId, userId, since, GROUP_PREFIX, userId]
+    args: list[Any] = [userId, userId, since, GROUP_PREFIX, userId]
     if roomKeys:
         shared = f"({shared} OR conversation IN ({placeholders(len(roomKeys))}))"
         args.extend(roomKeys)
-    args.append(limit)
-    txn.execute(
+    sql = (
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq > ? AND from_id <> ?"
-        f" AND (to_id = ? OR (seq > ? AND {shared})) ORDER BY seq LIMIT ?",
-        args,
+        f" AND (to_id = ? OR (seq > ? AND {shared})) ORDER BY seq LIMIT ?"
     )
-    # (rows sealed at rest are opened with the transaction's cipher)
-    cipher = getattr(txn, "cipher", None)
-    fromRow: Any = _messageFromRow
-    if cipher is None:
-        return [fromRow(row) for row in txn.fetchall()]
-    return [fromRow(row, cipher) for row in txn.fetchall()]
+    return boundedMessages_txn(txn, lambda above, count: txn.execute(sql, (above, *args, count)), after, limit, maxBytes)
 
 
 @implementer(IRecoveryStore)
@@ -262,13 +258,13 @@ class SQLRecoveryStore(StoreSection):
         return self._writeTxn("expireRecoveries", lambda txn: expireRecoveries_txn(txn, now, orphansUntil))
 
     def missedMessages(
-        self, userId: str, rooms: Sequence[str], after: int, since: int, limit: int
+        self, userId: str, rooms: Sequence[str], after: int, since: int, limit: int, maxBytes: int | None = None
     ) -> Deferred[list[StoredMessage]]:
         """
         See L{IRecoveryStore.missedMessages}.
         """
         return self._readTxn(
-            "missedMessages", lambda txn: missedMessages_txn(txn, userId, list(rooms), after, since, limit)
+            "missedMessages", lambda txn: missedMessages_txn(txn, userId, list(rooms), after, since, limit, maxBytes)
         )
 
 
@@ -333,7 +329,7 @@ class MemoryRecoveryStore:
         return succeed(len(expired))
 
     def missedMessages(
-        self, userId: str, rooms: Sequence[str], after: int, since: int, limit: int
+        self, userId: str, rooms: Sequence[str], after: int, since: int, limit: int, maxBytes: int | None = None
     ) -> Deferred[list[StoredMessage]]:
         """
         See L{IRecoveryStore.missedMessages}.
@@ -345,15 +341,14 @@ class MemoryRecoveryStore:
             if userId in kept.members and not kept.dissolved
         }
         shared.update(ROOM_PREFIX + r for r in rooms)
-        found = []
-        for seq in sorted(self._store.messages):
-            if seq <= after:
-                continue
-            message = self._store.messages[seq]
-            if message.fromId == userId:
-                continue
-            if message.toId == userId or (seq > since and message.conversation in shared):
-                found.append(message)
-                if len(found) >= limit:
-                    break
-        return succeed(found)
+        messages = self._store.messages
+
+        def missed() -> Iterator[StoredMessage]:
+            for seq in sorted(messages):
+                message = messages[seq]
+                if seq <= after or message.fromId == userId:
+                    continue
+                if message.toId == userId or (seq > since and message.conversation in shared):
+                    yield message
+
+        return succeed(boundedMessages(missed(), limit, maxBytes))

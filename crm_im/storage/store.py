@@ -110,11 +110,13 @@ class SQLMessageStore(GroupCommit, SQLConversationStore, SQLPushStore, SQLKeySto
 
     # reads
 
-    def pendingFor(self, userId: str, limit: int) -> Deferred[list[StoredMessage]]:
+    def pendingFor(
+        self, userId: str, limit: int, maxBytes: int | None = None, after: int = 0
+    ) -> Deferred[list[StoredMessage]]:
         """
         See L{IMessageStore.pendingFor}.
         """
-        return self._read("pendingFor", lambda txn: pendingFor_txn(txn, userId, limit))
+        return self._read("pendingFor", lambda txn: pendingFor_txn(txn, userId, limit, maxBytes, after))
 
     def history(
         self,

@@ -527,6 +527,41 @@ class IMScenario(DriverTestMixin):
         yield self.barrier(driver, "a", [("b2", "b")])
         self.assertEqual(len(driver.events("b2", "message")), 1)
 
+    @inlineCallbacks
+    def test_offlineQueueHeavierThanBuffer(self) -> Inline:
+        """
+        An offline queue heavier than the connection's buffer bound and
+        than what loopback's kernel buffers take (100 messages of 100,000
+        characters, 10 MB, against C{--max-buffered-bytes 500000}) comes whole at the next login, in order and each once, on
+        a connection that stays open: the catch-up sends as the client
+        reads. Sent at once, the queue would pass the bound and the server
+        would close the connection.
+        """
+        COUNT = 100
+        yield self.serve(maxMessageLength=100_000, maxPayload=200_000, maxBufferedBytes=500_000)
+        driver = yield self.startDriver()
+        yield self.login(driver, "a", "a", "A")
+        for i in range(COUNT):
+            receipt = yield self.send(driver, "a", "b", f"{i:02d}" + "x" * 99_998)
+            self.assertEqual(receipt["status"], "offline")
+        yield self.login(driver, "b", "b", "B")
+        got = []
+        for i in range(COUNT):
+            (message,) = yield driver.waitFor("b", "message")
+            got.append(message)
+        if not self.ordered:
+            got.sort(key=lambda m: m["seq"])
+        self.assertEqual([m["content"][:2] for m in got], [f"{i:02d}" for i in range(COUNT)])
+        self.assertEqual([m["seq"] for m in got], sorted({m["seq"] for m in got}))
+        for i in range(COUNT):
+            yield driver.waitFor("a", "message:sent", predicate=lambda args: args[0]["status"] == "delivered")
+        # (each receipt "delivered" follows the commit of its mark)
+        pending = yield self.service.store.pendingFor("b", 10)
+        self.assertEqual(pending, [])
+        yield self.barrier(driver, "a", [("b", "b")])
+        self.assertEqual(len(driver.events("b", "message")), COUNT + 1)
+        self.assertEqual([r for r in driver.reports if r.get("type") == "disconnect"], [])
+
     # ---- status_change
 
     @inlineCallbacks

@@ -258,6 +258,19 @@ class RecordingSocket:
         for frame in frames:
             self.frames.extend(frame.parts if isinstance(frame, FrameBatch) else [frame])
 
+    @property
+    def session(self) -> RecordingSocket:
+        """
+        Stands in for its Engine.IO session too (L{whenWritable}).
+        """
+        return self
+
+    def whenWritable(self) -> Deferred[bool]:
+        """
+        Always room.
+        """
+        return succeed(True)
+
     def events(self, name: str | None = None) -> list[tuple[str, Any]]:
         result = []
         for frame in self.frames:

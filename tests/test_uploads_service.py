@@ -17,6 +17,7 @@ import struct
 import zlib
 from typing import Any
 
+import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
@@ -26,7 +27,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from crm_im.im.files import UploadRefused
+from crm_im.im.files import TooManyUploads, UploadRefused
 from crm_im.storage import MemoryMessageStore, SQLiteMessageStore
 from crm_im.storage.filerecords import SQLFileRecords
 from crm_im.storage.files import DiskFileStore
@@ -294,6 +295,23 @@ class ServiceTestsMixin:
         refused = [r for ok, r in results if not ok]
         self.assertEqual(len(refused), 1)  # type: ignore[attr-defined]
         self.assertTrue(refused[0].check(UploadRefused))  # type: ignore[attr-defined]
+
+    async def test_unfinishedBounded(self) -> None:
+        """
+        A user with C{maxUnfinished} uploads open is refused another
+        (L{TooManyUploads}) whatever its size; finishing one makes room,
+        and other users are not affected.
+        """
+        self.service.settings = attrs.evolve(self.settings, maxUnfinished=3)
+        ids = []
+        for c in "PQR":
+            await self.service.create("alice", "bob", "k", "a", 1, None, None, c * 32)
+            ids.append(c * 32)
+        with self.assertRaises(TooManyUploads):  # type: ignore[attr-defined]
+            await self.service.create("alice", "bob", "k", "a", 1, None, None, "S" * 32)
+        await self.service.create("bob", "alice", "k", "a", 1, None, None, "T" * 32)
+        await self.write(ids[0], b"x")
+        await self.service.create("alice", "bob", "k", "a", 1, None, None, "S" * 32)
 
 
 class MemoryServiceTests(ServiceTestsMixin, TestCase):

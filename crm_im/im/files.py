@@ -36,7 +36,7 @@ from ..storage.interface import (
 )
 from . import conversations as rules
 from . import validation
-from .errors import FORBIDDEN, INVALID_PAYLOAD, NOT_FOUND, TOO_LARGE, IMError
+from .errors import FORBIDDEN, INVALID_PAYLOAD, NOT_FOUND, RATE_LIMITED, TOO_LARGE, IMError
 from .groups import GroupDirectory
 from .interfaces import Caller
 from .rooms import RoomHandlers
@@ -61,6 +61,12 @@ def filePath(fileId: str, fileName: str) -> str:
 class UploadRefused(Exception):
     """
     An upload asked for more than C{--max-file-size} or the user's quota.
+    """
+
+
+class TooManyUploads(UploadRefused):
+    """
+    The user has as many unfinished uploads as they may.
     """
 
 
@@ -220,6 +226,8 @@ class FileHandlers:
                 request.sha256,
                 newFileId(),
             )
+        except TooManyUploads as error:
+            raise IMError(RATE_LIMITED, str(error))
         except UploadRefused as error:
             raise IMError(TOO_LARGE, str(error))
 

@@ -33,7 +33,7 @@ from zope.interface import implementer
 
 from ..http.cors import CORSPolicy
 from ..http.streaming import IBodySink
-from ..im.files import FILES_PATH, UploadRefused, filePath
+from ..im.files import FILES_PATH, TooManyUploads, UploadRefused, filePath
 from ..storage.files import isFileId
 from ..storage.interface import ABORTED, COMPLETE, EXPIRED, UPLOADING, FileRecord, IFileBytes, IFileRecords
 from . import tus
@@ -76,6 +76,11 @@ class UploadSettings:
     @ivar thumbnailSize: the long side of a thumbnail, px.
     @ivar thumbnailConcurrency: thumbnails made at once.
     @ivar sweepBatch: records handled per sweep step.
+    @ivar maxUnfinished: uploads one user may have open in this process at
+        once: each holds a record, a running hash and a part file for up
+        to C{uploadIdle} after its last byte, and the quota bounds bytes,
+        not uploads (a thousand empty-handed C{file:upload}s of 1 byte
+        each pass it).
     """
 
     maxFileSize: int = 100 * MiB
@@ -88,6 +93,7 @@ class UploadSettings:
     thumbnailSize: int = 256
     thumbnailConcurrency: int = 2
     sweepBatch: int = 100
+    maxUnfinished: int = 32
 
 
 @attrs.define
@@ -194,6 +200,11 @@ class UploadService:
         fileId: str,
     ) -> dict[str, Any]:
         settings = self.settings
+        unfinished = sum(1 for active in self.active.values() if active.record.fromId == fromId)
+        if unfinished >= settings.maxUnfinished:
+            raise TooManyUploads(
+                f"{unfinished} uploads are unfinished: finish or cancel one first (at most {settings.maxUnfinished})"
+            )
         if settings.quota:
             used = await self.records.quotaUsed(fromId)
             if used + fileSize > settings.quota:

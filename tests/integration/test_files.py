@@ -25,6 +25,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 
+from crm_im.uploads.service import UploadSettings
 from tests.integration.test_im import serveIM
 from tests.support.clients import INTEROP, ClientDriver, requireKind, startDriver
 
@@ -320,6 +321,26 @@ class BadInputTests(FilesTestCase):
         ack = yield self.ask(client, event, payload)
         self.assertEqual(ack.get("error", {}).get("code"), code, ack)
         return ack
+
+    @inlineCallbacks
+    def test_unfinishedUploadsBounded(self) -> Inline:
+        """
+        A user with 32 unfinished uploads gets C{RATE_LIMITED} for
+        another, however small; finishing one makes room.
+        """
+        yield self.login("a", "alice")
+        base = {"fileName": "a.bin", "toId": "alice", "fileSize": 1}
+        opened = []
+        for _ in range(UploadSettings().maxUnfinished):
+            ack = yield self.ask("a", "file:upload", base)
+            opened.append(ack)
+        ack = yield self.refused("a", "file:upload", base, "RATE_LIMITED")
+        self.assertIn("unfinished", ack["error"]["message"])
+        response = yield treq.put(self.url + opened[0]["uploadUrl"], data=b"x", persistent=False)
+        yield response.content()
+        self.assertEqual(response.code, 204)
+        ack = yield self.ask("a", "file:upload", base)
+        self.assertIn("fileId", ack)
 
     @inlineCallbacks
     def test_socketRefusals(self) -> Inline:

@@ -456,6 +456,38 @@ class RegistrationTests(PushTestCase):
         self.assertIn(codes[0], (FORBIDDEN, NOT_FOUND))
         self.assertEqual(codes[1:], [NOT_FOUND, INVALID_PAYLOAD])
 
+    def test_muteGoesWithMembership(self) -> None:
+        """
+        A member's mute of a group goes, in memory and in the store, when
+        they leave it, are removed from it, or it is dissolved; others'
+        mutes stay until then. Someone who joins again starts unmuted.
+        """
+        self.makeGroup(["bob", "carol", "dave"])
+        for userId, device in (("bob", "b1"), ("dave", "d1")):
+            self.presence.login(userId, device, userId.title(), None)
+        for device in ("a1", "b1", "c1", "d1"):
+            self.answer(self.core.push.mute(self.caller(device), {"groupId": "g1"}))
+        self.answer(self.core.groups.leave(self.caller("b1"), {"groupId": "g1"}))
+        self.answer(self.core.groups.removeMembers(self.caller("a1"), {"groupId": "g1", "userIds": ["carol"]}))
+        expected = {("alice", "g1"), ("dave", "g1")}
+        self.assertEqual(self.store.mutes, expected)
+        self.assertEqual(set(self.core.pushDirectory.mutes), expected)
+        self.answer(self.core.groups.addMembers(self.caller("a1"), {"groupId": "g1", "userIds": ["carol"]}))
+        self.assertNotIn(("carol", "g1"), self.core.messaging.pushMutes)
+        self.answer(self.core.groups.dissolve(self.caller("a1"), {"groupId": "g1"}))
+        self.assertEqual(self.store.mutes, set())
+        self.assertEqual(set(self.core.pushDirectory.mutes), set())
+
+    def test_lastMemberLeaves(self) -> None:
+        """
+        The last member leaving dissolves the group: their mute goes too.
+        """
+        self.makeGroup([])
+        self.answer(self.core.push.mute(self.caller("a1"), {"groupId": "g1"}))
+        self.answer(self.core.groups.leave(self.caller("a1"), {"groupId": "g1"}))
+        self.assertEqual(self.store.mutes, set())
+        self.assertEqual(set(self.core.pushDirectory.mutes), set())
+
 
 class DecisionTests(PushTestCase):
     """

@@ -120,6 +120,7 @@ class IMCore:
         #: the wiring enables push (L{enablePush})
         self.pushDirectory = PushDirectory()
         self.push = PushHandlers(store, self.pushDirectory, self.directory, clock)
+        self.groups.membersGone = self.push.unmuteGone
         #: the end-to-end key directory (ENCRYPTION.md)
         self.keys = KeyHandlers(store, router, clock, settings.keys)  # type: ignore[arg-type]
         self.sessions = Sessions(

@@ -233,6 +233,10 @@ class GroupHandlers:
         self.clock = clock
         self.limits = limits if limits is not None else GroupLimits()
         self.newId = newId
+        #: told C{(groupId, userIds)} when members left a group (removed,
+        #: left, or it was dissolved), after the change is stored: what
+        #: they kept per group elsewhere goes (their C{group:mute}).
+        self.membersGone: Callable[[str, Iterable[str]], object] = lambda groupId, userIds: None
 
     def now(self) -> int:
         """
@@ -405,6 +409,7 @@ class GroupHandlers:
             return self.wire(state)
         system = self._system(caller, groupId, "remove", f"{caller.name} 移除了 {', '.join(removed)}", userIds=removed)
         newState, stored = await self._change(GroupChange(groupId, self.now(), remove=tuple(removed), system=system))
+        self.membersGone(groupId, removed)
         if newState is None:
             raise rules.groupNotFound()
         self.router.toUsers(removed, "group:left", {"groupId": groupId, "reason": "removed", "by": caller.userId})
@@ -426,6 +431,7 @@ class GroupHandlers:
         if member.role == OWNER and heir is None:
             await self.store.changeGroup(GroupChange(groupId, now, dissolve=True))
             await self.directory.changed(groupId)
+            self.membersGone(groupId, state.members)
             self.router.toUsers([caller.userId], "group:left", {"groupId": groupId, "reason": "left", "by": caller.userId})
             return {"groupId": groupId, "left": True}
         system = self._system(caller, groupId, "leave", f"{caller.name} 退出了群组", userIds=[caller.userId])
@@ -438,6 +444,7 @@ class GroupHandlers:
             system=system,
         )
         newState, stored = await self._change(change)
+        self.membersGone(groupId, (caller.userId,))
         self.router.toUsers([caller.userId], "group:left", {"groupId": groupId, "reason": "left", "by": caller.userId})
         if newState is None:
             return {"groupId": groupId, "left": True}
@@ -511,6 +518,7 @@ class GroupHandlers:
         groupId = state.group.id
         await self.store.changeGroup(GroupChange(groupId, self.now(), dissolve=True))
         await self.directory.changed(groupId)
+        self.membersGone(groupId, state.members)
         self.router.toUsers(state.members, "group:left", {"groupId": groupId, "reason": "dissolved", "by": by})
         return {"groupId": groupId, "dissolved": True}
 

@@ -8,11 +8,12 @@ L{PushDirectory} the message path reads.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import orjson
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..notify.directory import PushDirectory
 from ..storage.outbox import IPushStore, Pushkey
@@ -119,3 +120,19 @@ class PushHandlers:
         await self._store().setMute(caller.userId, groupId, muted)
         self.directory.setMuted(caller.userId, groupId, muted)
         return {"groupId": groupId, "muted": muted}
+
+    def unmuteGone(self, groupId: str, userIds: Iterable[str]) -> None:
+        """
+        C{userIds} are no longer members of C{groupId}: their mutes of it
+        go (else a create, mute, dissolve loop would grow them forever).
+        One who joins again starts unmuted.
+        """
+        for userId in userIds:
+            if (userId, groupId) not in self.directory.mutes:
+                continue
+            self.directory.setMuted(userId, groupId, False)
+            if self.store is not None:
+                self.store.setMute(userId, groupId, False).addErrback(self._unmuteFailed, groupId, userId)
+
+    def _unmuteFailed(self, failure: Failure, groupId: str, userId: str) -> None:
+        self.log.failure("forgetting the mute of {groupId} by {userId}", failure, groupId=groupId, userId=userId)

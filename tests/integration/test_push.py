@@ -282,6 +282,34 @@ class PushNodeTests(PushScenario, TestCase):
         self.checkSchema()
 
     @inlineCallbacks
+    def test_muteEndsWithMembership(self) -> Inline:
+        """
+        A member who muted a group and then left it is, once added again,
+        notified of its messages: the mute went with the membership, from
+        the store too.
+        """
+        yield self.serve()
+        group = yield self.ask("alice", "group:create", {"name": "Deals", "memberIds": ["dave"]})
+        groupId = group["id"]
+        yield self.login("dave")
+        yield self.ask("dave", "group:mute", {"groupId": groupId, "muted": True})
+        loaded = yield self.service.store.loadPush()
+        self.assertIn(("dave", groupId), loaded.mutes)
+        yield self.ask("dave", "group:leave", {"groupId": groupId})
+        loaded = yield self.service.store.loadPush()
+        self.assertNotIn(("dave", groupId), loaded.mutes)
+        offline = self.driver.waitFor("alice", "status_change", predicate=lambda args: (
+            args[0]["userId"] == "dave" and args[0]["status"] == "offline"))
+        yield self.driver.close("dave")
+        yield offline
+        yield self.offlineWithPushkeys("dave", "pk-dave")
+        yield self.ask("alice", "group:add_members", {"groupId": groupId, "userIds": ["dave"]})
+        yield self.send({"groupId": groupId, "content": "welcome back", "id": "g-1"})
+        (dave,) = yield self.gateway.waitForKey("pk-dave")
+        self.assertEqual(dave.notification["event_id"], "g-1")
+        self.checkSchema()
+
+    @inlineCallbacks
     def test_gatewayDownThenUp(self) -> Inline:
         """
         While nothing listens at the gateway's address the notification

@@ -950,6 +950,21 @@ class WhenWritableTests(EngineTestMixin, SynchronousTestCase):
 
     config = EngineIOConfig(maxBufferedBytes=1000, maxBufferedPackets=10)
 
+    def takeOneFrame(self, session: EngineIOSession, channel: FakeChannel) -> None:
+        """
+        Resume C{session}'s writing on a transport whose buffer fills again
+        after one frame; later resumes take everything.
+        """
+        original = channel.writeFrame
+
+        def writeFrame(frame: Frame) -> None:
+            original(frame)
+            session.pauseWriting()
+            channel.writeFrame = original  # type: ignore[method-assign]
+
+        channel.writeFrame = writeFrame  # type: ignore[method-assign]
+        session.resumeWriting()
+
     def test_roomAtOnce(self) -> None:
         """
         A session that writes straight through, or whose queue is within a
@@ -964,9 +979,10 @@ class WhenWritableTests(EngineTestMixin, SynchronousTestCase):
 
     def test_webSocketDrains(self) -> None:
         """
-        Past a quarter of the byte bound it waits, and fires once the
-        transport took the queue; a write that pauses the transport again
-        before it is back within the quarter keeps it waiting.
+        Past a quarter of the byte bound it waits (every waiter), and
+        fires once the transport took enough to be back within it, even if
+        its buffer filled again (here after one frame, leaving 200 bytes
+        of the 250).
         """
         session, channel = self.webSocketSession()
         session.pauseWriting()
@@ -975,16 +991,8 @@ class WhenWritableTests(EngineTestMixin, SynchronousTestCase):
         writable = session.whenWritable()
         also = session.whenWritable()
         self.assertNoResult(writable)
-        original = channel.writeFrame
-
-        def writeFrame(frame: Frame) -> None:
-            original(frame)
-            session.pauseWriting()
-
-        channel.writeFrame = writeFrame  # type: ignore[method-assign]
-        session.resumeWriting()
+        self.takeOneFrame(session, channel)
         self.assertEqual(session.queuedBytes, 200)
-        # (the first write paused it again, but 200 bytes are within 250)
         self.assertIs(self.successResultOf(writable), True)
         self.assertIs(self.successResultOf(also), True)
 
@@ -997,17 +1005,9 @@ class WhenWritableTests(EngineTestMixin, SynchronousTestCase):
         session.pauseWriting()
         session.sendMany([messageFrame(b"x" * 199) for _ in range(3)])
         writable = session.whenWritable()
-        original = channel.writeFrame
-
-        def writeFrame(frame: Frame) -> None:
-            original(frame)
-            session.pauseWriting()
-
-        channel.writeFrame = writeFrame  # type: ignore[method-assign]
-        session.resumeWriting()
+        self.takeOneFrame(session, channel)
         self.assertEqual(session.queuedBytes, 400)
         self.assertNoResult(writable)
-        channel.writeFrame = original  # type: ignore[method-assign]
         session.resumeWriting()
         self.assertIs(self.successResultOf(writable), True)
 

@@ -52,6 +52,9 @@ from .rooms import RoomHandlers
 
 #: How many offline messages are fetched and sent per round.
 PENDING_BATCH = 200
+#: Message types counted under their own name in C{/metrics} (the rest,
+#: system messages aside, count as C{text}).
+_COUNTED_TYPES = frozenset(["file", "encrypted"])
 
 
 @attrs.define
@@ -72,9 +75,6 @@ class _CatchUp:
     held: list[StoredMessage] = attrs.Factory(list)
     delivered: set[int] = attrs.Factory(set)
     overflow: bool = False
-#: Message types counted under their own name in C{/metrics} (the rest,
-#: system messages aside, count as C{text}).
-_COUNTED_TYPES = frozenset(["file", "encrypted"])
 
 
 @attrs.frozen

@@ -416,10 +416,11 @@ class StoreRecovery:
         truncated = kept < len(missed) or sum(messageWeight(m) for m in missed) > self.maxReplayBytes
         # A published event (POST /api/publish) went out live under its own
         # name, without an offset: replayed only from the offline queue.
+        # (what the client is told to fetch after, if truncated)
+        lastReplayed = missed[kept - 1].seq if kept else 0
         missed = [m for m in missed[:kept] if not _published(m) or (m.toId == userId and not m.delivered)]
         bySeq: dict[int, tuple[str, Any]] = {m.seq: ("message", messaging.wire(m)) for m in missed}
         liveAfter: list[tuple[str, Any]] = []
-        lastReplayed = missed[-1].seq if missed else 0
         for event, payload in held:
             seq = payload.get("seq")
             if truncated and isinstance(seq, int) and seq > lastReplayed:

@@ -342,13 +342,19 @@ class Messaging:
         else:
             self.router.toUsers((toId, stored.fromId), "message", wire, senderDevice, stored.order)
         if delivered:
-            self._unflushed.add(stored.seq)
-            # One markDelivered per reactor turn for every message
-            # delivered in it (a commit's batch is delivered in one turn).
-            if not self._toMark:
-                self.clock.callLater(0, self._markDelivered)
-            self._toMark.append(stored.seq)
+            self._markSoon(stored.seq)
         return delivered
+
+    def _markSoon(self, seq: int) -> None:
+        """
+        Mark message C{seq}, sent to a device of its recipient, delivered:
+        one markDelivered per reactor turn for every message delivered in
+        it (a commit's batch is delivered in one turn).
+        """
+        self._unflushed.add(seq)
+        if not self._toMark:
+            self.clock.callLater(0, self._markDelivered)
+        self._toMark.append(seq)
 
     def _markDelivered(self) -> None:
         seqs, self._toMark = self._toMark, []
@@ -477,7 +483,7 @@ class Messaging:
                 held = {m.seq for m in catchUp.held}
                 queued = [m for m in sent if m.seq not in held]
                 marked = self.store.markDelivered(seqs)
-                marked.addCallback(self._queueDelivered, queued)
+                marked.addCallback(lambda _, queued: self.queueDelivered(queued), queued)
                 marked.addBoth(self._flushed, seqs)
             if len(sent) < len(fresh):
                 return
@@ -485,10 +491,11 @@ class Messaging:
                 # the whole queue (a read that filled neither bound)
                 return
 
-    def _queueDelivered(self, _: object, queued: list[StoredMessage]) -> None:
+    def queueDelivered(self, queued: list[StoredMessage]) -> None:
         """
-        Messages of the offline queue were sent and their marks committed:
-        their senders hear C{message:sent} C{delivered}.
+        Messages of the offline queue were sent (by a catch-up, once their
+        marks are committed; or by a recovery replay): their senders hear
+        C{message:sent} C{delivered}.
         """
         self.metrics.receipts["delivered"].inc(len(queued))
         for stored in queued:
@@ -507,12 +514,9 @@ class Messaging:
         """
         catchUp = self._catchingUp.pop(userId)
         late = sorted((m for m in catchUp.held if m.seq not in catchUp.delivered), key=lambda m: m.seq)
-        reached = [m for m in late if self.router.toUsers((userId,), "message", self.wire(m))]
-        if reached:
-            self._unflushed.update(m.seq for m in reached)
-            if not self._toMark:
-                self.clock.callLater(0, self._markDelivered)
-            self._toMark.extend(m.seq for m in reached)
+        for stored in late:
+            if self.router.toUsers((userId,), "message", self.wire(stored)):
+                self._markSoon(stored.seq)
         if catchUp.overflow:
             user = self.presence.userOfDevice(catchUp.device)
             if user is not None and user.id == userId:

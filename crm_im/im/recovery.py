@@ -445,13 +445,7 @@ class StoreRecovery:
         if queued:
             # From the offline queue: delivered now, as by a catch-up.
             messaging.store.markDelivered([m.seq for m in queued]).addErrback(self._failed, "marking delivered")
-            messaging.metrics.receipts["delivered"].inc(len(queued))
-            for stored in queued:
-                router.toUsers(
-                    (stored.fromId,),
-                    "message:sent",
-                    {"messageId": stored.id, "status": "delivered", "timestamp": stored.serverTimestamp},
-                )
+            messaging.queueDelivered(queued)
         self.log.info(
             "[恢复] {sid} {userId}: {count} missed messages after seq {after}{more}",
             sid=device,

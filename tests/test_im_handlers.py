@@ -27,6 +27,7 @@ from crm_im.im.interfaces import Caller, IRouter
 from crm_im.im.messaging import PENDING_BATCH
 from crm_im.im.rooms import RoomLimits
 from crm_im.presence import Presence
+from crm_im.routing.local import OFFSET_EVENTS
 from crm_im.storage.interface import MessageOrder, directConversation, groupConversation
 from crm_im.storage.memory import MemoryMessageStore
 
@@ -68,6 +69,8 @@ class RecordingRouter:
         #: Devices whose connection is full (L{whenWritable} waits).
         self.full: set[str] = set()
         self.waiting: list[tuple[str, Deferred[bool]]] = []
+        #: Devices held (L{hold}) -> the stored messages' events kept for them.
+        self.holding: dict[str, list[tuple[str, Any]]] = {}
 
     def _record(
         self,
@@ -80,6 +83,13 @@ class RecordingRouter:
         order: MessageOrder | None = None,
     ) -> int:
         reached = frozenset(d for d in devices if d != exceptDevice)
+        if event in OFFSET_EVENTS:
+            for device in reached & self.holding.keys():
+                self.holding[device].append((event, payload))
+            held = len(reached & self.holding.keys())
+            reached -= self.holding.keys()
+            if held and not reached:
+                return held
         self.sent.append(Delivery(method, tuple(recipients), event, payload, exceptDevice, reached, order))
         return len(reached)
 
@@ -135,6 +145,18 @@ class RecordingRouter:
         See L{IRouter.disconnect}.
         """
         self.closed.append(device)
+
+    def hold(self, device: str) -> None:
+        """
+        See L{IRouter.hold} (without a bound).
+        """
+        self.holding.setdefault(device, [])
+
+    def release(self, device: str) -> list[tuple[str, dict[str, Any]]]:
+        """
+        See L{IRouter.release}.
+        """
+        return self.holding.pop(device, [])
 
     def whenWritable(self, device: str) -> Deferred[bool]:
         """
@@ -1427,6 +1449,40 @@ class CatchUpTests(HandlerTestCase):
         self.assertEqual([e for e, _ in self.router.inbox("e1") if e == "message"], [])
         self.assertEqual(self.pending("erin"), ["n0", "n1"])
         self.assertEqual([d for d in self.router.events("message:sent") if d.payload["status"] == "delivered"], [])
+
+    def test_fromAnotherNodeDuringCatchUp(self) -> None:
+        """
+        What the router delivers to the catch-up's device meanwhile (from
+        another node, which stored it there) waits for the queue: it comes
+        after it, in C{seq} order, and not twice when the catch-up's read
+        found it too; an event without a seq comes last. The user's other
+        device, not caught up, gets it at once. Without the hold, another
+        node's newer message overtook the queue.
+        """
+        stored = [self.send("a1", f"n{i}", id=f"n{i}", toId="erin") for i in range(2)]
+        self.assertEqual([r["status"] for r in stored], ["offline"] * 2)
+        (first, second) = self.successResultOf(self.store.pendingFor("erin", 10))
+        self.router.full.add("e1")
+        self.router.clear()
+        self.core.sessions.login("e1", "127.0.0.1", {"id": "erin", "name": "Erin"})
+        self.presence.login("erin", "e2", "Erin", None)
+        # as the cluster's router delivers what another node stored
+        self.router.toUsers(("erin",), "message", {"id": "r2", "seq": second.seq + 2, "toId": "erin"})
+        self.router.toUsers(("erin",), "message", {"id": "r1", "seq": second.seq + 1, "toId": "erin"})
+        self.router.toUsers(("erin",), "message", {"id": second.id, "seq": second.seq, "toId": "erin"})
+        self.router.toUsers(("erin",), "file_transfer", {"fileName": "a.txt"})
+        self.assertEqual([p.get("id") for e, p in self.router.inbox("e1") if e in ("message", "file_transfer")], [])
+        self.assertEqual(
+            [p.get("id") for e, p in self.router.inbox("e2") if e in ("message", "file_transfer")],
+            ["r2", "r1", second.id, None],
+        )
+        self.router.drain("e1")
+        self.clock.advance(0)
+        self.assertEqual(
+            [p.get("id", p.get("fileName")) for e, p in self.router.inbox("e1") if e in ("message", "file_transfer")],
+            [first.id, second.id, "r1", "r2", "a.txt"],
+        )
+        self.assertEqual(self.router.holding, {})
 
     def test_readsBoundedInBytes(self) -> None:
         """

@@ -19,7 +19,7 @@ from crm_im.engineio.packet import Frame, FrameBatch
 from crm_im.im.interfaces import IRouter
 from crm_im.presence import Presence
 from crm_im.routing import local
-from crm_im.routing.local import LocalRouter
+from crm_im.routing.local import MAX_HELD, LocalRouter
 
 
 class RecordingSocket:
@@ -125,6 +125,24 @@ class LocalRouterTests(SynchronousTestCase):
         self.sockets["a1"].session = Session()
         self.assertIs(self.router.whenWritable("a1"), waiting)
         self.assertIs(self.successResultOf(self.router.whenWritable("gone")), False)
+
+    def test_holdBounded(self) -> None:
+        """
+        A held device keeps its stored messages' events (not the others)
+        until released, at most L{MAX_HELD}; past it they are written at
+        once rather than kept without bound.
+        """
+        self.router.hold("a1")
+        for seq in range(MAX_HELD + 2):
+            self.router.toUsers(["alice"], "message", {"content": "hi", "seq": seq})
+        self.router.toUsers(["alice"], "status_change", {"status": "away"})
+        self.assertEqual(len(self.sockets["a1"].sent), 3)
+        self.assertEqual(len(self.sockets["a2"].sent), MAX_HELD + 3)
+        held = self.router.release("a1")
+        self.assertEqual([payload["seq"] for _, payload in held], list(range(MAX_HELD)))
+        self.router.toUsers(["alice"], "message", {"content": "hi", "seq": 0})
+        self.assertEqual(len(self.sockets["a1"].sent), 4)
+        self.assertEqual(self.router.release("a1"), [])
 
     def test_interface(self) -> None:
         """

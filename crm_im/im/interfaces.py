@@ -91,6 +91,22 @@ class IRouter(Interface):
             gone (or goes first), or is not connected to this node.
         """
 
+    def hold(device: str) -> None:
+        """
+        Keep the stored messages' events routed to C{device}, from this
+        node or another, until L{release}: what it missed is being read
+        from the store (a recovery replay, the offline queue), and goes
+        first. A router keeps a bounded number; past it, they go at once.
+        """
+
+    def release(device: str) -> list[tuple[str, dict[str, Any]]]:
+        """
+        Stop holding C{device}'s messages (L{hold}).
+
+        @return: the held events and their payloads, in the order they
+            came, for the caller to send after what it read.
+        """
+
     def toEveryone(event: str, payload: Any, exceptDevice: str | None = None) -> int:
         """
         Send C{event} to every logged-in device but C{exceptDevice}.

@@ -7,7 +7,9 @@ state, typing and recall.
 Delivery order: a message is delivered only after its commit, and the
 receipt follows. While a user's offline queue is being delivered to their
 first device, live 1:1 messages for them are held and delivered after it,
-so a conversation never arrives out of C{seq} order.
+so a conversation never arrives out of C{seq} order: those stored here by
+the catch-up, those routed to the device from another node by the router
+(L{IRouter.hold}).
 
 The 1:1 path is the hot path of the server (the relay benchmark): it
 avoids allocations it does not need (one callback pair per message, no
@@ -69,12 +71,15 @@ class _CatchUp:
     @ivar delivered: the seqs the catch-up sent.
     @ivar overflow: more came than L{held} keeps: another catch-up
         follows, for those its reads did not find.
+    @ivar routed: the events the router held for the device (from another
+        node: stored there) and released as the catch-up sent past them.
     """
 
     device: str
     held: list[StoredMessage] = attrs.Factory(list)
     delivered: set[int] = attrs.Factory(set)
     overflow: bool = False
+    routed: list[tuple[str, dict[str, Any]]] = attrs.Factory(list)
 
 
 @attrs.frozen
@@ -438,6 +443,8 @@ class Messaging:
             d.callback(None)
             return d
         catchUp = self._catchingUp[userId] = _CatchUp(device)
+        # (what other nodes deliver to the device meanwhile waits too)
+        self.router.hold(device)
         d = ensureDeferred(self._deliverPending(userId, device, catchUp))
         d.addErrback(lambda failure: self.log.failure("offline delivery to {userId}", failure, userId=userId))
         d.addBoth(lambda _: self._endCatchUp(userId))
@@ -472,7 +479,7 @@ class Messaging:
                 if user is None or user.id != userId:
                     # That device went; the rest waits for the next login.
                     break
-                self.router.toDevices((device,), "message", self.wire(stored))
+                self._sendPastHold(catchUp, "message", self.wire(stored))
                 sent.append(stored)
             if sent:
                 seqs = [m.seq for m in sent]
@@ -491,6 +498,16 @@ class Messaging:
                 # the whole queue (a read that filled neither bound)
                 return
 
+    def _sendPastHold(self, catchUp: _CatchUp, event: str, payload: dict[str, Any]) -> None:
+        """
+        Send an event of the queue to the catch-up's device, which the
+        router holds: what it held until now is kept for after the queue.
+        """
+        device = catchUp.device
+        catchUp.routed.extend(self.router.release(device))
+        self.router.toDevices((device,), event, payload)
+        self.router.hold(device)
+
     def queueDelivered(self, queued: list[StoredMessage]) -> None:
         """
         Messages of the offline queue were sent (by a catch-up, once their
@@ -508,19 +525,38 @@ class Messaging:
     def _endCatchUp(self, userId: str) -> None:
         """
         The messages that came during the catch-up and that its reads did
-        not find go now, to every device of the user, and are marked
-        delivered if one was there; past L{PENDING_BATCH} of them, the
-        rest by another catch-up.
+        not find go now, in C{seq} order: those stored here to every
+        device of the user, marked delivered if one was there (past
+        L{PENDING_BATCH} of them, the rest by another catch-up); those the
+        router held for the catch-up's device, to it.
         """
         catchUp = self._catchingUp.pop(userId)
-        late = sorted((m for m in catchUp.held if m.seq not in catchUp.delivered), key=lambda m: m.seq)
-        for stored in late:
-            if self.router.toUsers((userId,), "message", self.wire(stored)):
-                self._markSoon(stored.seq)
-        if catchUp.overflow:
-            user = self.presence.userOfDevice(catchUp.device)
-            if user is not None and user.id == userId:
-                self.catchUp(userId, catchUp.device)
+        device = catchUp.device
+        routed = catchUp.routed + self.router.release(device)
+        user = self.presence.userOfDevice(device)
+        here = user is not None and user.id == userId
+        late: list[tuple[int, int, Any]] = [
+            (m.seq, 0, m) for m in catchUp.held if m.seq not in catchUp.delivered
+        ]
+        unordered: list[tuple[str, dict[str, Any]]] = []
+        if here:
+            for event, payload in routed:
+                seq = payload.get("seq")
+                if type(seq) is not int:
+                    unordered.append((event, payload))
+                elif seq not in catchUp.delivered:
+                    # (a message the catch-up read found is not sent twice)
+                    late.append((seq, 1, (event, payload)))
+        late.sort(key=lambda entry: (entry[0], entry[1]))
+        for _, fromRouter, item in late:
+            if fromRouter:
+                self.router.toDevices((device,), item[0], item[1])
+            elif self.router.toUsers((userId,), "message", self.wire(item)):
+                self._markSoon(item.seq)
+        for event, payload in unordered:
+            self.router.toDevices((device,), event, payload)
+        if catchUp.overflow and here:
+            self.catchUp(userId, device)
 
     # ---- files sent inline
 

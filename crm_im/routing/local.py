@@ -42,6 +42,11 @@ OFFSET_EVENTS = frozenset(["message", "file_transfer"])
 OFFSET_EVENT = "recovery:offset"
 
 
+#: The most events L{LocalRouter.hold} keeps for a device; past it, they
+#: are written at once (out of order, rather than without bound).
+MAX_HELD = 256
+
+
 def messageOffset(seq: int) -> str:
     """
     The recovery offset of the stored message C{seq}: a client that comes
@@ -81,8 +86,9 @@ class LocalRouter:
         #: (L{OFFSET_EVENT}), to the sockets that have a private session
         #: id, so that a client coming back says which message it got last.
         self.offsets = False
-        # Devices whose missed messages are being replayed: the messages
-        # routed to them meanwhile, kept to go after the replay.
+        # Devices whose missed messages are being read (a recovery replay,
+        # the offline queue): the messages routed to them meanwhile, kept
+        # to go after them.
         self._holding: dict[str, list[tuple[str, dict[str, Any]]]] = {}
 
     def _encode(self, event: str, payload: Any) -> list[Frame]:
@@ -103,8 +109,9 @@ class LocalRouter:
     def hold(self, device: str) -> None:
         """
         Keep the stored messages' events (L{OFFSET_EVENTS}) routed to
-        C{device} until L{release} (its missed messages are being read
-        from the store: they go first, then these).
+        C{device} until L{release}, at most L{MAX_HELD} (its missed
+        messages are being read from the store: they go first, then
+        these).
         """
         self._holding.setdefault(device, [])
 
@@ -117,7 +124,7 @@ class LocalRouter:
 
     def _write(self, socket: Any, sid: str, event: str, payload: Any, frames: list[Frame], offsetFrames: Any) -> None:
         holding = self._holding.get(sid)
-        if holding is not None and event in OFFSET_EVENTS:
+        if holding is not None and event in OFFSET_EVENTS and len(holding) < MAX_HELD:
             holding.append((event, payload))
         elif offsetFrames is not None and socket.pid is not None:
             socket.sendFrames(offsetFrames)

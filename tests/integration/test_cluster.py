@@ -315,6 +315,35 @@ class DeliveryTests(ClusterTestCase):
                                  f"{client}: not in the order sent")
 
     @inlineCallbacks
+    def test_queueBeforeAnotherNodesMessage(self) -> Inline:
+        """
+        A message stored on another node while a user's offline queue is
+        being delivered comes after the whole queue. The queue (100
+        messages of 100,000 characters against C{--max-buffered-bytes
+        500000}) goes as the client reads; the other node's sender sends
+        once the first queued message has arrived. Without the hold of the
+        router, that message overtook most of the queue.
+        """
+        count = 100
+        cluster = yield self.startCluster(size=2, options=[
+            "--max-message-length", "100000", "--max-payload", "200000", "--max-buffered-bytes", "500000"])
+        node, _ = yield self.drivers()
+        a, b = cluster.urls
+        yield self.login(node, "alice", a, "alice")
+        yield self.login(node, "carol", b, "carol")
+        for i in range(count):
+            receipt = yield self.send(node, "alice", {"id": f"q{i}", "toId": "olga",
+                                                      "content": f"{i:02d}" + "x" * 99_998})
+            self.assertEqual(receipt["status"], "offline")
+        yield self.login(node, "olga", a, "olga")
+        yield node.waitFor("olga", "message", predicate=hasId("q0"), timeout=30)
+        yield self.send(node, "carol", {"id": "live", "toId": "olga", "content": "from the other node"})
+        yield node.waitFor("olga", "message", predicate=hasId("live"), timeout=30)
+        got = [args[0]["id"] for args in node.events("olga", "message")]
+        self.assertEqual(got, [f"q{i}" for i in range(count)] + ["live"])
+        self.assertEqual([r for r in node.reports if r.get("type") == "disconnect"], [])
+
+    @inlineCallbacks
     def test_twoSendersOneGroup(self) -> Inline:
         """
         Two senders on two nodes writing into one group at once (30

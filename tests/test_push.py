@@ -478,6 +478,22 @@ class RegistrationTests(PushTestCase):
         self.assertEqual(self.store.mutes, set())
         self.assertEqual(set(self.core.pushDirectory.mutes), set())
 
+    def test_mutesOfAnEarlierRunGo(self) -> None:
+        """
+        With push off the directory is not loaded at start, so it does not
+        know the mutes an earlier run stored: those of members who go are
+        deleted in the store all the same (dissolving deletes every
+        member's), and nobody else's.
+        """
+        self.makeGroup(["bob", "carol", "dave"])
+        self.presence.login("bob", "b1", "Bob", None)
+        self.core.pushDirectory.loaded = False
+        self.store.mutes.update({("bob", "g1"), ("carol", "g1"), ("carol", "other"), ("dave", "g1")})
+        self.answer(self.core.groups.leave(self.caller("b1"), {"groupId": "g1"}))
+        self.assertEqual(self.store.mutes, {("carol", "g1"), ("carol", "other"), ("dave", "g1")})
+        self.answer(self.core.groups.dissolve(self.caller("a1"), {"groupId": "g1"}))
+        self.assertEqual(self.store.mutes, {("carol", "other")})
+
     def test_lastMemberLeaves(self) -> None:
         """
         The last member leaving dissolves the group: their mute goes too.

@@ -146,6 +146,10 @@ class PushStoreTestsMixin:
         self.assertEqual((await self.store.loadPush()).mutes, frozenset({("bob", "g1")}))
         await self.store.setMute("bob", "g1", False)
         self.assertEqual((await self.store.loadPush()).mutes, frozenset())
+        for userId, groupId in (("bob", "g1"), ("carol", "g1"), ("dave", "g1"), ("bob", "g2")):
+            await self.store.setMute(userId, groupId, True)
+        await self.store.forgetMutes("g1", ["bob", "carol", "erin"])
+        self.assertEqual((await self.store.loadPush()).mutes, frozenset({("dave", "g1"), ("bob", "g2")}))
 
     async def test_trim(self) -> None:
         """

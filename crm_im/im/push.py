@@ -127,12 +127,17 @@ class PushHandlers:
         go (else a create, mute, dissolve loop would grow them forever).
         One who joins again starts unmuted.
         """
-        for userId in userIds:
-            if (userId, groupId) not in self.directory.mutes:
-                continue
+        gone = list(userIds)
+        muted = [userId for userId in gone if (userId, groupId) in self.directory.mutes]
+        for userId in muted:
             self.directory.setMuted(userId, groupId, False)
-            if self.store is not None:
-                self.store.setMute(userId, groupId, False).addErrback(self._unmuteFailed, groupId, userId)
+        if self.store is None:
+            return
+        # With push off the directory was not loaded at start: mutes an
+        # earlier run stored are not in it, so every gone member's goes.
+        forget = muted if self.directory.loaded else gone
+        if forget:
+            self.store.forgetMutes(groupId, forget).addErrback(self._unmuteFailed, groupId, len(forget))
 
-    def _unmuteFailed(self, failure: Failure, groupId: str, userId: str) -> None:
-        self.log.failure("forgetting the mute of {groupId} by {userId}", failure, groupId=groupId, userId=userId)
+    def _unmuteFailed(self, failure: Failure, groupId: str, count: int) -> None:
+        self.log.failure("forgetting {count} mutes of {groupId}", failure, groupId=groupId, count=count)

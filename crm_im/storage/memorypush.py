@@ -79,6 +79,13 @@ class MemoryPushStore:
             self.mutes.discard((userId, groupId))
         return succeed(None)
 
+    def forgetMutes(self, groupId: str, userIds: Sequence[str]) -> Deferred[None]:
+        """
+        See L{IPushStore.forgetMutes}.
+        """
+        self.mutes.difference_update((userId, groupId) for userId in userIds)
+        return succeed(None)
+
     def loadPush(self) -> Deferred[PushLoad]:
         """
         See L{IPushStore.loadPush}.

@@ -131,6 +131,12 @@ class IPushStore(Interface):
         Mute or unmute a group for a user.
         """
 
+    def forgetMutes(groupId: str, userIds: Sequence[str]) -> Deferred[None]:
+        """
+        Forget C{userIds}' mutes of C{groupId} (they are no longer
+        members), in one write.
+        """
+
     def loadPush() -> Deferred[PushLoad]:
         """
         Users with pushkeys, mutes and the outbox, read at start.
@@ -230,6 +236,16 @@ def setMute_txn(txn: Transaction, userId: str, groupId: str, muted: bool) -> Non
         )
     else:
         txn.execute("DELETE FROM push_mutes WHERE user_id = ? AND group_id = ?", (userId, groupId))
+
+
+def forgetMutes_txn(txn: Transaction, groupId: str, userIds: Sequence[str]) -> None:
+    """
+    See L{IPushStore.forgetMutes}.
+    """
+    for chunk in paddedChunks(list(userIds)):
+        txn.execute(
+            f"DELETE FROM push_mutes WHERE group_id = ? AND user_id IN ({placeholders(len(chunk))})", (groupId, *chunk)
+        )
 
 
 def loadPush_txn(txn: Transaction) -> PushLoad:
@@ -421,6 +437,12 @@ class SQLPushStore:
         See L{IPushStore.setMute}.
         """
         return self._write("setMute", lambda txn: setMute_txn(txn, userId, groupId, muted), atomic=True)
+
+    def forgetMutes(self, groupId: str, userIds: Sequence[str]) -> Deferred[None]:
+        """
+        See L{IPushStore.forgetMutes}.
+        """
+        return self._write("forgetMutes", lambda txn: forgetMutes_txn(txn, groupId, userIds), atomic=True)
 
     def loadPush(self) -> Deferred[PushLoad]:
         """

@@ -1084,6 +1084,19 @@ class RoomTests(HandlerTestCase):
         )
         self.assertEqual(self.answer(self.core.rooms.create(self.caller("a2"), {"name": "Lobby", "id": "r1"})), self.room)
 
+    def test_recordsCacheBounded(self) -> None:
+        """
+        At most C{maxCachedRooms} room records are kept, the oldest
+        dropped first; a dropped one is read from the store again.
+        """
+        rooms = self.core.rooms
+        rooms.maxCachedRooms = 2
+        for roomId in ("r2", "r3"):
+            self.answer(rooms.create(self.caller("a1"), {"name": roomId, "id": roomId}))
+        self.assertEqual(sorted(rooms._records), ["r2", "r3"])
+        self.assertEqual(self.join("b1", "r1")["room"]["id"], "r1")
+        self.assertEqual(sorted(rooms._records), ["r1", "r3"])
+
     def test_joinedOnlyForFirstSocket(self) -> None:
         """
         When a user's first socket enters, the sockets already in the room

@@ -140,6 +140,7 @@ class RoomHandlers:
         clock: IReactorTime,
         limits: RoomLimits | None = None,
         newId: Callable[[], str] = lambda: str(uuid.uuid4()),
+        maxCachedRooms: int = 20_000,
     ) -> None:
         self.store = store
         self.messages = messages
@@ -149,7 +150,10 @@ class RoomHandlers:
         self.clock = clock
         self.limits = limits if limits is not None else RoomLimits()
         self.newId = newId
+        # Room records read or made here, the oldest dropped past
+        # maxCachedRooms (one is read again when needed).
         self._records: dict[str, RoomRecord] = {}
+        self.maxCachedRooms = maxCachedRooms
         #: told of each room L{closed} here (a cluster tells the other
         #: nodes, which L{forgetRoom} it)
         self.closedListeners: list[Callable[[str], object]] = []
@@ -162,8 +166,8 @@ class RoomHandlers:
 
     def record(self, roomId: str) -> Deferred[RoomRecord | None]:
         """
-        The room C{roomId} (cached once read; only the admin API deletes
-        rooms, through L{closed}).
+        The room C{roomId} (cached once read, at most C{maxCachedRooms};
+        only the admin API deletes rooms, through L{closed}).
         """
         known = self._records.get(roomId)
         if known is not None:
@@ -171,10 +175,16 @@ class RoomHandlers:
 
         def found(room: RoomRecord | None) -> RoomRecord | None:
             if room is not None:
-                self._records[roomId] = room
+                self._cache(room)
             return room
 
         return self.store.room(roomId).addCallback(found)
+
+    def _cache(self, room: RoomRecord) -> None:
+        records = self._records
+        if room.id not in records and len(records) >= self.maxCachedRooms:
+            del records[next(iter(records))]
+        records[room.id] = room
 
     def wire(self, room: RoomRecord) -> dict[str, Any]:
         """
@@ -222,7 +232,7 @@ class RoomHandlers:
             createdAt=int(self.clock.seconds() * 1000),
         )
         room, _ = await self.store.createRoom(room)
-        self._records[room.id] = room
+        self._cache(room)
         return self.wire(room)
 
     async def listRooms(self, caller: Caller, data: Any) -> dict[str, Any]:

@@ -391,6 +391,27 @@ class StoreRecoveryTests(IMRecoveryTests):
         self.clock.advance(WINDOW / 1000 + 0.01)
         self.assertEqual(self.recovery.goneRecords, 0)
 
+    def test_goneRecordsBounded(self) -> None:
+        """
+        At most C{maxGone} records of sockets gone stay in memory, the
+        oldest leaving first (with its timer); a socket whose record left
+        comes back all the same, from the store's copy.
+        """
+        self.recovery.maxGone = 2
+        alice, aliceSid, alicePid = self.login("alice")
+        others = [self.login(name)[0] for name in ("bob", "carol")]
+        for client in (alice, *others):
+            self.cut(client)
+        self.assertEqual(self.recovery.goneRecords, 2)
+        self.assertEqual(len(self.recovery._goneDeadlines), 2)
+        back, answer = self.connect({"pid": alicePid})
+        self.assertEqual(answer, {"sid": aliceSid, "pid": alicePid})
+        self.clock.advance(HELD_RELEASE_DELAY)
+        self.clock.advance(0)
+        user = self.presence.userOfDevice(aliceSid)
+        assert user is not None
+        self.assertEqual(user.id, "alice")
+
     def test_groupRoomAndDirectInOrder(self) -> None:
         """
         A socket cut off while 1:1, group and room messages are sent to it

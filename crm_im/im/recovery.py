@@ -67,6 +67,10 @@ MAX_REPLAY = 1000
 #: server's own is its C{--max-payload}, a history page's bound.
 MAX_REPLAY_BYTES = 1_000_000
 
+#: The most records of sockets gone from this node kept in memory (the
+#: oldest leave first; they stay in the store for their window).
+MAX_GONE = 100_000
+
 #: Seconds between two deletions of expired records (done along with a
 #: socket going away; no timer of its own).
 SWEEP_EVERY = 60.0
@@ -108,6 +112,7 @@ class StoreRecovery:
     @ivar window: seconds a socket may come back within.
     @ivar maxReplay: see L{MAX_REPLAY}.
     @ivar maxReplayBytes: see L{MAX_REPLAY_BYTES}.
+    @ivar maxGone: see L{MAX_GONE}.
     """
 
     log = Logger()
@@ -121,6 +126,7 @@ class StoreRecovery:
         namespace: str = "/",
         maxReplay: int = MAX_REPLAY,
         maxReplayBytes: int = MAX_REPLAY_BYTES,
+        maxGone: int = MAX_GONE,
     ) -> None:
         self.memory = memory
         self.store = store
@@ -129,6 +135,7 @@ class StoreRecovery:
         self.namespace = namespace
         self.maxReplay = maxReplay
         self.maxReplayBytes = maxReplayBytes
+        self.maxGone = maxGone
         #: set by L{enable}
         self.sessions: Sessions | None = None
         self.router: _Router | None = None
@@ -288,6 +295,12 @@ class StoreRecovery:
             live.lastSeq,
             self.now() + int(self.window * 1000),
         )
+        if record.pid not in self._gone and len(self._gone) >= self.maxGone:
+            # (the oldest record's write was committed long ago: restoring
+            # it reads the store's copy)
+            oldest = next(iter(self._gone))
+            del self._gone[oldest]
+            self._goneDeadlines.cancel(oldest)
         self._gone[record.pid] = record
         self._goneDeadlines.set(record.pid, self.window)
         self.store.keepRecovery(record).addErrback(self._failed, "keeping")

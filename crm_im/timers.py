@@ -196,9 +196,13 @@ class DeadlineHeap:
         if not heap:
             return
         when = heap[0][0]
-        later = self._clock.seconds() + self.precision
-        self._armedFor = max(when, later)
-        self._call = self._clock.callLater(self._armedFor - self._clock.seconds(), self._sweep)
+        # (one reading of the clock: another thread may hold the GIL
+        # between two, and a second, later reading past the deadline would
+        # make a negative delay, which the reactor refuses: no sweep would
+        # be armed and every deadline of this heap would stall)
+        now = self._clock.seconds()
+        self._armedFor = max(when, now + self.precision)
+        self._call = self._clock.callLater(self._armedFor - now, self._sweep)
 
 
 #: The name the earlier fixed-step wheel had, kept for its callers.

@@ -4,7 +4,7 @@ Tests for L{crm_im.timers.DeadlineHeap}.
 
 from __future__ import annotations
 
-from typing import Hashable
+from typing import Any, Hashable
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -284,3 +284,52 @@ class DeadlineHeapTests(SynchronousTestCase):
         self.clock.advance(PRECISION)
         self.assertEqual(len(fired), 2)
         self.heap.cancel("k")
+
+
+class _SlowReadingClock(Clock):
+    """
+    A L{Clock} whose every reading comes L{step} after the one before (as
+    the reactor's does when another thread holds the GIL between two
+    readings), and which refuses a negative delay, as the reactor does.
+    """
+
+    step = 0.0
+
+    def seconds(self) -> float:
+        self.rightNow += self.step
+        return self.rightNow
+
+    def callLater(self, delay: float, callable: Any, *args: object, **kw: object) -> Any:
+        assert delay >= 0, f"{delay} is not greater than or equal to 0 seconds"
+        return super().callLater(delay, callable, *args, **kw)
+
+
+class SlowClockTests(SynchronousTestCase):
+    """
+    L{DeadlineHeap} on a clock that moves between two readings.
+    """
+
+    def test_rearmedAfterSlowSweep(self) -> None:
+        """
+        A sweep whose clock moves on by more than the precision between
+        two readings still arms the next sweep: the later deadline fires.
+        Reading the clock twice, the heap asked the reactor for a negative
+        delay, which raised; no sweep was armed again and every later
+        deadline stalled (seen with the push sender's timers).
+        """
+        clock = _SlowReadingClock()
+        fired: list[Hashable] = []
+
+        def callback(key: Hashable) -> None:
+            fired.append(key)
+            if key == "a":
+                # (due at once: the next sweep, one precision later)
+                heap.set("b", 0)
+
+        heap = DeadlineHeap(clock, callback, PRECISION)
+        heap.set("a", 1.0)
+        heap.set("c", 5.0)
+        clock.step = PRECISION * 3
+        for _ in range(10):
+            clock.advance(1.0)
+        self.assertEqual(fired, ["a", "b", "c"])

@@ -82,5 +82,6 @@ def makeThumbnail(
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ThumbnailError("image too large for a thumbnail (a decompression bomb?)")
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ThumbnailError(f"unreadable image: {error}")
+    except (OSError, ValueError, SyntaxError):
+        # (Pillow's message names the file's path on disk: not for clients)
+        raise ThumbnailError("unreadable image")

@@ -128,12 +128,18 @@ class UploadStateTests(SynchronousTestCase):
 
     def test_complete(self) -> None:
         """
-        A complete upload reports its length and refuses writes (409).
+        A complete upload reports its length and refuses writes (409),
+        but an empty body at its end has nothing to write and succeeds
+        (C{False}: a C{PUT} of an empty file, a last C{PATCH} again).
         """
         u = upload(offset=100)
         u.complete()
         self.assertEqual(u.head(10**12), 100)
-        self.assertRefused(409, u.beginWrite, 0, 100, 0, OCTETS)
+        self.assertRefused(409, u.beginWrite, 0, 100, 1, OCTETS)
+        self.assertRefused(409, u.beginWrite, 0, 99, 0, OCTETS)
+        self.assertRefused(409, u.beginWrite, 0, 100, None, OCTETS)
+        self.assertIs(u.beginWrite(0, 100, 0, OCTETS), False)
+        self.assertFalse(u.writer)
 
 
 class HeaderTests(SynchronousTestCase):

@@ -626,11 +626,18 @@ class UploadSink:
             wake.callback(None)
 
     async def _authorize(self) -> tuple[ActiveUpload, Any]:
+        """
+        Load and check the upload; open its part file.
+
+        @return: the upload, and its part file's writer (L{None} if there
+            is nothing to write, L{tus.Upload.beginWrite}).
+        """
         tus.checkVersion(self._header(b"tus-resumable"))
         active = await self.service.authorize(self.fileId, self.token)
         offset = 0 if self.whole else tus.headerNumber(self._header(b"upload-offset"), "Upload-Offset")
         upload = active.upload
-        upload.beginWrite(self.service.nowMs(), offset, self.length, self._header(b"content-type"), self.whole)
+        if not upload.beginWrite(self.service.nowMs(), offset, self.length, self._header(b"content-type"), self.whole):
+            return active, None
         try:
             writer = await self.service.files.openPart(self.fileId, active.hasher)
             if writer.size != upload.offset:
@@ -646,6 +653,11 @@ class UploadSink:
             active, writer = await self._authorize()
         except Exception as error:
             self._fail(_tusError(error))
+            return
+        if writer is None:
+            headers = _tusHeaders()
+            headers[b"upload-offset"] = b"%d" % active.upload.offset
+            self.result.callback((204, headers))
             return
         self._active = active
         upload = active.upload

@@ -125,12 +125,16 @@ class Upload:
         contentLength: int | None,
         contentType: bytes | None = None,
         whole: bool = False,
-    ) -> None:
+    ) -> bool:
         """
         A C{PATCH} (or, with C{whole}, a C{PUT} of the whole file) begins.
 
         @param offset: its C{Upload-Offset} (0 for a C{PUT}).
         @param contentLength: its body's length, L{None} if chunked.
+        @return: C{False} if there is nothing to write: an empty body at the
+            end of a complete upload (a C{PUT} of an empty file, which is
+            complete once created; a client's last C{PATCH} again), which
+            succeeds as it is.
         @raise TusError: 410 gone; 409 complete, busy or a wrong offset; 415
             a wrong content type; 413 a body past the announced length.
         """
@@ -140,6 +144,8 @@ class Upload:
             if kind != OFFSET_CONTENT_TYPE.encode("ascii"):
                 raise TusError(415, f"a PATCH must be Content-Type: {OFFSET_CONTENT_TYPE}")
         if self.state == COMPLETE:
+            if contentLength == 0 and offset == self.length:
+                return False
             raise TusError(409, "this upload is complete")
         if self.writer:
             raise TusError(409, "another request is writing this upload; retry after it")
@@ -150,6 +156,7 @@ class Upload:
         if whole and contentLength is not None and contentLength != self.length:
             raise TusError(400, f"a PUT carries the whole file: {self.length} bytes")
         self.writer = True
+        return True
 
     def received(self, count: int) -> None:
         """

@@ -584,6 +584,33 @@ class FileMessagesScenario(FilesTestCase):
         self.assertEqual(refusal["error"]["code"], "NOT_FOUND")
 
     @inlineCallbacks
+    def test_emptyFile(self) -> Inline:
+        """
+        An empty file is complete once announced: a C{PUT} of its (empty)
+        whole body and a C{PATCH} of nothing at offset 0 succeed (204,
+        C{Upload-Offset: 0}) rather than 409, and it is sent and downloaded
+        as 0 bytes; a C{PATCH} with bytes is still refused.
+        """
+        yield self.login("a", "alice")
+        yield self.login("b", "bob")
+        ack = yield self.uploadFile("a", b"", fileName="empty.txt", toId="bob")
+        url = self.url + ack["uploadUrl"]
+        response = yield treq.patch(url, data=b"", persistent=False,
+                                    headers={**TUS, **OCTETS, b"Upload-Offset": [b"0"]})
+        yield response.content()
+        self.assertEqual((response.code, response.headers.getRawHeaders(b"upload-offset")), (204, [b"0"]))
+        response = yield treq.patch(url, data=b"x", persistent=False,
+                                    headers={**TUS, **OCTETS, b"Upload-Offset": [b"0"]})
+        yield response.content()
+        self.assertEqual(response.code, 409)
+        receipt = yield self.ask("a", "message", {"type": "file", "fileId": ack["fileId"], "toId": "bob"})
+        self.assertEqual(receipt["status"], "delivered", receipt)
+        (message,) = yield self.driver.waitFor("b", "message", predicate=lambda args: args[0].get("type") == "file")
+        self.assertEqual((message["fileName"], message["fileSize"]), ("empty.txt", 0))
+        response = yield treq.get(self.url + message["fileUrl"], persistent=False)
+        self.assertEqual((response.code, (yield response.content())), (200, b""))
+
+    @inlineCallbacks
     def test_roomFile(self) -> Inline:
         """
         A file sent in a chat room comes with a signed link in the room's

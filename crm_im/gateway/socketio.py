@@ -291,9 +291,17 @@ class SocketIOGateway:
             self._connections[sid] = socket.session.sid
         try:
             self.core.sessions.connected(sid, auth, remote)
+            socket = self._sockets.get(sid)
+            if socket is not None and socket.recovered:
+                # Connection state recovery: the same sid is back; it is
+                # logged in again as it was, with what it missed from the
+                # store (or refused: a client that trusts `recovered` and
+                # does not log in again must not go on logged out).
+                self.core.sessions.resume(sid, remote)
         except IMError as error:
             # Refusals are logged (never the token): bad or expired tokens
             # are what an operator looks for after a key rotation.
+            self.core.tokens.forget(sid)
             self.log.info(
                 "[拒绝] {sid} {remote} conn={conn}: {code} {reason}",
                 sid=sid,
@@ -303,11 +311,6 @@ class SocketIOGateway:
                 reason=error.message,
             )
             raise ConnectionRefused(error.message, {"code": error.code})
-        socket = self._sockets.get(sid)
-        if socket is not None and socket.recovered:
-            # Connection state recovery: the same sid is back; it is
-            # logged in again as it was, with what it missed from the store.
-            self.core.sessions.resume(sid, remote)
 
     def _disconnected(self, sid: str, reason: str) -> None:
         self.rates.forget(sid)

@@ -203,7 +203,11 @@ class Sessions:
         the C{groups} summary, as after C{user:login}. With tokens
         required, its CONNECT must carry a valid token for that user.
 
-        @return: whether the device was logged in again.
+        @return: whether the device was logged in again (not if it had no
+            login to come back to).
+        @raise IMError: C{UNAUTHORIZED} if tokens are required and its
+            CONNECT carried none for its user; C{FORBIDDEN} for a ban. Its
+            recovery is over then.
         """
         identity = self._resumable.pop(device, None)
         recovery = self.recovery
@@ -220,10 +224,13 @@ class Sessions:
             if self.admission is not None:
                 self.admission(userId)
         except IMError:
+            # Refused (with tokens required, its CONNECT carried none for
+            # that user; or a ban): gone for good, and told so.
             self.rooms.deviceGone(device)
             if recovery is not None:
                 recovery.forget(device)
-            return False
+            self.presence.endHold(userId)
+            raise
         result = self.presence.login(userId, device, name, avatar)
         user = result.user
         for watcher in self.watchers:

@@ -285,6 +285,49 @@ class JWTNodeTests(JWTScenario, TestCase):
 
     kind = "node"
 
+    def cut(self, sid: str) -> None:
+        """
+        Break the TCP connection under WebSocket socket C{sid}.
+        """
+        socket = self.service.sio.getSocket(sid)
+        assert socket is not None
+        socket.session._channel.transport.abortConnection()
+
+    @inlineCallbacks
+    def test_recoveryNeedsConnectToken(self) -> Inline:
+        """
+        Connection state recovery (socket.io-client 4.6+) gives a cut
+        socket its login back only if the reconnect's CONNECT carries a
+        token for its user: with one, C{recovered} and still logged in;
+        with the token only in C{user:login}, the reconnect is refused
+        (C{connect_error} C{UNAUTHORIZED}) and the user goes offline.
+        Before, that reconnect was answered C{recovered} without the login:
+        a client that trusts C{recovered} went on logged out, untold.
+        """
+        driver = yield self.startDriver()
+        yield self.login(driver, "b", "bob", bearer=token("bob"))
+        reconnect = {"transports": ["websocket"], "reconnection": True, "reconnectionDelay": 100,
+                     "reconnectionDelayMax": 100, "randomizationFactor": 0}
+        carol = yield driver.connect("c", self.url, auth={"token": token("carol")}, **reconnect)
+        yield driver.emit("c", "user:login", {"id": "carol", "name": "C"}, ack=True)
+        self.cut(carol["id"])
+        again = yield driver.waitForConnect("c")
+        self.assertEqual((again["id"], again["recovered"]), (carol["id"], True))
+        (ack,) = yield driver.emit("c", "message", {"toId": "bob", "content": "still carol"}, ack=True)
+        self.assertEqual(ack["status"], "delivered", ack)
+
+        alice = yield driver.connect("a", self.url, **reconnect)
+        (ack,) = yield driver.emit("a", "user:login", {"id": "alice", "name": "A", "token": token("alice")},
+                                   ack=True)
+        self.assertEqual(ack["id"], "alice")
+        yield driver.waitFor("b", "status_change", predicate=lambda a: a[0]["userId"] == "alice")
+        self.cut(alice["id"])
+        refused = yield driver.waitForReport(
+            lambda r: r.get("type") == "connect_error" and r.get("client") == "a", 10, "no connect_error")
+        self.assertEqual(refused["data"], {"code": "UNAUTHORIZED"})
+        yield driver.waitFor("b", "status_change",
+                             predicate=lambda a: a[0]["userId"] == "alice" and a[0]["status"] == "offline")
+
 
 class JWTPythonTests(JWTScenario, TestCase):
     """

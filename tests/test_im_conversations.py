@@ -255,6 +255,15 @@ class MayRecallTests(SynchronousTestCase):
         self.assertTrue(rules.mayRecall(sent, "mona", MEMBER, 1_120_000, 120))
         self.assertFalse(rules.mayRecall(sent, "mona", MEMBER, 1_120_001, 120))
 
+    def test_systemMessagesNever(self) -> None:
+        """
+        Nobody recalls a system message (the record of who joined, left
+        or renamed what): not its owner or admins, not at once.
+        """
+        system = message(fromId="olga", type="system")
+        for role in (OWNER, ADMIN, MEMBER, None):
+            self.assertFalse(rules.mayRecall(system, "olga", role, 1_000_000, 120))
+
     def test_fractionalWindow(self) -> None:
         """
         A window given in fractions of a second is honoured to the

@@ -1302,6 +1302,30 @@ class RecallTests(HandlerTestCase):
         self.assertEqual(self.refused(recall, self.caller("b1"), {"messageId": "m1"}), NOT_FOUND)
         self.assertEqual(self.refused(recall, self.caller("d1"), {"messageId": "m1", "toId": "alice"}), NOT_FOUND)
 
+    def test_recallRefusalsSayWhy(self) -> None:
+        """
+        A member recalling another member's group message hears that only
+        its sender (or the owner and admins) may, not that the window is
+        over; the group's owner may not recall its system messages.
+        """
+        self.makeGroup("a1", ["bob", "carol"])
+        self.send("b1", "mine", id="gm1", groupId="g1")
+        failure = self.failureResultOf(
+            Deferred.fromCoroutine(self.core.messaging.recall(self.caller("c1"), {"messageId": "gm1", "groupId": "g1"})),
+            IMError,
+        )
+        self.assertEqual(failure.value.code, FORBIDDEN)
+        self.assertIn("only its sender", failure.value.message)
+        page = self.answer(self.core.messaging.history(self.caller("a1"), {"groupId": "g1"}))
+        (system, *_) = [m for m in page["messages"] if m["type"] == "system"]
+        failure = self.failureResultOf(
+            Deferred.fromCoroutine(
+                self.core.messaging.recall(self.caller("a1"), {"messageId": system["id"], "groupId": "g1"})
+            ),
+            IMError,
+        )
+        self.assertEqual((failure.value.code, failure.value.message), (FORBIDDEN, "system messages cannot be recalled"))
+
     def test_recalledAlready(self) -> None:
         """
         Recalling a recalled message answers the same and tells nobody.

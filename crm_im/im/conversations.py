@@ -104,8 +104,11 @@ def mayRecall(
     """
     May C{userId} (with C{role} in the message's group, if it is a group
     message) recall C{message} now? Its sender within the window; a group's
-    owner and admins at any time.
+    owner and admins at any time. Nobody recalls a system message: it is
+    the record of who joined, left or renamed what.
     """
+    if message.type == "system":
+        return False
     if role is not None and role in PERMISSIONS[RECALL_ANY]:
         return True
     return message.fromId == userId and nowMs - message.serverTimestamp <= windowSeconds * 1000

@@ -812,7 +812,13 @@ class Messaging:
                 continue
             if message.recalledBy is not None or rules.mayRecall(message, caller.userId, role, now, window):
                 return message, role
-            refusal = IMError(FORBIDDEN, f"messages can be recalled within {window:g} s of sending", request.messageId)
+            if message.type == "system":
+                reason = "system messages cannot be recalled"
+            elif message.fromId != caller.userId:
+                reason = "only its sender, or the group's owner and admins, may recall it"
+            else:
+                reason = f"messages can be recalled within {window:g} s of sending"
+            refusal = IMError(FORBIDDEN, reason, request.messageId)
         if refusal is None and request.toId is not None:
             # The recipient of a 1:1 message sees it, but only its sender
             # may recall it. (Named by its sender and id: that is how the

@@ -1521,6 +1521,26 @@ class CatchUpTests(HandlerTestCase):
         )
         self.assertEqual(self.router.holding, {})
 
+    def test_routedBackToQueueWhenGone(self) -> None:
+        """
+        A message another node routed to the catch-up's device (and marked
+        delivered there) goes back to the offline queue if the device goes
+        before it was sent: held, it would otherwise be lost.
+        """
+        self.send("a1", "queued", id="n0", toId="erin")
+        self.send("a1", "live", id="r1", toId="erin")
+        (queued, routed) = self.successResultOf(self.store.pendingFor("erin", 10))
+        # (as the other node does once it routed r1)
+        self.successResultOf(self.store.markDelivered([routed.seq]))
+        self.router.full.add("e1")
+        self.core.sessions.login("e1", "127.0.0.1", {"id": "erin", "name": "Erin"})
+        self.router.toUsers(("erin",), "message", self.core.messaging.wire(routed))
+        self.presence.logout("e1")
+        self.router.drain("e1")
+        self.clock.advance(0)
+        self.assertEqual(self.pending("erin"), ["n0", "r1"])
+        self.assertEqual(self.router.holding, {})
+
     def test_readsBoundedInBytes(self) -> None:
         """
         The queue is read about C{maxHistoryBytes} at a time (here two

@@ -553,6 +553,18 @@ class MessageStoreTestsMixin:
         await self.store.markDelivered([stored[5].seq])
         self.assertEqual(ids(await self.store.pendingFor("bob", 200, 1500, after=stored[4].seq)), ["6", "7"])
 
+    async def test_requeue(self) -> None:
+        """
+        C{requeue} puts delivered messages to that user back in the
+        offline queue, in seq order; not someone else's.
+        """
+        stored = await self.storeAll(*(newMessage(str(i)) for i in range(3)))
+        await self.store.markDelivered([m.seq for m in stored])
+        self.assertEqual(await self.store.pendingFor("bob", 10), [])
+        await self.store.requeue("bob", [stored[2].seq, stored[0].seq])
+        await self.store.requeue("alice", [stored[1].seq])
+        self.assertEqual(ids(await self.store.pendingFor("bob", 10)), ["0", "2"])
+
     async def test_markDelivered(self) -> None:
         """
         C{markDelivered} marks exactly the seqs given (unknown seqs are

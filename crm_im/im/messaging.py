@@ -539,7 +539,20 @@ class Messaging:
             (m.seq, 0, m) for m in catchUp.held if m.seq not in catchUp.delivered
         ]
         unordered: list[tuple[str, dict[str, Any]]] = []
-        if here:
+        if not here:
+            # Another node marked its messages to the user delivered when
+            # it routed them here; the device went before they were sent:
+            # back to the queue, for the next login.
+            lost = [
+                p["seq"]
+                for e, p in routed
+                if e == "message" and p.get("toId") == userId and type(p.get("seq")) is int
+            ]
+            if lost:
+                self.store.requeue(userId, lost).addErrback(
+                    lambda f: self.log.failure("requeueing {count} messages to {userId}", f, count=len(lost), userId=userId)
+                )
+        else:
             for event, payload in routed:
                 seq = payload.get("seq")
                 if type(seq) is not int:

@@ -505,6 +505,13 @@ class IMessageStore(Interface):
         their recipient.
         """
 
+    def requeue(userId: str, seqs: Sequence[int]) -> Deferred[None]:
+        """
+        Put the messages to C{userId} with these C{seq}s back in their
+        offline queue: marked delivered (by the node that routed them), they
+        were held for a device that went before they were sent to it.
+        """
+
     def pendingFor(
         userId: str, limit: int, maxBytes: int | None = None, after: int = 0
     ) -> Deferred[list[StoredMessage]]:

@@ -116,6 +116,20 @@ class MemoryMessageStore(MemoryConversationStore, MemoryPushStore, MemoryKeyStor
         self._bySenderId[(msg.fromId, msg.id)] = stored.seq
         return attrs.evolve(stored, prevSeq=prevSeq, prevAt=prevAt)
 
+    def requeue(self, userId: str, seqs: Sequence[int]) -> Deferred[None]:
+        """
+        See L{IMessageStore.requeue}.
+        """
+        try:
+            self._check("requeue")
+        except StoreClosedError:
+            return fail()
+        for seq in seqs:
+            message = self.messages.get(seq)
+            if message is not None and message.toId == userId:
+                self.messages[seq] = attrs.evolve(message, delivered=False)
+        return succeed(None)
+
     def markDelivered(self, seqs: Sequence[int]) -> Deferred[None]:
         """
         See L{IMessageStore.markDelivered}.

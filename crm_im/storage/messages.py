@@ -413,6 +413,18 @@ def markDelivered_txn(txn: Transaction, seqs: Sequence[int]) -> None:
         )
 
 
+def requeue_txn(txn: Transaction, userId: str, seqs: Sequence[int]) -> None:
+    """
+    See L{IMessageStore.requeue}.
+    """
+    for chunk in paddedChunks(sorted(set(seqs))):
+        txn.execute(
+            "UPDATE messages SET delivered = 0"
+            f" WHERE to_id = ? AND delivered = 1 AND seq IN ({placeholders(len(chunk))})",
+            (userId, *chunk),
+        )
+
+
 #: At most this many messages are newly read by one C{message:read}: the
 #: cursor stops at the last of them, and the client reads on from there.
 MAX_READ_MESSAGES = 1000

@@ -36,6 +36,7 @@ from .messages import (
     findShared_txn,
     history_txn,
     markDelivered_txn,
+    requeue_txn,
     markRead_txn,
     pendingFor_txn,
     ping_txn,
@@ -73,6 +74,13 @@ class SQLMessageStore(GroupCommit, SQLConversationStore, SQLPushStore, SQLKeySto
         """
         seqs = list(seqs)
         return self._write("markDelivered", lambda txn: markDelivered_txn(txn, seqs), seqs=seqs)
+
+    def requeue(self, userId: str, seqs: Sequence[int]) -> Deferred[None]:
+        """
+        See L{IMessageStore.requeue}.
+        """
+        seqs = list(seqs)
+        return self._write("requeue", lambda txn: requeue_txn(txn, userId, seqs), atomic=True)
 
     def markRead(
         self,

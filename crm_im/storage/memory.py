@@ -120,28 +120,23 @@ class MemoryMessageStore(MemoryConversationStore, MemoryPushStore, MemoryKeyStor
         """
         See L{IMessageStore.requeue}.
         """
-        try:
-            self._check("requeue")
-        except StoreClosedError:
-            return fail()
-        for seq in seqs:
-            message = self.messages.get(seq)
-            if message is not None and message.toId == userId:
-                self.messages[seq] = attrs.evolve(message, delivered=False)
-        return succeed(None)
+        return self._setDelivered("requeue", seqs, False, userId)
 
     def markDelivered(self, seqs: Sequence[int]) -> Deferred[None]:
         """
         See L{IMessageStore.markDelivered}.
         """
+        return self._setDelivered("markDelivered", seqs, True)
+
+    def _setDelivered(self, operation: str, seqs: Sequence[int], delivered: bool, toId: str | None = None) -> Deferred[None]:
         try:
-            self._check("markDelivered")
+            self._check(operation)
         except StoreClosedError:
             return fail()
         for seq in seqs:
             message = self.messages.get(seq)
-            if message is not None:
-                self.messages[seq] = attrs.evolve(message, delivered=True)
+            if message is not None and (toId is None or message.toId == toId):
+                self.messages[seq] = attrs.evolve(message, delivered=delivered)
         return succeed(None)
 
     def pendingFor(

@@ -460,11 +460,19 @@ class GroupCreateTests(HandlerTestCase):
 
     def test_invalidName(self) -> None:
         """
-        A missing or empty name is C{INVALID_PAYLOAD} and creates nothing.
+        A missing, empty or blank name is C{INVALID_PAYLOAD} and creates
+        nothing; a rename to a blank name changes nothing; so is a room's.
         """
         self.assertEqual(self.refused(self.core.groups.create, self.caller("a1"), {"memberIds": []}), INVALID_PAYLOAD)
         self.assertEqual(self.refused(self.core.groups.create, self.caller("a1"), {"name": "", "memberIds": []}), INVALID_PAYLOAD)
+        self.assertEqual(
+            self.refused(self.core.groups.create, self.caller("a1"), {"name": " \t\u3000", "memberIds": []}), INVALID_PAYLOAD
+        )
         self.assertEqual(self.store.messages, {})
+        self.makeGroup("a1", ["bob"])
+        self.assertEqual(self.refused(self.core.groups.update, self.caller("a1"), {"groupId": "g1", "name": "  "}), INVALID_PAYLOAD)
+        self.assertEqual(self.info("a1")["name"], "Team")
+        self.assertEqual(self.refused(self.core.rooms.create, self.caller("a1"), {"name": "\n"}), INVALID_PAYLOAD)
 
 
 class GroupMembershipTests(HandlerTestCase):
@@ -638,6 +646,28 @@ class GroupMembershipTests(HandlerTestCase):
         self.assertEqual(system.payload["system"], {"action": "rename", "by": "bob", "name": "Renamed"})
         self.assertEqual(self.refused(self.core.groups.update, self.caller("c1"), {"groupId": "g1", "name": "x"}), FORBIDDEN)
 
+    def test_updateChangingNothing(self) -> None:
+        """
+        An update to the name and avatar the group has stores nothing and
+        announces nothing: history shows no update that was none. It is
+        still answered with the group, and refused to a plain member.
+        """
+        self.makeGroup("a1", ["bob"])
+        self.answer(self.core.groups.update(self.caller("a1"), {"groupId": "g1", "avatar": "https://a/x.png"}))
+        self.router.clear()
+        stored = len(self.store.messages)
+        for change in ({"name": "Team"}, {"avatar": "https://a/x.png"}, {"name": "Team", "avatar": "https://a/x.png"}):
+            ack = self.answer(self.core.groups.update(self.caller("a1"), {"groupId": "g1", **change}))
+            self.assertEqual((ack["name"], ack["avatar"]), ("Team", "https://a/x.png"))
+        self.assertEqual(self.router.sent, [])
+        self.assertEqual(len(self.store.messages), stored)
+        self.assertEqual(self.refused(self.core.groups.update, self.caller("b1"), {"groupId": "g1", "name": "Team"}), FORBIDDEN)
+        # a change of either still is one
+        self.answer(self.core.groups.update(self.caller("a1"), {"groupId": "g1", "name": "Team", "avatar": None}))
+        (updated,) = self.router.events("group:updated")
+        self.assertIsNone(updated.payload["group"]["avatar"])
+        self.assertEqual(len(self.store.messages), stored + 1)
+
 
 class GroupLeaveTests(HandlerTestCase):
     """
@@ -659,8 +689,9 @@ class GroupLeaveTests(HandlerTestCase):
         self.assertEqual(members.payload, {"groupId": "g1", "added": [], "removed": ["bob"], "by": "bob"})
         self.assertEqual(self.router.events("group:updated"), [])
         self.assertEqual(self.roles(), {"alice": "owner", "carol": "member"})
-        # a former member leaving again learns nothing
-        self.assertEqual(self.refused(self.core.groups.leave, self.caller("b1"), {"groupId": "g1"}), NOT_FOUND)
+        # a former member leaving again is told they are not a member any
+        # more (they know the group), as for every event but group:info
+        self.assertEqual(self.refused(self.core.groups.leave, self.caller("b1"), {"groupId": "g1"}), FORBIDDEN)
 
     def test_ownerHandsOverToLongestServingAdmin(self) -> None:
         """
@@ -1652,6 +1683,20 @@ class GroupLimitTests(HandlerTestCase):
         self.makeGroup("c1", [], id="g3")
         self.assertEqual(self.refused(self.core.groups.addMembers, self.caller("c1"), {"groupId": "g3", "userIds": ["bob"]}), RATE_LIMITED)
         self.assertEqual(set(self.roles("g3")), {"carol"})
+
+    def test_tooManyGroupsSaysNoCount(self) -> None:
+        """
+        The refusal tells the caller of their own limit, but nothing of
+        how many groups another user is in.
+        """
+        self.makeGroup("a1", ["bob"], id="g1")
+        self.makeGroup("a1", ["bob"], id="g2")
+
+        def refusal(device: str, data: dict[str, Any]) -> str:
+            return str(self.failureResultOf(Deferred.fromCoroutine(self.core.groups.create(self.caller(device), data)), IMError).value)
+
+        self.assertEqual(refusal("c1", {"name": "Third", "memberIds": ["bob"]}), "a user named may not join more groups")
+        self.assertEqual(refusal("a1", {"name": "Third", "memberIds": []}), "you are in 2 groups already, the most a user may be in")
 
     def test_retryAtTheLimit(self) -> None:
         """

@@ -24,6 +24,7 @@ from .errors import FORBIDDEN, NOT_FOUND, IMError
 SEND = "send"
 READ = "read"
 INFO = "info"
+LEAVE = "leave"
 UPDATE = "update"
 ADD_MEMBERS = "add_members"
 REMOVE_MEMBERS = "remove_members"
@@ -36,6 +37,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     SEND: frozenset({OWNER, ADMIN, MEMBER}),
     READ: frozenset({OWNER, ADMIN, MEMBER}),
     INFO: frozenset({OWNER, ADMIN, MEMBER}),
+    LEAVE: frozenset({OWNER, ADMIN, MEMBER}),
     UPDATE: frozenset({OWNER, ADMIN}),
     ADD_MEMBERS: frozenset({OWNER, ADMIN}),
     REMOVE_MEMBERS: frozenset({OWNER, ADMIN}),

@@ -278,14 +278,20 @@ class GroupHandlers:
             self.directory.noteMessage(stored.groupId or "", stored.seq)
             self.router.toUsers(userIds, "message", stored.toWire(), order=stored.order)
 
-    async def _checkGroupCounts(self, userIds: Iterable[str]) -> None:
+    async def _checkGroupCounts(self, caller: Caller, userIds: Iterable[str]) -> None:
+        """
+        Refuse if any of C{userIds} is in as many groups as a user may be.
+        The refusal says which only of the caller: how many groups someone
+        else is in is theirs to know.
+        """
         limit = self.limits.maxGroupsPerUser
         if not limit:
             return
         counts = await self.store.groupCounts(list(userIds))
-        full = [userId for userId, count in counts.items() if count >= limit]
-        if full:
-            raise IMError(RATE_LIMITED, f"{len(full)} of these users are in {limit} groups already")
+        if counts.get(caller.userId, 0) >= limit:
+            raise IMError(RATE_LIMITED, f"you are in {limit} groups already, the most a user may be in")
+        if any(count >= limit for count in counts.values()):
+            raise IMError(RATE_LIMITED, "a user named may not join more groups")
 
     async def _change(self, change: GroupChange) -> tuple[GroupState | None, StoredMessage | None]:
         stored = await self.store.changeGroup(change)
@@ -319,7 +325,7 @@ class GroupHandlers:
         memberIds = [userId for userId in request.memberIds if userId != caller.userId]
         if len(memberIds) + 1 > self.limits.maxMembers:
             raise IMError(TOO_LARGE, f"a group has at most {self.limits.maxMembers} members")
-        await self._checkGroupCounts([caller.userId, *memberIds])
+        await self._checkGroupCounts(caller, [caller.userId, *memberIds])
         now = self.now()
         record = GroupRecord(
             id=request.clientId if request.clientId is not None else self.newId(),
@@ -351,6 +357,9 @@ class GroupHandlers:
         request = validation.groupUpdate(data)
         state, _ = await self._member(caller, request.groupId, rules.UPDATE)
         renamed = request.name is not None and request.name != state.group.name
+        if not renamed and (request.avatar is None or request.avatar == (state.group.avatar or "")):
+            # Nothing changes: nothing to store, announce or show in history.
+            return self.wire(state)
         system = self._system(
             caller,
             request.groupId,
@@ -378,7 +387,7 @@ class GroupHandlers:
             return self.wire(state)
         if len(state.members) + len(added) > self.limits.maxMembers:
             raise IMError(TOO_LARGE, f"a group has at most {self.limits.maxMembers} members")
-        await self._checkGroupCounts(added)
+        await self._checkGroupCounts(caller, added)
         now = self.now()
         system = self._system(caller, groupId, "add", f"{caller.name} 添加了 {', '.join(added)}", userIds=added)
         change = GroupChange(groupId, now, add=tuple(MemberRecord(u, MEMBER, now) for u in added), system=system)
@@ -425,7 +434,7 @@ class GroupHandlers:
         longest-serving admin (else member); the last member dissolves it.
         """
         groupId = validation.groupId(data, "group:leave")
-        state, member = await self._member(caller, groupId, rules.INFO)
+        state, member = await self._member(caller, groupId, rules.LEAVE)
         now = self.now()
         heir = rules.successor(state.members.values(), caller.userId) if member.role == OWNER else None
         if member.role == OWNER and heir is None:

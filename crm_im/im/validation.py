@@ -89,6 +89,17 @@ def text(value: Any, field: str, maxLength: int, minLength: int = 0) -> str:
     return value
 
 
+def conversationName(value: Any) -> str:
+    """
+    A group's or room's name: 1..L{MAX_NAME} characters, not all blank (a
+    name lists show nothing for would name nothing). Kept as given.
+    """
+    name = text(value, "name", MAX_NAME, 1)
+    if not name.strip():
+        raise _invalid("name must not be blank")
+    return name
+
+
 def optionalText(value: Any, field: str, maxLength: int) -> str | None:
     """
     A bounded string, or C{None} when absent or null.
@@ -583,7 +594,7 @@ def groupCreate(data: Any) -> GroupCreateRequest:
     data = payloadObject(data, "group:create")
     members = data.get("memberIds", [])
     return GroupCreateRequest(
-        name=text(data.get("name"), "name", MAX_NAME, 1),
+        name=conversationName(data.get("name")),
         memberIds=userIds(members, "memberIds"),
         avatar=optionalText(data.get("avatar"), "avatar", MAX_AVATAR),
         clientId=None if data.get("id") is None else clientId(data.get("id"), "id"),
@@ -619,7 +630,7 @@ def groupUpdate(data: Any) -> GroupUpdateRequest:
         raise _invalid("group:update expects name or avatar")
     return GroupUpdateRequest(
         groupId=groupId(data, "group:update"),
-        name=None if name is None else text(name, "name", MAX_NAME, 1),
+        name=None if name is None else conversationName(name),
         avatar=None if "avatar" not in data else ("" if avatar is None else text(avatar, "avatar", MAX_AVATAR)),
     )
 
@@ -676,7 +687,7 @@ def roomCreate(data: Any) -> RoomCreateRequest:
     if not isinstance(public, bool):
         raise _invalid("public must be a boolean")
     return RoomCreateRequest(
-        name=text(data.get("name"), "name", MAX_NAME, 1),
+        name=conversationName(data.get("name")),
         clientId=None if data.get("id") is None else clientId(data.get("id"), "id"),
         topic=optionalText(data.get("topic"), "topic", MAX_TOPIC),
         public=public,

@@ -553,7 +553,9 @@ class GroupHandlers:
     async def readReceipts(self, caller: Caller, data: Any, findShared: Callable[[str], Deferred[list[StoredMessage]]]) -> dict[str, Any]:
         """
         C{group:read_receipts}: who of the current members has read a
-        message, from their read cursors.
+        message, from their read cursors. Members who joined after it was
+        sent are in neither list: their cursor starts where the group was
+        when they joined, which says nothing of that message.
         """
         groupId, messageId = validation.readReceipts(data)
         state, _ = await self._member(caller, groupId, rules.READ)
@@ -565,7 +567,7 @@ class GroupHandlers:
         readBy: list[str] = []
         unreadBy: list[str] = []
         for member in orderedMembers(state):
-            if member.userId == message.fromId:
+            if member.userId == message.fromId or member.joinedAt > message.serverTimestamp:
                 continue
             (readBy if cursors.get(member.userId, 0) >= message.seq else unreadBy).append(member.userId)
         return {"messageId": messageId, "readBy": readBy, "unreadBy": unreadBy}

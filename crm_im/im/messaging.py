@@ -725,7 +725,8 @@ class Messaging:
     async def read(self, caller: Caller, data: Any) -> dict[str, Any]:
         """
         C{message:read}: mark received 1:1 messages read and tell their
-        senders, or move the caller's read cursor in a group.
+        senders and the reader's other devices, or move the caller's read
+        cursor in a group.
         """
         request = validation.read(data)
         now = self.now()
@@ -749,6 +750,18 @@ class Messaging:
         ids = [m.id for m in newlyRead]
         if ids:
             self.router.toUsers((friendId,), "message:read", {"readerId": userId, "messageIds": ids, "timestamp": now})
+            if friendId != userId:
+                # The reader's other devices clear the same unread messages
+                # (as for groups); the friend is named since the ids are the
+                # friend's. (A note to oneself has told every device above.)
+                synced = {
+                    "readerId": userId,
+                    "friendId": friendId,
+                    "messageIds": ids,
+                    "upToSeq": max(m.seq for m in newlyRead),
+                    "timestamp": now,
+                }
+                self.router.toUsers((userId,), "message:read", synced, caller.device)
         return {"readerId": userId, "messageIds": ids, "timestamp": now}
 
     def typing(self, caller: Caller, data: Any) -> Any:

@@ -843,12 +843,15 @@ class IMScenario(DriverTestMixin):
         messageIds}} moves the reader's cursor in the conversation and
         sends C{message:read} C{{readerId, messageIds, timestamp}} to every
         device of the friend, naming the messages newly read: reading one
-        reads the earlier ones too, and nothing is read twice.
+        reads the earlier ones too, and nothing is read twice. The reader's
+        other devices (not the reading socket) get C{message:read} with
+        C{friendId} and C{upToSeq} too, to clear the same unread messages.
         """
         driver = yield self.startDriver()
         yield self.login(driver, "a1", "a", "A")
         yield self.login(driver, "a2", "a", "A")
         yield self.login(driver, "b", "b", "B")
+        yield self.login(driver, "b2", "b", "B")
         for i in range(4):
             yield self.send(driver, "a1", "b", f"r{i}", id=f"r{i}")
         messages = []
@@ -863,9 +866,14 @@ class IMScenario(DriverTestMixin):
             (read,) = yield driver.waitFor(device, "message:read")
             self.assertEqual(read, {"readerId": "b", "messageIds": ["r0", "r1"],
                                     "timestamp": ack["timestamp"]})
+        (synced,) = yield driver.waitFor("b2", "message:read")
+        self.assertEqual(synced, {"readerId": "b", "friendId": "a", "messageIds": ["r0", "r1"],
+                                  "upToSeq": messages[1]["seq"], "timestamp": ack["timestamp"]})
         yield driver.emit("b", "message:read", {"friendId": "a", "messageIds": ["r3"]})
         (read,) = yield driver.waitFor("a1", "message:read")
         self.assertEqual((read["readerId"], read["messageIds"]), ("b", ["r2", "r3"]))
+        (synced,) = yield driver.waitFor("b2", "message:read")
+        self.assertEqual((synced["friendId"], synced["messageIds"], synced["upToSeq"]), ("a", ["r2", "r3"], messages[3]["seq"]))
         self.assertIsInstance(read["timestamp"], int)
         (again,) = yield driver.emit("b", "message:read", {"friendId": "a", "messageIds": ["r1", "r3"]}, ack=True)
         self.assertEqual(again["messageIds"], [])
@@ -873,6 +881,8 @@ class IMScenario(DriverTestMixin):
         yield self.refused(driver, "b", "message:read", {"messageIds": []}, "INVALID_PAYLOAD")
         yield self.refused(driver, "b", "message:read", {"messageIds": ["r3"]}, "INVALID_PAYLOAD")
         self.assertEqual(len(driver.events("a1", "message:read")), 2)
+        self.assertEqual(len(driver.events("b2", "message:read")), 2)
+        self.assertEqual(driver.events("b", "message:read"), [])
 
     # ---- logout, disconnect, grace
 

@@ -100,6 +100,21 @@ def conversationName(value: Any) -> str:
     return name
 
 
+def clientTimestamp(value: Any) -> int | float | None:
+    """
+    A message's client C{timestamp}: kept as sent, so any number a 64-bit
+    integer column holds (ms, s, a fraction), or absent. (JSON integers
+    past that parse, and would fail the store's write.)
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _invalid("timestamp must be a number")
+    if not -_MAX_SEQ <= value <= _MAX_SEQ:
+        raise _invalid("timestamp must be between -(2**63 - 1) and 2**63 - 1")
+    return value
+
+
 def optionalText(value: Any, field: str, maxLength: int) -> str | None:
     """
     A bounded string, or C{None} when absent or null.
@@ -293,9 +308,7 @@ def _encrypted(data: dict[str, Any], id: str, maxCiphertext: int) -> MessageRequ
     if where.roomId is not None:
         raise _invalid("encrypted messages go to a user (toId) or a group (groupId), not a room")
     algorithm = text(data.get("algorithm"), "algorithm", MAX_ALGORITHM, 1)
-    timestamp = data.get("timestamp")
-    if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float, type(None))):
-        raise _invalid("timestamp must be a number")
+    timestamp = clientTimestamp(data.get("timestamp"))
     return MessageRequest(
         id=id,
         toId=where.toId,
@@ -346,9 +359,7 @@ def message(data: Any, loggedInId: str, maxLength: int, maxCiphertext: int = MAX
             else:
                 fileUrl = text(data.get("fileUrl"), "fileUrl", MAX_URL, 1)
                 fileName = text(data.get("fileName"), "fileName", MAX_FILE_NAME, 1)
-        timestamp = data.get("timestamp")
-        if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float, type(None))):
-            raise _invalid("timestamp must be a number")
+        timestamp = clientTimestamp(data.get("timestamp"))
         toId = data.get("toId")
         if toId is not None and data.get("groupId") is None and data.get("roomId") is None:
             # the 1:1 message, the hot path: no Target object

@@ -374,8 +374,9 @@ class IMScenario(DriverTestMixin):
         """
         Content over C{maxMessageLength} is C{TOO_LARGE}; content of exactly
         that length is accepted; a missing C{toId}, non-string content, an
-        unknown type and a C{file} without C{fileUrl} are
-        C{INVALID_PAYLOAD}.
+        unknown type, a C{file} without C{fileUrl} and a C{timestamp} that
+        is not a number or that no 64-bit integer column holds (it failed
+        the store's write: C{INTERNAL}) are C{INVALID_PAYLOAD}.
         """
         driver = yield self.startDriver()
         yield self.login(driver, "a", "a", "A")
@@ -388,8 +389,16 @@ class IMScenario(DriverTestMixin):
         for payload in [{"content": "x"}, {"toId": "b", "content": 5},
                         {"toId": "b", "content": "x", "type": "video"},
                         {"toId": "b", "type": "file", "fileName": "a.pdf"},
+                        {"toId": "b", "content": "x", "timestamp": "1700000000000"},
+                        {"toId": "b", "content": "x", "timestamp": True},
+                        {"toId": "b", "content": "x", "timestamp": 2**64 - 1},
+                        {"toId": "b", "content": "x", "timestamp": -2**63},
+                        {"groupId": "g", "content": "x", "timestamp": 2**64 - 1},
                         "text"]:
             yield self.refused(driver, "a", "message", payload, "INVALID_PAYLOAD")
+        for timestamp in (2**53, 1700000000000.5):
+            receipt = yield self.send(driver, "a", "b", "x", timestamp=timestamp)
+            self.assertEqual(receipt["status"], "offline")
 
     @inlineCallbacks
     def test_resend(self) -> Inline:

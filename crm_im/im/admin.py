@@ -45,6 +45,7 @@ from ..storage.interface import (
 from .core import IMCore
 from .errors import FORBIDDEN, INVALID_PAYLOAD, NOT_FOUND, IMError
 from .groups import orderedMembers, memberWire, groupWire
+from .validation import MAX_INT64
 from .interfaces import Caller
 from .reserved import reservedEvent
 
@@ -482,7 +483,9 @@ class AdminHandlers:
         body = _body(data)
         reason = _text(body.get("reason"), "reason", MAX_REASON)
         until = body.get("until")
-        if until is not None and (not isinstance(until, int) or isinstance(until, bool) or until <= self.now()):
+        if until is not None and (
+            not isinstance(until, int) or isinstance(until, bool) or not self.now() < until <= MAX_INT64
+        ):
             raise IMError(INVALID_PAYLOAD, "until must be a time in the future, in ms since the epoch")
         ban = BanRecord(userId, until, reason, self.now(), actor.name)
         await self.store.saveBan(ban)

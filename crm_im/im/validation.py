@@ -30,7 +30,9 @@ MAX_READ_IDS = 500
 MAX_HISTORY = 200
 DEFAULT_HISTORY = 50
 MAX_TOKEN = 8192
-_MAX_SEQ = 2**63 - 1
+#: The largest integer a 64-bit column (SQLite INTEGER, PostgreSQL BIGINT)
+#: holds: every client number that is stored is bounded by it.
+MAX_INT64 = 2**63 - 1
 
 
 def _invalid(message: str, id: str | None = None) -> IMError:
@@ -110,7 +112,7 @@ def clientTimestamp(value: Any) -> int | float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _invalid("timestamp must be a number")
-    if not -_MAX_SEQ <= value <= _MAX_SEQ:
+    if not -MAX_INT64 <= value <= MAX_INT64:
         raise _invalid("timestamp must be between -(2**63 - 1) and 2**63 - 1")
     return value
 
@@ -126,7 +128,7 @@ def sequenceNumber(value: Any, field: str) -> int:
     """
     A message C{seq}: a non-negative integer.
     """
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_SEQ:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT64:
         raise _invalid(f"{field} must be a non-negative integer")
     return value
 

@@ -592,6 +592,8 @@ class APITests(WithClients):
         self.assertEqual(code, 413)
         yield self.refused("POST", "users/a/ban", {"until": 5}, status=400, code="INVALID_PAYLOAD")
         yield self.refused("POST", "users/a/ban", {"until": "tomorrow"}, status=400, code="INVALID_PAYLOAD")
+        # past what the store's column holds (was a 500 from the write)
+        yield self.refused("POST", "users/a/ban", {"until": 2**63}, status=400, code="INVALID_PAYLOAD")
         yield self.refused("POST", "users/a/disconnect", {"reason": ["x"]}, status=400, code="INVALID_PAYLOAD")
         yield self.refused("POST", "messages/nope/recall", status=404, code="NOT_FOUND")
         actions = yield self.auditActions()

@@ -336,6 +336,8 @@ class AdminHandlers:
                 before = (int(at), auditId)
             except ValueError:
                 raise IMError(INVALID_PAYLOAD, "bad cursor")
+            if not -MAX_INT64 <= before[0] <= MAX_INT64:
+                raise IMError(INVALID_PAYLOAD, "bad cursor")
         entries = await self.store.auditPage(size + 1, before)
         more = len(entries) > size
         del entries[size:]

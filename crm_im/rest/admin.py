@@ -27,6 +27,7 @@ from .._json import dumps
 from ..http.query import QueryError, parseQuery
 from ..im.admin import Actor, AdminHandlers, Page
 from ..im.errors import FORBIDDEN, INVALID_PAYLOAD, NOT_FOUND, RATE_LIMITED, TOO_LARGE, IMError
+from ..im.validation import MAX_INT64
 from .auth import AdminAuthenticator, AdminRefused, bearerToken
 
 JSON_TYPE = b"application/json; charset=utf-8"
@@ -181,9 +182,13 @@ def _int(query: dict[str, str], name: str) -> int | None:
     if value is None or value == "":
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise IMError(INVALID_PAYLOAD, f"{name} must be an integer")
+    if not -MAX_INT64 <= number <= MAX_INT64:
+        # past what the store's columns hold: its query would fail
+        raise IMError(INVALID_PAYLOAD, f"{name} is out of range")
+    return number
 
 
 def _str(query: dict[str, str], name: str) -> str | None:

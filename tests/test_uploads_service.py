@@ -34,7 +34,8 @@ from crm_im.storage.files import DiskFileStore
 from crm_im.storage.interface import ABORTED, COMPLETE, EXPIRED, UPLOADING, IFileBytes, IFileRecords, NewMessage
 from crm_im.storage.memoryfiles import MemoryFileRecords
 from crm_im.uploads import tus
-from crm_im.uploads.service import UploadService, UploadSettings, cleanMimeType
+from crm_im.im.files import cleanMimeType
+from crm_im.uploads.service import UploadService, UploadSettings
 from crm_im.uploads.thumbnails import ThumbnailError, makeThumbnail
 
 START = 1_700_000_000.0

@@ -46,6 +46,22 @@ _SHA256 = re.compile(r"\A[0-9a-fA-F]{64}\Z")
 #: checked by the desk); past it the number is not even a size.
 _MAX_SIZE = 2**53
 
+_MIME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\Z")
+
+
+def cleanMimeType(mimeType: str | None) -> str:
+    """
+    A declared MIME type if it is a plain C{type/subtype} (lower-cased),
+    else C{application/octet-stream}: nothing a client declares ends up as
+    parameters or header syntax.
+    """
+    if mimeType is None:
+        return "application/octet-stream"
+    mimeType = mimeType.split(";", 1)[0].strip()
+    if not _MIME.match(mimeType):
+        return "application/octet-stream"
+    return mimeType.lower()
+
 
 #: Where files are served (L{crm_im.uploads.resource}).
 FILES_PATH = "/api/files/"

@@ -47,7 +47,7 @@ from ..storage.interface import (
 from . import conversations as rules
 from . import validation
 from .errors import FORBIDDEN, INTERNAL, NOT_FOUND, IMError
-from .files import FileHandlers, baseFileName, filePath
+from .files import FileHandlers, baseFileName, cleanMimeType, filePath
 from .groups import GroupDirectory
 from .interfaces import Caller, IRouter
 from .rooms import RoomHandlers
@@ -596,7 +596,8 @@ class Messaging:
                 caller.userId,
                 request.toId,
                 fileName,
-                request.mimeType,
+                # as an upload's: what downloads are served as, never null
+                cleanMimeType(request.mimeType),
                 request.data,
                 now,
                 directConversation(caller.userId, request.toId),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from typing import Any, Callable, Optional
 
 import attrs
@@ -33,7 +32,7 @@ from zope.interface import implementer
 
 from ..http.cors import CORSPolicy
 from ..http.streaming import IBodySink
-from ..im.files import FILES_PATH, TooManyUploads, UploadRefused, filePath
+from ..im.files import FILES_PATH, TooManyUploads, UploadRefused, cleanMimeType, filePath
 from ..storage.files import isFileId
 from ..storage.interface import ABORTED, COMPLETE, EXPIRED, UPLOADING, FileRecord, IFileBytes, IFileRecords
 from . import tus
@@ -44,23 +43,6 @@ MiB = 1 << 20
 
 #: Where thumbnails are served.
 THUMBNAILS_PATH = "/api/thumbnails/"
-
-_MIME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\Z")
-
-
-def cleanMimeType(mimeType: str | None) -> str:
-    """
-    A declared MIME type if it is a plain C{type/subtype} (lower-cased),
-    else C{application/octet-stream}: nothing a client declares ends up as
-    parameters or header syntax.
-    """
-    if mimeType is None:
-        return "application/octet-stream"
-    mimeType = mimeType.split(";", 1)[0].strip()
-    if not _MIME.match(mimeType):
-        return "application/octet-stream"
-    return mimeType.lower()
-
 
 @attrs.frozen
 class UploadSettings:

@@ -720,7 +720,9 @@ class IMScenario(DriverTestMixin):
     def test_fileTransferOffline(self) -> Inline:
         """
         A file for an offline user is kept and queued as a C{file} message
-        whose C{fileUrl} serves the bytes.
+        whose C{fileUrl} serves the bytes. Its C{mimeType} is the declared
+        one as an upload's is (C{type/subtype}, lower case), else
+        C{application/octet-stream}, never null.
         """
         driver = yield self.startDriver()
         yield self.login(driver, "a", "a", "A")
@@ -728,10 +730,20 @@ class IMScenario(DriverTestMixin):
             "id": "f-off", "toId": "b", "fileName": "合同 v2.pdf", "mimeType": "application/pdf",
             "data": BLOB}, ack=True)
         self.assertEqual((receipt["messageId"], receipt["status"]), ("f-off", "offline"))
+        yield driver.emit("a", "file_transfer", {"id": "f-none", "toId": "b", "fileName": "x", "data": BLOB}, ack=True)
+        yield driver.emit("a", "file_transfer", {"id": "f-text", "toId": "b", "fileName": "y.txt", "data": BLOB,
+                                                 "mimeType": "Text/Plain; charset=utf-8"}, ack=True)
         yield self.login(driver, "b", "b", "B")
         (message,) = yield driver.waitFor("b", "message")
-        self.assertEqual((message["id"], message["type"], message["fileName"], message["fromId"]),
-                         ("f-off", "file", "合同 v2.pdf", "a"))
+        (none,) = yield driver.waitFor("b", "message")
+        (plain,) = yield driver.waitFor("b", "message")
+        self.assertEqual((message["id"], message["type"], message["fileName"], message["fromId"], message["mimeType"]),
+                         ("f-off", "file", "合同 v2.pdf", "a", "application/pdf"))
+        self.assertEqual((none["id"], none["mimeType"], plain["id"], plain["mimeType"]),
+                         ("f-none", "application/octet-stream", "f-text", "text/plain"))
+        response = yield treq.get(self.url + none["fileUrl"], persistent=False)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/octet-stream"])
+        yield response.content()
         self.assertTrue(message["fileUrl"].startswith("/api/files/"))
         response = yield treq.get(self.url + message["fileUrl"], persistent=False)
         self.assertEqual(response.code, 200)

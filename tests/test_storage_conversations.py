@@ -550,23 +550,44 @@ class ConversationStoreTestsMixin:
         self.assertEqual(await self.store.findSharedMessages("same"), [first, second])
         self.assertEqual(await self.store.findSharedMessages("nope"), [])
 
+    async def test_mentions(self) -> None:
+        """
+        A group message's C{mentions} are stored, in the order given, and
+        read back by every read (history, the message by id, the group's
+        latest); a message without them reads back with none, and its wire
+        form has no C{mentions}.
+        """
+        (plain, mentioning) = await self.storeAll(
+            message("bob", groupId="g1", content="all"),
+            message("bob", groupId="g1", content="@dave @carol", mentions=("dave", "carol")),
+        )
+        self.assertEqual((plain.mentions, mentioning.mentions), ((), ("dave", "carol")))
+        page = await self.history(groupConversation("g1"))
+        self.assertEqual([m.mentions for m in page.messages], [(), ("dave", "carol")])
+        self.assertEqual(page.messages, [plain, mentioning])
+        self.assertEqual((await self.store.findMessage("bob", mentioning.id)).mentions, ("dave", "carol"))
+        self.assertEqual(page.messages[1].toWire()["mentions"], ["dave", "carol"])
+        self.assertNotIn("mentions", page.messages[0].toWire())
+
     async def test_recall(self) -> None:
         """
         A recalled message keeps its seq and place; its content, file name
-        and URL are gone and C{recalledBy} is set, in the stub returned and
-        in every later read; recalling it again, or an unknown seq, gives
-        L{None}.
+        and URL and mentions are gone and C{recalledBy} is set, in the stub
+        returned and in every later read; recalling it again, or an unknown
+        seq, gives L{None}.
         """
         (kept, file, after) = await self.storeAll(
             message("bob", groupId="g1", content="stays"),
-            message("bob", groupId="g1", type="file", content="a.txt", fileUrl="/files/x/a.txt", fileName="a.txt"),
+            message(
+                "bob", groupId="g1", type="file", content="a.txt", fileUrl="/files/x/a.txt", fileName="a.txt", mentions=("carol",)
+            ),
             message("bob", groupId="g1"),
         )
         stub = await self.store.recall(file.seq, "alice", 5000)
         assert stub is not None
         self.assertEqual(
-            (stub.seq, stub.id, stub.fromId, stub.type, stub.content, stub.fileUrl, stub.fileName, stub.recalledBy),
-            (file.seq, file.id, "bob", "file", "", None, None, "alice"),
+            (stub.seq, stub.id, stub.fromId, stub.type, stub.content, stub.fileUrl, stub.fileName, stub.recalledBy, stub.mentions),
+            (file.seq, file.id, "bob", "file", "", None, None, "alice", ()),
         )
         self.assertEqual(stub.toWire()["recalled"], True)
         page = await self.history(groupConversation("g1"))

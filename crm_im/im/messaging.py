@@ -229,18 +229,19 @@ class Messaging:
             notify=notify,
             ciphertext=request.ciphertext,
             algorithm=request.algorithm,
+            mentions=request.mentions,
         )
         if request.fileId is not None:
-            return ensureDeferred(self._sendFile(caller, new, request.fileId, request.mentions))
+            return ensureDeferred(self._sendFile(caller, new, request.fileId))
         if toId is not None:
             return self.store.storeMessage(new).addCallbacks(
                 self._directStored, self._storeFailed, callbackArgs=(caller, notify), errbackArgs=(request.id,)
             )
         if request.groupId is not None:
-            return ensureDeferred(self._sendToGroup(caller, new, request.mentions))
+            return ensureDeferred(self._sendToGroup(caller, new))
         return ensureDeferred(self._sendToRoom(caller, new))
 
-    async def _sendFile(self, caller: Caller, new: NewMessage, fileId: str, mentions: tuple[str, ...]) -> dict[str, Any]:
+    async def _sendFile(self, caller: Caller, new: NewMessage, fileId: str) -> dict[str, Any]:
         """
         A message carrying an uploaded file: its name, size and type come
         from the file's record, never from the client.
@@ -260,7 +261,7 @@ class Messaging:
             outcome = await self._store(new)
             return self._directStored(outcome, caller, new.notify)
         if new.groupId is not None:
-            return await self._sendToGroup(caller, new, mentions)
+            return await self._sendToGroup(caller, new)
         return await self._sendToRoom(caller, new)
 
     def _storeFailed(self, failure: Failure, messageId: str) -> Failure:
@@ -379,7 +380,7 @@ class Messaging:
                 return
             self.log.failure("marking {count} messages delivered", result, count=len(seqs))
 
-    async def _sendToGroup(self, caller: Caller, new: NewMessage, mentions: tuple[str, ...] = ()) -> dict[str, Any]:
+    async def _sendToGroup(self, caller: Caller, new: NewMessage) -> dict[str, Any]:
         groupId = new.groupId
         assert groupId is not None
         state = self.groups.cached(groupId)
@@ -389,7 +390,7 @@ class Messaging:
         assert state is not None
         if self.pushUsers:
             notify = groupRecipients(
-                state.members, groupId, caller.userId, self.pushUsers, self._connected, self.pushMutes, set(mentions)
+                state.members, groupId, caller.userId, self.pushUsers, self._connected, self.pushMutes, set(new.mentions)
             )
             if notify:
                 new = attrs.evolve(new, notify=notify)

@@ -115,6 +115,9 @@ class NewMessage:
         id); its C{content} is C{''}. Stored and relayed untouched
         (ENCRYPTION.md).
     @ivar algorithm: an encrypted message's algorithm name.
+    @ivar mentions: the users a group message mentions (validated ids, at
+        most L{crm_im.im.validation.MAX_MENTIONS}); who a muted group
+        notifies, and what clients show as "@you".
     """
 
     fromId: str
@@ -137,6 +140,7 @@ class NewMessage:
     mimeType: str | None = None
     ciphertext: str | dict[str, str] | None = None
     algorithm: str | None = None
+    mentions: tuple[str, ...] = ()
 
     @property
     def conversation(self) -> str:
@@ -205,6 +209,7 @@ class StoredMessage:
         L{None}.
     @ivar ciphertext: see L{NewMessage.ciphertext} (gone once recalled).
     @ivar algorithm: see L{NewMessage.algorithm}.
+    @ivar mentions: see L{NewMessage.mentions} (gone once recalled).
     @ivar prevSeq: when the store links messages and this one was just
         stored: the seq of the message before it in its conversation (0 if
         none); else L{None}.
@@ -233,6 +238,7 @@ class StoredMessage:
     mimeType: str | None = None
     ciphertext: str | dict[str, str] | None = None
     algorithm: str | None = None
+    mentions: tuple[str, ...] = ()
     # Transient: what the store knew as it stored the message, not part of
     # the message (a message read back has no link and equals its stored self).
     prevSeq: int | None = attrs.field(default=None, eq=False)
@@ -288,6 +294,7 @@ class StoredMessage:
             mimeType=msg.mimeType,
             ciphertext=msg.ciphertext,
             algorithm=msg.algorithm,
+            mentions=msg.mentions,
         )
 
     def toWire(self) -> dict[str, Any]:
@@ -298,7 +305,7 @@ class StoredMessage:
             C{toId}/C{groupId}/C{roomId}, C{content}, C{type},
             C{serverTimestamp} and C{seq} (an encrypted message:
             C{algorithm} and C{ciphertext} instead of C{content}), plus C{topic}, C{timestamp} (the
-            client's), C{fileUrl}, C{fileName}, C{system} and
+            client's), C{fileUrl}, C{fileName}, C{system}, C{mentions} and
             C{recalled}/C{recalledBy} when they apply.
         """
         wire: dict[str, Any] = {
@@ -340,6 +347,8 @@ class StoredMessage:
             wire["fileId"] = self.fileId
             wire["fileSize"] = self.fileSize
             wire["mimeType"] = self.mimeType
+        if self.mentions:
+            wire["mentions"] = list(self.mentions)
         return wire
 
 
@@ -351,7 +360,7 @@ MESSAGE_OVERHEAD = 200
 def messageWeight(message: StoredMessage) -> int:
     """
     About how many bytes C{message} takes in memory and on the wire: its
-    text, ciphertext, file fields and system record, plus
+    text, ciphertext, file fields, system record and mentions, plus
     L{MESSAGE_OVERHEAD}. What the byte-bounded reads
     (C{pendingFor}, C{missedMessages}) count, since a count alone lets 200
     messages near C{--max-payload} each make one 200 MB read.
@@ -368,6 +377,8 @@ def messageWeight(message: StoredMessage) -> int:
         weight += len(message.fileName)
     if message.system is not None:
         weight += len(repr(message.system))
+    if message.mentions:
+        weight += sum(len(userId) + 4 for userId in message.mentions)
     return weight
 
 

@@ -278,6 +278,7 @@ class MemoryMessageStore(MemoryConversationStore, MemoryPushStore, MemoryKeyStor
             fileSize=None,
             mimeType=None,
             ciphertext=None,
+            mentions=(),
             recalledBy=by,
         )
         self.messages[seq] = stub

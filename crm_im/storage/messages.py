@@ -43,7 +43,7 @@ _MESSAGE_COLUMNS = (
     "seq, message_id, from_id, from_name, to_id, topic, type, content,"
     " file_url, file_name, client_timestamp, server_timestamp, delivered,"
     " conversation, system, recalled_by, file_id, file_size, mime_type,"
-    " ciphertext, algorithm, key_id"
+    " ciphertext, algorithm, mentions, key_id"
 )
 
 #: The type of end-to-end encrypted messages: already ciphertext, stored as
@@ -137,6 +137,7 @@ def _messageFromRow(row: Sequence[Any], cipher: RecordCipher | None = None) -> S
         mimeType=row[18],
         ciphertext=None if ciphertext is None else orjson.loads(ciphertext),
         algorithm=row[20],
+        mentions=() if row[21] is None else tuple(orjson.loads(row[21])),
     )
 
 
@@ -144,12 +145,12 @@ _INSERT_COLUMNS = (
     "INSERT INTO messages (message_id, from_id, from_name, to_id,"
     " conversation, topic, type, content, file_url, file_name,"
     " client_timestamp, server_timestamp, delivered, system,"
-    " file_id, file_size, mime_type, ciphertext, algorithm, key_id) VALUES "
+    " file_id, file_size, mime_type, ciphertext, algorithm, mentions, key_id) VALUES "
 )
-_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _ON_CONFLICT_RETURNING = " ON CONFLICT (from_id, message_id) DO NOTHING RETURNING seq"
 
-#: Rows per multi-row INSERT (20 parameters each; SQLite allows 32766), a
+#: Rows per multi-row INSERT (21 parameters each; SQLite allows 32766), a
 #: power of two (L{paddedChunks}).
 INSERT_CHUNK = 256
 
@@ -195,6 +196,7 @@ def _insertRow(msg: NewMessage, cipher: RecordCipher | None = None) -> tuple[Any
         # an encrypted message's ciphertext as JSON text, untouched
         None if msg.ciphertext is None else orjson.dumps(msg.ciphertext).decode(),
         msg.algorithm,
+        orjson.dumps(msg.mentions).decode() if msg.mentions else None,
         keyId,
     )
 
@@ -620,7 +622,7 @@ def recall_txn(txn: Transaction, seq: int, by: str, now: int) -> StoredMessage |
     """
     txn.execute(
         "UPDATE messages SET content = '', file_url = NULL, file_name = NULL, ciphertext = NULL,"
-        " file_id = NULL, file_size = NULL, mime_type = NULL,"
+        " file_id = NULL, file_size = NULL, mime_type = NULL, mentions = NULL,"
         " recalled_by = ?, recalled_at = ? WHERE seq = ? AND recalled_by IS NULL",
         (by, now, seq),
     )

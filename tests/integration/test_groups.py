@@ -394,7 +394,7 @@ class GroupScenario(Scenario):
         oops = yield self.send(driver, "a", "oops", groupId="g-durable", id="d-2")
         yield self.ask(driver, "a", "message:recall", {"messageId": "d-2"})
         yield self.ask(driver, "c", "message:read", {"groupId": "g-durable", "upToSeq": oops["seq"]})
-        last = yield self.send(driver, "a", "three", groupId="g-durable", id="d-3")
+        last = yield self.send(driver, "a", "three", groupId="g-durable", id="d-3", mentions=["c"])
         yield self.ask(driver, "a", "room:create", {"name": "persist", "id": "persist"})
         yield self.ask(driver, "a", "room:join", {"roomId": "persist"})
         yield self.send(driver, "a", "kept", roomId="persist")
@@ -412,6 +412,7 @@ class GroupScenario(Scenario):
         texts = [(m["id"], m["content"], bool(m.get("recalled")))
                  for m in page["messages"] if m["type"] != "system"]
         self.assertEqual(texts, [("d-1", "one", False), ("d-2", "", True), ("d-3", "three", False)])
+        self.assertEqual(page["messages"][-1]["mentions"], ["c"])
         yield self.login(driver, "b", "b", "Bob")
         (summary,) = yield driver.waitFor("b", "groups")
         self.assertEqual([g["id"] for g in summary["groups"]], ["g-durable"])
@@ -475,6 +476,14 @@ class GroupScenario(Scenario):
         yield driver.emit("c", "message", {"groupId": gid, "content": "no ack", "id": "gm-3"})
         (sent,) = yield driver.waitFor("c", "message:sent", predicate=withId("gm-3"))
         self.assertEqual(sent["status"], "sent")
+        # mentions go with the message, as sent (not only to push)
+        yield self.send(driver, "a1", "@Bob @Dave", groupId=gid, id="gm-4", mentions=["b", "d"])
+        for client in ("a2", "b", "c"):
+            (message,) = yield driver.waitFor(client, "message", predicate=withId("gm-4"))
+            self.assertEqual(message["mentions"], ["b", "d"])
+        (page,) = yield driver.emit("c", "get_history", {"groupId": gid}, ack=True)
+        self.assertEqual([m.get("mentions") for m in page["messages"] if m["type"] == "text"],
+                         [None, None, None, ["b", "d"]])
         # refusals
         error = yield self.refused(driver, "b", "message",
                                    {"groupId": gid, "content": "x", "fromId": "a", "id": "spoof"},

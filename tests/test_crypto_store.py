@@ -222,6 +222,56 @@ class AtRestStoreMixin:
         store = await self.opened(atRest("k2", "k1"))
         self.assertEqual((await store.findMessage("alice", "m")).content, "text")  # type: ignore[union-attr]
 
+    async def test_startRefusedWithAnotherKeyOfTheSameId(self) -> None:
+        """
+        A key file with a used key's id and other bytes is refused at
+        start, saying which key, and nothing is written under it; the
+        right key opens the database again. (It used to start, fail every
+        old row, and seal new rows under a second key of the same id.)
+        """
+        store = await self.opened(atRest("k1"))
+        await store.storeMessage(newMessage(id="m", content="text"))
+        await store.close()
+        impostor = AtRest.fromRing(parseKeys(keyLine("k1", 7)))
+        self.assertNotEqual(impostor.ring.current.check, atRest("k1").ring.current.check)
+        error = await self.assertFailure(self.keyedStore(impostor).open(), KeysMissingError)
+        self.assertIn("the key k1 of", str(error))
+        self.assertIn("same id, other bytes", str(error))
+        # as an older key of the file, too
+        error = await self.assertFailure(
+            self.keyedStore(AtRest.fromRing(parseKeys(keyLine("k2", 2) + "\n" + keyLine("k1", 7)))).open(), KeysMissingError
+        )
+        self.assertIn("the key k1 of", str(error))
+        self.assertEqual(self.rows("SELECT message_id FROM messages"), [("m",)])
+        store = await self.opened(atRest("k1"))
+        self.assertEqual((await store.findMessage("alice", "m")).content, "text")  # type: ignore[union-attr]
+
+    async def test_keyRecordedWithoutCheck(self) -> None:
+        """
+        A key recorded before check values existed (schema 014) is
+        verified once against a message sealed under it: the wrong bytes
+        are refused; the right ones open and the check is recorded, after
+        which no message needs reading. A key that sealed no message is
+        recorded as it is.
+        """
+        store = await self.opened(atRest("k1"))
+        await store.storeMessage(newMessage(id="m", content="text"))
+        await store.close()
+        self.execute("UPDATE encryption_keys SET key_check = NULL")
+        impostor = AtRest.fromRing(parseKeys(keyLine("k1", 7)))
+        error = await self.assertFailure(self.keyedStore(impostor).open(), KeysMissingError)
+        self.assertIn("same id, other bytes", str(error))
+        self.assertEqual(self.rows("SELECT key_check FROM encryption_keys"), [(None,)])
+        store = await self.opened(atRest("k1"))
+        await store.close()
+        self.assertEqual(self.rows("SELECT key_check FROM encryption_keys"), [(atRest("k1").ring.current.check,)])
+        self.execute("DELETE FROM messages")
+        await self.assertFailure(self.keyedStore(impostor).open(), KeysMissingError)
+        self.execute("UPDATE encryption_keys SET key_check = NULL")
+        store = await self.opened(impostor)
+        await store.close()
+        self.assertEqual(self.rows("SELECT key_check FROM encryption_keys"), [(impostor.ring.current.check,)])
+
     async def test_rekeyResumed(self) -> None:
         """
         C{crm_im-rekey} stopped after its first batch resumes where it

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 import re
 import stat
@@ -55,6 +57,16 @@ class EncryptionKey:
 
     id: str
     secret: bytes = attrs.field(repr=False)
+
+    @property
+    def check(self) -> str:
+        """
+        A value that tells this key from another of the same id without
+        showing anything of it (an HMAC-SHA256 of a constant under the key,
+        hex, 128 bits): the database keeps it beside the key id, so that a
+        key file with the right id and the wrong bytes is refused at start.
+        """
+        return hmac.new(self.secret, b"crm_im encryption key check v1", hashlib.sha256).hexdigest()[:32]
 
 
 @attrs.frozen

@@ -20,6 +20,7 @@ than the files this code ships is refused (L{SchemaTooNewError}).
 
 from __future__ import annotations
 
+import hmac
 import re
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -300,16 +301,21 @@ def checkKeys_txn(txn: Transaction, atRest: AtRest | None, now: int) -> None:
     """
     Refuse to run on a database whose rows or files were encrypted with a
     key not in the key file, or with no key file at all (the server would
-    serve errors for every old message); record the current key as used.
+    serve errors for every old message), or with a key whose bytes differ
+    from the file's key of that id (it would also seal new rows under a
+    second key of the same id); record the current key as used, with its
+    check value.
 
     The keys ever used are the few rows of C{encryption_keys} (a rekey
     that finished drops the ones no row or file needs any more), so this
-    costs nothing however large the database.
+    costs nothing however large the database. A key recorded before check
+    values existed is verified once against a message sealed under it, if
+    there is one, and its check recorded.
 
-    @raise KeysMissingError: if a key is missing.
+    @raise KeysMissingError: if a key is missing or not the one used.
     """
-    txn.execute("SELECT key_id FROM encryption_keys ORDER BY key_id")
-    used = [str(row[0]) for row in txn.fetchall()]
+    txn.execute("SELECT key_id, key_check FROM encryption_keys ORDER BY key_id")
+    used = {str(row[0]): None if row[1] is None else str(row[1]) for row in txn.fetchall()}
     if atRest is None:
         if used:
             raise KeysMissingError(
@@ -317,16 +323,33 @@ def checkKeys_txn(txn: Transaction, atRest: AtRest | None, now: int) -> None:
                 " start crm_im with --encryption-keys FILE holding those keys"
             )
         return
-    missing = [keyId for keyId in used if atRest.ring.byId(keyId) is None]
+    ring = atRest.ring
+    missing = [keyId for keyId in used if ring.byId(keyId) is None]
     if missing:
         raise KeysMissingError(
             f"this database holds data encrypted at rest with keys {', '.join(missing)},"
-            f" which {atRest.ring.source} does not hold: add them back (after the current key)"
+            f" which {ring.source} does not hold: add them back (after the current key)"
         )
+    from .messages import opensSealedSample_txn
+
+    for keyId, check in used.items():
+        key = ring.byId(keyId)
+        assert key is not None
+        if check is None:
+            right = opensSealedSample_txn(txn, keyId, atRest.records) is not False
+            if right:
+                txn.execute("UPDATE encryption_keys SET key_check = ? WHERE key_id = ?", (key.check, keyId))
+        else:
+            right = hmac.compare_digest(check, key.check)
+        if not right:
+            raise KeysMissingError(
+                f"the key {keyId} of {ring.source} is not the key {keyId} this database was encrypted with"
+                " (same id, other bytes): put the right key back under that id"
+            )
     if atRest.currentId not in used:
         txn.execute(
-            "INSERT INTO encryption_keys (key_id, first_used) VALUES (?, ?) ON CONFLICT (key_id) DO NOTHING",
-            (atRest.currentId, now),
+            "INSERT INTO encryption_keys (key_id, first_used, key_check) VALUES (?, ?, ?) ON CONFLICT (key_id) DO NOTHING",
+            (atRest.currentId, now, ring.current.check),
         )
 
 

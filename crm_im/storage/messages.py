@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import attrs
 import orjson
 
-from ..crypto.records import RecordCipher, UnknownKeyError, fieldAAD, identityAAD
+from ..crypto.records import DecryptionError, RecordCipher, UnknownKeyError, fieldAAD, identityAAD
 from .database import Transaction, attempt_txn, binaryChunks, chunks, paddedChunks, placeholders
 from .interface import (
     GROUP_PREFIX,
@@ -631,6 +631,25 @@ def recall_txn(txn: Transaction, seq: int, by: str, now: int) -> StoredMessage |
     txn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq = ?", (seq,))
     row = txn.fetchone()
     return None if row is None else _messageFromRow(row, txn.cipher)
+
+
+def opensSealedSample_txn(txn: Transaction, keyId: str, cipher: RecordCipher) -> bool | None:
+    """
+    Does C{cipher} open a message sealed at rest under C{keyId}? L{None}
+    if no message is (the key sealed only files, or a rekey moved them).
+    Run once per key recorded without a check value (schema 014), so a
+    scan of C{messages} (no index on C{key_id}) is paid once.
+    """
+    # (a recalled message's content is '', sealed by nothing)
+    txn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE key_id = ? AND content <> '' LIMIT 1", (keyId,))
+    row = txn.fetchone()
+    if row is None:
+        return None
+    try:
+        _openRow(row, cipher)
+    except DecryptionError:
+        return False
+    return True
 
 
 def ping_txn(txn: Transaction) -> None:

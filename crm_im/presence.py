@@ -175,6 +175,13 @@ class Presence:
         user = self._users.get(userId)
         return user.devices if user is not None else set()
 
+    def hasDeviceHere(self, userId: str) -> bool:
+        """
+        Whether C{userId} has a device on this node (every device, on a
+        single node): whose delivery this node may mark as done.
+        """
+        return bool(self.devicesOf(userId))
+
     def allDevices(self) -> Iterator[str]:
         """
         Every logged-in device.

@@ -502,6 +502,33 @@ class RouterWireTests(SynchronousTestCase):
         self.assertEqual(sockets["b1"].events(), [("message", {"content": "hi", "seq": 3})])
         self.assertEqual(sockets["b2"].events(), [])
 
+    def test_directDeliveredWhereWritten(self) -> None:
+        """
+        A stored 1:1 message routed to another node is marked delivered by
+        that node once written to a device of its recipient (its
+        C{directDelivered}, in order); not by the node that stored it, and
+        not when only the sender's devices were there, or for other events.
+        """
+        routerA, (routerB, sent), sockets = self.pair()
+        told: list[dict[str, Any]] = []
+        routerB.directDelivered = told.append
+        routerA.directDelivered = told.append
+        payloads = [
+            ("message", {"toId": "bob", "fromId": "amy", "seq": 3}),
+            ("file_transfer", {"toId": "bob", "fromId": "amy", "seq": 4}),
+            ("message", {"toId": "amy", "fromId": "bob", "seq": 5}),
+            ("status_change", {"toId": "bob", "seq": 6}),
+        ]
+        routerA.toUsers(["bob"], *payloads[0], order=MessageOrder("d:1", 3, 0, 0))
+        routerA.toUsers(["bob"], *payloads[1])
+        routerA.toUsers(["amy", "bob"], *payloads[2])
+        routerA.toUsers(["bob"], *payloads[3])
+        self.assertEqual(told, [])
+        for _, message in sent:
+            routerB.received(message)
+        self.assertEqual(told, [payloads[0][1], payloads[1][1]])
+        self.assertEqual([payload["seq"] for _, payload in sockets["b1"].events()], [3, 4, 5, 6])
+
     def test_framesWhenNotPackable(self) -> None:
         """
         A payload holding pre-encoded JSON (an orjson fragment) crosses as

@@ -165,6 +165,17 @@ class ClusterPresence(Presence):
         nodeOf, me = self._nodeOf, self.nodeId
         return {sid for sid in devices if nodeOf.get(sid) == me}
 
+    def hasDeviceHere(self, userId: str) -> bool:
+        """
+        Whether C{userId} has a device on this node. A delivery to a device
+        on another node is marked done by that node as it writes it: this
+        node cannot know that node is alive (its devices stay listed until
+        its heartbeat expires), and a mark here would take a message out
+        of the offline queue that no device was sent.
+        """
+        nodeOf, me = self._nodeOf, self.nodeId
+        return any(nodeOf.get(sid) == me for sid in super().devicesOf(userId))
+
     def nodesOf(self, userId: str) -> dict[str, list[str]]:
         """
         C{userId}'s devices grouped by node (reachable ones only).

@@ -170,6 +170,9 @@ class ClusterService(Service):
         self._directory = core.directory
         self._roomHandlers = core.rooms
         self._messaging = core.messaging
+        # a 1:1 message routed here is marked delivered here, as written
+        assert self.router is not None, "attach after makeRouter"
+        self.router.directDelivered = core.messaging.routedHere
         core.directory.changeListeners.append(self._groupChanged)
         core.rooms.closedListeners.append(self._roomClosed)
         self.node.handlers["group"] = self._groupEvent

@@ -347,9 +347,24 @@ class Messaging:
             self.router.toUsers((toId,), "message", wire, order=stored.order)
         else:
             self.router.toUsers((toId, stored.fromId), "message", wire, senderDevice, stored.order)
-        if delivered:
+        if delivered and self.presence.hasDeviceHere(toId):
+            # (a device on another node: that node marks it, L{routedHere})
             self._markSoon(stored.seq)
         return delivered
+
+    def routedHere(self, payload: dict[str, Any]) -> None:
+        """
+        Another node's stored 1:1 message (C{message} or C{file_transfer})
+        was just written to a device of its recipient here: mark it
+        delivered, as L{_deliverDirect} does on the node that stored it for
+        its own devices. The storing node does not mark what it routes: a
+        node that died since its last heartbeat would take the message out
+        of the offline queue unsent (and the recipient, reconnecting
+        elsewhere, would never get it).
+        """
+        seq = payload.get("seq")
+        if type(seq) is int and isinstance(payload.get("toId"), str):
+            self._markSoon(seq)
 
     def _markSoon(self, seq: int) -> None:
         """
@@ -541,9 +556,9 @@ class Messaging:
         ]
         unordered: list[tuple[str, dict[str, Any]]] = []
         if not here:
-            # Another node marked its messages to the user delivered when
-            # it routed them here; the device went before they were sent:
-            # back to the queue, for the next login.
+            # Messages another node routed here were marked delivered as
+            # they were handed to the (holding) router; the device went
+            # before they were sent: back to the queue, for the next login.
             lost = [
                 p["seq"]
                 for e, p in routed
@@ -658,10 +673,9 @@ class Messaging:
             self.router.toUsers((toId,), "file_transfer", payload, order=stored.order)
         else:
             self.router.toUsers((toId, caller.userId), "file_transfer", payload, caller.device, stored.order)
-        self._unflushed.add(stored.seq)
-        if not self._toMark:
-            self.clock.callLater(0, self._markDelivered)
-        self._toMark.append(stored.seq)
+        if self.presence.hasDeviceHere(toId):
+            # (a device on another node: that node marks it, L{routedHere})
+            self._markSoon(stored.seq)
         if self.settings.logEvents:
             self.log.info("[文件] {fromId} -> {toId} {size} bytes", fromId=caller.userId, toId=toId, size=len(request.data))
         self.metrics.messages["file_transfer"].inc()

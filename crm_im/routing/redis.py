@@ -51,6 +51,10 @@ TO_DEVICES = "d"
 TO_EVERYONE = "e"
 DISCONNECT = "k"
 
+#: The events of a stored 1:1 message, which the node that writes one to a
+#: device of its recipient marks delivered.
+DIRECT_EVENTS = frozenset({"message", "file_transfer"})
+
 Publish = Callable[[str, bytes], object]
 
 
@@ -109,6 +113,11 @@ class RedisRouter:
         self.publish = publish
         self.nodeId = presence.nodeId
         self.sentToNodes = 0
+        #: told the payload of another node's stored 1:1 message
+        #: (C{message}, C{file_transfer}) written here to a device of its
+        #: C{toId}: this node marks it delivered
+        #: (L{crm_im.im.messaging.Messaging.routedHere}).
+        self.directDelivered: Callable[[dict[str, Any]], object] = lambda payload: None
 
     # ---- connection state recovery (the recovered socket is local)
 
@@ -362,7 +371,31 @@ class RedisRouter:
             sids = list(self.presence.localDevices())
         else:
             raise ValueError(f"unknown node message kind {kind!r}")
+        direct = kind == TO_USERS and event in DIRECT_EVENTS and isinstance(payload, dict) and payload.get("toId") in targets
         if order is None:
-            return local.toDevices(sids, event, payload, exceptDevice)
-        self.order.admit(order, lambda: local.toDevices(sids, event, payload, exceptDevice))
+            count = local.toDevices(sids, event, payload, exceptDevice)
+            if direct:
+                self._deliveredDirect(payload, sids, exceptDevice)
+            return count
+
+        def admitted() -> None:
+            local.toDevices(sids, event, payload, exceptDevice)
+            if direct:
+                self._deliveredDirect(payload, sids, exceptDevice)
+
+        self.order.admit(order, admitted)
         return sum(1 for sid in sids if sid != exceptDevice and sid in self.sockets)
+
+    def _deliveredDirect(self, payload: dict[str, Any], sids: list[str], exceptDevice: str | None) -> None:
+        """
+        Tell L{directDelivered} if a 1:1 message routed here reached a
+        device of its recipient (not only the sender's other devices).
+        """
+        recipient = self.presence.userOfDevice
+        toId = payload["toId"]
+        for sid in sids:
+            if sid != exceptDevice and sid in self.sockets:
+                user = recipient(sid)
+                if user is not None and user.id == toId:
+                    self.directDelivered(payload)
+                    return

@@ -121,6 +121,9 @@ class ClusterNode:
         self._heartbeat.clock = clock
         self._beats = 0
         self._cleared = False
+        #: when this node last registered again (Redis came back, or had
+        #: lost our keys); L{None} before that
+        self._rejoinedAt: float | None = None
         #: registrations, joins and heartbeats under way: L{stop} waits
         #: for them, so none writes our keys again after we removed them
         self._working: set[Deferred[Any]] = set()
@@ -340,6 +343,8 @@ class ClusterNode:
             await link.execute("DEL", devicesKey)
             await link.publish(self.presenceChannel, msgpack.packb(["reset", me]))
             self._cleared = True
+        else:
+            self._rejoinedAt = self.clock.seconds()
         # Alive before listed: a node resyncing between the two would
         # otherwise find us listed without a heartbeat and delete us.
         await link.execute("SET", self.aliveKey(me), b"1", "PX", self.aliveMs)
@@ -379,10 +384,23 @@ class ClusterNode:
                 devices[flat[i].decode("utf-8")] = record
         self.presence.replaceNode(node, devices, announce=True)
 
+    def settling(self) -> bool:
+        """
+        Whether this node registered again less than a TTL ago. Redis may
+        have come back empty: the other nodes register again as they
+        reconnect, each in its own time, so one missing its registration
+        or heartbeat then is not taken for dead (its users would be told
+        that everyone on it left their rooms and went offline, then came
+        back). Once the TTL is over, a node still missing is dropped by
+        the next heartbeat.
+        """
+        return self._rejoinedAt is not None and self.clock.seconds() - self._rejoinedAt < self.ttl
+
     async def resync(self) -> None:
         """
         Read every node's registration: live ones' devices, dead ones
-        dropped (and their keys removed).
+        dropped (and their keys removed); while L{settling}, the ones we
+        know are kept until they register again.
         """
         flat = await self.link.execute("HGETALL", self.nodesKey)
         nodes: dict[str, tuple[str, str]] = {}
@@ -396,8 +414,12 @@ class ClusterNode:
         alive = await self.link.execute("MGET", *[self.aliveKey(node) for node in others]) if others else []
         live = {self.nodeId}
         addresses: dict[str, str] = {}
+        settling = self.settling()
         for node, flag in zip(others, alive):
             if flag is None:
+                if settling:
+                    live.add(node)
+                    continue
                 self.log.info("cluster node {node} is gone (no heartbeat)", node=node)
                 self.presence.replaceNode(node, {})
                 await self.link.execute("HDEL", self.nodesKey, node)
@@ -407,6 +429,10 @@ class ClusterNode:
             addresses[nodes[node][1]] = nodes[node][0]
             await self.readNode(node)
         addresses[self.tag] = self.address
+        if settling:
+            # (their addresses, for forwarding, until they say them again)
+            addresses = {**self.addresses, **addresses}
+            live.update(self.presence.nodes())
         self.addresses = addresses
         self.presence.forgetNodes(live)
 
@@ -435,7 +461,7 @@ class ClusterNode:
             await self.resync()
             return
         known = [node for node in self.presence.nodes() if node != me]
-        if not known:
+        if not known or self.settling():
             return
         alive = await link.execute("MGET", *[self.aliveKey(node) for node in known])
         for node, flag in zip(known, alive):

@@ -740,7 +740,10 @@ class FailureTests(ClusterTestCase):
         users on the other node (C{offline} receipts); Redis started again
         (empty): C{/health} 200, presence re-announced on every node,
         deliveries across nodes again, and the recipient on the other node
-        gets what it missed from history.
+        gets what it missed from history. Nobody who stayed connected is
+        shown leaving: no C{room:left}, no C{status_change} offline (the
+        first node back used to drop the other's devices before it could
+        register again).
         """
         requireKind("node")
         redis = RedisServer(self)
@@ -756,6 +759,10 @@ class FailureTests(ClusterTestCase):
         receipt = yield self.send(node, "a1", {"id": "m-before", "toId": "ben", "content": "before"})
         self.assertEqual(receipt["status"], "delivered")
         yield python.waitFor("b1", "message", predicate=hasId("m-before"))
+        yield node.emit("a1", "room:create", {"name": "outage", "id": "r-outage"}, ack=True)
+        yield node.emit("a1", "room:join", {"roomId": "r-outage"}, ack=True)
+        yield python.emit("b1", "room:join", {"roomId": "r-outage"}, ack=True)
+        yield node.waitFor("a1", "room:joined", predicate=lambda args: args[0]["user"]["id"] == "ben")
 
         yield redis.stop()
 
@@ -785,6 +792,9 @@ class FailureTests(ClusterTestCase):
                 f"{reactor.seconds() - restartedAt:.2f}s; /health while down: {body}")
         yield self.login(node, "c1", a, "cal")
         yield python.waitFor("b1", "status_change", predicate=isStatus("cal", "online"))
+        self.assertEqual(node.events("a1", "room:left") + python.events("b1", "room:left"), [])
+        self.assertEqual([args for args in node.events("a1", "status_change") if args[0]["status"] == "offline"], [])
+        self.assertEqual([args for args in python.events("b1", "status_change") if args[0]["status"] == "offline"], [])
         receipt = yield self.send(node, "a1", {"id": "m-after", "toId": "ben", "content": "after"})
         self.assertEqual(receipt["status"], "delivered")
         yield python.waitFor("b1", "message", predicate=hasId("m-after"))

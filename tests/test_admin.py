@@ -231,6 +231,19 @@ class HandlerTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual([c for c in self.clock.getDelayedCalls() if "sampleMinute" in repr(c)], [])
 
+    def test_groupsLastSeq(self) -> None:
+        """
+        C{groups} (the list) gives each group's last seq as C{group} (one
+        group) does, not 0.
+        """
+        caller = self.core.sessions.caller("a1")
+        created = done(self.core.groups.create(caller, {"name": "G", "memberIds": ["bob"], "id": "g"}))
+        self.assertGreater(created["lastSeq"], 0)
+        page = done(self.admin.groups(None, None, None))
+        one = done(self.admin.group("g"))
+        self.assertEqual([(g["id"], g["lastSeq"]) for g in page.items], [("g", one["lastSeq"])])
+        self.assertEqual(one["lastSeq"], created["lastSeq"])
+
     def test_usersSeen(self) -> None:
         """
         Logins are recorded once per reactor turn (batched); C{lastSeen}

@@ -647,7 +647,7 @@ class AdminHandlers:
         found = await self.store.listGroups(q, cursor, size + 1)
         more = len(found) > size
         del found[size:]
-        items = [groupWire(record, count, 0) for record, count in found]
+        items = [groupWire(record, count, lastSeq) for record, count, lastSeq in found]
         return Page(items, found[-1][0].id if more and found else None)
 
     async def group(self, groupId: str) -> dict[str, Any]:

@@ -185,10 +185,11 @@ class IAdminStore(Interface):
         The users seen among C{userIds}.
         """
 
-    def listGroups(q: str | None, after: str | None, limit: int) -> Deferred[list[tuple[GroupRecord, int]]]:
+    def listGroups(q: str | None, after: str | None, limit: int) -> Deferred[list[tuple[GroupRecord, int, int]]]:
         """
         Groups not dissolved, by id, after C{after}, whose name or id
-        contains C{q}; with their member counts.
+        contains C{q}; with their member counts and the seq of their last
+        message (0 if none), as C{group:info} gives it.
         """
 
     def listRooms(after: str | None, limit: int) -> Deferred[list[RoomRecord]]:
@@ -346,12 +347,12 @@ def seenUsersByIds_txn(txn: Transaction, userIds: Sequence[str]) -> dict[str, Se
 _GROUP_COLUMNS = "g.group_id, g.name, g.avatar, g.owner_id, g.created_by, g.client_id, g.created_at"
 
 
-def listGroups_txn(txn: Transaction, q: str | None, after: str | None, limit: int) -> list[tuple[GroupRecord, int]]:
+def listGroups_txn(txn: Transaction, q: str | None, after: str | None, limit: int) -> list[tuple[GroupRecord, int, int]]:
     """
     See L{IAdminStore.listGroups}.
     """
     conditions = ["g.dissolved_at IS NULL"]
-    args: list[Any] = []
+    args: list[Any] = [GROUP_PREFIX]
     if after is not None:
         conditions.append("g.group_id > ?")
         args.append(after)
@@ -361,11 +362,12 @@ def listGroups_txn(txn: Transaction, q: str | None, after: str | None, limit: in
     args.append(limit)
     txn.execute(
         f"SELECT {_GROUP_COLUMNS}, (SELECT COUNT(*) FROM group_members m"
-        " WHERE m.group_id = g.group_id AND m.left_at IS NULL)"
+        " WHERE m.group_id = g.group_id AND m.left_at IS NULL),"
+        " (SELECT MAX(seq) FROM messages WHERE conversation = ? || g.group_id)"
         f" FROM groups g WHERE {' AND '.join(conditions)} ORDER BY g.group_id LIMIT ?",
         args,
     )
-    return [(GroupRecord(*row[:7]), int(row[7])) for row in txn.fetchall()]
+    return [(GroupRecord(*row[:7]), int(row[7]), int(row[8] or 0)) for row in txn.fetchall()]
 
 
 def listRooms_txn(txn: Transaction, after: str | None, limit: int) -> list[RoomRecord]:
@@ -518,7 +520,7 @@ class SQLAdminStore:
         ids = list(userIds)
         return self._read("seenUsersByIds", lambda txn: seenUsersByIds_txn(txn, ids))
 
-    def listGroups(self, q: str | None, after: str | None, limit: int) -> Deferred[list[tuple[GroupRecord, int]]]:
+    def listGroups(self, q: str | None, after: str | None, limit: int) -> Deferred[list[tuple[GroupRecord, int, int]]]:
         """
         See L{IAdminStore.listGroups}.
         """
@@ -639,7 +641,7 @@ class MemoryAdminStore:
         """
         return succeed({u: self.seen[u] for u in userIds if u in self.seen})
 
-    def listGroups(self, q: str | None, after: str | None, limit: int) -> Deferred[list[tuple[GroupRecord, int]]]:
+    def listGroups(self, q: str | None, after: str | None, limit: int) -> Deferred[list[tuple[GroupRecord, int, int]]]:
         """
         See L{IAdminStore.listGroups}.
         """
@@ -650,7 +652,7 @@ class MemoryAdminStore:
                 continue
             if q and q.lower() not in groupId.lower() and q.lower() not in record.name.lower():
                 continue
-            found.append((record, len(group.members)))
+            found.append((record, len(group.members), self.store._conversationLastSeq(GROUP_PREFIX + groupId)))
         return succeed(found[:limit])
 
     def listRooms(self, after: str | None, limit: int) -> Deferred[list[RoomRecord]]:

@@ -426,7 +426,9 @@ class APITests(WithClients):
         C{GET groups} (paged, C{q}), C{GET groups/<id>} with members,
         C{DELETE groups/<id>}; C{GET rooms} (paged), C{POST rooms},
         C{DELETE rooms/<id>}; 404 for unknown ones, 400 for a bad room;
-        each change in the audit log.
+        each change in the audit log. A listed group's C{lastSeq} is its
+        last message's, as C{GET groups/<id>} and C{group:info} say (the
+        list gave 0 for every group).
         """
         yield self.login("a", "a", "Alice")
         yield self.login("b", "b", "Bob")
@@ -439,9 +441,16 @@ class APITests(WithClients):
         self.assertEqual([g["id"] for g in page["items"]], ["g2", "g3"])
         page = yield self.ok("GET", "groups?limit=2&cursor=g3")
         self.assertEqual(([g["id"] for g in page["items"]], page["nextCursor"]), (["g4"], None))
+        sent = yield self.ask("b", "message", {"groupId": "g3", "content": "hi", "type": "text"})
         page = yield self.ok("GET", "groups?q=TEAM%203")
         self.assertEqual([g["id"] for g in page["items"]], ["g3"])
         self.assertEqual(page["items"][0]["memberCount"], 2)
+        info = yield self.ask("a", "group:info", {"groupId": "g3"})
+        single = yield self.ok("GET", "groups/g3")
+        self.assertEqual(page["items"][0]["lastSeq"], sent["seq"])
+        self.assertEqual((info["lastSeq"], single["lastSeq"]), (sent["seq"], sent["seq"]))
+        page = yield self.ok("GET", "groups?q=TEAM%201")
+        self.assertGreater(page["items"][0]["lastSeq"], 0)
         group = yield self.ok("GET", "groups/g2")
         self.assertEqual((group["name"], group["ownerId"]), ("Team 2", "a"))
         self.assertEqual([(m["userId"], m["role"], m["online"]) for m in group["members"]],

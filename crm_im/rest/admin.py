@@ -98,6 +98,8 @@ class _AdminLeaf(Resource):
         self.auth = auth
 
     def render(self, request: IRequest) -> Any:
+        if request.method == b"OPTIONS":
+            return self._options(request)
         try:
             actor = self.auth.check(bearerToken(request.getHeader(b"authorization")), _address(request))
         except AdminRefused as refused:
@@ -118,6 +120,17 @@ class _AdminLeaf(Resource):
         notifyFinish().addBoth(lambda _: finished.append(True))
         d.addCallbacks(self._answer, self._failed, callbackArgs=(request, finished), errbackArgs=(request, finished))
         return NOT_DONE_YET
+
+    def _options(self, request: IRequest) -> bytes:
+        """
+        C{OPTIONS} (a browser's CORS preflight carries no credentials): 204
+        without any C{Access-Control-Allow-*}, so no other origin may call
+        the API, and without checking credentials, so that preflights are
+        not failed logins that would lock the address out (429).
+        """
+        request.setResponseCode(204)
+        request.setHeader(b"cache-control", b"no-store")
+        return b""
 
     def route(self, request: IRequest, actor: Actor) -> Awaitable[Any] | None:
         """

@@ -196,6 +196,28 @@ class RefusalTests(AdminServer):
         self.assertEqual(code, 429)
 
     @inlineCallbacks
+    def test_preflight(self) -> Inline:
+        """
+        A CORS preflight (C{OPTIONS} with C{Origin}, no credentials) to the
+        API and to C{/api/publish}: 204 without C{Access-Control-Allow-*}
+        (the API stays same-origin), and not a failed login: more than 10
+        of them do not lock the address out (they were 401s that did).
+        """
+        preflight = {b"origin": [b"https://elsewhere.example"],
+                     b"access-control-request-method": [b"POST"],
+                     b"access-control-request-headers": [b"authorization, content-type"]}
+        for attempt in range(12):
+            for url in (self.api + "stats", self.api + "users/a/ban", self.url + "/api/publish"):
+                response = yield treq.request("OPTIONS", url, headers=preflight, persistent=False)
+                yield response.content()
+                self.assertEqual(response.code, 204, f"{url} attempt {attempt}")
+                allowed = [name for name, _ in response.headers.getAllRawHeaders()
+                           if name.lower().startswith(b"access-control-allow-")]
+                self.assertEqual(allowed, [], url)
+        stats = yield self.ok("GET", "stats")
+        self.assertEqual(stats["usersOnline"], 0)
+
+    @inlineCallbacks
     def test_unknownEndpoint(self) -> Inline:
         """
         An unknown path or method under C{/admin/api/}: 404 JSON (after

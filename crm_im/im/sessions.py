@@ -329,7 +329,22 @@ class Sessions:
         current = self.presence.userOfDevice(device)
         if current is not None and current.id != request.id:
             raise IMError(ALREADY_LOGGED_IN, "this socket is logged in as another user; user:logout first")
-        self.tokens.login(device, request.id, request.token, remote)
+        try:
+            self.tokens.login(device, request.id, request.token, remote)
+        except IMError as error:
+            # Logged as a refused CONNECT is (never the token): a bad or
+            # expired token is what an operator looks for after a key
+            # rotation, whichever way the client sent it.
+            self.log.info(
+                "[拒绝] {sid} {remote} conn={conn}: user:login {userId} {code} {reason}",
+                sid=device,
+                remote=remote,
+                conn=self.connectionOf(device),
+                userId=request.id,
+                code=error.code,
+                reason=error.message,
+            )
+            raise
         if self.admission is not None:
             self.admission(request.id)
         maxDevices = self.settings.maxDevicesPerUser

@@ -15,6 +15,7 @@ first one's old deadline).
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Dict, Generator, Optional
 
@@ -24,6 +25,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from tests.integration.test_im import serveIM
+from tests.integration.test_ops import LogCapture
 from tests.support.clients import ClientDriver, ConnectError, DriverTestMixin
 
 Inline = Generator[Deferred[Any], Any, Any]
@@ -169,6 +171,39 @@ class JWTScenario(DriverTestMixin):
             token("alice"),
         ):
             yield self.refusedLogin(driver, "a", {"id": "bob", "name": "B", "token": bearer}, "UNAUTHORIZED")
+
+    @inlineCallbacks
+    def test_refusedLoginLogged(self) -> Inline:
+        """
+        A C{user:login} refused for its token (none, another user's, a bad
+        signature, expired) leaves a line as a refused CONNECT does: the
+        socket, the claimed user, the reason; never the token. (It left
+        none.)
+        """
+        log = LogCapture(self)
+        driver = yield self.startDriver()
+        yield self.connect(driver, "a")
+        refusals = [
+            (None, "token is required"),
+            (token("alice"), "another user"),
+            (token("bob", secret="not-the-server-secret-0123456789-abcdef"), "bad signature"),
+            (token("bob", lifetime=-10), "token expired"),
+        ]
+        for bearer, _ in refusals:
+            payload: Dict[str, Any] = {"id": "bob", "name": "B"}
+            if bearer is not None:
+                payload["token"] = bearer
+            yield self.refusedLogin(driver, "a", payload, "UNAUTHORIZED")
+        lines = log.lines("[拒绝]")
+        self.assertEqual(len(lines), len(refusals), lines)
+        sids = {line.split("[拒绝] ", 1)[1].split()[0] for line in lines}
+        self.assertEqual(len(sids), 1, lines)
+        for line, (bearer, reason) in zip(lines, refusals):
+            self.assertIn(" 127.0.0.1 conn=", line)
+            self.assertIn(": user:login bob UNAUTHORIZED", line)
+            self.assertIn(reason, line)
+            if bearer is not None:
+                self.assertFalse([event for event in log.events if bearer in json.dumps(event, default=repr)])
 
     @inlineCallbacks
     def test_expiryDisconnects(self) -> Inline:

@@ -41,6 +41,22 @@ def _number(name: str, value: Any, kind: type = int) -> Any:
     return number
 
 
+def _endpoint(name: str, description: str) -> str:
+    """
+    A server endpoint description, checked now by building its endpoint
+    against a reactor that listens nowhere: a bad one is refused with the
+    option's name, not by a traceback once the store is open.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        serverFromString(MemoryReactor(), description)
+    except Exception as error:  # each parser raises its own (ValueError, KeyError, OSError, ...)
+        raise usage.UsageError(f"--{name}: bad endpoint {description!r} ({error})")
+    return description
+
+
 def _limits(options: "Options") -> LimitSettings:
     defaults = LimitSettings()
     return LimitSettings(
@@ -204,7 +220,9 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         port = self["port"] if self["port"] is not None else os.environ.get("PORT")
-        listen = list(self["listen"])
+        listen = [_endpoint("listen", description) for description in self["listen"]]
+        for description in self["admin-listen"]:
+            _endpoint("admin-listen", description)
         if not listen:
             # 0: any free port (tests, tooling); the start-up line says which.
             number = _number("port", port) if port is not None else 8080

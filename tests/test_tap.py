@@ -78,6 +78,21 @@ class OptionsTests(SynchronousTestCase):
         config = parse("--listen", "tcp:1:interface=127.0.0.1", "--listen", "unix:/tmp/s", "--port", "5")
         self.assertEqual(config.listen, ("tcp:1:interface=127.0.0.1", "unix:/tmp/s"))
 
+    def test_badEndpoints(self) -> None:
+        """
+        A C{--listen} or C{--admin-listen} that is no server endpoint is a
+        one-line usage error naming the option and the value (it was a
+        traceback after the store had been opened); good ones pass.
+        """
+        for option in ("--listen", "--admin-listen"):
+            for value in ("bogus:thing", "tcp:abc", "tcp:80:nope=1", ""):
+                with self.subTest(option=option, value=value):
+                    error = self.assertRaises(usage.UsageError, parse, option, value, "--admin-token", "t" * 20)
+                    self.assertIn(f"{option}: bad endpoint {value!r}", str(error))
+                    self.assertNotIn("\n", str(error))
+        config = parse("--admin-listen", "tcp:9090:interface=127.0.0.1", "--admin-token", "t" * 20)
+        self.assertEqual(config.adminListen, ("tcp:9090:interface=127.0.0.1",))
+
     def test_tuning(self) -> None:
         """
         Every tuning option lands in the config.

@@ -6,6 +6,7 @@ twistd plugin and C{crm_im.tac}.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Any
@@ -379,11 +380,15 @@ def _files(options: "Options") -> dict[str, Any]:
     secret = options["url-secret"] or os.environ.get("CRM_IM_URL_SECRET") or None
     if secret is not None and len(secret.encode("utf-8")) < 16:
         raise usage.UsageError("--url-secret must be at least 16 bytes")
+    # 0 is no "off" here (a link valid for no time): refused, not the default.
+    linkDays = _number("file-link-days", options["file-link-days"], float)
+    if not (linkDays > 0 and math.isfinite(linkDays)):
+        raise usage.UsageError("--file-link-days must be more than 0 (a finite number of days)")
     return dict(
         maxFileSize=_positive("max-file-size", options["max-file-size"]),
         fileQuota=_number("file-quota", options["file-quota"], int),
         fileRetentionDays=_number("file-retention-days", options["file-retention-days"], float),
-        fileLinkDays=_number("file-link-days", options["file-link-days"], float) or 7.0,
+        fileLinkDays=linkDays,
         uploadExpiry=_number("upload-expiry", options["upload-expiry"], float) or 3600.0,
         urlSecret=secret,
     )

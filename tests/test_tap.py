@@ -181,10 +181,26 @@ class OptionsTests(SynchronousTestCase):
             ["--release-memory-after", "inf"],
             ["--max-buffered-bytes", "0"],
             ["--max-buffered-packets", "many"],
+            # (0 was silently the default, 7)
+            ["--file-link-days", "0"],
+            ["--file-link-days", "-1"],
+            ["--file-link-days", "nan"],
+            ["--file-link-days", "inf"],
         ):
             with self.subTest(args=args):
                 error = self.assertRaises(usage.UsageError, parse, *args)
                 self.assertIn(args[0].lstrip("-").split("-")[0], str(error))
+
+
+    def test_fileLinkDays(self) -> None:
+        """
+        C{--file-link-days} must be more than 0: 0 is refused, not taken
+        as the default (7) as it was; a fraction of a day is fine.
+        """
+        self.assertEqual(parse().fileLinkDays, 7.0)
+        self.assertEqual(parse("--file-link-days", "0.5").fileLinkDays, 0.5)
+        error = self.assertRaises(usage.UsageError, parse, "--file-link-days", "0")
+        self.assertIn("--file-link-days must be more than 0", str(error))
 
 
 class PluginTests(SynchronousTestCase):

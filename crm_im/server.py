@@ -47,7 +47,7 @@ from .lifecycle import ListeningPorts, Stage, StagedService
 from .metrics import ReadCounter
 from .notify import GatewayClient, PushMetrics, PushSender, PushSettings
 from .presence import Presence
-from .rest.admin import MAX_BODY as ADMIN_MAX_BODY, mountAdmin
+from .rest.admin import MAX_BODY as ADMIN_MAX_BODY, mountAdmin, tooLargeBody
 from .rest.auth import AdminAuthenticator
 from .routing.local import LocalRouter
 from .routing.redis import RedisRouter
@@ -256,7 +256,10 @@ class CRMIMService(StagedService):
         api.putChild(b"files", FilesAPIResource(self.uploads, cors))
         api.putChild(b"thumbnails", ThumbnailsResource(self.uploads, cors))
         self.core.enableUploads(self.fileRecords, self.uploads, self.uploads.signWire)
-        self.site = EngineIOSite(root, engineConfig, reactor)
+        # A body over the limit is refused before routing: in the admin
+        # API's shape on its paths when they are served here.
+        adminHere = self.adminAuth.configured and not config.adminListen
+        self.site = EngineIOSite(root, engineConfig, reactor, tooLarge=tooLargeBody if adminHere else None)
         self.site.noisy = False  # no "Starting factory <... object at 0x...>"
         self.site.requestFactory = streamingRequests(self.site.requestFactory, self.uploads.sink)
         self.listeners = ListeningPorts("listen", reactor, config.listen, self.site, self._listening)
@@ -361,7 +364,9 @@ class CRMIMService(StagedService):
             mountAdmin(adminRoot, self.admin, self.adminAuth)
             # Bounded bodies like the main port's (not the Engine.IO limit:
             # the admin API's own).
-            self.adminSite = EngineIOSite(adminRoot, config.engineConfig(), reactor, maxBody=ADMIN_MAX_BODY + 4096)
+            self.adminSite = EngineIOSite(
+                adminRoot, config.engineConfig(), reactor, maxBody=ADMIN_MAX_BODY + 4096, tooLarge=tooLargeBody
+            )
         else:
             mountAdmin(root, self.admin, self.adminAuth, root.children.get(b"api"))
         if config.adminUI:

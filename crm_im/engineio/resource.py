@@ -12,6 +12,8 @@ buffered, which a plain twisted.web Site would not do.
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -105,6 +107,11 @@ class BoundedRequest(Request):
     #: Set by the site factory: the largest request body accepted.
     maxBody = 1_000_000 + 4096
 
+    #: Set by the site factory: the JSON body of the 413 for a request
+    #: target (other APIs on the site refuse in their own shape), or
+    #: L{None} for Engine.IO's.
+    tooLarge: Optional[Callable[[bytes], Optional[bytes]]] = None
+
     _received = 0
     _refused = False
 
@@ -130,7 +137,12 @@ class BoundedRequest(Request):
 
     def _refuse(self) -> None:
         self._refused = True
-        body = PAYLOAD_TOO_LARGE.body()
+        # The request line is parsed by the channel but only given to the
+        # request once the body is complete: read it from there.
+        tooLarge = type(self).tooLarge
+        body = tooLarge(getattr(self.channel, "_path", b"")) if tooLarge is not None else None
+        if body is None:
+            body = PAYLOAD_TOO_LARGE.body()
         transport = self.channel.transport
         if transport is not None:
             transport.write(

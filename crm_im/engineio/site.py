@@ -12,7 +12,7 @@ holding.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource
@@ -33,11 +33,21 @@ class EngineIOSite(Site):
         config: EngineIOConfig,
         reactor: IReactorTime | None = None,
         maxBody: int | None = None,
+        tooLarge: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
+        """
+        @param maxBody: the largest request body (default: Engine.IO's
+            C{maxPayload} and some room).
+        @param tooLarge: the JSON body of the 413 for a request target, or
+            L{None} for Engine.IO's (see L{BoundedRequest.tooLarge}).
+        """
         limit = maxBody if maxBody is not None else config.maxPayload + 4096
 
         class _Request(BoundedRequest):
             maxBody = limit
+
+        if tooLarge is not None:
+            _Request.tooLarge = staticmethod(tooLarge)
 
         timeout = max(60, (config.pingInterval + config.pingTimeout) // 1000 + 15)
         # Bodies are never parsed as forms: twisted.web would parse the

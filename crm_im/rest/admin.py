@@ -78,6 +78,23 @@ def errorBody(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
+#: The refusal of a body over L{MAX_BODY}, in the API's shape.
+_TOO_LARGE_MESSAGE = "the body is too large"
+
+
+def tooLargeBody(target: bytes) -> bytes | None:
+    """
+    The 413 body for a request to C{target} (path and query) refused by
+    the site before it was routed, because of its body's size: the API's
+    own refusal for the admin paths and C{/api/publish}, L{None} (the
+    site's default) for other paths.
+    """
+    path = target.split(b"?", 1)[0]
+    if path == b"/admin" or path.startswith(b"/admin/") or path.rstrip(b"/") == b"/api/publish":
+        return dumps(errorBody(TOO_LARGE, _TOO_LARGE_MESSAGE))
+    return None
+
+
 def _address(request: IRequest) -> str:
     client = request.getClientAddress()
     return str(getattr(client, "host", "") or "")
@@ -174,7 +191,7 @@ def readBody(request: IRequest) -> Any:
         return None
     raw = content.read(MAX_BODY + 1)
     if len(raw) > MAX_BODY:
-        raise IMError(TOO_LARGE, "the body is too large")
+        raise IMError(TOO_LARGE, _TOO_LARGE_MESSAGE)
     if not raw.strip():
         return None
     try:

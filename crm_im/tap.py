@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
@@ -468,6 +470,26 @@ def _exitZeroAfterShutdown(reactor: Any) -> None:
     reactor.addSystemEventTrigger("after", "shutdown", clear)
 
 
+def _stopOnHangup(reactor: Any) -> None:
+    """
+    Make SIGHUP stop the server as SIGTERM does (C{reactor.stop}: the
+    services stop, clients get C{server:shutdown}, exit 0), once the
+    reactor runs. Nothing handled it: the default action killed the
+    process at once (exit 129), say when the terminal of a server started
+    by hand closed.
+    """
+    log = Logger()
+
+    def hangup(number: int, frame: Any) -> None:
+        log.info("Received SIGHUP, shutting down.")
+        reactor.callFromThread(reactor.stop)
+
+    def install() -> None:
+        signal.signal(signal.SIGHUP, hangup)
+
+    reactor.callWhenRunning(install)
+
+
 def makeService(options: Options) -> IService:
     """
     Build the crm_im service from parsed options.
@@ -477,6 +499,7 @@ def makeService(options: Options) -> IService:
     from .server import CRMIMService
 
     _exitZeroAfterShutdown(reactor)
+    _stopOnHangup(reactor)
     try:
         # Checked before anything is built on it: the file store, the
         # upload secret and SQLite would each fail in their own way.

@@ -6,6 +6,7 @@ L{Config}; bad options are usage errors; the plugin is discoverable.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import attrs
 
@@ -217,3 +218,51 @@ class PluginTests(SynchronousTestCase):
         self.assertIn("crm_im", makers)
         self.assertEqual(makers["crm_im"].module, "crm_im.tap")
         self.assertIsInstance(makers["crm_im"].options(), Options)
+
+
+class HangupTests(SynchronousTestCase):
+    """
+    SIGHUP stops the server as SIGTERM does.
+    """
+
+    def test_stopOnHangup(self) -> None:
+        """
+        Once the reactor runs a SIGHUP handler is installed; it stops the
+        reactor from the signal (C{callFromThread}), the path of SIGTERM,
+        and sets no exit signal (the process exits 0).
+        """
+        import signal
+
+        from crm_im.tap import _stopOnHangup
+
+        installed: list[tuple[int, Any]] = []
+        self.patch(signal, "signal", lambda number, handler: installed.append((number, handler)))
+        reactor = _RecordingReactor()
+        _stopOnHangup(reactor)
+        self.assertEqual(installed, [])
+        for call in reactor.whenRunning:
+            call()
+        ((number, handler),) = installed
+        self.assertEqual(number, signal.SIGHUP)
+        handler(signal.SIGHUP, None)
+        self.assertEqual(reactor.fromThread, [reactor.stop])
+        self.assertIsNone(getattr(reactor, "_exitSignal", None))
+
+
+class _RecordingReactor:
+    """
+    What L{crm_im.tap._stopOnHangup} asks of a reactor, recorded.
+    """
+
+    def __init__(self) -> None:
+        self.whenRunning: list[Any] = []
+        self.fromThread: list[Any] = []
+
+    def callWhenRunning(self, call: Any) -> None:
+        self.whenRunning.append(call)
+
+    def callFromThread(self, call: Any) -> None:
+        self.fromThread.append(call)
+
+    def stop(self) -> None:
+        raise AssertionError("stopped directly from the signal handler")

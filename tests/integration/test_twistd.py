@@ -215,12 +215,26 @@ class TwistdTests(ProcessTestCase):
     C{twistd -n crm_im} and C{twistd -ny crm_im.tac}.
     """
 
-    @inlineCallbacks
-    def test_sigterm(self) -> Inline:
+    def test_sigterm(self) -> Deferred[None]:
         """
         On SIGTERM every connected client (Node over WebSocket and over
         long-polling, python-socketio) gets C{server:shutdown} before its
         connection closes, and the process exits 0.
+        """
+        return self.cleanStop("TERM")
+
+    def test_sighup(self) -> Deferred[None]:
+        """
+        SIGHUP stops the server as SIGTERM does (it killed it at once, exit
+        129, without C{server:shutdown}).
+        """
+        return self.cleanStop("HUP")
+
+    @inlineCallbacks
+    def cleanStop(self, signal: str) -> Inline:
+        """
+        Start the server, connect clients, send C{signal}: each client gets
+        C{server:shutdown} then its disconnect, and the process exits 0.
         """
         # Before the server starts: a missing client kind skips the test
         # without leaving a process behind.
@@ -237,7 +251,7 @@ class TwistdTests(ProcessTestCase):
         for driver, name, opts in clients:
             yield driver.connect(name, url, **opts)
             yield driver.emit(name, "user:login", {"id": name, "name": name}, ack=True)
-        process.signal("TERM")
+        process.signal(signal)
         for driver, name, _ in clients:
             (shutdown,) = yield driver.waitFor(name, "server:shutdown")
             self.assertEqual(set(shutdown), {"message", "timestamp"})

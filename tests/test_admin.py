@@ -157,6 +157,20 @@ class HandlerTests(SynchronousTestCase):
         (notice,) = self.router.events("system:notice")
         self.assertEqual((notice.method, notice.recipients), ("toUsers", ("bob", "7")))
 
+    def test_auditLine(self) -> None:
+        """
+        Each audited action leaves a C{[管理]} line; an action without a
+        target (a broadcast to everyone) shows C{-}, not C{None}.
+        """
+        from twisted.logger import Logger, formatEvent
+
+        events: list[dict[str, Any]] = []
+        self.admin.log = Logger(observer=events.append)
+        done(self.admin.broadcast(ACTOR, {"message": "hello"}))
+        done(self.admin.disconnect(ACTOR, "alice", {}))
+        self.assertEqual([formatEvent(event) for event in events],
+                         ["[管理] token@10.0.0.1 broadcast -", "[管理] token@10.0.0.1 user.disconnect alice"])
+
     def test_publish(self) -> None:
         """
         Publish goes through the router to users; with C{store: true} each

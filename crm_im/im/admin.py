@@ -320,7 +320,7 @@ class AdminHandlers:
             actor=actor.name,
             address=actor.address,
             action=action,
-            target=target,
+            target=target if target is not None else "-",  # (a broadcast to everyone has none)
         )
         return self.store.recordAudit(entry)
 

@@ -187,6 +187,9 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        # The help of an opt_ method is its docstring, wrapped by --help
+        # with its line breaks and indentation kept as runs of spaces.
+        self.docs = {name: " ".join(doc.split()) if doc else doc for name, doc in self.docs.items()}
         self["listen"] = []
         self["cors-origin"] = []
         self["room-creator"] = []
@@ -209,8 +212,8 @@ class Options(usage.Options):
     def opt_listen(self, description: str) -> None:
         """
         Listen on this Twisted endpoint (repeatable), e.g. tcp:8080,
-        ssl:8443:privateKey=key.pem:certKey=cert.pem, systemd:domain=INET:index=0.
-        Overrides --port.
+        ssl:8443:privateKey=server.pem (key and certificate),
+        systemd:domain=INET:index=0. Overrides --port.
         """
         self["listen"].append(description)
 

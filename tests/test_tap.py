@@ -6,6 +6,7 @@ L{Config}; bad options are usage errors; the plugin is discoverable.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import attrs
@@ -202,6 +203,19 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(parse("--file-link-days", "0.5").fileLinkDays, 0.5)
         error = self.assertRaises(usage.UsageError, parse, "--file-link-days", "0")
         self.assertIn("--file-link-days must be more than 0", str(error))
+
+
+    def test_helpText(self) -> None:
+        """
+        C{--help} wraps each option's text without runs of spaces (an
+        C{opt_} method's docstring kept its line breaks and indentation
+        as runs of spaces: C{(repeatable)         instead of}).
+        """
+        for line in Options().getUsage().splitlines():
+            text = line.strip()
+            if text.startswith("-"):
+                text = re.split(r" {2,}", text, maxsplit=1)[-1]
+            self.assertNotRegex(text, r"\S {2,}\S", line)
 
 
 class PluginTests(SynchronousTestCase):

@@ -61,13 +61,17 @@ PAGE_HEADERS = {
 
 def writeJSON(request: IRequest, value: Any, code: int = 200) -> bytes:
     """
-    Set status and headers; the JSON body.
+    Set status and headers; the JSON body (empty for HEAD, whose
+    C{Content-Length} still gives the body's length: twisted.web logs a
+    warning for every HEAD answered with a body).
     """
     body = dumps(value)
     request.setResponseCode(code)
     request.setHeader(b"content-type", JSON_TYPE)
     request.setHeader(b"cache-control", b"no-store")
     request.setHeader(b"content-length", b"%d" % (len(body),))
+    if request.method == b"HEAD":
+        return b""
     return body
 
 
@@ -340,15 +344,18 @@ class StaticBytesResource(Resource):
 
     def render_GET(self, request: IRequest) -> bytes:
         """
-        The file, with the page's security headers.
+        The file, with the page's security headers (for HEAD, the headers
+        only).
         """
         if request.postpath not in ([], [b""]):
             return writeJSON(request, errorBody(NOT_FOUND, "not found"), 404)
         request.setHeader(b"content-type", self.contentType)
         request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"content-length", b"%d" % (len(self.body),))
         for header, value in PAGE_HEADERS.items():
             request.setHeader(header, value)
-        return self.body
+        # (HEAD: no body, or twisted.web logs a warning about it)
+        return b"" if request.method == b"HEAD" else self.body
 
     render_HEAD = render_GET
 

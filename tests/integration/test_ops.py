@@ -306,6 +306,25 @@ class HeadTests(TestCase):
             self.assertEqual(head.headers.getRawHeaders("content-type"), response.headers.getRawHeaders("content-type"))
         self.assertEqual(log.lines("HEAD request"), [])
 
+    @inlineCallbacks
+    def test_headAdmin(self) -> Inline:
+        """
+        The same for the back office's page, its files, its 404 and its
+        API's refusal (C{HEAD /admin/} logged the warning).
+        """
+        log = LogCapture(self)
+        service, url = yield serveIM(self, adminToken="s3cret-admin-token")
+        for path in ("/admin/", "/admin/app.js", "/admin/nope", "/admin/api/stats"):
+            response = yield treq.get(url + path, persistent=False)
+            body = yield response.content()
+            head = yield treq.head(url + path, persistent=False)
+            empty = yield head.content()
+            self.assertEqual(head.code, response.code, path)
+            self.assertEqual(empty, b"", path)
+            self.assertEqual(head.headers.getRawHeaders("content-length"), [str(len(body))], path)
+            self.assertEqual(head.headers.getRawHeaders("content-type"), response.headers.getRawHeaders("content-type"))
+        self.assertEqual(log.lines("HEAD request"), [])
+
 
 class LogLineTests(DriverTestMixin, TestCase):
     """

@@ -389,12 +389,16 @@ def _files(options: "Options") -> dict[str, Any]:
     linkDays = _number("file-link-days", options["file-link-days"], float)
     if not (linkDays > 0 and math.isfinite(linkDays)):
         raise usage.UsageError("--file-link-days must be more than 0 (a finite number of days)")
+    # nor for an unfinished upload (closed at once)
+    uploadExpiry = _number("upload-expiry", options["upload-expiry"], float)
+    if not (uploadExpiry > 0 and math.isfinite(uploadExpiry)):
+        raise usage.UsageError("--upload-expiry must be more than 0 (a finite number of seconds)")
     return dict(
         maxFileSize=_positive("max-file-size", options["max-file-size"]),
         fileQuota=_number("file-quota", options["file-quota"], int),
         fileRetentionDays=_number("file-retention-days", options["file-retention-days"], float),
         fileLinkDays=linkDays,
-        uploadExpiry=_number("upload-expiry", options["upload-expiry"], float) or 3600.0,
+        uploadExpiry=uploadExpiry,
         urlSecret=secret,
     )
 

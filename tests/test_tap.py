@@ -204,6 +204,18 @@ class OptionsTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, parse, "--file-link-days", "0")
         self.assertIn("--file-link-days must be more than 0", str(error))
 
+    def test_uploadExpiry(self) -> None:
+        """
+        C{--upload-expiry} must be more than 0 too: 0 was taken as the
+        default (3600).
+        """
+        self.assertEqual(parse().uploadExpiry, 3600.0)
+        self.assertEqual(parse("--upload-expiry", "90").uploadExpiry, 90.0)
+        for bad in ("0", "inf"):
+            error = self.assertRaises(usage.UsageError, parse, "--upload-expiry", bad)
+            self.assertIn("--upload-expiry must be more than 0", str(error))
+        self.assertRaises(usage.UsageError, parse, "--upload-expiry", "-1")
+
 
     def test_helpText(self) -> None:
         """

@@ -221,6 +221,24 @@ class ConversationStoreTestsMixin:
         assert stored is not None
         self.assertEqual(state.lastSeq, stored.seq)
 
+    async def test_adminGroupListLastSeq(self) -> None:
+        """
+        The admin store's group list gives each group's member count and
+        the seq of its last message (a group of another conversation's
+        messages, or without messages of its own, is not confused).
+        """
+        from crm_im.storage.admin import adminStoreFor
+
+        _, _, created = await self.createGroup()
+        await self.createGroup(groupRecord(id="g2", clientId="g2"), members("alice", "bob"))
+        assert created is not None
+        (later,) = await self.storeAll(message("bob", groupId="g1", content="later"))
+        await self.storeAll(message("bob", roomId="g1", content="a room of the same id"))
+        listed = await adminStoreFor(self.store).listGroups(None, None, 10)
+        self.assertEqual([(record.id, count) for record, count, _ in listed], [("g1", 3), ("g2", 2)])
+        g2 = await self.state("g2")
+        self.assertEqual([lastSeq for _, _, lastSeq in listed], [later.seq, g2.lastSeq])
+
     async def test_createGroupRetry(self) -> None:
         """
         The same creator and client id again: the existing group, not

@@ -86,6 +86,18 @@ def _positive(name: str, value: Any) -> int:
     return number
 
 
+def _duration(name: str, value: Any, unit: str) -> float:
+    """
+    A length of time more than 0: here 0 is no "off" (a link valid for no
+    time, an upload closed at once), so it is refused, not taken as the
+    default.
+    """
+    number = _number(name, value, float)
+    if not (number > 0 and math.isfinite(number)):
+        raise usage.UsageError(f"--{name} must be more than 0 (a finite number of {unit})")
+    return float(number)
+
+
 class Options(usage.Options):
     """
     Options of C{twistd crm_im}.
@@ -385,20 +397,12 @@ def _files(options: "Options") -> dict[str, Any]:
     secret = options["url-secret"] or os.environ.get("CRM_IM_URL_SECRET") or None
     if secret is not None and len(secret.encode("utf-8")) < 16:
         raise usage.UsageError("--url-secret must be at least 16 bytes")
-    # 0 is no "off" here (a link valid for no time): refused, not the default.
-    linkDays = _number("file-link-days", options["file-link-days"], float)
-    if not (linkDays > 0 and math.isfinite(linkDays)):
-        raise usage.UsageError("--file-link-days must be more than 0 (a finite number of days)")
-    # nor for an unfinished upload (closed at once)
-    uploadExpiry = _number("upload-expiry", options["upload-expiry"], float)
-    if not (uploadExpiry > 0 and math.isfinite(uploadExpiry)):
-        raise usage.UsageError("--upload-expiry must be more than 0 (a finite number of seconds)")
     return dict(
         maxFileSize=_positive("max-file-size", options["max-file-size"]),
         fileQuota=_number("file-quota", options["file-quota"], int),
         fileRetentionDays=_number("file-retention-days", options["file-retention-days"], float),
-        fileLinkDays=linkDays,
-        uploadExpiry=uploadExpiry,
+        fileLinkDays=_duration("file-link-days", options["file-link-days"], "days"),
+        uploadExpiry=_duration("upload-expiry", options["upload-expiry"], "seconds"),
         urlSecret=secret,
     )
 

@@ -95,11 +95,17 @@ class Page:
 
 def pageSize(limit: int | None) -> int:
     """
-    A page size within bounds.
+    The page size asked for, L{DEFAULT_PAGE} if none.
+
+    @raise IMError: C{INVALID_PAYLOAD} outside 1..L{MAX_PAGE} (a larger
+        page would be silently shorter than asked; a smaller one means
+        nothing).
     """
     if limit is None:
         return DEFAULT_PAGE
-    return max(1, min(limit, MAX_PAGE))
+    if not 1 <= limit <= MAX_PAGE:
+        raise IMError(INVALID_PAYLOAD, f"limit must be 1..{MAX_PAGE}")
+    return limit
 
 
 def _text(value: Any, name: str, maxLength: int, required: bool = False) -> str | None:

@@ -13,7 +13,7 @@ handler called, and its answer or refusal written as JSON.
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable, Mapping
 
 import orjson
 from twisted.internet.defer import Deferred
@@ -39,6 +39,9 @@ STATUS = {INVALID_PAYLOAD: 400, FORBIDDEN: 403, NOT_FOUND: 404, TOO_LARGE: 413, 
 MAX_BODY = 1_000_000
 
 _CODES = {401: "UNAUTHORIZED", 403: "FORBIDDEN", 429: "RATE_LIMITED"}
+
+#: The refusal of a method an endpoint does not answer (405).
+METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 
 #: The page's files: name -> content type.
 PAGE_FILES = {
@@ -133,6 +136,11 @@ class _AdminLeaf(Resource):
             call = self.route(request, actor)
         except IMError as error:
             return writeJSON(request, errorBody(error.code, error.message), STATUS.get(error.code, 400))
+        except MethodNotAllowed as refused:
+            allowed = b", ".join(refused.allowed)
+            request.setHeader(b"allow", allowed)
+            message = f"this endpoint answers {allowed.decode('ascii')}"
+            return writeJSON(request, errorBody(METHOD_NOT_ALLOWED, message), 405)
         if call is None:
             return writeJSON(request, errorBody(NOT_FOUND, "no such admin endpoint"), 404)
         d = Deferred.fromCoroutine(_awaited(call))
@@ -178,6 +186,31 @@ class _AdminLeaf(Resource):
             return
         request.write(writeJSON(request, body, code))
         request.finish()
+
+
+class MethodNotAllowed(Exception):
+    """
+    The path names an endpoint, which does not answer the request's
+    method: 405, with the methods it does answer in C{Allow}.
+    """
+
+    def __init__(self, allowed: list[bytes]) -> None:
+        super().__init__(allowed)
+        self.allowed = allowed
+
+
+def _called(request: IRequest, calls: Mapping[bytes, Callable[[], Awaitable[Any]]]) -> Awaitable[Any]:
+    """
+    Call the handler of C{calls} (method -> call) for the request's
+    method (C{HEAD} as C{GET}: the same answer without its body).
+
+    @raise MethodNotAllowed: none for this method.
+    """
+    method = b"GET" if request.method == b"HEAD" else request.method
+    call = calls.get(method)
+    if call is None:
+        raise MethodNotAllowed(sorted(calls))
+    return call()
 
 
 async def _awaited(call: Awaitable[Any]) -> Any:
@@ -251,65 +284,70 @@ class AdminAPIResource(_AdminLeaf):
         See L{_AdminLeaf.route}.
         """
         h = self.handlers
-        method = request.method
         path = [segment.decode("utf-8", "replace") for segment in request.postpath]
         while path and path[-1] == "":
             path.pop()
         query = _query(request)
         limit = _int(query, "limit")
         cursor = _str(query, "cursor")
-        match path, method:
-            case ["stats"], b"GET":
-                return h.stats()
-            case ["users"], b"GET":
-                return h.users(_bool(query, "online"), _str(query, "q"), cursor, limit)
-            case ["users", userId], b"GET":
-                return h.user(userId)
-            case ["users", userId, "disconnect"], b"POST":
-                return h.disconnect(actor, userId, readBody(request))
-            case ["users", userId, "ban"], b"POST":
-                return h.ban(actor, userId, readBody(request))
-            case ["users", userId, "ban"], b"DELETE":
-                return h.unban(actor, userId)
-            case ["broadcast"], b"POST":
-                return h.broadcast(actor, readBody(request))
-            case ["publish"], b"POST":
-                return h.publish(actor, readBody(request))
-            case ["groups"], b"GET":
-                return h.groups(_str(query, "q"), cursor, limit)
-            case ["groups", groupId], b"GET":
-                return h.group(groupId)
-            case ["groups", groupId], b"DELETE":
-                return h.dissolveGroup(actor, groupId)
-            case ["rooms"], b"GET":
-                return h.rooms(cursor, limit)
-            case ["rooms"], b"POST":
-                return h.createRoom(actor, readBody(request))
-            case ["rooms", roomId], b"DELETE":
-                return h.closeRoom(actor, roomId)
-            case ["messages"], b"GET":
-                after = _int(query, "after")
-                before = _int(query, "before")
-                if cursor is not None:
-                    value = _int(query, "cursor")
-                    if before is not None:
-                        before = value
-                    else:
-                        after = value
-                return h.messages(
-                    _str(query, "userId"),
-                    _str(query, "peerId"),
-                    _str(query, "groupId"),
-                    _str(query, "roomId"),
-                    before,
-                    after,
-                    limit,
-                )
-            case ["messages", messageId, "recall"], b"POST":
-                return h.recall(actor, messageId)
-            case ["audit"], b"GET":
-                return h.auditLog(cursor, limit)
-        return None
+        calls: dict[bytes, Callable[[], Awaitable[Any]]]
+        match path:
+            case ["stats"]:
+                calls = {b"GET": lambda: h.stats()}
+            case ["users"]:
+                calls = {b"GET": lambda: h.users(_bool(query, "online"), _str(query, "q"), cursor, limit)}
+            case ["users", userId]:
+                calls = {b"GET": lambda: h.user(userId)}
+            case ["users", userId, "disconnect"]:
+                calls = {b"POST": lambda: h.disconnect(actor, userId, readBody(request))}
+            case ["users", userId, "ban"]:
+                calls = {b"POST": lambda: h.ban(actor, userId, readBody(request)), b"DELETE": lambda: h.unban(actor, userId)}
+            case ["broadcast"]:
+                calls = {b"POST": lambda: h.broadcast(actor, readBody(request))}
+            case ["publish"]:
+                calls = {b"POST": lambda: h.publish(actor, readBody(request))}
+            case ["groups"]:
+                calls = {b"GET": lambda: h.groups(_str(query, "q"), cursor, limit)}
+            case ["groups", groupId]:
+                calls = {b"GET": lambda: h.group(groupId), b"DELETE": lambda: h.dissolveGroup(actor, groupId)}
+            case ["rooms"]:
+                calls = {b"GET": lambda: h.rooms(cursor, limit), b"POST": lambda: h.createRoom(actor, readBody(request))}
+            case ["rooms", roomId]:
+                calls = {b"DELETE": lambda: h.closeRoom(actor, roomId)}
+            case ["messages"]:
+                calls = {b"GET": lambda: self._messages(query, cursor, limit)}
+            case ["messages", messageId, "recall"]:
+                calls = {b"POST": lambda: h.recall(actor, messageId)}
+            case ["audit"]:
+                calls = {b"GET": lambda: h.auditLog(cursor, limit)}
+            case _:
+                return None
+        return _called(request, calls)
+
+    def _messages(self, query: dict[str, str], cursor: str | None, limit: int | None) -> Awaitable[Any]:
+        """
+        C{GET messages}: C{cursor} continues in the direction the first
+        page was asked for (C{before}: backwards).
+        """
+        after = _int(query, "after")
+        before = _int(query, "before")
+        if after is not None and before is not None:
+            raise IMError(INVALID_PAYLOAD, "give after or before, not both")
+        if cursor is not None:
+            value = _int(query, "cursor")
+            if before is not None:
+                before = value
+            else:
+                after = value
+        return self.handlers.messages(
+            _str(query, "userId"),
+            _str(query, "peerId"),
+            _str(query, "groupId"),
+            _str(query, "roomId"),
+            before,
+            after,
+            limit,
+        )
 
 
 class PublishResource(_AdminLeaf):
@@ -321,9 +359,9 @@ class PublishResource(_AdminLeaf):
         """
         See L{_AdminLeaf.route}.
         """
-        if request.postpath not in ([], [b""]) or request.method != b"POST":
+        if request.postpath not in ([], [b""]):
             return None
-        return self.handlers.publish(actor, readBody(request))
+        return _called(request, {b"POST": lambda: self.handlers.publish(actor, readBody(request))})
 
 
 def _pageFile(name: str) -> bytes:

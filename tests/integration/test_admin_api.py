@@ -62,7 +62,7 @@ def call(base: str, method: str, path: str, body: Any = None,
     response = yield treq.request(method, base + path, **kwargs)
     content = yield response.content()
     decoded = None
-    if response.headers.getRawHeaders(b"content-type", [b""])[0].startswith(b"application/json"):
+    if content and response.headers.getRawHeaders(b"content-type", [b""])[0].startswith(b"application/json"):
         import json
         decoded = json.loads(content)
     return response.code, response.headers, decoded
@@ -220,14 +220,27 @@ class RefusalTests(AdminServer):
     @inlineCallbacks
     def test_unknownEndpoint(self) -> Inline:
         """
-        An unknown path or method under C{/admin/api/}: 404 JSON (after
-        authentication: no probing without a token).
+        An unknown path under C{/admin/api/}: 404 JSON; a known one asked
+        with a method it does not answer: 405 JSON, with the methods it
+        answers in C{Allow} (after authentication: no probing without a
+        token). C{HEAD} is answered as C{GET}.
         """
         yield self.refused("GET", "nothing", status=404, code="NOT_FOUND")
-        yield self.refused("PUT", "stats", status=404, code="NOT_FOUND")
         yield self.refused("GET", "users/a/b/c", status=404, code="NOT_FOUND")
+        for method, path, allowed in (("PUT", "stats", [b"GET"]), ("POST", "users/a", [b"GET"]),
+                                      ("GET", "users/a/ban", [b"DELETE, POST"]), ("PATCH", "rooms", [b"GET, POST"]),
+                                      ("GET", "broadcast", [b"POST"]), ("POST", "groups/g", [b"DELETE, GET"])):
+            got, headers, answer = yield self.request(method, path)
+            self.assertEqual((got, answer["error"]["code"]), (405, "METHOD_NOT_ALLOWED"), f"{method} {path}")
+            self.assertEqual(headers.getRawHeaders(b"allow"), allowed)
+        code, headers, _ = yield self.request("HEAD", "stats")
+        self.assertEqual(code, 200)
         code, _, _ = yield self.request("GET", "nothing", token=None)
         self.assertEqual(code, 401)
+        code, _, _ = yield self.request("PUT", "stats", token=None)
+        self.assertEqual(code, 401)
+        code, headers, answer = yield call(self.url + "/api/", "GET", "publish")
+        self.assertEqual((code, headers.getRawHeaders(b"allow")), (405, [b"POST"]))
 
     @inlineCallbacks
     def test_page(self) -> Inline:
@@ -443,6 +456,12 @@ class APITests(WithClients):
         yield self.refused("GET", "users/nobody", status=404, code="NOT_FOUND")
         yield self.refused("GET", "users?online=maybe", status=400, code="INVALID_PAYLOAD")
         yield self.refused("GET", "users?limit=x", status=400, code="INVALID_PAYLOAD")
+        # (limit was clamped: 0 and -1 gave a page of 1, 501 a page of 500)
+        for limit in (0, -1, 501):
+            message = yield self.refused("GET", f"users?limit={limit}", status=400, code="INVALID_PAYLOAD")
+            self.assertEqual(message, "limit must be 1..500")
+        page = yield self.ok("GET", "users?limit=500")
+        self.assertEqual(len(page["items"]), 4)
 
     @inlineCallbacks
     def test_groupsAndRooms(self) -> Inline:
@@ -579,7 +598,9 @@ class APITests(WithClients):
         self.assertEqual(page["items"], [])
         # (numbers past a 64-bit column's were a 500 from the store's query)
         for query in ("", "peerId=a", "userId=a&groupId=g", "groupId=g&roomId=r", "userId=a&before=x",
-                      f"userId=a&after={2**63}", f"groupId=g&cursor={-2**63}&before=1", f"userId=a&limit={2**64}"):
+                      f"userId=a&after={2**63}", f"groupId=g&cursor={-2**63}&before=1", f"userId=a&limit={2**64}",
+                      # (both were taken, and after ignored)
+                      f"userId=a&after={seqs[0]}&before={seqs[3]}"):
             yield self.refused("GET", "messages?" + query, status=400, code="INVALID_PAYLOAD")
 
     @inlineCallbacks
@@ -842,7 +863,7 @@ class ClientTests(WithClients):
             code, _, answer = yield call(publish, "POST", "", body)
             self.assertEqual(code, status, f"{body!r}: {answer!r}")
         code, _, _ = yield call(publish, "GET", "")
-        self.assertEqual(code, 404)
+        self.assertEqual(code, 405)
         code, _, _ = yield call(publish, "POST", "", {"event": "crm:x", "userIds": ["a"]}, token="wrong")
         self.assertEqual(code, 401)
         # kept for an offline user

@@ -703,19 +703,27 @@ class Messaging:
             conversation = groupConversation(request.groupId)
             answer: dict[str, Any] = {"groupId": request.groupId}
         else:
-            roomId = request.roomId
-            assert roomId is not None
-            room = await self.rooms.record(roomId)
-            inside = caller.device is not None and self.rooms.rooms.contains(roomId, caller.device)
-            if room is None or not (room.public or inside):
-                raise roomNotFound()
-            conversation = roomConversation(roomId)
-            answer = {"roomId": roomId}
+            assert request.roomId is not None
+            conversation = await self._readableRoom(caller, request.roomId)
+            answer = {"roomId": request.roomId}
         page = await self.timed(
             self.store.conversationHistory(conversation, request.limit, request.before, request.after), "history"
         )
         answer["messages"], answer["hasMore"] = self._pageOnWire(page, request.after is not None)
         return answer
+
+    async def _readableRoom(self, caller: Caller, roomId: str) -> str:
+        """
+        The conversation of a room whose history the caller may read: a
+        public room, or one this socket is in (GROUPS.md).
+
+        @raise IMError: C{NOT_FOUND} for any other.
+        """
+        room = await self.rooms.record(roomId)
+        inside = caller.device is not None and self.rooms.rooms.contains(roomId, caller.device)
+        if room is None or not (room.public or inside):
+            raise roomNotFound()
+        return roomConversation(roomId)
 
     def _pageOnWire(self, page: HistoryPage, forward: bool) -> tuple[list[dict[str, Any]], bool]:
         """
@@ -742,18 +750,24 @@ class Messaging:
         """
         C{message:read}: mark received 1:1 messages read and tell their
         senders and the reader's other devices, or move the caller's read
-        cursor in a group.
+        cursor in a group or a room (and tell the reader's other devices).
         """
         request = validation.read(data)
         now = self.now()
         userId = caller.userId
-        if request.groupId is not None:
+        if request.groupId is not None or request.roomId is not None:
             assert request.upToSeq is not None
-            rules.authorize(await self.groups.get(request.groupId), userId, rules.READ)
-            cursor, moved = await self.timed(
-                self.cursors.moveReadCursor(groupConversation(request.groupId), userId, request.upToSeq), "read"
-            )
-            payload = {"readerId": userId, "groupId": request.groupId, "upToSeq": cursor, "timestamp": now}
+            payload: dict[str, Any] = {"readerId": userId}
+            if request.groupId is not None:
+                rules.authorize(await self.groups.get(request.groupId), userId, rules.READ)
+                conversation = groupConversation(request.groupId)
+                payload["groupId"] = request.groupId
+            else:
+                assert request.roomId is not None
+                conversation = await self._readableRoom(caller, request.roomId)
+                payload["roomId"] = request.roomId
+            cursor, moved = await self.timed(self.cursors.moveReadCursor(conversation, userId, request.upToSeq), "read")
+            payload["upToSeq"], payload["timestamp"] = cursor, now
             if moved:
                 self.router.toUsers((userId,), "message:read", payload, caller.device)
             return payload

@@ -488,13 +488,15 @@ def history(data: Any) -> HistoryRequest:
 class ReadRequest:
     """
     A valid C{message:read}: C{friendId} with C{upToSeq} or with
-    C{messageIds} (a 1:1 conversation), or C{groupId} with C{upToSeq}.
+    C{messageIds} (a 1:1 conversation), or C{groupId} or C{roomId} with
+    C{upToSeq}.
     """
 
     friendId: str | None
     upToSeq: int | None
     messageIds: tuple[str, ...] | None
     groupId: str | None = None
+    roomId: str | None = None
 
 
 def read(data: Any) -> ReadRequest:
@@ -511,12 +513,21 @@ def read(data: Any) -> ReadRequest:
             # found by its sender and id: the ids name the friend's messages.
             raise _invalid("message:read {messageIds} needs the friendId who sent them")
         return ReadRequest(userId(data["friendId"], "friendId"), None, tuple(clientId(i, "messageIds[]") for i in ids))
-    if data.get("groupId") is not None:
-        if data.get("friendId") is not None or data.get("upToSeq") is None:
-            raise _invalid("message:read expects {groupId, upToSeq}")
-        return ReadRequest(None, sequenceNumber(data["upToSeq"], "upToSeq"), None, clientId(data["groupId"], "groupId"))
+    for field in ("groupId", "roomId"):
+        if data.get(field) is not None:
+            # (one conversation per request, as for every event: GROUPS.md)
+            others = [other for other in ("friendId", "groupId", "roomId") if other != field]
+            if any(data.get(other) is not None for other in others) or data.get("upToSeq") is None:
+                raise _invalid(f"message:read expects {{{field}, upToSeq}}")
+            seq = sequenceNumber(data["upToSeq"], "upToSeq")
+            where = clientId(data[field], field)
+            if field == "groupId":
+                return ReadRequest(None, seq, None, groupId=where)
+            return ReadRequest(None, seq, None, roomId=where)
     if data.get("friendId") is None or data.get("upToSeq") is None:
-        raise _invalid("message:read expects {friendId, upToSeq}, {friendId, messageIds} or {groupId, upToSeq}")
+        raise _invalid(
+            "message:read expects {friendId, upToSeq}, {friendId, messageIds}, {groupId, upToSeq} or {roomId, upToSeq}"
+        )
     return ReadRequest(userId(data["friendId"], "friendId"), sequenceNumber(data["upToSeq"], "upToSeq"), None)
 
 

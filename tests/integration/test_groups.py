@@ -1028,6 +1028,20 @@ class GroupScenario(Scenario):
         self.assertEqual([m["content"] for m in secretJoin["messages"]], ["hush"])
         (page,) = yield driver.emit("b", "get_history", {"roomId": "secret"}, ack=True)
         self.assertEqual([m["content"] for m in page["messages"]], ["hush"])
+        # read state: a cursor per user, as for groups, kept in step on the
+        # reader's other devices (was INVALID_PAYLOAD)
+        lastSeq = seqs[-1]
+        read = yield self.ask(driver, "a1", "message:read", {"roomId": "lobby", "upToSeq": lastSeq})
+        self.assertEqual(set(read), {"readerId", "roomId", "upToSeq", "timestamp"})
+        self.assertEqual((read["readerId"], read["roomId"], read["upToSeq"]), ("a", "lobby", lastSeq))
+        (synced,) = yield driver.waitFor("a2", "message:read")
+        self.assertEqual(synced, read)
+        back = yield self.ask(driver, "a2", "message:read", {"roomId": "lobby", "upToSeq": seqs[0]})
+        self.assertEqual(back["upToSeq"], lastSeq)
+        yield self.refused(driver, "c", "message:read", {"roomId": "secret", "upToSeq": 1}, "NOT_FOUND")
+        yield self.refused(driver, "c", "message:read", {"roomId": "lobby"}, "INVALID_PAYLOAD")
+        yield self.refused(driver, "c", "message:read", {"roomId": "lobby", "groupId": "g", "upToSeq": 1},
+                           "INVALID_PAYLOAD")
         listed = yield self.ask(driver, "b", "room:list")
         self.assertIn("secret", [r["id"] for r in listed["rooms"]])
         listed = yield self.ask(driver, "c", "room:list")

@@ -199,8 +199,9 @@ class Sessions:
         C{resumeWithin}) is back with its sid (connection state recovery):
         it is logged in again as the same user without a login (no online
         change for the others if its user was held), keeps its rooms, and
-        gets from the store the 1:1 messages that waited meanwhile, then
-        the C{groups} summary, as after C{user:login}. With tokens
+        gets C{online_users}, then from the store the 1:1 messages that
+        waited meanwhile, then the C{groups} summary, as after
+        C{user:login}. With tokens
         required, its CONNECT must carry a valid token for that user.
 
         @return: whether the device was logged in again (not if it had no
@@ -241,6 +242,10 @@ class Sessions:
                 {"userId": user.id, "status": ONLINE, "timestamp": self.now(), "name": user.name, "avatar": user.avatar},
                 exceptDevice=device,
             )
+        # Who came and went while it was away was told to the others only
+        # (presence changes are not kept for replay): the list again, as
+        # at a login, which a client takes as the whole list.
+        self.router.toDevices((device,), "online_users", self.presence.onlineUsersJSON())
         if self.settings.logEvents:
             self.log.info("[恢复] {name}({userId}) {sid}", name=user.name, userId=user.id, sid=device)
         if fromStore and recovery is not None:

@@ -131,8 +131,14 @@ class RecoveryScenario(DriverTestMixin):
         yield self.send("c", groupId=groupId, content="group 1")
         yield self.send("c", toId="alice", content="direct 2")
         yield self.send("b", groupId=groupId, content="group 2")
+        # someone comes online while it is away: its status_change is not
+        # replayed, so the list comes again (was: only at the login)
+        yield self.login("d", "dave")
         again = yield self.driver.waitForConnect("a")
         self.assertEqual((again["id"], again["recovered"]), (alice["id"], True))
+        (online,) = yield self.driver.waitFor("a", "online_users",
+                                              predicate=lambda args: "dave" in [u["id"] for u in args[0]])
+        self.assertEqual(sorted(u["id"] for u in online), ["alice", "bob", "carol", "dave"])
         yield waitForMessage(self.driver, "a", "group 2")
         yield self.send("b", toId="alice", content="after")
         after = yield waitForMessage(self.driver, "a", "after")

@@ -222,6 +222,34 @@ class LinkTests(TestCase):
         self.assertEqual(heard, [])
         link.stop()
 
+    def test_quietAttempts(self) -> None:
+        """
+        A connection attempt to a Redis that is down logs nothing of its
+        own (Twisted's factories log "Starting factory" and "Stopping
+        factory" for each of the link's two connections at every attempt:
+        four lines every few seconds while Redis is down).
+        """
+        from twisted.logger import globalLogPublisher
+
+        from crm_im.cluster.connection import RedisLink
+
+        reactor = MemoryReactorClock()
+        link = RedisLink(reactor, RedisAddress.parse("redis://127.0.0.1:6379/0"), lambda *a: None)
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        link.start()
+        self.assertEqual(len(reactor.tcpClients), 2)
+        for host, port, factory, timeout, bindAddress in reactor.tcpClients:
+            self.assertEqual((host, port), ("127.0.0.1", 6379))
+            # as a connector does for a refused attempt
+            factory.doStart()
+            factory.clientConnectionFailed(reactor.connectors[0], Failure(ConnectionRefusedError()))
+            factory.doStop()
+        self.assertEqual([event.get("log_format") for event in logged if "factory" in str(event.get("log_format"))], [])
+        self.assertFalse(link.up)
+        link.stop()
+
     def test_address(self) -> None:
         """
         redis:// URLs give host, port, database and password; others are

@@ -34,7 +34,8 @@ from urllib.parse import unquote, urlsplit
 import attrs
 import txredisapi
 from twisted.internet.defer import Deferred, DeferredList, fail
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -192,6 +193,23 @@ def _replyTimers(clock: IReactorTime, received: Callable[[], float]) -> Callable
     return callLater
 
 
+class _OneConnection(Factory):
+    """
+    The factory of one connection attempt (as C{connectProtocol}'s), not
+    noisy: a node retrying a Redis that is down would log "Starting
+    factory" and "Stopping factory" for each of its two connections at
+    every attempt.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self._protocol
+
+
 class _LinkProtocol(txredisapi.BaseRedisProtocol):
     """
     What both of a link's connections share: reply timers that take a
@@ -276,7 +294,7 @@ class RedisLink:
             endpoint = TCP4ClientEndpoint(reactor, address.host, address.port, timeout=connectTimeout)
 
             def connect(protocol: Any) -> Deferred[Any]:
-                return connectProtocol(endpoint, protocol)
+                return endpoint.connect(_OneConnection(protocol))
 
         self._connectProtocol = connect
         self.channels: list[bytes] = []

@@ -112,6 +112,8 @@ class JWTAuthenticator:
     @ivar issuer: the required C{iss}, if any.
     @ivar audience: the required C{aud}, if any.
     @ivar leeway: seconds of clock skew tolerated on C{exp} and C{nbf}.
+    @ivar requireExp: whether a token without C{exp} is refused (else it
+        never expires).
     """
 
     mode = JWT
@@ -125,6 +127,7 @@ class JWTAuthenticator:
         issuer: str | None = None,
         audience: str | None = None,
         leeway: float = 0.0,
+        requireExp: bool = False,
     ) -> None:
         if not algorithms:
             raise ValueError("at least one algorithm is needed")
@@ -134,6 +137,7 @@ class JWTAuthenticator:
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
+        self.requireExp = requireExp
 
     @classmethod
     def withSecret(cls, clock: IReactorTime, secret: str, **kwargs: Any) -> "JWTAuthenticator":
@@ -188,7 +192,7 @@ class JWTAuthenticator:
             "verify_iss": self.issuer is not None,
             # Checked below, where an integer id is accepted as a string.
             "verify_sub": False,
-            "require": ["sub"],
+            "require": ["sub", "exp"] if self.requireExp else ["sub"],
         }
         try:
             claims = jwt.decode(
@@ -278,7 +282,9 @@ def authenticatorFor(config: "Config", clock: IReactorTime) -> IAuthenticator:
         return OpenAuthenticator()
     if config.auth != JWT:
         raise ValueError(f"unknown auth mode {config.auth!r}; use one of {', '.join(MODES)}")
-    options: dict[str, Any] = dict(issuer=config.jwtIssuer, audience=config.jwtAudience, leeway=config.jwtLeeway)
+    options: dict[str, Any] = dict(
+        issuer=config.jwtIssuer, audience=config.jwtAudience, leeway=config.jwtLeeway, requireExp=config.jwtRequireExp
+    )
     if config.jwtPublicKey is not None:
         if config.jwtSecret is not None:
             raise ValueError("give either a JWT secret or a public key, not both")

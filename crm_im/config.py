@@ -48,6 +48,7 @@ class Config:
     @ivar jwtIssuer: the required C{iss}, if any.
     @ivar jwtAudience: the required C{aud}, if any.
     @ivar jwtLeeway: seconds of clock skew tolerated on C{exp}/C{nbf}.
+    @ivar jwtRequireExp: refuse tokens without C{exp} (which never expire).
     @ivar limits: rate and abuse limits.
     @ivar maxSessions: the most concurrent Engine.IO sessions.
     @ivar maxBufferedBytes: bytes queued for one session and not yet taken
@@ -112,6 +113,7 @@ class Config:
     jwtIssuer: str | None = None
     jwtAudience: str | None = None
     jwtLeeway: float = 0.0
+    jwtRequireExp: bool = False
     limits: LimitSettings = LimitSettings()
     maxSessions: int = 100_000
     maxBufferedBytes: int = 16 * 1024 * 1024

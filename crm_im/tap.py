@@ -115,6 +115,7 @@ class Options(usage.Options):
          "official server's allowEIO3."],
         ["admin-ui", None, "Serve the /admin namespace of the Socket.IO Admin UI (@socket.io/admin-ui), with the "
          "admin credentials; add the UI's origin to --cors-origin."],
+        ["jwt-require-exp", None, "Refuse JWTs without an 'exp' claim (by default such a token never expires)."],
     ]
     optParameters = [
         ["port", "p", None, "TCP port to listen on (default: $PORT or 8080).", str],
@@ -316,6 +317,7 @@ class Options(usage.Options):
             jwtIssuer=self["jwt-issuer"],
             jwtAudience=self["jwt-audience"],
             jwtLeeway=_number("jwt-leeway", self["jwt-leeway"], float),
+            jwtRequireExp=bool(self["jwt-require-exp"]),
             limits=_limits(self),
             maxSessions=_positive("max-sessions", self["max-sessions"]),
             maxBufferedBytes=_positive("max-buffered-bytes", self["max-buffered-bytes"]),

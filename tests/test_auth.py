@@ -122,6 +122,19 @@ class JWTAuthenticatorTests(SynchronousTestCase):
         lenient = JWTAuthenticator.withSecret(self.clock, SECRET, leeway=5)
         self.assertEqual(lenient.verify(token).subject, "alice")
 
+    def test_requireExp(self) -> None:
+        """
+        A token without C{exp} never expires, unless C{exp} is required
+        (C{--jwt-require-exp}): then it is refused, saying why.
+        """
+        forever = jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256")
+        self.assertEqual(self.auth.verify(forever), Claims("alice", None))
+        strict = JWTAuthenticator.withSecret(self.clock, SECRET, requireExp=True)
+        with self.assertRaises(AuthenticationError) as caught:
+            strict.verify(forever)
+        self.assertEqual(str(caught.exception), "invalid token: no 'exp' claim")
+        self.assertEqual(strict.verify(hsToken()), Claims("alice", NOW + 3600))
+
     def test_audienceAndIssuer(self) -> None:
         """
         With an audience or issuer configured, a token must carry it.
@@ -208,6 +221,10 @@ class OptionsTests(SynchronousTestCase):
         self.addCleanup(os.environ.pop, "CRM_IM_JWT_SECRET", None)
         config = self.parse("--auth", "jwt", "--jwt-audience", "crm")
         self.assertEqual((config.auth, config.jwtSecret, config.jwtAudience), ("jwt", SECRET, "crm"))
+        self.assertFalse(config.jwtRequireExp)
+        config = self.parse("--auth", "jwt", "--jwt-require-exp")
+        self.assertTrue(config.jwtRequireExp)
+        self.assertTrue(authenticatorFor(config, Clock()).requireExp)  # type: ignore[attr-defined]
 
     def test_publicKeyFile(self) -> None:
         """

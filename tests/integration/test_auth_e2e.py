@@ -34,12 +34,14 @@ SECRET = "e2e-secret-that-is-long-enough-for-hs256-0123456789"
 AUDIENCE = "crm-im"
 
 
-def token(sub: str, lifetime: float = 3600, secret: str = SECRET, aud: Optional[str] = AUDIENCE,
+def token(sub: str, lifetime: Optional[float] = 3600, secret: str = SECRET, aud: Optional[str] = AUDIENCE,
           **claims: Any) -> str:
     """
     An HS256 token for C{sub}, expiring C{lifetime} seconds from now.
     """
-    payload: Dict[str, Any] = {"sub": sub, "exp": time.time() + lifetime}
+    payload: Dict[str, Any] = {"sub": sub}
+    if lifetime is not None:
+        payload["exp"] = time.time() + lifetime
     if aud is not None:
         payload["aud"] = aud
     payload.update(claims)
@@ -54,10 +56,11 @@ class JWTScenario(DriverTestMixin):
     @inlineCallbacks
     def setUp(self) -> Inline:
         """
-        Serve crm_im in JWT mode with an audience.
+        Serve crm_im in JWT mode with an audience, tokens without C{exp}
+        refused.
         """
         self.service, self.url = yield serveIM(
-            self, auth="jwt", jwtSecret=SECRET, jwtAudience=AUDIENCE)
+            self, auth="jwt", jwtSecret=SECRET, jwtAudience=AUDIENCE, jwtRequireExp=True)
 
     def connect(self, driver: ClientDriver, client: str, bearer: Optional[str] = None) -> Deferred[Any]:
         """
@@ -138,14 +141,16 @@ class JWTScenario(DriverTestMixin):
     @inlineCallbacks
     def test_refusedAtConnect(self) -> Inline:
         """
-        A bad signature, an expired token and a wrong audience in the
-        CONNECT auth object are refused with CONNECT_ERROR naming why, with
+        A bad signature, an expired token, a token without C{exp} (with
+        C{--jwt-require-exp}) and a wrong audience in the CONNECT auth
+        object are refused with CONNECT_ERROR naming why, with
         C{data.code} C{UNAUTHORIZED}.
         """
         driver = yield self.startDriver()
         for index, (bearer, reason) in enumerate([
             (token("alice", secret="not-the-server-secret-0123456789-abcdef"), "bad signature"),
             (token("alice", lifetime=-10), "token expired"),
+            (token("alice", lifetime=None), "no 'exp' claim"),
             (token("alice", aud="another-app"), "wrong audience"),
             ("garbage", "malformed"),
         ]):

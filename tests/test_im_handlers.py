@@ -1714,6 +1714,143 @@ class GroupLimitTests(HandlerTestCase):
         self.assertEqual(self.router.sent, [])
 
 
+class GroupRaceTests(HandlerTestCase):
+    """
+    Changes to one group that overlap (two devices, two admins) are
+    decided one after the other: each on the state the last one left.
+    Once L{hold} is called the store holds each change until the test
+    lets it through, as a real store's transaction keeps it waiting.
+    """
+
+    groupLimits = GroupLimits(maxMembers=4)
+
+    def hold(self) -> None:
+        """
+        From now on, keep each change in L{held} until L{letThrough}.
+        """
+        self.held: list[tuple[Any, Deferred[Any]]] = []
+        self.write = self.store.changeGroup
+
+        def changeGroup(change: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            self.held.append((change, d))
+            return d
+
+        self.store.changeGroup = changeGroup  # type: ignore[method-assign]
+        self.router.clear()
+
+    def letThrough(self) -> None:
+        """
+        Write every change the store holds, in order, and any that those
+        let start.
+        """
+        while self.held:
+            change, d = self.held.pop(0)
+            self.write(change).chainDeferred(d)
+
+    def start(self, handler: Callable[..., Any], device: str, data: dict[str, Any]) -> Deferred[Any]:
+        """
+        Call C{handler} as the user of C{device}, without waiting for it.
+        """
+        return Deferred.fromCoroutine(handler(self.caller(device), data))
+
+    def refusedWith(self, d: Deferred[Any]) -> str:
+        """
+        The code C{d} failed with.
+        """
+        error = self.failureResultOf(d, IMError).value
+        assert isinstance(error, IMError)
+        return error.code
+
+    def makeAdmins(self, *userIds: str) -> None:
+        for userId in userIds:
+            self.answer(self.core.groups.setRole(self.caller("a1"), {"groupId": "g1", "userId": userId, "role": "admin"}))
+
+    def members(self) -> dict[str, str]:
+        state = self.successResultOf(self.core.directory.reload("g1"))
+        return {m.userId: m.role for m in state.members.values()}
+
+    def test_handOverWhileLeaving(self) -> None:
+        """
+        The owner hands the group to bob on one device and leaves on the
+        other at once: one owner, bob; alice, an admin by then, just
+        leaves. (Both were decided on the state before either: carol, the
+        longest-serving member, became owner by the leave, bob by the
+        handover, both with the owner's role.)
+        """
+        self.makeGroup("a1", ["carol", "bob"])
+        self.hold()
+        handOver = self.start(self.core.groups.setRole, "a1", {"groupId": "g1", "userId": "bob", "role": "owner"})
+        leave = self.start(self.core.groups.leave, "a2", {"groupId": "g1"})
+        self.letThrough()
+        self.assertEqual(self.successResultOf(handOver)["ownerId"], "bob")
+        self.assertEqual(self.successResultOf(leave), {"groupId": "g1", "left": True})
+        self.assertEqual(self.successResultOf(self.core.directory.reload("g1")).group.ownerId, "bob")
+        self.assertEqual(self.members(), {"bob": "owner", "carol": "member"})
+
+    def test_addsPastTheBound(self) -> None:
+        """
+        Two adds at once cannot take a group past its size: the second is
+        decided on the members the first added.
+        """
+        self.makeGroup("a1", ["bob"])
+        self.hold()
+        first = self.start(self.core.groups.addMembers, "a1", {"groupId": "g1", "userIds": ["carol", "dave"]})
+        second = self.start(self.core.groups.addMembers, "a2", {"groupId": "g1", "userIds": ["erin"]})
+        self.letThrough()
+        self.assertEqual(len(self.successResultOf(first)["members"]), 4)
+        self.assertEqual(self.refusedWith(second), TOO_LARGE)
+        self.assertEqual(sorted(self.members()), ["alice", "bob", "carol", "dave"])
+
+    def test_addWhileRemoved(self) -> None:
+        """
+        An admin's add that overlaps the owner removing that admin is
+        decided after the removal: refused, nothing added.
+        """
+        self.makeGroup("a1", ["bob", "carol"])
+        self.makeAdmins("bob")
+        self.hold()
+        remove = self.start(self.core.groups.removeMembers, "a1", {"groupId": "g1", "userIds": ["bob"]})
+        add = self.start(self.core.groups.addMembers, "b1", {"groupId": "g1", "userIds": ["dave"]})
+        self.letThrough()
+        self.successResultOf(remove)
+        self.assertEqual(self.refusedWith(add), FORBIDDEN)
+        self.assertEqual(sorted(self.members()), ["alice", "carol"])
+
+    def test_sameAddTwice(self) -> None:
+        """
+        Two admins adding the same user at once: one system message, one
+        C{group:joined}.
+        """
+        self.makeGroup("a1", ["bob"])
+        self.makeAdmins("bob")
+        self.hold()
+        adds = [self.start(self.core.groups.addMembers, device, {"groupId": "g1", "userIds": ["dave"]}) for device in ("a1", "b1")]
+        self.letThrough()
+        for d in adds:
+            self.assertIn("dave", [m["userId"] for m in self.successResultOf(d)["members"]])
+        self.assertEqual([d.devices for d in self.router.sent if d.event == "group:joined"], [{"d1"}])
+        added = [d for d in self.router.sent if d.event == "message" and d.payload["system"]["action"] == "add"]
+        self.assertEqual(len(added), 1)
+
+    def test_addWhileDissolved(self) -> None:
+        """
+        An add that overlaps the dissolve is decided after it: C{NOT_FOUND},
+        and nothing is written into the dissolved group (a membership
+        there counted against dave's groups for good). No lock is kept.
+        """
+        self.makeGroup("a1", ["bob"])
+        self.makeAdmins("bob")
+        self.hold()
+        dissolve = self.start(self.core.groups.dissolve, "a1", {"groupId": "g1"})
+        add = self.start(self.core.groups.addMembers, "b1", {"groupId": "g1", "userIds": ["dave"]})
+        self.letThrough()
+        self.successResultOf(dissolve)
+        self.assertEqual(self.refusedWith(add), NOT_FOUND)
+        self.assertEqual(self.successResultOf(self.store.groupCounts(["dave"])), {"dave": 0})
+        self.assertEqual(len(self.core.groups.serial), 0)
+
+
 class RoomCreateLimitTests(HandlerTestCase):
     """
     Rooms created per user (1 here).

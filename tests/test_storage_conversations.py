@@ -372,6 +372,24 @@ class ConversationStoreTestsMixin:
         self.assertEqual(state.group.name, "Again")
         self.assertEqual((await self.state(state.group.id)).group.name, "Again")
 
+    async def test_changeAfterDissolve(self) -> None:
+        """
+        A change to a dissolved (or unknown) group writes nothing, not
+        even its system message: a member added by a change decided
+        before the dissolve (on another node) would count against their
+        groups for good, in a group nobody can see.
+        """
+        await self.createGroup()
+        await self.store.changeGroup(GroupChange("g1", 2000, dissolve=True))
+        add = GroupChange(
+            "g1", 2001, add=(MemberRecord("dave", MEMBER, 2001),), system=system("g1", "alice", "add", userIds=["dave"])
+        )
+        self.assertIsNone(await self.store.changeGroup(add))
+        self.assertIsNone(await self.store.changeGroup(GroupChange("nope", 2001, add=add.add, system=add.system)))
+        self.assertEqual(await self.store.groupCounts(["dave"]), {"dave": 0})
+        page = await self.store.conversationHistory(groupConversation("g1"), 50, None, None)
+        self.assertNotIn("add", [m.system["action"] for m in page.messages if m.system])
+
     async def test_groupCounts(self) -> None:
         """
         How many groups each user is a current member of; 0 for users in

@@ -677,7 +677,7 @@ class AdminHandlers:
         state = await self.core.directory.get(groupId)
         if state is None:
             raise IMError(NOT_FOUND, "no such group")
-        result = await self.core.groups.dissolveGroup(state, ADMIN_BY)
+        result = await self.core.groups.dissolveGroup(groupId, ADMIN_BY)
         await self.audit(actor, "group.dissolve", groupId, {"name": state.group.name, "members": len(state.members)})
         return result
 

@@ -36,6 +36,7 @@ from . import conversations as rules
 from . import validation
 from .errors import FORBIDDEN, NOT_FOUND, RATE_LIMITED, TOO_LARGE, IMError
 from .interfaces import Caller, IRouter
+from .serial import KeyedSerializer
 
 _MISSING = object()
 
@@ -233,6 +234,9 @@ class GroupHandlers:
         self.clock = clock
         self.limits = limits if limits is not None else GroupLimits()
         self.newId = newId
+        #: a group's membership, roles and owner change one change at a
+        #: time (on this node): each decides on what the last one left
+        self.serial = KeyedSerializer()
         #: told C{(groupId, userIds)} when members left a group (removed,
         #: left, or it was dissolved), after the change is stored: what
         #: they kept per group elsewhere goes (their C{group:mute}).
@@ -355,6 +359,9 @@ class GroupHandlers:
         C{group:update}: owner or admin renames it or changes its avatar.
         """
         request = validation.groupUpdate(data)
+        return await self.serial.run(request.groupId, lambda: self._update(caller, request))
+
+    async def _update(self, caller: Caller, request: validation.GroupUpdateRequest) -> dict[str, Any]:
         state, _ = await self._member(caller, request.groupId, rules.UPDATE)
         renamed = request.name is not None and request.name != state.group.name
         if not renamed and (request.avatar is None or request.avatar == (state.group.avatar or "")):
@@ -381,6 +388,9 @@ class GroupHandlers:
         C{group:add_members}: owner or admin adds users.
         """
         groupId, userIds = validation.groupMembers(data, "group:add_members")
+        return await self.serial.run(groupId, lambda: self._addMembers(caller, groupId, userIds))
+
+    async def _addMembers(self, caller: Caller, groupId: str, userIds: tuple[str, ...]) -> dict[str, Any]:
         state, _ = await self._member(caller, groupId, rules.ADD_MEMBERS)
         added = [userId for userId in userIds if userId not in state.members]
         if not added:
@@ -409,6 +419,9 @@ class GroupHandlers:
         only plain members; nobody the owner).
         """
         groupId, userIds = validation.groupMembers(data, "group:remove_members")
+        return await self.serial.run(groupId, lambda: self._removeMembers(caller, groupId, userIds))
+
+    async def _removeMembers(self, caller: Caller, groupId: str, userIds: tuple[str, ...]) -> dict[str, Any]:
         state, actor = await self._member(caller, groupId, rules.REMOVE_MEMBERS)
         removed = [userId for userId in userIds if userId in state.members]
         for userId in removed:
@@ -434,6 +447,9 @@ class GroupHandlers:
         longest-serving admin (else member); the last member dissolves it.
         """
         groupId = validation.groupId(data, "group:leave")
+        return await self.serial.run(groupId, lambda: self._leave(caller, groupId))
+
+    async def _leave(self, caller: Caller, groupId: str) -> dict[str, Any]:
         state, member = await self._member(caller, groupId, rules.LEAVE)
         now = self.now()
         heir = rules.successor(state.members.values(), caller.userId) if member.role == OWNER else None
@@ -479,6 +495,9 @@ class GroupHandlers:
         hands ownership over (the old owner becomes admin).
         """
         groupId, userId, role = validation.groupRole(data)
+        return await self.serial.run(groupId, lambda: self._setRole(caller, groupId, userId, role))
+
+    async def _setRole(self, caller: Caller, groupId: str, userId: str, role: str) -> dict[str, Any]:
         state, _ = await self._member(caller, groupId, rules.SET_ROLE)
         target = state.members.get(userId)
         if target is None:
@@ -516,14 +535,30 @@ class GroupHandlers:
         for everyone afterwards.
         """
         groupId = validation.groupId(data, "group:dissolve")
-        state, _ = await self._member(caller, groupId, rules.DISSOLVE)
-        return await self.dissolveGroup(state, caller.userId)
 
-    async def dissolveGroup(self, state: GroupState, by: str) -> dict[str, Any]:
+        async def dissolve() -> dict[str, Any]:
+            state, _ = await self._member(caller, groupId, rules.DISSOLVE)
+            return await self._dissolved(state, caller.userId)
+
+        return await self.serial.run(groupId, dissolve)
+
+    async def dissolveGroup(self, groupId: str, by: str) -> dict[str, Any]:
         """
-        End the group of C{state} (the caller decided it may) and tell its
-        members; the admin API dissolves through here with C{by="admin"}.
+        End the group (the caller decided it may) and tell its members; the
+        admin API dissolves through here with C{by="admin"}.
+
+        @raise IMError: C{NOT_FOUND} if there is no such group (any more).
         """
+
+        async def dissolve() -> dict[str, Any]:
+            state = await self.directory.get(groupId)
+            if state is None:
+                raise rules.groupNotFound()
+            return await self._dissolved(state, by)
+
+        return await self.serial.run(groupId, dissolve)
+
+    async def _dissolved(self, state: GroupState, by: str) -> dict[str, Any]:
         groupId = state.group.id
         await self.store.changeGroup(GroupChange(groupId, self.now(), dissolve=True))
         await self.directory.changed(groupId)

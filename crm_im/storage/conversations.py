@@ -109,6 +109,11 @@ def changeGroup_txn(txn: Transaction, change: GroupChange) -> StoredMessage | No
     See L{IConversationStore.changeGroup}.
     """
     groupId = change.groupId
+    txn.execute("SELECT 1 FROM groups WHERE group_id = ? AND dissolved_at IS NULL", (groupId,))
+    if txn.fetchone() is None:
+        # Dissolved meanwhile (by another node, or a change decided before
+        # the dissolve): nothing is written into it.
+        return None
     updates: list[str] = []
     args: list[Any] = []
     if change.name is not None:
@@ -164,9 +169,12 @@ def groupCounts_txn(txn: Transaction, userIds: Sequence[str]) -> dict[str, int]:
     """
     counts = {userId: 0 for userId in userIds}
     for chunk in paddedChunks(list(counts)):
+        # (the groups a dissolve left members in, which an earlier version
+        # could write when a change raced the dissolve, are not counted)
         txn.execute(
-            "SELECT user_id, COUNT(*) FROM group_members"
-            f" WHERE left_at IS NULL AND user_id IN ({placeholders(len(chunk))}) GROUP BY user_id",
+            "SELECT m.user_id, COUNT(*) FROM group_members m JOIN groups g ON g.group_id = m.group_id"
+            f" WHERE m.left_at IS NULL AND g.dissolved_at IS NULL AND m.user_id IN ({placeholders(len(chunk))})"
+            " GROUP BY m.user_id",
             chunk,
         )
         for userId, count in txn.fetchall():

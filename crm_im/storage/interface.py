@@ -884,9 +884,11 @@ class IConversationStore(Interface):
 
     def changeGroup(change: GroupChange) -> Deferred[StoredMessage | None]:
         """
-        Apply C{change} (and store its system message) in one transaction.
+        Apply C{change} (and store its system message) in one transaction;
+        to a group that is dissolved or unknown, nothing.
 
-        @return: the stored system message, if there was one.
+        @return: the stored system message, if there was one and it was
+            stored.
         """
 
     def groupCounts(userIds: Sequence[str]) -> Deferred[dict[str, int]]:

@@ -97,7 +97,9 @@ class MemoryConversationStore:
         """
         See L{IConversationStore.changeGroup}.
         """
-        kept = self._groups[change.groupId]
+        kept = self._groups.get(change.groupId)
+        if kept is None or kept.dissolved:
+            return succeed(None)
         record = kept.record
         if change.name is not None:
             record = attrs.evolve(record, name=change.name)

@@ -1,0 +1,54 @@
+# -*- test-case-name: tests.test_im_serial -*-
+"""
+One change at a time per key.
+
+A handler that decides on state it read and then writes its decision
+(a group's members, roles, owner) is a check-then-write: two such changes
+to one group that interleave at their awaits each decide on the state
+from before the other, and both are written (two owners, a member past
+the group's bound, a member added by an admin removed meanwhile). Run
+through L{KeyedSerializer} under the group's id, each change reads the
+state the previous one left.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable, TypeVar
+
+from twisted.internet.defer import DeferredLock
+
+T = TypeVar("T")
+
+
+class KeyedSerializer:
+    """
+    Runs coroutines one at a time per key, in the order they asked; the
+    lock of a key lives only while a run holds it or waits for it, so the
+    serializer holds as many locks as keys in use.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, DeferredLock] = {}
+
+    def __len__(self) -> int:
+        """
+        The keys in use.
+        """
+        return len(self._locks)
+
+    async def run(self, key: str, call: Callable[[], Awaitable[T]]) -> T:
+        """
+        Await C{call()} once every earlier run under C{key} is over.
+        """
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = DeferredLock()
+        await lock.acquire()
+        try:
+            return await call()
+        finally:
+            # (release hands the lock to the next waiter, if any, whose run
+            # may go on and end in this call)
+            lock.release()
+            if not lock.locked and self._locks.get(key) is lock:
+                del self._locks[key]

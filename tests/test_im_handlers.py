@@ -870,6 +870,27 @@ class GroupMessageTests(HandlerTestCase):
         self.assertEqual(receipt.devices, {"a1"})
         self.assertEqual(len(self.store.messages), stored)
 
+    def test_idInAnotherConversation(self) -> None:
+        """
+        The sender's id used again in another group, in a chat room or to
+        a user is no resend: C{INVALID_PAYLOAD} naming the id; nothing
+        stored or delivered. (It was answered with the first message's
+        receipt, so the sender took it for sent.)
+        """
+        self.makeGroup("a1", ["bob"])
+        self.makeGroup("a1", ["carol"], id="g2")
+        self.answer(self.core.rooms.create(self.caller("a1"), {"name": "R", "id": "r1"}))
+        self.answer(self.core.rooms.join(self.caller("a1"), {"roomId": "r1"}))
+        self.send("a1", "hello", id="m1", groupId="g1")
+        stored = len(self.store.messages)
+        self.router.clear()
+        for where in ({"groupId": "g2"}, {"roomId": "r1"}, {"toId": "bob"}):
+            data = dict(where, content="elsewhere", id="m1")
+            self.assertEqual(self.refused(self.core.messaging.send, self.caller("a1"), data), INVALID_PAYLOAD)
+        self.assertEqual(len(self.store.messages), stored)
+        self.assertEqual(self.router.events("message"), [])
+        self.assertEqual(self.router.events("message:sent"), [])
+
     def test_refused(self) -> None:
         """
         A non-member is told C{NOT_FOUND}, a former member C{FORBIDDEN},

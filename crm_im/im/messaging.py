@@ -46,7 +46,7 @@ from ..storage.interface import (
 )
 from . import conversations as rules
 from . import validation
-from .errors import FORBIDDEN, INTERNAL, NOT_FOUND, IMError
+from .errors import FORBIDDEN, INVALID_PAYLOAD, INTERNAL, NOT_FOUND, IMError
 from .files import FileHandlers, baseFileName, cleanMimeType, filePath
 from .groups import GroupDirectory
 from .interfaces import Caller, IRouter
@@ -120,6 +120,22 @@ def roomNotFound() -> IMError:
     The refusal for a room the caller may not see.
     """
     return IMError(NOT_FOUND, "no such room")
+
+
+def resent(new: NewMessage, earlier: StoredMessage) -> None:
+    """
+    C{new} has the sender and id of C{earlier}, stored before: a resend
+    (its ack was lost), answered with C{earlier}'s receipt, if it names the
+    same conversation.
+
+    @raise IMError: C{INVALID_PAYLOAD} if it names another: an id used
+        again for another message (ids are the sender's, per sender), which
+        a receipt would tell the sender was stored when it was not.
+    """
+    if (new.toId, new.groupId, new.roomId) != (earlier.toId, earlier.groupId, earlier.roomId):
+        raise IMError(
+            INVALID_PAYLOAD, "this id names another message of yours, in another conversation: use a new id", new.id
+        )
 
 
 class Messaging:
@@ -235,7 +251,7 @@ class Messaging:
             return ensureDeferred(self._sendFile(caller, new, request.fileId))
         if toId is not None:
             return self.store.storeMessage(new).addCallbacks(
-                self._directStored, self._storeFailed, callbackArgs=(caller, notify), errbackArgs=(request.id,)
+                self._directStored, self._storeFailed, callbackArgs=(caller, notify, new), errbackArgs=(request.id,)
             )
         if request.groupId is not None:
             return ensureDeferred(self._sendToGroup(caller, new))
@@ -259,7 +275,7 @@ class Messaging:
         )
         if new.toId is not None:
             outcome = await self._store(new)
-            return self._directStored(outcome, caller, new.notify)
+            return self._directStored(outcome, caller, new.notify, new)
         if new.groupId is not None:
             return await self._sendToGroup(caller, new)
         return await self._sendToRoom(caller, new)
@@ -293,8 +309,12 @@ class Messaging:
             return ()
         return (toId,)
 
-    def _directStored(self, outcome: StoreOutcome, caller: Caller, notify: tuple[str, ...] = ()) -> dict[str, Any]:
+    def _directStored(
+        self, outcome: StoreOutcome, caller: Caller, notify: tuple[str, ...] = (), new: NewMessage | None = None
+    ) -> dict[str, Any]:
         stored = outcome.message
+        if not outcome.created and new is not None:
+            resent(new, stored)
         if outcome.created:
             self.metrics.messages[stored.type if stored.type in _COUNTED_TYPES else "text"].inc()
             delivered = self._deliverDirect(stored, caller.device)
@@ -411,7 +431,9 @@ class Messaging:
                 new = attrs.evolve(new, notify=notify)
         outcome = await self._store(new)
         stored = outcome.message
-        if outcome.created:
+        if not outcome.created:
+            resent(new, stored)
+        else:
             self.metrics.messages[stored.type if stored.type in _COUNTED_TYPES else "text"].inc()
             if new.notify and self.notifier is not None:
                 for userId in new.notify:
@@ -437,7 +459,9 @@ class Messaging:
             raise IMError(FORBIDDEN, "join the room first (room:join)")
         outcome = await self._store(new)
         stored = outcome.message
-        if outcome.created:
+        if not outcome.created:
+            resent(new, stored)
+        else:
             self.metrics.messages[stored.type if stored.type in _COUNTED_TYPES else "text"].inc()
             self.router.toDevices(
                 list(self.rooms.rooms.devices(roomId)), "message", self.wire(stored), caller.device, stored.order
@@ -645,11 +669,11 @@ class Messaging:
             outcome = await self._store(new)
             if self.settings.logEvents:
                 self.log.info("[文件] {fromId} -> {toId} kept for later", fromId=caller.userId, toId=toId)
-            return self._directStored(outcome, caller, notify)
+            return self._directStored(outcome, caller, notify, new)
         outcome = await self._store(new)
         stored = outcome.message
         if not outcome.created:
-            return self._directStored(outcome, caller)
+            return self._directStored(outcome, caller, new=new)
         # Online: the transfer is relayed as it came (with its stored
         # file's id and link); the message is history, delivered already.
         payload: dict[str, Any] = {

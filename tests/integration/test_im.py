@@ -419,6 +419,14 @@ class IMScenario(DriverTestMixin):
         offline = yield self.send(driver, "a", "c", "later", id="dup-off")
         self.assertEqual(offline["status"], "offline")
         self.assertEqual((yield self.send(driver, "a", "c", "later", id="dup-off")), offline)
+        # the same id for a message to someone else is no resend: refused,
+        # not answered with the first one's receipt and dropped
+        error = yield self.refused(driver, "a", "message", {"toId": "c", "content": "other", "id": "dup"},
+                                   "INVALID_PAYLOAD")
+        self.assertEqual(error["id"], "dup")
+        self.assertIn("another conversation", error["message"])
+        page = yield driver.emit("a", "get_history", {"friendId": "c"}, ack=True)
+        self.assertEqual([m["id"] for m in page[0]["messages"]], ["dup-off"])
 
     @inlineCallbacks
     def test_serverMadeId(self) -> Inline:

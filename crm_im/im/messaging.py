@@ -122,6 +122,18 @@ def roomNotFound() -> IMError:
     return IMError(NOT_FOUND, "no such room")
 
 
+def namingMessage(failure: Failure, messageId: str) -> Failure:
+    """
+    A refusal of a message names its id (PROTOCOL.md section 3), also when
+    it came from a check that knows nothing of messages (membership of a
+    group, a socket in a room).
+    """
+    error = failure.value
+    if isinstance(error, IMError) and error.id is None:
+        error.id = messageId
+    return failure
+
+
 def resent(new: NewMessage, earlier: StoredMessage) -> None:
     """
     C{new} has the sender and id of C{earlier}, stored before: a resend
@@ -248,14 +260,14 @@ class Messaging:
             mentions=request.mentions,
         )
         if request.fileId is not None:
-            return ensureDeferred(self._sendFile(caller, new, request.fileId))
+            return ensureDeferred(self._sendFile(caller, new, request.fileId)).addErrback(namingMessage, new.id)
         if toId is not None:
             return self.store.storeMessage(new).addCallbacks(
                 self._directStored, self._storeFailed, callbackArgs=(caller, notify, new), errbackArgs=(request.id,)
             )
         if request.groupId is not None:
-            return ensureDeferred(self._sendToGroup(caller, new))
-        return ensureDeferred(self._sendToRoom(caller, new))
+            return ensureDeferred(self._sendToGroup(caller, new)).addErrback(namingMessage, new.id)
+        return ensureDeferred(self._sendToRoom(caller, new)).addErrback(namingMessage, new.id)
 
     async def _sendFile(self, caller: Caller, new: NewMessage, fileId: str) -> dict[str, Any]:
         """

@@ -231,6 +231,9 @@ class Scenario(DriverTestMixin):
         self.assertTrue(error["message"])
         if withAck:
             self.assertEqual(ack, [{"error": {"message": error["message"], "code": code}}])
+        if event == "message" and isinstance(payload, dict) and "id" in payload:
+            # (membership refusals of group and room messages named none)
+            self.assertEqual(error.get("id"), payload["id"], f"{event} {payload!r}: {error!r}")
         return error
 
     @inlineCallbacks
@@ -489,9 +492,9 @@ class GroupScenario(Scenario):
                                    {"groupId": gid, "content": "x", "fromId": "a", "id": "spoof"},
                                    "FORBIDDEN")
         self.assertEqual(error["id"], "spoof")
-        yield self.refused(driver, "x", "message", {"groupId": gid, "content": "let me in"},
+        yield self.refused(driver, "x", "message", {"groupId": gid, "content": "let me in", "id": "x-1"},
                            "NOT_FOUND")
-        yield self.refused(driver, "b", "message", {"groupId": "no-such", "content": "x"},
+        yield self.refused(driver, "b", "message", {"groupId": "no-such", "content": "x", "id": "b-1"},
                            "NOT_FOUND")
         yield self.refused(driver, "b", "message",
                            {"groupId": gid, "content": "x" * (MAX_LENGTH + 1)}, "TOO_LARGE")
@@ -772,7 +775,7 @@ class GroupScenario(Scenario):
             yield driver.waitFor(client, "message", predicate=systemAction(gid, "remove"))
         # a former member: no more messages; FORBIDDEN to send or read, info NOT_FOUND
         yield self.send(driver, "a", "after d left", groupId=gid)
-        yield self.refused(driver, "d", "message", {"groupId": gid, "content": "still here?"},
+        yield self.refused(driver, "d", "message", {"groupId": gid, "content": "still here?", "id": "d-1"},
                            "FORBIDDEN")
         yield self.refused(driver, "d", "get_history", {"groupId": gid}, "FORBIDDEN")
         yield self.refused(driver, "d", "group:info", {"groupId": gid}, "NOT_FOUND")
@@ -988,11 +991,11 @@ class GroupScenario(Scenario):
                          ("lobby", "b", "Bob", "大家好", receipt["seq"]))
         self.assertNotIn("toId", message)
         self.assertNotIn("groupId", message)
-        yield self.refused(driver, "a2", "message", {"roomId": "lobby", "content": "me too"},
+        yield self.refused(driver, "a2", "message", {"roomId": "lobby", "content": "me too", "id": "a2-1"},
                            "FORBIDDEN")
         yield self.refused(driver, "c", "message", {"roomId": "lobby", "content": "me too"},
                            "FORBIDDEN")
-        yield self.refused(driver, "c", "message", {"roomId": "no-such", "content": "x"},
+        yield self.refused(driver, "c", "message", {"roomId": "no-such", "content": "x", "id": "c-1"},
                            "NOT_FOUND")
         yield self.refused(driver, "c", "room:join", {"roomId": "no-such"}, "NOT_FOUND")
         ack = yield self.ask(driver, "a1", "typing", {"roomId": "lobby", "isTyping": True})

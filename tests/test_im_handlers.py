@@ -1028,6 +1028,27 @@ class GroupReadTests(HandlerTestCase):
         self.answer(self.core.groups.removeMembers(self.caller("a1"), {"groupId": "g1", "userIds": ["dave"]}))
         self.assertEqual(receipts("a1", "later")["unreadBy"], ["carol"])
 
+    def test_readReceiptsOfOwnId(self) -> None:
+        """
+        Two members' messages with one id (ids are per sender): a sender
+        gets the receipts of their own (it got the other's, in which it
+        was itself unread); anyone else those of the latest.
+        """
+        bobs = self.send("b1", "bob's", id="x1", groupId="g1")["seq"]
+        alices = self.send("a1", "alice's", id="x1", groupId="g1")["seq"]
+        self.read("a1", alices)
+        self.read("b1", bobs)
+
+        def receipts(device: str) -> dict[str, Any]:
+            return self.answer(  # type: ignore[no-any-return]
+                self.core.groups.readReceipts(
+                    self.caller(device), {"groupId": "g1", "messageId": "x1"}, self.core.messaging.findSharedMessages
+                )
+            )
+
+        self.assertEqual(receipts("b1"), {"messageId": "x1", "readBy": ["alice"], "unreadBy": []})
+        self.assertEqual(receipts("a1"), {"messageId": "x1", "readBy": [], "unreadBy": ["bob"]})
+
     def test_readReceiptsRefused(self) -> None:
         """
         An unknown message, or a message of another group, is

@@ -597,7 +597,11 @@ class GroupHandlers:
         found = [m for m in await findShared(messageId) if m.groupId == groupId]
         if not found:
             raise IMError(NOT_FOUND, "no such message in this group", messageId)
-        message = found[-1]
+        # Ids are unique per sender only: of several members' messages with
+        # this id, the caller's own (whose receipts a sender asks for), else
+        # the latest.
+        own = [m for m in found if m.fromId == caller.userId]
+        message = (own or found)[-1]
         cursors = await self.store.readCursors(groupConversation(groupId))
         readBy: list[str] = []
         unreadBy: list[str] = []

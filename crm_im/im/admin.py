@@ -38,12 +38,13 @@ from ..storage.admin import AuditEntry, BanRecord, IAdminStore, SeenUser, newAud
 from ..storage.interface import (
     NewMessage,
     StoreClosedError,
+    StoredMessage,
     directConversation,
     groupConversation,
     roomConversation,
 )
 from .core import IMCore
-from .errors import FORBIDDEN, INVALID_PAYLOAD, NOT_FOUND, IMError
+from .errors import CONFLICT, FORBIDDEN, INVALID_PAYLOAD, NOT_FOUND, IMError
 from .groups import orderedMembers, memberWire, groupWire
 from .validation import MAX_INT64
 from .interfaces import Caller
@@ -756,18 +757,60 @@ class AdminHandlers:
             cursor = str(page.messages[0].seq if before is not None else page.messages[-1].seq)
         return {"items": items, "nextCursor": cursor, "direction": "backward" if before is not None else "forward"}
 
-    async def recall(self, actor: Actor, messageId: str) -> dict[str, Any]:
+    async def recall(self, actor: Actor, messageId: str, data: Any) -> dict[str, Any]:
         """
-        C{POST messages/<messageId>/recall}: as GROUPS.md, C{by: "admin"}
-        (every message with this id: ids are unique per sender only).
+        C{POST messages/<messageId>/recall} C{{seq?, fromId?}}: as
+        GROUPS.md, C{by: "admin"}, of exactly one message.
+
+        A client's message id is unique per sender only (the store's dedup
+        key is C{(fromId, id)}): counter-style ids repeat across users and
+        conversations, so the id alone may name several messages, and
+        recalling them all erased other people's conversations. C{seq}
+        (unique, shown by the export) or C{fromId} picks one; an id that
+        still matches more than one is refused with L{CONFLICT}, listing
+        what the export would show of each (seq, sender, conversation).
+        A system message is refused as C{message:recall} refuses it: it is
+        the record of who joined, left or renamed what.
         """
-        found = await self.store.messagesById(messageId)
+        body = _body(data)
+        seq = body.get("seq")
+        if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_INT64):
+            raise IMError(INVALID_PAYLOAD, "seq must be a message's seq (a positive integer)")
+        fromId = _text(body.get("fromId"), "fromId", 128)
+        found = [
+            m
+            for m in await self.store.messagesById(messageId)
+            if (seq is None or m.seq == seq) and (fromId is None or m.fromId == fromId)
+        ]
         if not found:
             raise IMError(NOT_FOUND, "no such message", messageId)
-        for message in found:
-            await self.core.messaging.recallStored(message, ADMIN_BY)
-        await self.audit(actor, "message.recall", messageId, {"seqs": [m.seq for m in found]})
-        return {"messageId": messageId, "recalled": True, "count": len(found)}
+        if len(found) > 1:
+            shown = "; ".join(f"seq {m.seq} from {m.fromId} {_conversationName(m)}" for m in found[:10])
+            more = f"; and {len(found) - 10} more" if len(found) > 10 else ""
+            raise IMError(
+                CONFLICT,
+                f"{len(found)} messages have this id (ids are unique per sender only): give seq or fromId"
+                f" ({shown}{more})",
+                messageId,
+            )
+        (message,) = found
+        if message.type == "system":
+            raise IMError(FORBIDDEN, "system messages cannot be recalled", messageId)
+        await self.core.messaging.recallStored(message, ADMIN_BY)
+        await self.audit(actor, "message.recall", messageId, {"seq": message.seq, "fromId": message.fromId})
+        return {"messageId": messageId, "recalled": True, "seq": message.seq, "fromId": message.fromId}
+
+
+def _conversationName(message: StoredMessage) -> str:
+    """
+    Where C{message} is, as the export names it: C{to <user>}, C{in group
+    <id>} or C{in room <id>}.
+    """
+    if message.groupId is not None:
+        return f"in group {message.groupId}"
+    if message.roomId is not None:
+        return f"in room {message.roomId}"
+    return f"to {message.toId}"
 
 
 def _matches(q: str | None, *values: str) -> bool:

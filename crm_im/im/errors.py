@@ -18,6 +18,9 @@ INTERNAL = "INTERNAL"
 #: GROUPS.md: an unknown group, room, message or file, or one the caller may
 #: not see (a private thing's existence is never revealed).
 NOT_FOUND = "NOT_FOUND"
+#: The admin API only: a request that matches more than one thing where it
+#: must name one (a message id that several senders used; HTTP 409).
+CONFLICT = "CONFLICT"
 
 
 class IMError(Exception):

@@ -26,14 +26,14 @@ from twisted.web.server import NOT_DONE_YET
 from .._json import dumps
 from ..http.query import QueryError, parseQuery
 from ..im.admin import Actor, AdminHandlers, Page
-from ..im.errors import FORBIDDEN, INVALID_PAYLOAD, NOT_FOUND, RATE_LIMITED, TOO_LARGE, IMError
+from ..im.errors import CONFLICT, FORBIDDEN, INVALID_PAYLOAD, NOT_FOUND, RATE_LIMITED, TOO_LARGE, IMError
 from ..im.validation import MAX_INT64
 from .auth import AdminAuthenticator, AdminRefused, bearerToken
 
 JSON_TYPE = b"application/json; charset=utf-8"
 
 #: IM refusal code -> HTTP status.
-STATUS = {INVALID_PAYLOAD: 400, FORBIDDEN: 403, NOT_FOUND: 404, TOO_LARGE: 413, RATE_LIMITED: 429}
+STATUS = {INVALID_PAYLOAD: 400, FORBIDDEN: 403, NOT_FOUND: 404, CONFLICT: 409, TOO_LARGE: 413, RATE_LIMITED: 429}
 
 #: The largest request body, in bytes.
 MAX_BODY = 1_000_000
@@ -317,7 +317,7 @@ class AdminAPIResource(_AdminLeaf):
             case ["messages"]:
                 calls = {b"GET": lambda: self._messages(query, cursor, limit)}
             case ["messages", messageId, "recall"]:
-                calls = {b"POST": lambda: h.recall(actor, messageId)}
+                calls = {b"POST": lambda: h.recall(actor, messageId, readBody(request))}
             case ["audit"]:
                 calls = {b"GET": lambda: h.auditLog(cursor, limit)}
             case _:

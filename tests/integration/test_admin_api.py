@@ -808,7 +808,7 @@ class ClientTests(WithClients):
         yield self.ask("a", "message", {"toId": "b", "content": "oops", "type": "text", "id": "m-1"})
         (sent,) = yield self.driver.waitFor("b", "message")
         answer = yield self.ok("POST", "messages/m-1/recall")
-        self.assertEqual(answer, {"messageId": "m-1", "recalled": True, "count": 1})
+        self.assertEqual(answer, {"messageId": "m-1", "recalled": True, "seq": sent["seq"], "fromId": "a"})
         for client in ("a", "b"):
             (recalled,) = yield self.driver.waitFor(client, "message:recalled")
             self.assertEqual((recalled["messageId"], recalled["by"], recalled["seq"]),
@@ -819,6 +819,83 @@ class ClientTests(WithClients):
         self.assertNotEqual(message.get("content"), "oops")
         actions = yield self.auditActions()
         self.assertEqual(actions, ["message.recall"])
+
+    @inlineCallbacks
+    def test_recallSharedId(self) -> Inline:
+        """
+        A message id is unique per sender only: three users' messages with
+        one id (a 1:1 message, a group message, a room message). The id
+        alone is refused with 409 C{CONFLICT} listing their seqs, nothing
+        recalled; C{seq} recalls that one only (its group's members get
+        C{message:recalled}, the others nothing, the export shows the
+        others intact); C{fromId} picks one too; a C{seq} or C{fromId}
+        that is not the id's is 404; a group's system message is refused
+        with 403 as C{message:recall} refuses it.
+        """
+        for client in "abcde":
+            yield self.login(client, client)
+        yield self.ask("c", "group:create", {"name": "G", "memberIds": ["d"], "id": "g"})
+        yield self.ok("POST", "rooms", {"name": "R", "id": "r"})
+        yield self.ask("e", "room:join", {"roomId": "r"})
+        yield self.ask("a", "message", {"toId": "b", "content": "private", "type": "text", "id": "1-xyz"})
+        yield self.ask("c", "message", {"groupId": "g", "content": "spam", "type": "text", "id": "1-xyz"})
+        yield self.ask("e", "message", {"roomId": "r", "content": "room talk", "type": "text", "id": "1-xyz"})
+        # (the export shows each one's seq, as the page does)
+        (direct,) = (yield self.ok("GET", "messages?userId=a&peerId=b"))["items"]
+        spam = (yield self.ok("GET", "messages?groupId=g"))["items"][-1]
+        (room,) = (yield self.ok("GET", "messages?roomId=r"))["items"]
+        self.assertEqual([m["id"] for m in (direct, spam, room)], ["1-xyz"] * 3)
+        message = yield self.refused("POST", "messages/1-xyz/recall", status=409, code="CONFLICT")
+        self.assertIn("give seq or fromId", message)
+        for sent in (direct, spam, room):
+            self.assertIn(f"seq {sent['seq']} ", message)
+        yield self.refused("POST", "messages/1-xyz/recall", {"seq": "1"}, status=400, code="INVALID_PAYLOAD")
+        yield self.refused("POST", "messages/1-xyz/recall", {"seq": True}, status=400, code="INVALID_PAYLOAD")
+        yield self.refused("POST", "messages/1-xyz/recall", {"fromId": 5}, status=400, code="INVALID_PAYLOAD")
+        yield self.refused("POST", "messages/1-xyz/recall", {"seq": room["seq"], "fromId": "c"}, status=404,
+                           code="NOT_FOUND")
+        yield self.refused("POST", "messages/1-xyz/recall", {"fromId": "nobody"}, status=404, code="NOT_FOUND")
+        yield self.refused("POST", "messages/other/recall", {"seq": spam["seq"]}, status=404, code="NOT_FOUND")
+
+        answer = yield self.ok("POST", "messages/1-xyz/recall", {"seq": spam["seq"]})
+        self.assertEqual(answer, {"messageId": "1-xyz", "recalled": True, "seq": spam["seq"], "fromId": "c"})
+        for client in ("c", "d"):
+            (recalled,) = yield self.driver.waitFor(client, "message:recalled")
+            self.assertEqual((recalled["seq"], recalled["conversation"], recalled["by"]),
+                             (spam["seq"], {"groupId": "g"}, "admin"))
+        for client in ("a", "b", "e"):
+            yield self.barrier(client, client)
+            self.assertEqual(self.driver.events(client, "message:recalled"), [], client)
+        (kept,) = (yield self.ok("GET", "messages?userId=a&peerId=b"))["items"]
+        self.assertEqual((kept["content"], kept.get("recalledBy")), ("private", None))
+        (kept,) = (yield self.ok("GET", "messages?roomId=r"))["items"]
+        self.assertEqual((kept["content"], kept.get("recalledBy")), ("room talk", None))
+        group = (yield self.ok("GET", "messages?groupId=g"))["items"]
+        (gone,) = [m for m in group if m["seq"] == spam["seq"]]
+        self.assertEqual(gone["recalledBy"], "admin")
+        self.assertNotEqual(gone.get("content"), "spam")
+
+        # the sender picks one as well (the recalled one still shares the id)
+        answer = yield self.ok("POST", "messages/1-xyz/recall", {"fromId": "a"})
+        self.assertEqual((answer["seq"], answer["fromId"]), (direct["seq"], "a"))
+        for client in ("a", "b"):
+            (recalled,) = yield self.driver.waitFor(client, "message:recalled")
+            self.assertEqual(recalled["seq"], direct["seq"])
+        yield self.barrier("e", "e")
+        self.assertEqual(self.driver.events("e", "message:recalled"), [])
+
+        # a group's system message (who created it) is recalled by nobody
+        (created,) = [m for m in group if m["type"] == "system"]
+        yield self.refused("POST", f"messages/{created['id']}/recall", {"seq": created["seq"]}, status=403,
+                           code="FORBIDDEN")
+        group = (yield self.ok("GET", "messages?groupId=g"))["items"]
+        (created,) = [m for m in group if m["type"] == "system"]
+        self.assertIsNone(created.get("recalledBy"))
+        page = yield self.ok("GET", "audit?limit=500")
+        self.assertEqual([(e["action"], e["target"], e["detail"]) for e in page["items"]
+                          if e["action"] == "message.recall"],
+                         [("message.recall", "1-xyz", {"seq": direct["seq"], "fromId": "a"}),
+                          ("message.recall", "1-xyz", {"seq": spam["seq"], "fromId": "c"})])
 
     @inlineCallbacks
     def test_publish(self) -> Inline:

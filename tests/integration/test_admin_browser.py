@@ -7,7 +7,8 @@ users an operator watches.
   - L{AdminPageTests}: sign in (a wrong token refused), a user who logs in
     appears without a reload, kicking them disconnects their client, a
     broadcast reaches a client as C{system:notice}, a conversation is
-    exported as JSON and CSV; the page fetches nothing from elsewhere.
+    exported as JSON and CSV, a row's Recall recalls that message only;
+    the page fetches nothing from elsewhere.
   - L{AdminUITests}: the official Socket.IO Admin UI (the C{ui/dist} build
     shipped in the npm package C{@socket.io/admin-ui}, served here from
     another loopback port) signs in to crm_im's C{/admin} namespace with the
@@ -35,7 +36,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 from twisted.web.static import File
 
-from tests.integration.test_admin_api import TOKEN
+from tests.integration.test_admin_api import TOKEN, call
 from tests.integration.test_im import serveIM
 from tests.support.apps import ConnectionTracker
 from tests.support.browser import Browser, startBrowser
@@ -239,6 +240,47 @@ class AdminPageTests(BrowserCase):
             yield self.browser.click(f"nav a[data-view={view}]")
             yield self.browser.waitFor(f"!document.querySelector('#view-{view}').hidden")
             yield self.shot(f"admin-{view}.png")
+        yield self.noExternalFetches()
+
+    @inlineCallbacks
+    def test_recallRow(self) -> Inline:
+        """
+        The export's Recall button recalls the row clicked and no other:
+        alice and bob each sent a message with the id C{1-xyz} (ids are
+        unique per sender only); recalling bob's row leaves alice's
+        content in place, and both users are told of bob's message only.
+        """
+        yield self.login("alice", "alice", "Alice")
+        yield self.login("bob", "bob", "Bob")
+        yield self.driver.emit("alice", "message", {"toId": "bob", "content": "alice's", "id": "1-xyz",
+                                                    "type": "text"}, ack=True)
+        yield self.driver.emit("bob", "message", {"toId": "alice", "content": "bob's", "id": "1-xyz",
+                                                  "type": "text"}, ack=True)
+        api = self.url + "/admin/api/"
+        _, _, page = yield call(api, "GET", "messages?userId=alice&peerId=bob")
+        ofAlice, ofBob = page["items"]
+        self.assertEqual([(m["fromId"], m["id"]) for m in (ofAlice, ofBob)], [("alice", "1-xyz"), ("bob", "1-xyz")])
+        yield self.signIn()
+        yield self.browser.click("nav a[data-view=messages]")
+        yield self.browser.fill("#export-user", "alice")
+        yield self.browser.fill("#export-peer", "bob")
+        yield self.browser.click("#export-run")
+        yield self.browser.waitFor("document.querySelectorAll('#messages-table tbody tr button').length === 2")
+        yield self.browser.click(f"#messages-table tbody tr[data-seq='{ofBob['seq']}'] button")
+        yield self.browser.waitFor("!document.querySelector('#modal').hidden")
+        yield self.browser.click("#modal-confirm")
+        for client in ("alice", "bob"):
+            (recalled,) = yield self.driver.waitFor(client, "message:recalled")
+            self.assertEqual((recalled["seq"], recalled["fromId"], recalled["by"]), (ofBob["seq"], "bob", "admin"))
+        # the page exports again: bob's row is recalled, alice's is not
+        yield self.browser.waitFor("document.querySelectorAll('#messages-table tbody tr button').length === 1")
+        kept = yield self.browser.waitFor(
+            f"document.querySelector(\"#messages-table tbody tr[data-seq='{ofAlice['seq']}'] td.content\").textContent")
+        self.assertEqual(kept, "alice's")
+        _, _, page = yield call(api, "GET", "messages?userId=alice&peerId=bob")
+        self.assertEqual([(m["fromId"], m.get("content"), m.get("recalledBy")) for m in page["items"]],
+                         [("alice", "alice's", None), ("bob", "", "admin")])
+        self.assertEqual([args[0]["seq"] for args in self.driver.events("alice", "message:recalled")], [ofBob["seq"]])
         yield self.noExternalFetches()
 
     @inlineCallbacks

@@ -615,7 +615,8 @@
     const ok = await ask({ title: t("recall.title"), text: t("recall.text"), confirm: t("recall.confirm") });
     if (!ok) return;
     try {
-      await api("POST", `messages/${encodeURIComponent(message.id)}/recall`);
+      // The row's seq (and sender): its id alone may be another user's too.
+      await api("POST", `messages/${encodeURIComponent(message.id)}/recall`, { seq: message.seq, fromId: message.fromId });
       toast(t("recall.done"));
       runExport();
     } catch (e) { failed(e); }

@@ -510,6 +510,33 @@ class ConversationStoreTestsMixin:
         self.assertEqual(await self.store.room(room.id), room)
         self.assertEqual((await self.store.room("r1")).createdBy, "alice")
 
+    async def test_createRoomIdOfClosedRoom(self) -> None:
+        """
+        The id of a closed room (its row deleted, its messages kept for
+        the export) is not given again, to another creator nor to its
+        own: a new UUID whose history is empty, as for a live room's id,
+        so a new room never shows the old one's messages. A closed room
+        without messages has no history to show: its id is free again.
+        """
+        from crm_im.storage.admin import adminStoreFor
+
+        admin = adminStoreFor(self.store)
+        await self.store.createRoom(roomRecord("planning", public=False))
+        await self.storeAll(message("alice", roomId="planning", content="confidential"))
+        self.assertTrue(await admin.deleteRoom("planning"))
+        for createdBy in ("bob", "alice"):
+            room, created = await self.store.createRoom(roomRecord("planning", createdBy=createdBy))
+            self.assertTrue(created)
+            self.assertNotEqual(room.id, "planning")
+            uuid.UUID(room.id)
+            self.assertEqual(await self.store.room(room.id), room)
+            self.assertEqual((await self.history(roomConversation(room.id))).messages, [])
+        self.assertIsNone(await self.store.room("planning"))
+        await self.store.createRoom(roomRecord("empty"))
+        self.assertTrue(await admin.deleteRoom("empty"))
+        room, created = await self.store.createRoom(roomRecord("empty", createdBy="bob"))
+        self.assertEqual((room.id, created), ("empty", True))
+
     async def test_publicRoomsAndCount(self) -> None:
         """
         Public rooms oldest first, at most C{limit}; non-public ones are not

@@ -31,6 +31,7 @@ from .interface import (
     RoomRecord,
     StoredMessage,
     groupConversation,
+    roomConversation,
 )
 
 _R = TypeVar("_R")
@@ -260,7 +261,7 @@ def room_txn(txn: Transaction, roomId: str) -> RoomRecord | None:
 def createRoom_txn(txn: Transaction, room: RoomRecord) -> tuple[RoomRecord, bool]:
     """
     See L{IConversationStore.createRoom}. A requested id another room
-    already has is replaced by a new UUID.
+    already has, or a closed room had, is replaced by a new UUID.
     """
     if room.clientId is not None:
         txn.execute(
@@ -270,7 +271,10 @@ def createRoom_txn(txn: Transaction, room: RoomRecord) -> tuple[RoomRecord, bool
         row = txn.fetchone()
         if row is not None:
             return _room(row), False
-    if room_txn(txn, room.id) is not None:
+    # A closed room's row is gone but its messages stay (for the export):
+    # a new room of its id would show them to whoever joins it. Its last
+    # seq is one probe of the (conversation, seq) index.
+    if room_txn(txn, room.id) is not None or lastSeq_txn(txn, roomConversation(room.id)) > 0:
         room = attrs.evolve(room, id=str(uuid.uuid4()))
     txn.execute(
         f"INSERT INTO rooms ({_ROOM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -917,8 +917,9 @@ class IConversationStore(Interface):
     def createRoom(room: RoomRecord) -> Deferred[tuple[RoomRecord, bool]]:
         """
         Create C{room} unless its creator already made one with the same
-        C{clientId}. An id another room has already is replaced by a new
-        UUID.
+        C{clientId}. An id another room has already, or a closed room had
+        (its messages stay, for the export), is replaced by a new UUID: a
+        new room never shows an old one's history.
 
         @return: the room and whether it was created now.
         """

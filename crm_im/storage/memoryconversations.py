@@ -24,6 +24,7 @@ from .interface import (
     RoomRecord,
     StoredMessage,
     groupConversation,
+    roomConversation,
 )
 
 
@@ -193,7 +194,8 @@ class MemoryConversationStore:
             existing = self._roomByClientId.get((room.createdBy, room.clientId))
             if existing is not None:
                 return succeed((self._rooms[existing], False))
-        if room.id in self._rooms:
+        if room.id in self._rooms or self._conversationLastSeq(roomConversation(room.id)):
+            # (a closed room's messages stay: see conversations.createRoom_txn)
             room = attrs.evolve(room, id=str(uuid.uuid4()))
         self._rooms[room.id] = room
         if room.clientId is not None:

@@ -541,6 +541,40 @@ class APITests(WithClients):
         self.assertEqual(actions, ["room.close", "room.create", "room.create", "room.create", "group.dissolve"])
 
     @inlineCallbacks
+    def test_closedRoomIdNotReused(self) -> Inline:
+        """
+        A closed room's messages stay for the export, so its id is not
+        given again: a user's C{room:create} with it, and C{POST rooms}
+        with it, get a new UUID, as for a live room's id; nobody joins the
+        old id, and the new room's join and history show none of the old
+        room's messages (they showed its confidential message).
+        """
+        yield self.login("a", "a", "Alice")
+        yield self.login("b", "b", "Bob")
+        room = yield self.ask("a", "room:create", {"name": "Planning", "id": "planning", "public": False})
+        self.assertEqual(room["id"], "planning")
+        yield self.ask("a", "room:join", {"roomId": "planning"})
+        yield self.ask("a", "message", {"roomId": "planning", "content": "confidential", "type": "text"})
+        yield self.ok("DELETE", "rooms/planning")
+        yield self.driver.waitFor("a", "room:left")
+
+        again = yield self.ask("b", "room:create", {"name": "Planning", "id": "planning"})
+        self.assertNotEqual(again["id"], "planning")
+        (ack,) = yield self.driver.emit("b", "room:join", {"roomId": "planning"}, ack=True)
+        self.assertEqual(ack["error"]["code"], "NOT_FOUND")
+        joined = yield self.ask("b", "room:join", {"roomId": again["id"]})
+        self.assertEqual((joined["room"]["id"], joined["messages"]), (again["id"], []))
+        history = yield self.ask("b", "get_history", {"roomId": again["id"]})
+        self.assertEqual(history["messages"], [])
+        (ack,) = yield self.driver.emit("b", "get_history", {"roomId": "planning"}, ack=True)
+        self.assertEqual(ack["error"]["code"], "NOT_FOUND")
+        byAdmin = yield self.ok("POST", "rooms", {"name": "Planning", "id": "planning"})
+        self.assertNotIn(byAdmin["id"], ("planning", again["id"]))
+        # kept for compliance, under the old id
+        page = yield self.ok("GET", "messages?roomId=planning")
+        self.assertEqual([m["content"] for m in page["items"]], ["confidential"])
+
+    @inlineCallbacks
     def test_messages(self) -> Inline:
         """
         C{GET messages}: a 1:1 conversation, every 1:1 message of a user, a

@@ -40,7 +40,9 @@ class UserPresence:
     One logged-in user.
 
     @ivar devices: the sids of the user's logged-in sockets.
-    @ivar leaving: whether the last device went and the grace period runs.
+    @ivar leaving: whether the last device went and the grace period (or
+        a connection recovery's hold) runs.
+    @ivar leftAt: when the last device went (clock seconds), if leaving.
     """
 
     id: str
@@ -49,6 +51,7 @@ class UserPresence:
     status: str = ONLINE
     devices: set[str] = attrs.Factory(set)
     leaving: bool = False
+    leftAt: float = 0.0
     _json: orjson.Fragment | None = attrs.field(default=None, init=False)
 
     def toWire(self) -> dict[str, object]:
@@ -276,6 +279,7 @@ class Presence:
         grace = max(self.grace, hold)
         if grace > 0:
             user.leaving = True
+            user.leftAt = self._clock.seconds()
             self._wheel.set(user.id, grace)
             return Logout(user, False, user.visible)
         del self._users[user.id]
@@ -294,6 +298,14 @@ class Presence:
         user.status = status
         user.changed()
         return user
+
+    def graceLeft(self, user: UserPresence) -> float:
+        """
+        Seconds of the presence grace still to run for C{user}, who has no
+        device left (0 once it is over, though a connection recovery may
+        hold the user online longer: its socket is gone all the same).
+        """
+        return max(0.0, user.leftAt + self.grace - self._clock.seconds())
 
     def endHold(self, userId: str) -> None:
         """

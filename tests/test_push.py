@@ -728,6 +728,22 @@ class GraceTests(PushTestCase):
         self.clock.advance(5)
         self.assertEqual(self.gateway.answer()["notification"]["counts"], {"unread": 1})
 
+    def test_heldForRecovery(self) -> None:
+        """
+        A user held online for a connection recovery (120 s) past the
+        grace period, with no device, is notified once the grace is over:
+        a phone whose socket was cut as it went to sleep is who a push is
+        for. (It was held back for the whole recovery window.)
+        """
+        self.presence.login("bob", "b1", "Bob", None)
+        self.presence.logout("b1", hold=120)
+        self.send(toId="bob")
+        self.clock.advance(4.9)
+        self.assertEqual(self.gateway.requests, [])
+        self.clock.advance(0.2)
+        self.assertEqual(self.gateway.answer()["notification"]["counts"], {"unread": 1})
+        self.assertIsNotNone(self.presence.user("bob"))
+
     def test_backWithinGrace(self) -> None:
         """
         A user back within the grace period is not notified.
@@ -740,6 +756,24 @@ class GraceTests(PushTestCase):
         self.clock.advance(20)
         self.assertEqual(self.gateway.requests, [])
         self.assertEqual(self.outbox(), [])
+
+
+class RecoveryHoldTests(PushTestCase):
+    """
+    Without a presence grace, a user held only for a connection recovery.
+    """
+
+    def test_notifiedAfterWindow(self) -> None:
+        """
+        Notified after the coalescing window, as an offline user (the
+        sender put the decision off by a millisecond at a time for the
+        whole hold, waking up a thousand times a second).
+        """
+        self.presence.login("bob", "b1", "Bob", None)
+        self.presence.logout("b1", hold=120)
+        self.send(toId="bob")
+        self.clock.advance(1)
+        self.assertEqual(self.gateway.answer()["notification"]["counts"], {"unread": 1})
 
 
 class ContentTests(PushTestCase):

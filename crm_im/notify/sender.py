@@ -363,10 +363,15 @@ class PushSender:
                 # Online again: the offline queue and the group list tell them.
                 state.attempts = 0
                 self.metrics.skipped["online"].inc(await self._settle(userId, ALL_ROWS))
-            else:
+                return
+            graceLeft = self.presence.graceLeft(user)
+            if graceLeft > 0:
                 # Within the presence grace: decide once it is over.
-                self._heap.set(userId, max(self.settings.grace, 0.001))
-            return
+                self._heap.set(userId, graceLeft)
+                return
+            # Held online past the grace only for a connection recovery
+            # (a phone's socket cut as it went to sleep): no device has
+            # the message, which is what a push is for.
         plan = await self.store.pushPlan(userId)
         if plan is None:
             state.attempts = 0

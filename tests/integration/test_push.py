@@ -252,6 +252,31 @@ class PushNodeTests(PushScenario, TestCase):
         self.assertEqual(samples['crm_im_push_dropped_total{reason="overflow"}'], 0.0)
 
     @inlineCallbacks
+    def test_connectionCut(self) -> Inline:
+        """
+        A phone whose connection is cut (no Socket.IO disconnect: the app
+        went to sleep) keeps its user online for the connection recovery
+        window (120 s), but no device has the messages sent to it: it is
+        notified after the coalescing window, not once the window is over.
+        """
+        yield self.serve()
+        report = yield self.driver.connect("bob-phone", self.url, transports=["websocket"])
+        yield self.driver.emit("bob-phone", "user:login", {"id": "bob", "name": "Bob"}, ack=True)
+        yield self.ask("bob-phone", "push:register", {"pushkey": "pk-bob", "appId": APP})
+        socket = self.service.sio.getSocket(report["id"])
+        socket.session._channel.transport.abortConnection()
+        while self.service.presence.devicesOf("bob"):
+            # (a round trip through the server until it saw the cut)
+            yield self.driver.emit("alice", "typing", {"toId": "bob", "isTyping": True}, ack=True)
+        user = self.service.presence.user("bob")
+        self.assertTrue(user is not None and user.leaving, "bob is held for the recovery window")
+        receipt = yield self.send({"toId": "bob", "content": "wake up", "id": "w-1"})
+        self.assertEqual(receipt["status"], "offline")
+        (bob,) = yield self.gateway.waitForKey("pk-bob", timeout=10)
+        self.assertEqual((bob.unread, bob.notification["event_id"]), (1, "w-1"))
+        self.checkSchema()
+
+    @inlineCallbacks
     def test_groupMembersAndMutes(self) -> Inline:
         """
         A group message notifies its offline members with pushkeys (the

@@ -144,8 +144,8 @@ class RecoveryStoreTestsMixin:
     async def test_missed(self) -> None:
         """
         The messages missed: the 1:1 ones to the user after C{after}; its
-        groups' and the listed rooms' after C{since} too; never its own,
-        another group's or another room's; seq ascending, at most
+        groups' and the listed rooms' after C{since} too; never its own
+        (without C{ownAfter}), another group's or another room's; seq ascending, at most
         C{limit}.
         """
         members = [MemberRecord("bob", "owner", 1, 1), MemberRecord("alice", "member", 1, 2)]
@@ -189,6 +189,30 @@ class RecoveryStoreTestsMixin:
         )
         found = await self.records.missedMessages("alice", [], sinceGroup, sinceGroup, 100)
         self.assertEqual([m.seq for m in found], [wanted[0], wanted[3]])
+
+    async def test_missedOwnFromOtherDevices(self) -> None:
+        """
+        With C{ownAfter} (when the socket went away), the user's own
+        messages stored after it are missed too (sent from its other
+        devices): 1:1 ones to anyone, its groups' and listed rooms' after
+        C{since}; not those stored before, nor another group's.
+        """
+        await self.store.createGroup(
+            GroupRecord("g1", "Team", None, "bob", "bob", None, 1),
+            [MemberRecord("bob", "owner", 1, 1), MemberRecord("alice", "member", 1, 2)],
+            NewMessage("bob", "Bob", None, "sys1", None, "system", "", None, None, None, 1, groupId="g1",
+                       system={"action": "create", "by": "bob"}),
+        )
+        start = await self.store_(message("bob", "alice"))
+        await self.store_(message("alice", "bob"))  # at 1000: before it went away
+        later = [attrs.evolve(m, serverTimestamp=3000) for m in (
+            message("alice", "carol"), message("alice", groupId="g1"), message("alice", roomId="r1"),
+            message("alice", groupId="g2"), message("alice", roomId="r2"), message("alice", "alice"))]
+        seqs = [await self.store_(m) for m in later]
+        found = await self.records.missedMessages("alice", ["r1"], start, start, 100, None, 2000)
+        self.assertEqual([m.seq for m in found], [seqs[0], seqs[1], seqs[2], seqs[5]])
+        found = await self.records.missedMessages("alice", ["r1"], start, start, 100)
+        self.assertEqual([m.seq for m in found], [])
 
     async def test_missedMessagesBytes(self) -> None:
         """

@@ -401,8 +401,11 @@ class StoreRecovery:
             # message: what waits in the offline queue, as after a login.
             return sessions.messaging.catchUp(user.id, device)
         router.hold(device)
+        # When it went away: its expiry less the window (for a node that
+        # died, when the node started again).
+        goneAt = None if record.expiresAt is None else record.expiresAt - int(self.window * 1000)
         d = self.store.missedMessages(
-            user.id, tuple(record.rooms), after, record.lastSeq, self.maxReplay + 1, self.maxReplayBytes
+            user.id, tuple(record.rooms), after, record.lastSeq, self.maxReplay + 1, self.maxReplayBytes, goneAt
         )
         done: Deferred[Any] = d.addCallbacks(
             self._replay, self._replayFailed, callbackArgs=(device, user.id), errbackArgs=(device,)

@@ -101,13 +101,22 @@ class IRecoveryStore(Interface):
         """
 
     def missedMessages(
-        userId: str, rooms: Sequence[str], after: int, since: int, limit: int, maxBytes: int | None = None
+        userId: str,
+        rooms: Sequence[str],
+        after: int,
+        since: int,
+        limit: int,
+        maxBytes: int | None = None,
+        ownAfter: int | None = None,
     ) -> Deferred[list[StoredMessage]]:
         """
-        The messages C{userId} did not send with a seq above C{after},
-        seq ascending, at most C{limit}: the 1:1 messages to it, and the
-        messages of its groups and of C{rooms} above C{since} too. With
-        C{maxBytes}, bounded in bytes as L{IMessageStore.pendingFor} is.
+        The messages with a seq above C{after}, seq ascending, at most
+        C{limit}: the 1:1 messages to C{userId}, and the messages of its
+        groups and of C{rooms} above C{since} too; of those C{userId}
+        sent, only the ones stored after C{ownAfter} (ms since the epoch:
+        when the socket went away, so they came from the user's other
+        devices; none if L{None}). With C{maxBytes}, bounded in bytes as
+        L{IMessageStore.pendingFor} is.
         """
 
 
@@ -198,7 +207,14 @@ def expireRecoveries_txn(txn: Transaction, now: int, orphansUntil: int | None) -
 
 
 def missedMessages_txn(
-    txn: Transaction, userId: str, rooms: Sequence[str], after: int, since: int, limit: int, maxBytes: int | None = None
+    txn: Transaction,
+    userId: str,
+    rooms: Sequence[str],
+    after: int,
+    since: int,
+    limit: int,
+    maxBytes: int | None = None,
+    ownAfter: int | None = None,
 ) -> list[StoredMessage]:
     """
     See L{IRecoveryStore.missedMessages}: a range of the primary key (the
@@ -209,13 +225,22 @@ def missedMessages_txn(
         "conversation IN (SELECT ? || m.group_id FROM group_members m JOIN groups g ON g.group_id = m.group_id"
         " WHERE m.user_id = ? AND m.left_at IS NULL AND g.dissolved_at IS NULL)"
     )
-    args: list[Any] = [userId, userId, since, GROUP_PREFIX, userId]
+    sharedArgs: list[Any] = [GROUP_PREFIX, userId]
     if roomKeys:
         shared = f"({shared} OR conversation IN ({placeholders(len(roomKeys))}))"
-        args.extend(roomKeys)
+        sharedArgs.extend(roomKeys)
+    args: list[Any] = [userId, userId, since, *sharedArgs]
+    ownSent = ""
+    if ownAfter is not None:
+        # What the user sent from another device while this socket was
+        # away: its 1:1 messages (to anyone) and those of its shared
+        # conversations. (Sent before, they went to this socket live; this
+        # socket's own sends never come back to it.)
+        ownSent = f" OR (from_id = ? AND server_timestamp > ? AND (to_id <> '' OR (seq > ? AND {shared})))"
+        args.extend([userId, ownAfter, since, *sharedArgs])
     sql = (
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq > ? AND from_id <> ?"
-        f" AND (to_id = ? OR (seq > ? AND {shared})) ORDER BY seq LIMIT ?"
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq > ?"
+        f" AND ((from_id <> ? AND (to_id = ? OR (seq > ? AND {shared}))){ownSent}) ORDER BY seq LIMIT ?"
     )
     return boundedMessages_txn(txn, lambda above, count: txn.execute(sql, (above, *args, count)), after, limit, maxBytes)
 
@@ -258,13 +283,21 @@ class SQLRecoveryStore(StoreSection):
         return self._writeTxn("expireRecoveries", lambda txn: expireRecoveries_txn(txn, now, orphansUntil))
 
     def missedMessages(
-        self, userId: str, rooms: Sequence[str], after: int, since: int, limit: int, maxBytes: int | None = None
+        self,
+        userId: str,
+        rooms: Sequence[str],
+        after: int,
+        since: int,
+        limit: int,
+        maxBytes: int | None = None,
+        ownAfter: int | None = None,
     ) -> Deferred[list[StoredMessage]]:
         """
         See L{IRecoveryStore.missedMessages}.
         """
         return self._readTxn(
-            "missedMessages", lambda txn: missedMessages_txn(txn, userId, list(rooms), after, since, limit, maxBytes)
+            "missedMessages",
+            lambda txn: missedMessages_txn(txn, userId, list(rooms), after, since, limit, maxBytes, ownAfter),
         )
 
 
@@ -329,7 +362,14 @@ class MemoryRecoveryStore:
         return succeed(len(expired))
 
     def missedMessages(
-        self, userId: str, rooms: Sequence[str], after: int, since: int, limit: int, maxBytes: int | None = None
+        self,
+        userId: str,
+        rooms: Sequence[str],
+        after: int,
+        since: int,
+        limit: int,
+        maxBytes: int | None = None,
+        ownAfter: int | None = None,
     ) -> Deferred[list[StoredMessage]]:
         """
         See L{IRecoveryStore.missedMessages}.
@@ -346,9 +386,14 @@ class MemoryRecoveryStore:
         def missed() -> Iterator[StoredMessage]:
             for seq in sorted(messages):
                 message = messages[seq]
-                if seq <= after or message.fromId == userId:
+                if seq <= after:
                     continue
-                if message.toId == userId or (seq > since and message.conversation in shared):
+                if message.fromId == userId:
+                    if ownAfter is None or message.serverTimestamp <= ownAfter:
+                        continue
+                    if message.toId is not None or (seq > since and message.conversation in shared):
+                        yield message
+                elif message.toId == userId or (seq > since and message.conversation in shared):
                     yield message
 
         return succeed(boundedMessages(missed(), limit, maxBytes))

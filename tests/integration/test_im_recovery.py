@@ -118,12 +118,14 @@ class RecoveryScenario(DriverTestMixin):
         live ones; the watcher never saw it offline.
         """
         alice = yield self.login("a", "alice", reconnect=True)
+        yield self.login("a2", "alice")
         yield self.login("b", "bob")
         yield self.login("c", "carol")
         group = yield self.driver.emit("b", "group:create", {"name": "team", "memberIds": ["alice", "carol"]},
                                        ack=True)
         groupId = group[0]["id"]
         yield self.driver.waitFor("a", "group:joined")
+        yield self.driver.waitFor("a2", "group:joined")
         yield self.send("b", toId="alice", content="before")
         yield waitForMessage(self.driver, "a", "before")
         yield self.cut(alice["id"])
@@ -131,6 +133,10 @@ class RecoveryScenario(DriverTestMixin):
         yield self.send("c", groupId=groupId, content="group 1")
         yield self.send("c", toId="alice", content="direct 2")
         yield self.send("b", groupId=groupId, content="group 2")
+        # alice's other device sends meanwhile: it would have got them live
+        # (was: nothing the user sent was replayed)
+        yield self.send("a2", toId="bob", content="mine 1")
+        yield self.send("a2", groupId=groupId, content="mine 2")
         # someone comes online while it is away: its status_change is not
         # replayed, so the list comes again (was: only at the login)
         yield self.login("d", "dave")
@@ -139,12 +145,13 @@ class RecoveryScenario(DriverTestMixin):
         (online,) = yield self.driver.waitFor("a", "online_users",
                                               predicate=lambda args: "dave" in [u["id"] for u in args[0]])
         self.assertEqual(sorted(u["id"] for u in online), ["alice", "bob", "carol", "dave"])
-        yield waitForMessage(self.driver, "a", "group 2")
+        yield waitForMessage(self.driver, "a", "mine 2")
         yield self.send("b", toId="alice", content="after")
         after = yield waitForMessage(self.driver, "a", "after")
         # (its offset follows it in a frame of its own)
         yield self.driver.waitFor("a", "recovery:offset", predicate=lambda args: args == [f"m{after[0]['seq']}"])
-        self.assertEqual(self.contents("a"), ["before", "direct 1", "group 1", "direct 2", "group 2", "after"])
+        self.assertEqual(self.contents("a"),
+                         ["before", "direct 1", "group 1", "direct 2", "group 2", "mine 1", "mine 2", "after"])
         messages = self.driver.events("a", "message")
         seqs = [args[0]["seq"] for args in messages]
         self.assertEqual(seqs, sorted(seqs))

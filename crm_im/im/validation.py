@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from typing import Any
 
@@ -330,6 +331,29 @@ def _encrypted(data: dict[str, Any], id: str, maxCiphertext: int) -> MessageRequ
     )
 
 
+#: What a browser drops from a URL before reading its scheme (WHATWG URL:
+#: leading and trailing C0 controls and spaces, and every tab and newline),
+#: so that C{"java\tscript:"} is seen as the C{javascript:} it runs as.
+_URL_IGNORED = re.compile(r"^[\x00-\x20]+|[\x00-\x20]+$|[\t\n\r]")
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+def linkURL(value: str, name: str) -> str:
+    """
+    A link a client shows to another user (a file message's C{fileUrl}):
+    http, https, or a reference with no scheme (a path on this server, as
+    C{/api/files/...}), as given.
+
+    @raise IMError: C{INVALID_PAYLOAD} for any other scheme: C{javascript:}
+        (or C{data:}, C{vbscript:}, C{file:}) would put a script or a local
+        file behind a link in the recipient's web client.
+    """
+    scheme = _URL_SCHEME.match(_URL_IGNORED.sub("", value))
+    if scheme is not None and scheme.group(1).lower() not in ("http", "https"):
+        raise _invalid(f"{name} must be an http(s) URL or a path on this server")
+    return value
+
+
 def message(data: Any, loggedInId: str, maxLength: int, maxCiphertext: int = MAX_CIPHERTEXT) -> MessageRequest:
     """
     Validate C{message}.
@@ -362,7 +386,7 @@ def message(data: Any, loggedInId: str, maxLength: int, maxCiphertext: int = MAX
                 # an uploaded file (FILES.md): the server fills the rest
                 fileId = text(data.get("fileId"), "fileId", MAX_ID, 1)
             else:
-                fileUrl = text(data.get("fileUrl"), "fileUrl", MAX_URL, 1)
+                fileUrl = linkURL(text(data.get("fileUrl"), "fileUrl", MAX_URL, 1), "fileUrl")
                 fileName = text(data.get("fileName"), "fileName", MAX_FILE_NAME, 1)
         timestamp = clientTimestamp(data.get("timestamp"))
         toId = data.get("toId")

@@ -374,7 +374,8 @@ class IMScenario(DriverTestMixin):
         """
         Content over C{maxMessageLength} is C{TOO_LARGE}; content of exactly
         that length is accepted; a missing C{toId}, non-string content, an
-        unknown type, a C{file} without C{fileUrl} and a C{timestamp} that
+        unknown type, a C{file} without C{fileUrl} or whose C{fileUrl} is
+        neither http(s) nor a path (C{javascript:}), and a C{timestamp} that
         is not a number or that no 64-bit integer column holds (it failed
         the store's write: C{INTERNAL}) are C{INVALID_PAYLOAD}.
         """
@@ -394,8 +395,16 @@ class IMScenario(DriverTestMixin):
                         {"toId": "b", "content": "x", "timestamp": 2**64 - 1},
                         {"toId": "b", "content": "x", "timestamp": -2**63},
                         {"groupId": "g", "content": "x", "timestamp": 2**64 - 1},
+                        # a link to a script (or a local file) in the
+                        # recipient's client, however a browser spells it
+                        {"toId": "b", "type": "file", "fileName": "a.pdf", "fileUrl": "javascript:alert(1)"},
+                        {"toId": "b", "type": "file", "fileName": "a.pdf", "fileUrl": " Java\tScript:alert(1)"},
+                        {"toId": "b", "type": "file", "fileName": "a.pdf", "fileUrl": "data:text/html,<script>"},
                         "text"]:
             yield self.refused(driver, "a", "message", payload, "INVALID_PAYLOAD")
+        for fileUrl in ("https://cdn.example/a.pdf", "/api/files/f1/a.pdf"):
+            receipt = yield self.send(driver, "a", "b", "", type="file", fileUrl=fileUrl, fileName="a.pdf")
+            self.assertEqual(receipt["status"], "offline")
         for timestamp in (2**53, 1700000000000.5):
             receipt = yield self.send(driver, "a", "b", "x", timestamp=timestamp)
             self.assertEqual(receipt["status"], "offline")

@@ -297,6 +297,40 @@ class ServiceTestsMixin:
         self.assertEqual(len(refused), 1)  # type: ignore[attr-defined]
         self.assertTrue(refused[0].check(UploadRefused))  # type: ignore[attr-defined]
 
+    async def test_inlineFilesAdmitted(self) -> None:
+        """
+        A file kept otherwise than by upload (an inline transfer) is
+        admitted by L{UploadService.admit} against the same limits: past
+        C{maxFileSize} or the quota it is not saved; saved, it counts
+        against uploads; three at once (1000 bytes each, quota 2500) cannot
+        all pass, as each is saved before the next is weighed.
+        """
+        from twisted.internet.defer import DeferredList
+
+        saved: list[bytes] = []
+
+        def saver(data: bytes) -> Any:
+            def save() -> Deferred[Any]:
+                saved.append(data)
+                return self.files.save("alice", "bob", "a.bin", None, data, int(START * 1000), "k")
+
+            return save
+
+        with self.assertRaises(UploadRefused):  # type: ignore[attr-defined]
+            await self.service.admit("alice", 1001, saver(b"x" * 1001))
+        results = await DeferredList(
+            [Deferred.fromCoroutine(self.service.admit("alice", 1000, saver(c * 1000))) for c in (b"X", b"Y", b"Z")],
+            consumeErrors=True,
+        )
+        refused = [r for ok, r in results if not ok]
+        self.assertEqual(len(refused), 1)  # type: ignore[attr-defined]
+        self.assertTrue(refused[0].check(UploadRefused))  # type: ignore[attr-defined]
+        self.assertEqual(saved, [b"X" * 1000, b"Y" * 1000])  # type: ignore[attr-defined]
+        self.assertEqual(await self.records.quotaUsed("alice"), 2000)  # type: ignore[attr-defined]
+        with self.assertRaises(UploadRefused):  # type: ignore[attr-defined]
+            await self.service.create("alice", "bob", "k", "a", 501, None, None, "A" * 32)
+        await self.service.create("alice", "bob", "k", "a", 500, None, None, "B" * 32)
+
     async def test_unfinishedBounded(self) -> None:
         """
         A user with C{maxUnfinished} uploads open is refused another

@@ -15,7 +15,7 @@ L{UploadDesk} (L{crm_im.uploads.service.UploadService}).
 from __future__ import annotations
 
 import re
-from typing import Any, Awaitable, Protocol
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
 from urllib.parse import quote
 
 import attrs
@@ -45,6 +45,8 @@ _SHA256 = re.compile(r"\A[0-9a-fA-F]{64}\Z")
 #: The largest fileSize a request may name at all (the configured limit is
 #: checked by the desk); past it the number is not even a size.
 _MAX_SIZE = 2**53
+
+_T = TypeVar("_T")
 
 _MIME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\Z")
 
@@ -104,6 +106,13 @@ class UploadDesk(Protocol):
     ) -> Awaitable[dict[str, Any]]:
         """
         Record an upload; raise C{UploadRefused} past the limits.
+        """
+
+    def admit(self, fromId: str, fileSize: int, record: Callable[[], Awaitable[_T]]) -> Awaitable[_T]:
+        """
+        Run C{record} (it records a file of C{fileSize} bytes for
+        C{fromId}) if the file is within the limits an upload is held to;
+        raise C{UploadRefused} past them.
         """
 
     def filePath(self, fileId: str, fileName: str) -> str:
@@ -246,6 +255,21 @@ class FileHandlers:
             raise IMError(RATE_LIMITED, str(error))
         except UploadRefused as error:
             raise IMError(TOO_LARGE, str(error))
+
+    async def keepInline(
+        self, caller: Caller, fileSize: int, messageId: str, save: Callable[[], Awaitable[FileRecord]]
+    ) -> FileRecord:
+        """
+        Keep the bytes of an inline transfer (C{save}) if they are within
+        C{--max-file-size} and the caller's quota, as an upload of that
+        size would have to be: C{file_transfer} is no way around them.
+
+        @raise IMError: C{TOO_LARGE}, naming the message, and nothing saved.
+        """
+        try:
+            return await self.desk.admit(caller.userId, fileSize, save)
+        except UploadRefused as error:
+            raise IMError(TOO_LARGE, str(error), messageId)
 
     async def _readable(self, caller: Caller, conversation: str) -> bool:
         if conversation.startswith(GROUP_PREFIX):

@@ -31,6 +31,7 @@ from .metrics import IMMetrics
 from ..notify.rules import groupRecipients
 from ..presence import Presence
 from ..storage.interface import (
+    FileRecord,
     HistoryPage,
     IConversationStore,
     IFileStore,
@@ -631,7 +632,8 @@ class Messaging:
         C{file} message in history, for online and offline recipients
         alike; relay the transfer as it came to online devices, queue the
         message for an offline recipient. A retried transfer (same C{id})
-        is answered from the message stored the first time.
+        is answered from the message stored the first time. The file is
+        held to the limits of an upload (C{TOO_LARGE}).
         """
         request = validation.fileTransfer(data, caller.userId)
         return ensureDeferred(self._fileTransfer(caller, request))
@@ -643,8 +645,9 @@ class Messaging:
                 return self._directStored(StoreOutcome(earlier, created=False), caller)
         now = self.now()
         fileName = baseFileName(request.fileName)
-        try:
-            record = await self.files.save(
+
+        def save() -> Deferred[FileRecord]:
+            return self.files.save(
                 caller.userId,
                 request.toId,
                 fileName,
@@ -654,6 +657,15 @@ class Messaging:
                 now,
                 directConversation(caller.userId, request.toId),
             )
+
+        try:
+            if self.fileHandlers is None:
+                record = await save()
+            else:
+                # within --max-file-size and the quota, as file:upload
+                record = await self.fileHandlers.keepInline(caller, len(request.data), request.id, save)
+        except IMError:
+            raise
         except Exception:
             self.log.failure("keeping file {id}", id=request.id)
             raise IMError(INTERNAL, "the file could not be stored; send it again", request.id)

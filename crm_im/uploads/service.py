@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore, ensureDeferred
@@ -40,6 +40,8 @@ from .signing import DOWNLOAD, THUMBNAIL, SignatureError, URLSigner
 from .thumbnails import THUMBNAIL_TYPES, ThumbnailError, makeThumbnail
 
 MiB = 1 << 20
+
+_T = TypeVar("_T")
 
 #: Where thumbnails are served.
 THUMBNAILS_PATH = "/api/thumbnails/"
@@ -154,17 +156,36 @@ class UploadService:
         @return: C{{fileId, uploadUrl, expiresAt}} (C{expiresAt} in ms).
         @raise UploadRefused: too large for C{--max-file-size} or the quota.
         """
+        return await self.admit(
+            fromId, fileSize, lambda: self._create(fromId, toId, conversation, fileName, fileSize, mimeType, sha256, fileId)
+        )
+
+    async def admit(self, fromId: str, fileSize: int, record: Callable[[], Awaitable[_T]]) -> _T:
+        """
+        Run C{record}, which records a file of C{fileSize} bytes for
+        C{fromId}, if the file is within C{--max-file-size} and the user's
+        quota. Uploads (L{create}) and inline transfers (C{file_transfer})
+        are both admitted here, so each counts against the other.
+
+        @raise UploadRefused: too large for C{--max-file-size} or the quota.
+        """
         settings = self.settings
         if fileSize > settings.maxFileSize:
             raise UploadRefused(f"files may be at most {settings.maxFileSize} bytes")
-        # One creation per user at a time: two concurrent uploads cannot
-        # both pass the quota with the same bytes.
+        # One file per user at a time: two concurrent ones cannot both
+        # pass the quota with the same bytes.
         lock = self._quotaLocks.get(fromId)
         if lock is None:
             lock = self._quotaLocks[fromId] = DeferredLock()
         await lock.acquire()
         try:
-            return await self._create(fromId, toId, conversation, fileName, fileSize, mimeType, sha256, fileId)
+            if settings.quota:
+                used = await self.records.quotaUsed(fromId)
+                if used + fileSize > settings.quota:
+                    raise UploadRefused(
+                        f"this file would exceed your storage quota ({used} of {settings.quota} bytes used)"
+                    )
+            return await record()
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
@@ -187,12 +208,6 @@ class UploadService:
             raise TooManyUploads(
                 f"{unfinished} uploads are unfinished: finish or cancel one first (at most {settings.maxUnfinished})"
             )
-        if settings.quota:
-            used = await self.records.quotaUsed(fromId)
-            if used + fileSize > settings.quota:
-                raise UploadRefused(
-                    f"this file would exceed your storage quota ({used} of {settings.quota} bytes used)"
-                )
         now = self.nowMs()
         expiresAt = now + int(settings.uploadIdle * 1000)
         record = FileRecord(

@@ -500,6 +500,66 @@ class BadInputTests(FilesTestCase):
             self.assertNotIn(b"crm", body if isinstance(body, bytes) else b"")
 
 
+class InlineLimitsTests(FilesTestCase):
+    """
+    Inline C{file_transfer}s are held to C{--max-file-size} and the quota
+    as uploads are, and share the quota with them.
+    """
+
+    settings = {"maxFileSize": 3000, "fileQuota": 5000, "maxPayload": 2_000_000}
+
+    @inlineCallbacks
+    def refusedTransfer(self, id: str, data: bytes) -> Inline:
+        """
+        C{file_transfer} C{id} from alice to bob is C{TOO_LARGE}, in its
+        ack and in an C{error} event naming the message.
+        """
+        ack = yield self.ask("a", "file_transfer", {"id": id, "toId": "bob", "fileName": id + ".bin", "data": data})
+        self.assertEqual(ack.get("error", {}).get("code"), "TOO_LARGE", ack)
+        (error,) = yield self.driver.waitFor("a", "error", predicate=lambda args: args[0].get("id") == id)
+        self.assertEqual((error["code"], error["event"]), ("TOO_LARGE", "file_transfer"))
+        return error
+
+    @inlineCallbacks
+    def test_transfersWithinTheLimits(self) -> Inline:
+        """
+        A transfer past C{--max-file-size}, or one that would put its
+        sender past the quota, is refused (C{TOO_LARGE}, naming the
+        message): nothing is stored, relayed or in history. Uploads count
+        the bytes sent inline, and a transfer sent again with the id of a
+        stored one is answered from it, quota full or not.
+        """
+        yield self.login("a", "alice")
+        yield self.login("b", "bob")
+        yield self.refusedTransfer("huge", generated(500_000))
+        error = yield self.refusedTransfer("big", generated(3001))
+        self.assertIn("3000", error["message"])
+        first = yield self.ask("a", "file_transfer", {"id": "t1", "toId": "bob", "fileName": "1.bin", "data": generated(2000)})
+        self.assertEqual(first["status"], "delivered", first)
+        second = yield self.ask("a", "file_transfer", {"id": "t2", "toId": "bob", "fileName": "2.bin", "data": generated(2000)})
+        self.assertEqual(second["status"], "delivered", second)
+        error = yield self.refusedTransfer("t3", generated(2000))
+        self.assertIn("4000 of 5000", error["message"])
+        again = yield self.ask("a", "file_transfer", {"id": "t1", "toId": "bob", "fileName": "1.bin", "data": generated(2000)})
+        self.assertEqual((again["messageId"], again["timestamp"]), ("t1", first["timestamp"]))
+
+        used = yield self.service.fileRecords.quotaUsed("alice")
+        self.assertEqual(used, 4000)
+        refusal = yield self.ask("a", "file:upload", {"fileName": "u.bin", "fileSize": 1001, "toId": "bob"})
+        self.assertEqual(refusal["error"]["code"], "TOO_LARGE", refusal)
+        self.assertIn("4000 of 5000", refusal["error"]["message"])
+        yield self.uploadFile("a", generated(1000), toId="bob")
+        yield self.refusedTransfer("t4", b"x")
+
+        # bob was relayed the two stored transfers only (a message after
+        # them is a barrier), and history holds those two
+        yield self.ask("a", "message", {"toId": "bob", "content": "barrier", "id": "barrier"})
+        yield self.driver.waitFor("b", "message", predicate=lambda args: args[0].get("id") == "barrier")
+        self.assertEqual([args[0]["id"] for args in self.driver.events("b", "file_transfer")], ["t1", "t2"])
+        page = yield self.ask("b", "get_history", {"friendId": "alice"})
+        self.assertEqual([m["id"] for m in page["messages"] if m["type"] == "file"], ["t1", "t2"])
+
+
 def tinyPNG() -> bytes:
     """
     A 300x200 PNG.

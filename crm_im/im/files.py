@@ -7,7 +7,7 @@ C{message {type: 'file', fileId}} takes from the file's record.
 
 Who may read a file is decided by the conversation rules
 (L{crm_im.im.conversations}): its uploader, and whoever may read a
-conversation it was uploaded for or a message carrying it was sent to.
+conversation where a message (not recalled) carries it.
 The bytes, the tus protocol and the links are the business of an
 L{UploadDesk} (L{crm_im.uploads.service.UploadService}).
 """
@@ -288,18 +288,21 @@ class FileHandlers:
 
     async def mayRead(self, caller: Caller, record: FileRecord) -> bool:
         """
-        May the caller read this file? Its uploader; whoever may read the
-        conversation it was uploaded for or one where a message carries it.
+        May the caller read this file? Its uploader (who may send it
+        again); whoever may read a conversation where a message carries it.
+        The conversation it was uploaded (or sent inline) for is not
+        enough: a recalled message carries no file, and the file is gone
+        for its other participants (its links already handed out are
+        signed, not checked against this, and work until they expire).
         """
         if caller.userId == record.fromId:
             return True
         if record.conversation is None:
-            # kept for an offline recipient before uploads existed
+            # kept for an offline recipient before uploads existed (its
+            # message names no fileId)
             return caller.userId == record.toId
-        if await self._readable(caller, record.conversation):
-            return True
         for conversation in await self.records.fileConversations(record.fileId):
-            if conversation != record.conversation and await self._readable(caller, conversation):
+            if await self._readable(caller, conversation):
                 return True
         return False
 

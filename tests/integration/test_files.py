@@ -725,6 +725,56 @@ class FileMessagesScenario(FilesTestCase):
         self.assertEqual(len(blobs), 1)
 
     @inlineCallbacks
+    def test_recalledFileIsGone(self) -> Inline:
+        """
+        A recalled file message takes its file from the other participants
+        (1:1 by upload and inline, group and room): C{file:url} answers
+        them C{NOT_FOUND} and history has the stub. Its uploader keeps it
+        and may send it again, which gives it back. Links handed out
+        before the recall are signed capabilities: they work until they
+        expire.
+        """
+        yield self.login("a", "alice")
+        yield self.login("b", "bob")
+        group = yield self.ask("a", "group:create", {"name": "g", "memberIds": ["bob"]})
+        room = yield self.ask("a", "room:create", {"name": "lobby", "public": True})
+        yield self.ask("a", "room:join", {"roomId": room["id"]})
+        where = {"direct": {"toId": "bob"}, "group": {"groupId": group["id"]}, "room": {"roomId": room["id"]}}
+        sent: Dict[str, str] = {}
+        for name, target in where.items():
+            ack = yield self.uploadFile("a", name.encode() * 10, fileName=name + ".txt", **target)
+            receipt = yield self.ask("a", "message", dict(target, type="file", fileId=ack["fileId"], id=name))
+            self.assertNotIn("error", receipt)
+            sent[name] = ack["fileId"]
+        yield self.ask("a", "file_transfer", {"id": "inline", "toId": "bob", "fileName": "inline.txt", "data": b"inline bytes"})
+        (relayed,) = yield self.driver.waitFor("b", "file_transfer")
+        sent["inline"] = relayed["fileId"]
+        links = {}
+        for name, fileId in sent.items():
+            link = yield self.ask("b", "file:url", {"fileId": fileId})
+            self.assertIn("fileUrl", link, (name, link))
+            links[name] = link["fileUrl"]
+
+        for name in sent:
+            ack = yield self.ask("a", "message:recall", {"messageId": name})
+            self.assertEqual(ack, {"messageId": name, "recalled": True})
+        for name, fileId in sent.items():
+            refusal = yield self.ask("b", "file:url", {"fileId": fileId})
+            self.assertEqual(refusal.get("error", {}).get("code"), "NOT_FOUND", (name, refusal))
+            own = yield self.ask("a", "file:url", {"fileId": fileId})
+            self.assertIn("fileUrl", own, (name, own))
+        page = yield self.ask("b", "get_history", {"friendId": "alice"})
+        self.assertEqual([m.get("fileId") for m in page["messages"] if m.get("recalled")], [None, None])
+        # chosen: a link handed out before the recall works until it expires
+        response = yield treq.get(self.url + links["direct"], persistent=False)
+        self.assertEqual((response.code, (yield response.content())), (200, b"direct" * 10))
+
+        # sent again, the file is bob's to read again
+        yield self.ask("a", "message", {"type": "file", "fileId": sent["direct"], "toId": "bob", "id": "again"})
+        link = yield self.ask("b", "file:url", {"fileId": sent["direct"]})
+        self.assertIn("fileUrl", link)
+
+    @inlineCallbacks
     def test_expiredFileIsGone(self) -> Inline:
         """
         A file expired by retention answers 410; its message keeps its

@@ -630,8 +630,9 @@ class Messaging:
         """
         C{file_transfer}: keep the file (content-addressed) and record a
         C{file} message in history, for online and offline recipients
-        alike; relay the transfer as it came to online devices, queue the
-        message for an offline recipient. A retried transfer (same C{id})
+        alike; relay the transfer as it came to online devices (with the
+        name, size and type history has), queue the message for an offline
+        recipient. A retried transfer (same C{id})
         is answered from the message stored the first time. The file is
         held to the limits of an upload (C{TOO_LARGE}).
         """
@@ -700,21 +701,23 @@ class Messaging:
             return self._directStored(outcome, caller, new=new)
         # Online: the transfer is relayed as it came (with its stored
         # file's id and link); the message is history, delivered already.
+        # Its name, size and type are those history has (the name without
+        # a path, the bytes' true size, a plain MIME type), not the claims.
         payload: dict[str, Any] = {
             "id": request.id,
             "toId": toId,
-            "fileName": request.fileName,
+            "fileName": fileName,
             "data": request.raw["data"],
             "fromId": caller.userId,
             "fromName": caller.name,
             "serverTimestamp": stored.serverTimestamp,
             "fileId": record.fileId,
             "seq": stored.seq,
+            "fileSize": record.size,
+            "mimeType": record.mimeType,
         }
-        for key in ("fileSize", "mimeType", "topic"):
-            value = getattr(request, key)
-            if value is not None:
-                payload[key] = value
+        if request.topic is not None:
+            payload["topic"] = request.topic
         if self.fileLinks is not None:
             payload["fileUrl"] = self.wire(stored)["fileUrl"]
         if toId == caller.userId:

@@ -734,6 +734,37 @@ class IMScenario(DriverTestMixin):
                            "FORBIDDEN")
 
     @inlineCallbacks
+    def test_fileTransferRelayedAsKept(self) -> Inline:
+        """
+        The live C{file_transfer} carries the name, size and type history
+        has (the name without its path, the bytes' true size, the plain
+        lower-case type), not the client's claims; every other field is
+        relayed as it came, to the recipient and the sender's other device.
+        """
+        driver = yield self.startDriver()
+        yield self.login(driver, "a", "a", "A")
+        yield self.login(driver, "a2", "a", "A")
+        yield self.login(driver, "b", "b", "B")
+        encoded = base64.b64encode(b"7 bytes").decode("ascii")
+        (receipt,) = yield driver.emit("a", "file_transfer", {
+            "id": "f-path", "toId": "b", "fileName": "dir/../a.txt", "fileSize": 12345,
+            "mimeType": "Text/Plain; charset=utf-8", "data": encoded, "topic": "t"}, ack=True)
+        self.assertEqual(receipt["status"], "delivered", receipt)
+        (history,) = (yield driver.emit("b", "get_history", {"friendId": "a"}, ack=True))[0]["messages"]
+        self.assertEqual((history["fileName"], history["fileSize"], history["mimeType"]), ("a.txt", 7, "text/plain"))
+        for client in ("b", "a2"):
+            (relayed,) = yield driver.waitFor(client, "file_transfer")
+            for key in ("fileUrl", "fileId", "seq"):
+                relayed.pop(key)
+            self.assertEqual(relayed, {
+                "id": "f-path", "toId": "b", "fileName": "a.txt", "fileSize": 7, "mimeType": "text/plain",
+                "data": encoded, "topic": "t", "fromId": "a", "fromName": "A",
+                "serverTimestamp": receipt["timestamp"]})
+        yield driver.emit("a", "file_transfer", {"id": "f-bare", "toId": "b", "fileName": "..", "data": encoded}, ack=True)
+        (bare,) = yield driver.waitFor("b", "file_transfer")
+        self.assertEqual((bare["fileName"], bare["fileSize"], bare["mimeType"]), ("file", 7, "application/octet-stream"))
+
+    @inlineCallbacks
     def test_fileTransferOffline(self) -> Inline:
         """
         A file for an offline user is kept and queued as a C{file} message

@@ -5,6 +5,8 @@ records through L{IFileMetadata}.
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 
 from twisted.internet import reactor
@@ -88,6 +90,56 @@ class FileIdTests(SynchronousTestCase):
             self.assertFalse(isFileId(bad), bad)
 
 
+class DurableWriteTests(SynchronousTestCase):
+    """
+    Tests for C{_writeDurably}, which writes blobs and thumbnails.
+    """
+
+    def setUp(self) -> None:
+        """
+        A path in a directory of its own.
+        """
+        self.target = FilePath(self.mktemp()).child("thumb.jpg")
+
+    def test_twoWritersOfOnePath(self) -> None:
+        """
+        A second writer of a path that writes and renames between the first
+        one's write and its rename (two thumbnail jobs of one image; two
+        nodes on shared storage) harms neither: each renames its own whole
+        file, the last rename wins, no temporary file stays. (With one
+        temporary name for the path, the second truncated the first's file
+        and moved it away, and the first's rename failed.)
+        """
+        fsync = os.fsync
+        writer = threading.current_thread()
+        interleaved = []
+
+        def fsyncThenInterleave(fd: int) -> None:
+            fsync(fd)
+            if not interleaved and threading.current_thread() is writer:
+                interleaved.append(True)
+                files._writeDurably(self.target, b"second")
+
+        self.patch(files.os, "fsync", fsyncThenInterleave)
+        files._writeDurably(self.target, b"first")
+        self.assertEqual(interleaved, [True])
+        self.assertEqual(self.target.getContent(), b"first")
+        self.assertEqual(self.target.parent().listdir(), ["thumb.jpg"])
+
+    def test_failedWriteLeavesNothing(self) -> None:
+        """
+        A write that fails (a full disk) raises, and removes its temporary
+        file: its name is not used again, so nothing else would.
+        """
+
+        def full(fd: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(files.os, "fsync", full)
+        self.assertRaises(OSError, files._writeDurably, self.target, b"x")
+        self.assertEqual(self.target.parent().listdir(), [])
+
+
 class DiskFileStoreTests(TestCase):
     """
     Tests for L{DiskFileStore}.
@@ -138,7 +190,7 @@ class DiskFileStoreTests(TestCase):
         path = self.store.pathFor(record)
         self.assertTrue(path.segmentsFrom(self.directory))
         self.assertEqual(path.getContent(), data)
-        self.assertFalse(path.siblingExtension(".tmp").exists())
+        self.assertEqual(path.parent().children(), [path])
 
     async def test_eachSaveGetsItsOwnFile(self) -> None:
         """

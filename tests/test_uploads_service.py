@@ -11,11 +11,12 @@ through the real reactor, so these tests wait on L{Deferred}s.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import struct
 import zlib
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 from twisted.internet import reactor
@@ -30,8 +31,8 @@ from zope.interface.verify import verifyObject
 from crm_im.im.files import TooManyUploads, UploadRefused
 from crm_im.storage import MemoryMessageStore, SQLiteMessageStore
 from crm_im.storage.filerecords import SQLFileRecords
-from crm_im.storage.files import DiskFileStore
-from crm_im.storage.interface import ABORTED, COMPLETE, EXPIRED, UPLOADING, IFileBytes, IFileRecords, NewMessage
+from crm_im.storage.files import DiskFileStore, newFileId
+from crm_im.storage.interface import ABORTED, COMPLETE, EXPIRED, UPLOADING, FileRecord, IFileBytes, IFileRecords, NewMessage
 from crm_im.storage.memoryfiles import MemoryFileRecords
 from crm_im.uploads import tus
 from crm_im.im.files import cleanMimeType
@@ -58,6 +59,48 @@ class FakeWriteRequest:
 
     def answerEarly(self, status: int, reason: bytes, headers: Any, body: bytes) -> None:
         self.early.append((status, body))
+
+
+class ManualThreads:
+    """
+    Stands for the file store's C{run} (the thumbnail jobs' threads): keeps
+    each call until the test runs them, so jobs interleave as it says.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+
+    def run(self, func: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """
+        Keep the call; fire the result when the test runs it.
+        """
+        d: Deferred[Any] = Deferred()
+        self.calls.append((func, args, d))
+        return d
+
+    def drain(self) -> list[Callable[..., Any]]:
+        """
+        Run the calls kept, and those they lead to, in order, on this
+        thread. @return: the functions run.
+        """
+        ran = []
+        while self.calls:
+            func, args, d = self.calls.pop(0)
+            ran.append(func)
+            try:
+                result = func(*args)
+            except BaseException:
+                d.errback()
+            else:
+                d.callback(result)
+        return ran
+
+
+def greyPNG(width: int, height: int) -> bytes:
+    """
+    A real grey PNG of a few hundred bytes.
+    """
+    return png(width, height, (b"\x00" + bytes(x % 256 for x in range(width))) * height)
 
 
 class ServiceTestsMixin:
@@ -272,6 +315,54 @@ class ServiceTestsMixin:
         self.assertEqual(caught.exception.status, 460)  # type: ignore[attr-defined]
         self.assertEqual([p for p in self.directory.walk() if p.isfile()], [])  # type: ignore[attr-defined]
 
+    async def imageUpload(self, data: bytes, mimeType: str) -> FileRecord:
+        """
+        Upload C{data} as a file of C{mimeType}; return its record.
+        """
+        fileId = newFileId()
+        await self.service.create("alice", "bob", "alice\x1fbob", "a", len(data), mimeType, None, fileId)
+        await self.write(fileId, data)
+        record = await self.records.fileRecord(fileId)
+        assert record is not None
+        return record
+
+    async def test_oneThumbnailJobPerImage(self) -> None:
+        """
+        Requests for an image's thumbnail while a job for it is under way
+        (the one started on completion; the first C{GET}s of its
+        C{thumbnailUrl}) wait for that job: the thumbnail is made once and
+        each request gets its path. A request after the job finds it made.
+        """
+        threads = ManualThreads()
+        self.patch(self.files, "run", threads.run)  # type: ignore[attr-defined]
+        record = await self.imageUpload(greyPNG(300, 200), "image/png")
+        first = self.service.thumbnail(record)
+        second = self.service.thumbnail(record)
+        ran = threads.drain()
+        self.assertEqual(ran.count(makeThumbnail), 1, ran)  # type: ignore[attr-defined]
+        target = self.files.thumbnailPath(record.sha256)  # type: ignore[arg-type]
+        self.assertEqual(self.successResultOf(first), target)  # type: ignore[attr-defined]
+        self.assertEqual(self.successResultOf(second), target)  # type: ignore[attr-defined]
+        with self.files.openBytes(target) as handle:
+            self.assertEqual(handle.read(3), b"\xff\xd8\xff")  # type: ignore[attr-defined]
+        later = self.service.thumbnail(record)
+        self.assertNotIn(makeThumbnail, threads.drain())  # type: ignore[attr-defined]
+        self.assertEqual(self.successResultOf(later), target)  # type: ignore[attr-defined]
+
+    async def test_oneThumbnailJobFailsForAll(self) -> None:
+        """
+        The failure of the one job for an image (bytes that are no image)
+        goes to every request that waited for it.
+        """
+        threads = ManualThreads()
+        self.patch(self.files, "run", threads.run)  # type: ignore[attr-defined]
+        record = await self.imageUpload(b"not a png at all", "image/png")
+        first = self.service.thumbnail(record)
+        second = self.service.thumbnail(record)
+        self.assertEqual(threads.drain().count(makeThumbnail), 1)  # type: ignore[attr-defined]
+        self.failureResultOf(first, ThumbnailError)  # type: ignore[attr-defined]
+        self.failureResultOf(second, ThumbnailError)  # type: ignore[attr-defined]
+
     def test_interface(self) -> None:
         """
         The records provide L{IFileRecords}, the disk store L{IFileBytes}.
@@ -425,6 +516,24 @@ class ThumbnailTests(TestCase):
         self.assertFalse(target.exists())
         source.setContent(png(20_000, 20_000))
         self.assertRaises(ThumbnailError, makeThumbnail, source, target, 256, 10**12)
+
+    def test_writeFailureIsNotTheImages(self) -> None:
+        """
+        A thumbnail that cannot be written (a full disk; a rename that
+        finds its file gone) fails with that C{OSError}, not a
+        L{ThumbnailError}: its C{GET} is a 500 that is logged, not a 404
+        saying that a good image is unreadable.
+        """
+        source = FilePath(self.mktemp())
+        source.setContent(greyPNG(300, 200))
+
+        def gone(path: FilePath[str], data: bytes) -> None:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+
+        target = FilePath(self.mktemp())
+        self.assertRaises(FileNotFoundError, makeThumbnail, source, target, 256, 10**6, writeTarget=gone)
+        makeThumbnail(source, target, 256, 10**6)
+        self.assertTrue(target.exists())
 
     def test_notAnImage(self) -> None:
         """

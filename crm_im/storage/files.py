@@ -91,20 +91,42 @@ def _fsyncDirectory(directory: FilePath[str]) -> None:
         os.close(fd)
 
 
+def _replaceDurably(target: FilePath[str], fill: Callable[[IO[bytes]], object]) -> None:
+    """
+    Write C{target} atomically and durably (blocking): C{fill} writes its
+    bytes to a temporary file beside it, which is C{fsync}ed and renamed
+    over it, then the directory is C{fsync}ed.
+
+    The temporary file's name is unique (L{FilePath.temporarySibling}:
+    random characters, then the name, then C{.tmp}, which the rekey walk
+    skips), not C{<name>.tmp}: two writers of one path at once (two
+    thumbnail jobs of one image, two nodes on shared storage) each rename
+    their own whole file and the last rename wins, where with one fixed
+    name the second truncated the first's file and its rename then found
+    it gone (C{FileNotFoundError}). A write that fails removes its
+    temporary file (a unique name is not reused, so it would stay).
+    """
+    parent = target.parent()
+    parent.makedirs(ignoreExistingDirectory=True)
+    temporary = target.temporarySibling(".tmp")
+    try:
+        with open(temporary.path, "wb") as out:
+            fill(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary.path, target.path)
+    except BaseException:
+        _remove(temporary)
+        raise
+    _fsyncDirectory(parent)
+
+
 def _writeDurably(path: FilePath[str], data: bytes) -> None:
     """
     Write C{data} to C{path} atomically and durably (blocking: run it on a
-    pool thread).
+    pool thread); see L{_replaceDurably}.
     """
-    parent = path.parent()
-    parent.makedirs(ignoreExistingDirectory=True)
-    temporary = path.siblingExtension(".tmp")
-    with open(temporary.path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary.path, path.path)
-    _fsyncDirectory(parent)
+    _replaceDurably(path, lambda out: out.write(data))
 
 
 def _sealDurably(source: FilePath[str], target: FilePath[str], cipher: "FileCipher", identity: bytes) -> None:
@@ -112,15 +134,12 @@ def _sealDurably(source: FilePath[str], target: FilePath[str], cipher: "FileCiph
     Seal the bytes of C{source} into C{target} atomically and durably, a
     chunk at a time, then delete C{source} (blocking).
     """
-    parent = target.parent()
-    parent.makedirs(ignoreExistingDirectory=True)
-    temporary = target.siblingExtension(".tmp")
-    with open(source.path, "rb") as f, open(temporary.path, "wb") as out:
-        cipher.sealStream(f, out, identity)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary.path, target.path)
-    _fsyncDirectory(parent)
+
+    def seal(out: IO[bytes]) -> None:
+        with open(source.path, "rb") as f:
+            cipher.sealStream(f, out, identity)
+
+    _replaceDurably(target, seal)
     _remove(source)
 
 

@@ -22,7 +22,7 @@ import math
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore, ensureDeferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -128,6 +128,9 @@ class UploadService:
         self.cors: CORSPolicy | None = None
         self._loading: dict[str, Deferred[ActiveUpload]] = {}
         self._thumbnails = DeferredSemaphore(self.settings.thumbnailConcurrency)
+        #: the requests waiting for the thumbnail job under way of an image,
+        #: by its SHA-256 (L{thumbnail})
+        self._thumbnailWaiters: dict[str, list[Deferred[Any]]] = {}
         self._sweep = LoopingCall(self.sweep)
         self._sweep.clock = clock
 
@@ -399,8 +402,8 @@ class UploadService:
         upload.complete()
         self.active.pop(fileId, None)
         if record is not None and record.mimeType in THUMBNAIL_TYPES:
-            # made now so that history has it ready; failures are logged
-            self.thumbnail(record).addErrback(lambda f: None)
+            # made now so that history has it ready
+            self.thumbnail(record).addErrback(self._thumbnailFailed, fileId)
 
     def sink(self, method: bytes, path: bytes, headers: Headers, length: Optional[int], request: Any) -> Optional[IBodySink]:
         """
@@ -428,14 +431,48 @@ class UploadService:
         The path of the thumbnail of a complete image, made (once, off the
         reactor thread, a bounded number at a time) if it is not there.
 
+        Requests for the thumbnail of one image (one SHA-256: one
+        thumbnail) while a job for it is under way wait for that job's
+        result rather than start another: the job started on completion
+        and the first C{GET}s of its C{thumbnailUrl} made it two or more
+        times at once, for nothing.
+
         @raise ThumbnailError: (in the L{Deferred}) for an image too large,
             unreadable or of another type.
         """
-        return ensureDeferred(self._thumbnail(record))
+        sha256 = record.sha256
+        if record.mimeType not in THUMBNAIL_TYPES or sha256 is None:
+            return fail(ThumbnailError("no thumbnail for this type of file"))
+        result: Deferred[Any] = Deferred()
+        waiters = self._thumbnailWaiters.get(sha256)
+        if waiters is not None:
+            waiters.append(result)
+            return result
+        self._thumbnailWaiters[sha256] = [result]
+        ensureDeferred(self._thumbnail(record)).addBoth(self._thumbnailMade, sha256)
+        return result
+
+    def _thumbnailMade(self, outcome: object, sha256: str) -> None:
+        """
+        The job of the thumbnail of C{sha256} is over: its outcome (the path
+        or the failure) goes to every request waiting for it.
+        """
+        for waiter in self._thumbnailWaiters.pop(sha256):
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)
+
+    def _thumbnailFailed(self, failure: Failure, fileId: str) -> None:
+        """
+        The thumbnail made on completion failed: an image it cannot be made
+        of is no news (its C{GET} answers 404), anything else is logged.
+        """
+        if not failure.check(ThumbnailError):
+            self.log.failure("thumbnail of {fileId}", failure, fileId=fileId)
 
     async def _thumbnail(self, record: FileRecord) -> Any:
-        if record.mimeType not in THUMBNAIL_TYPES or record.sha256 is None:
-            raise ThumbnailError("no thumbnail for this type of file")
+        assert record.sha256 is not None
         target = self.files.thumbnailPath(record.sha256)
         if await self.files.run(target.exists):
             return target

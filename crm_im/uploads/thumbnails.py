@@ -31,7 +31,8 @@ def _open(path: FilePath[str]) -> IO[bytes]:
 
 def _write(path: FilePath[str], data: bytes) -> None:
     path.parent().makedirs(ignoreExistingDirectory=True)
-    temporary = path.siblingExtension(".tmp")
+    # a name of its own: two writers of one thumbnail never share it
+    temporary = path.temporarySibling(".tmp")
     with open(temporary.path, "wb") as f:
         f.write(data)
     os.replace(temporary.path, path.path)
@@ -56,6 +57,9 @@ def makeThumbnail(
 
     @raise ThumbnailError: if it is not a readable JPEG, PNG, GIF or WebP,
         or has more than C{maxPixels} pixels.
+    @raise OSError: if the thumbnail cannot be written: the disk's
+        failure, not the image's, so not a L{ThumbnailError} (whose 404
+        says the image is unreadable).
     """
     from PIL import Image
 
@@ -77,7 +81,7 @@ def makeThumbnail(
                     image = background  # type: ignore[assignment]
                 out = io.BytesIO()
                 image.save(out, "JPEG", quality=80)
-                writeTarget(target, out.getvalue())
+                data = out.getvalue()
     except ThumbnailError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -85,3 +89,4 @@ def makeThumbnail(
     except (OSError, ValueError, SyntaxError):
         # (Pillow's message names the file's path on disk: not for clients)
         raise ThumbnailError("unreadable image")
+    writeTarget(target, data)

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.protocol import ClientCreator, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
@@ -240,6 +240,40 @@ class UploadFlowTests(FilesTestCase):
         yield response.content()
         self.assertTrue(response.headers.getRawHeaders(b"content-disposition")[0].startswith(b"attachment;"))
         self.assertNotIn("thumbnailUrl", link)
+
+    @inlineCallbacks
+    def test_thumbnailAskedForAtOnce(self) -> Inline:
+        """
+        The thumbnail of a JPEG asked for four times at once straight after
+        its upload completes (while the job started on completion runs) is
+        made once and served to all four, for each of twelve JPEGs (some of
+        the answers were 404 'unreadable image': the jobs raced on one
+        temporary file).
+        """
+        yield self.login("a", "alice")
+        for i in range(12):
+            ack = yield self.uploadFile("a", noisyJPEG(800, 600), toId="alice", fileName=f"{i}.jpg", mimeType="image/jpeg")
+            url = self.url + self.service.uploads.thumbnailUrl(ack["fileId"], "image/jpeg")
+            responses = yield gatherResults([treq.get(url, persistent=False) for _ in range(4)])
+            bodies = yield gatherResults([response.content() for response in responses])
+            refusals = [body for response, body in zip(responses, bodies) if response.code != 200]
+            self.assertEqual([response.code for response in responses], [200] * 4, (i, refusals))
+            self.assertEqual(len(set(bodies)), 1)
+            self.assertTrue(bodies[0].startswith(b"\xff\xd8\xff"))
+
+
+def noisyJPEG(width: int, height: int) -> bytes:
+    """
+    A JPEG of random grey noise: a different one each time, of hundreds of
+    kilobytes (its thumbnail takes a while).
+    """
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.effect_noise((width, height), 50).convert("RGB").save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def merge(*headers: Any) -> Any:

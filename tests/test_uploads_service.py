@@ -28,6 +28,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
+from crm_im.im.errors import INVALID_PAYLOAD, IMError
 from crm_im.im.files import TooManyUploads, UploadRefused
 from crm_im.storage import MemoryMessageStore, SQLiteMessageStore
 from crm_im.storage.filerecords import SQLFileRecords
@@ -304,6 +305,25 @@ class ServiceTestsMixin:
         fileId = await self.upload(b"")
         record = await self.records.fileRecord(fileId)
         self.assertEqual((record.state, record.sha256), (COMPLETE, hashlib.sha256(b"").hexdigest()))  # type: ignore[attr-defined,union-attr]
+
+    async def test_emptyFileOfAnotherChecksum(self) -> None:
+        """
+        A file of 0 bytes announced with a SHA-256 other than the empty
+        file's is refused at once, C{INVALID_PAYLOAD} (it cannot match),
+        with nothing recorded or stored; with the empty file's it is
+        complete.
+        """
+        with self.assertRaises(IMError) as caught:  # type: ignore[attr-defined]
+            await self.service.create("alice", "bob", "k", "empty.txt", 0, None, "a" * 64, "F" * 32)
+        self.assertEqual(caught.exception.code, INVALID_PAYLOAD)  # type: ignore[attr-defined]
+        self.assertIn("does not match an empty file", caught.exception.message)  # type: ignore[attr-defined]
+        self.assertIsNone(await self.records.fileRecord("F" * 32))  # type: ignore[attr-defined]
+        self.assertEqual(self.service.active, {})  # type: ignore[attr-defined]
+        self.assertEqual([p for p in self.directory.walk() if p.isfile()], [])  # type: ignore[attr-defined]
+        empty = hashlib.sha256(b"").hexdigest()
+        await self.service.create("alice", "bob", "k", "empty.txt", 0, None, empty, "G" * 32)
+        record = await self.records.fileRecord("G" * 32)
+        self.assertEqual((record.state, record.sha256), (COMPLETE, empty))  # type: ignore[attr-defined,union-attr]
 
     async def test_checksumMismatch(self) -> None:
         """

@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from ..http.cors import CORSPolicy
 from ..http.streaming import IBodySink
+from ..im.errors import INVALID_PAYLOAD, IMError
 from ..im.files import FILES_PATH, TooManyUploads, UploadRefused, cleanMimeType, filePath
 from ..storage.files import isFileId
 from ..storage.interface import ABORTED, COMPLETE, EXPIRED, UPLOADING, FileRecord, IFileBytes, IFileRecords
@@ -42,6 +43,9 @@ from .thumbnails import THUMBNAIL_TYPES, ThumbnailError, makeThumbnail
 MiB = 1 << 20
 
 _T = TypeVar("_T")
+
+#: The SHA-256 of a file of 0 bytes.
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 #: Where thumbnails are served.
 THUMBNAILS_PATH = "/api/thumbnails/"
@@ -158,7 +162,13 @@ class UploadService:
 
         @return: C{{fileId, uploadUrl, expiresAt}} (C{expiresAt} in ms).
         @raise UploadRefused: too large for C{--max-file-size} or the quota.
+        @raise IMError: C{INVALID_PAYLOAD} for an empty file announced with
+            another file's C{sha256}: it is complete as it is announced, so
+            its checksum is checked here, before anything is recorded (it
+            failed the completion inside C{file:upload}: C{INTERNAL}).
         """
+        if fileSize == 0 and sha256 is not None and sha256.lower() != EMPTY_SHA256:
+            raise IMError(INVALID_PAYLOAD, f"sha256 does not match an empty file (fileSize 0): its SHA-256 is {EMPTY_SHA256}")
         return await self.admit(
             fromId, fileSize, lambda: self._create(fromId, toId, conversation, fileName, fileSize, mimeType, sha256, fileId)
         )

@@ -381,7 +381,7 @@ class BadInputTests(FilesTestCase):
         """
         C{file:upload}: a size past C{--max-file-size} or the quota (even a
         huge one) is C{TOO_LARGE}; a name with a path, a bad size or
-        checksum is C{INVALID_PAYLOAD}; a group the caller is not in is
+        checksum (or an empty file's of other bytes) is C{INVALID_PAYLOAD}; a group the caller is not in is
         C{NOT_FOUND}. A file message naming an unfinished, unknown or
         someone else's file is C{NOT_FOUND}.
         """
@@ -396,6 +396,9 @@ class BadInputTests(FilesTestCase):
             ack = yield self.refused("a", "file:upload", dict(base, fileSize=1, fileName=name), "INVALID_PAYLOAD")
             self.assertIn("plain file name", ack["error"]["message"])
         yield self.refused("a", "file:upload", dict(base, fileSize=1, sha256="xyz"), "INVALID_PAYLOAD")
+        # an empty file is complete once announced: a checksum not its own is refused then
+        ack = yield self.refused("a", "file:upload", dict(base, fileName="empty.txt", fileSize=0, sha256="a" * 64), "INVALID_PAYLOAD")
+        self.assertIn("does not match an empty file", ack["error"]["message"])
         yield self.refused("a", "file:upload", {"fileName": "a", "fileSize": 1, "groupId": "nope"}, "NOT_FOUND")
         yield self.refused("a", "file:upload", {"fileName": "a", "fileSize": 1}, "INVALID_PAYLOAD")
         # the quota counts unfinished uploads

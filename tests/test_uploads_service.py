@@ -20,12 +20,13 @@ from typing import Any, Callable
 
 import attrs
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import Clock
 from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
+from twisted.web.http_headers import Headers
 from zope.interface.verify import verifyObject
 
 from crm_im.im.errors import INVALID_PAYLOAD, IMError
@@ -37,7 +38,7 @@ from crm_im.storage.interface import ABORTED, COMPLETE, EXPIRED, UPLOADING, File
 from crm_im.storage.memoryfiles import MemoryFileRecords
 from crm_im.uploads import tus
 from crm_im.im.files import cleanMimeType
-from crm_im.uploads.service import UploadService, UploadSettings
+from crm_im.uploads.service import UploadService, UploadSettings, UploadSink
 from crm_im.uploads.thumbnails import ThumbnailError, makeThumbnail
 
 START = 1_700_000_000.0
@@ -60,6 +61,25 @@ class FakeWriteRequest:
 
     def answerEarly(self, status: int, reason: bytes, headers: Any, body: bytes) -> None:
         self.early.append((status, body))
+
+
+class SteppedRequest(FakeWriteRequest):
+    """
+    A request that tells when the sink asks for more of the body (it
+    resumes reading once all it had is written): a test sends a body a
+    chunk at a time, each after the last was written, as a slow client's
+    chunked body arrives.
+
+    @ivar reads: has an item for each time the sink resumed reading.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: DeferredQueue[None] = DeferredQueue()
+
+    def resumeReading(self) -> None:
+        super().resumeReading()
+        self.reads.put(None)
 
 
 class ManualThreads:
@@ -141,15 +161,10 @@ class ServiceTestsMixin:
             await self.write(fileId, data)
         return fileId
 
-    async def write(self, fileId: str, data: bytes, offset: int = 0, lost: bool = False) -> Any:
+    def patchSink(self, fileId: str, offset: int, request: FakeWriteRequest) -> UploadSink:
         """
-        One PATCH of C{data} at C{offset}, through an L{UploadSink}.
+        The sink of a chunked PATCH at C{offset} (started).
         """
-        from twisted.web.http_headers import Headers
-
-        from crm_im.uploads.service import UploadSink
-
-        request = FakeWriteRequest()
         headers = Headers(
             {
                 b"tus-resumable": [b"1.0.0"],
@@ -159,6 +174,14 @@ class ServiceTestsMixin:
         )
         sink = UploadSink(self.service, request, fileId, self.service.signer.uploadToken(fileId), False, headers, None)
         sink.start()
+        return sink
+
+    async def write(self, fileId: str, data: bytes, offset: int = 0, lost: bool = False) -> Any:
+        """
+        One PATCH of C{data} at C{offset}, through an L{UploadSink}.
+        """
+        request = FakeWriteRequest()
+        sink = self.patchSink(fileId, offset, request)
         for start in range(0, len(data), 7):
             sink.write(data[start:start + 7])
         if lost:
@@ -305,6 +328,32 @@ class ServiceTestsMixin:
         fileId = await self.upload(b"")
         record = await self.records.fileRecord(fileId)
         self.assertEqual((record.state, record.sha256), (COMPLETE, hashlib.sha256(b"").hexdigest()))  # type: ignore[attr-defined,union-attr]
+
+    async def test_overrunDiscardsTheRequest(self) -> None:
+        """
+        A chunked PATCH whose body goes past the upload's length is 413 and
+        none of its bytes count, although those before the excess reach the
+        length: the upload is back where the PATCH began, incomplete (not
+        complete with a cut body), and resumes from there.
+        """
+        data = bytes(range(40))
+        fileId = await self.upload(b"", size=20)
+        await self.write(fileId, data[:5])
+        request = SteppedRequest()
+        sink = self.patchSink(fileId, 5, request)
+        for chunk in (data[5:12], data[12:20], data[20:27]):
+            await request.reads.get()
+            sink.write(chunk)
+        await sink.finished
+        self.assertEqual([status for status, _ in request.early], [413])  # type: ignore[attr-defined]
+        record = await self.records.fileRecord(fileId)
+        self.assertEqual(record.state, UPLOADING)  # type: ignore[attr-defined,union-attr]
+        active = await self.service.load(fileId)
+        self.assertEqual((active.upload.offset, active.upload.state), (5, tus.UPLOADING))  # type: ignore[attr-defined]
+        self.assertEqual(self.files.partPath(fileId).getsize(), 5)  # type: ignore[attr-defined]
+        await self.write(fileId, data[5:20], offset=5)
+        record = await self.records.fileRecord(fileId)
+        self.assertEqual((record.state, record.sha256), (COMPLETE, hashlib.sha256(data[:20]).hexdigest()))  # type: ignore[attr-defined,union-attr]
 
     async def test_emptyFileOfAnotherChecksum(self) -> None:
         """

@@ -94,6 +94,22 @@ class UploadStateTests(SynchronousTestCase):
         self.assertRefused(413, u.received, 1)
         self.assertEqual(u.offset, 100)
 
+    def test_overrunRewinds(self) -> None:
+        """
+        A request refused for a body past the length is rewound to where
+        it began: it ends with the upload incomplete, at that offset, and
+        the next request resumes there.
+        """
+        u = upload(offset=40)
+        u.beginWrite(0, 40, None, OCTETS)
+        u.received(60)
+        self.assertRefused(413, u.received, 1)
+        u.rewind(40)
+        self.assertFalse(u.endWrite(1, 1000))
+        self.assertEqual((u.head(1), u.state), (40, tus.UPLOADING))
+        u.beginWrite(2, 40, 60, OCTETS)
+        self.assertRaises(ValueError, u.rewind, 41)
+
     def test_putCarriesTheWholeFile(self) -> None:
         """
         A C{PUT} declaring another length than the file's is 400.

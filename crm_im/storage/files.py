@@ -204,15 +204,20 @@ class PartWriter:
         """
         return self._store._inThread(self._writeBlocking, data)
 
-    def _closeBlocking(self) -> None:
-        self._handle.flush()
-        self._handle.close()
+    def _closeBlocking(self, size: int | None) -> None:
+        try:
+            self._handle.flush()
+            if size is not None:
+                self._handle.truncate(size)
+        finally:
+            self._handle.close()
 
-    def close(self) -> Deferred[None]:
+    def close(self, size: int | None = None) -> Deferred[None]:
         """
-        Flush and close the file.
+        Flush and close the file; with C{size}, cut it back to that many
+        bytes first (the bytes of a refused request are discarded).
         """
-        return self._store._inThread(self._closeBlocking)
+        return self._store._inThread(self._closeBlocking, size)
 
 
 @implementer(IFileStore, IFileBytes)

@@ -679,7 +679,8 @@ class IFileBytes(IFileStore):
     def openPart(fileId: str, hasher: Any = None) -> Deferred[Any]:
         """
         Open an upload's bytes for appending: a writer with C{size},
-        C{write(data)} and C{close()} (each a L{Deferred}); C{hasher}, if
+        C{write(data)} and C{close(size=None)} (each a L{Deferred}; a
+        C{size} given to C{close} cuts the bytes back to it); C{hasher}, if
         given, is fed every byte written.
         """
 

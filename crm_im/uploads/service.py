@@ -612,7 +612,9 @@ class UploadSink:
     most the rest of one read. A refusal decided before the body is in is
     answered at once (the connection closes; the rest is never read).
     Whatever was written before a refusal or a dropped connection stays:
-    the client resumes from it.
+    the client resumes from it; but a body that goes past the upload's
+    length (413) is discarded whole (L{tus.Upload.rewind}): the upload is
+    back where this request began.
 
     @ivar result: fires with C{(status, headers)} for the response, or
         fails with L{tus.TusError}.
@@ -646,6 +648,7 @@ class UploadSink:
         self._queued = 0
         self._bodyDone = False
         self._lost = False
+        self._overran = False
         self._error: tus.TusError | None = None
         self._wake: Deferred[None] | None = None
         self.peakQueued = 0
@@ -705,6 +708,9 @@ class UploadSink:
             return
         self._active = active
         upload = active.upload
+        # where this request began, to discard its bytes if it overruns
+        start = upload.offset
+        hashed = active.hasher.copy() if active.hasher is not None else None
         try:
             try:
                 # bytes that came while authorising count now
@@ -720,11 +726,16 @@ class UploadSink:
                         continue
                     if self._bodyDone or self._lost:
                         break
-                    self._wake = Deferred()
+                    # (its own: bytes that come within resumeReading fire
+                    # and clear self._wake before it returns)
+                    wake = self._wake = Deferred()
                     self.request.resumeReading()
-                    await self._wake
+                    await wake
             finally:
-                await writer.close()
+                if self._overran:
+                    upload.rewind(start)
+                    active.hasher = hashed
+                await writer.close(start if self._overran else None)
                 await self.service.finishWrite(active)
         except Exception as error:
             self._fail(_tusError(error))
@@ -776,6 +787,7 @@ class UploadSink:
             try:
                 active.upload.received(len(data))
             except tus.TusError as error:
+                self._overran = True
                 self._fail(error)
                 return
         elif self._queued + len(data) > self.service.settings.maxFileSize:

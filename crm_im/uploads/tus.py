@@ -9,7 +9,9 @@ turns L{TusError} into an HTTP answer.
 
 One request writes an upload at a time (a second is 409 while the first is
 open); every byte a request delivered counts, even if its connection then
-drops, so the client resumes from C{HEAD}'s C{Upload-Offset}.
+drops, so the client resumes from C{HEAD}'s C{Upload-Offset}. A request
+refused for a body past the announced length (413) is the exception: none
+of its bytes count (L{Upload.rewind}).
 """
 
 from __future__ import annotations
@@ -167,6 +169,18 @@ class Upload:
         if self.offset + count > self.length:
             raise TusError(413, f"the body goes past the upload's length ({self.length} bytes)")
         self.offset += count
+
+    def rewind(self, offset: int) -> None:
+        """
+        The writing request, which began at C{offset}, was refused for a
+        body past the announced length (413, L{received}): none of its
+        bytes count. Its body was not the file's next bytes (the file is
+        not the one announced), and what came before the excess may reach
+        the length: kept, it would complete the upload with a cut body.
+        """
+        if offset > self.offset:
+            raise ValueError(f"an upload at {self.offset} is not rewound to {offset}")
+        self.offset = offset
 
     def endWrite(self, nowMs: int, idle: int) -> bool:
         """

@@ -36,7 +36,7 @@ from . import conversations as rules
 from . import validation
 from .errors import FORBIDDEN, NOT_FOUND, RATE_LIMITED, TOO_LARGE, IMError
 from .interfaces import Caller, IRouter
-from .serial import KeyedSerializer
+from ..serial import KeyedSerializer
 
 _MISSING = object()
 

@@ -38,7 +38,7 @@ import re
 import secrets
 from typing import IO, TYPE_CHECKING, Any, Callable, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -46,6 +46,7 @@ from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from ..serial import KeyedSerializer
 from .interface import COMPLETE, FileRecord, IFileBytes, IFileMetadata, IFileStore
 
 if TYPE_CHECKING:
@@ -251,7 +252,7 @@ class DiskFileStore:
         self._reactor = reactor
         self._threadpool = threadpool
         self._metadata = metadata
-        self._blobLocks: dict[str, DeferredLock] = {}
+        self._blobLocks = KeyedSerializer()
 
     def _inThread(self, func: Callable[..., _R], *args: Any) -> Deferred[_R]:
         return deferToThreadPool(self._reactor, self._threadpool, func, *args)
@@ -446,16 +447,7 @@ class DiskFileStore:
         C{sha256}: taking or dropping a reference and writing or deleting
         its bytes never interleave.
         """
-        lock = self._blobLocks.get(sha256)
-        if lock is None:
-            lock = self._blobLocks[sha256] = DeferredLock()
-        await lock.acquire()
-        try:
-            return await action()
-        finally:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self._blobLocks.pop(sha256, None)
+        return await self._blobLocks.run(sha256, action)
 
     def removeBlob(self, sha256: str) -> Deferred[None]:
         """

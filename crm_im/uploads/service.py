@@ -22,7 +22,7 @@ import math
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore, ensureDeferred, fail
+from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -34,6 +34,7 @@ from ..http.cors import CORSPolicy
 from ..http.streaming import IBodySink
 from ..im.errors import INVALID_PAYLOAD, IMError
 from ..im.files import FILES_PATH, TooManyUploads, UploadRefused, cleanMimeType, filePath
+from ..serial import KeyedSerializer
 from ..storage.files import isFileId
 from ..storage.interface import ABORTED, COMPLETE, EXPIRED, UPLOADING, FileRecord, IFileBytes, IFileRecords
 from . import tus
@@ -124,7 +125,7 @@ class UploadService:
         self.clock = clock
         self.settings = settings if settings is not None else UploadSettings()
         self.active: dict[str, ActiveUpload] = {}
-        self._quotaLocks: dict[str, DeferredLock] = {}
+        self._quotaLocks = KeyedSerializer()
         #: the most body bytes one request held in memory at once, ever
         #: (what bounds an upload's memory; observed by the tests)
         self.peakBuffered = 0
@@ -187,11 +188,8 @@ class UploadService:
             raise UploadRefused(f"files may be at most {settings.maxFileSize} bytes")
         # One file per user at a time: two concurrent ones cannot both
         # pass the quota with the same bytes.
-        lock = self._quotaLocks.get(fromId)
-        if lock is None:
-            lock = self._quotaLocks[fromId] = DeferredLock()
-        await lock.acquire()
-        try:
+
+        async def admitted() -> _T:
             if settings.quota:
                 used = await self.records.quotaUsed(fromId)
                 if used + fileSize > settings.quota:
@@ -199,10 +197,8 @@ class UploadService:
                         f"this file would exceed your storage quota ({used} of {settings.quota} bytes used)"
                     )
             return await record()
-        finally:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self._quotaLocks.pop(fromId, None)
+
+        return await self._quotaLocks.run(fromId, admitted)
 
     async def _create(
         self,

@@ -1,5 +1,5 @@
 """
-Tests for L{crm_im.im.serial}.
+Tests for L{crm_im.serial}.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from crm_im.im.serial import KeyedSerializer
+from crm_im.serial import KeyedSerializer
 
 
 class KeyedSerializerTests(SynchronousTestCase):

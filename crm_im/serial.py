@@ -1,6 +1,8 @@
-# -*- test-case-name: tests.test_im_serial -*-
+# -*- test-case-name: tests.test_serial -*-
 """
-One change at a time per key.
+One change at a time per key: a group's changes (L{crm_im.im.groups}), a
+user's admission of a file against their quota (L{crm_im.uploads}), a
+blob's references and bytes (L{crm_im.storage.files}).
 
 A handler that decides on state it read and then writes its decision
 (a group's members, roles, owner) is a check-then-write: two such changes

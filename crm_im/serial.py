@@ -2,7 +2,9 @@
 """
 One change at a time per key: a group's changes (L{crm_im.im.groups}), a
 user's admission of a file against their quota (L{crm_im.uploads}), a
-blob's references and bytes (L{crm_im.storage.files}).
+blob's references and bytes (L{crm_im.storage.files}); and one run at a
+time per key whose outcome every caller meanwhile shares (L{KeyedOnce}:
+an upload's state loaded from disk, an image's thumbnail made).
 
 A handler that decides on state it read and then writes its decision
 (a group's members, roles, owner) is a check-then-write: two such changes
@@ -15,9 +17,10 @@ state the previous one left.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Generic, TypeVar
 
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.python.failure import Failure
 
 T = TypeVar("T")
 
@@ -54,3 +57,45 @@ class KeyedSerializer:
             lock.release()
             if not lock.locked and self._locks.get(key) is lock:
                 del self._locks[key]
+
+
+class KeyedOnce(Generic[T]):
+    """
+    Runs a coroutine once per key at a time: a caller that asks while the
+    key's run is under way gets that run's outcome (its result or its
+    failure, every caller alike) rather than a run of its own.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, list[Deferred[T]]] = {}
+
+    def __len__(self) -> int:
+        """
+        The keys whose run is under way.
+        """
+        return len(self._waiting)
+
+    def run(self, key: str, call: Callable[[], Awaitable[T]]) -> Deferred[T]:
+        """
+        The outcome of C{call()}, or of the run under C{key} already under
+        way (C{call} is then not called).
+        """
+        result: Deferred[T] = Deferred()
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            waiting.append(result)
+            return result
+        self._waiting[key] = [result]
+
+        async def once() -> T:
+            return await call()
+
+        Deferred.fromCoroutine(once()).addBoth(self._done, key)
+        return result
+
+    def _done(self, outcome: Any, key: str) -> None:
+        for waiter in self._waiting.pop(key):
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)

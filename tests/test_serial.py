@@ -9,7 +9,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from crm_im.serial import KeyedSerializer
+from crm_im.serial import KeyedOnce, KeyedSerializer
 
 
 class KeyedSerializerTests(SynchronousTestCase):
@@ -64,3 +64,46 @@ class KeyedSerializerTests(SynchronousTestCase):
         self.gates["2"].callback(None)
         self.assertEqual(self.successResultOf(after), "2")
         self.assertEqual(len(self.serial), 0)
+
+
+class KeyedOnceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.once: KeyedOnce[str] = KeyedOnce()
+        self.calls: list[str] = []
+        self.gate: Deferred[str] = Deferred()
+
+    def start(self, key: str) -> Deferred[str]:
+        """
+        A run under C{key} that counts its calls and ends with the gate.
+        """
+
+        async def call() -> str:
+            self.calls.append(key)
+            return await self.gate
+
+        return self.once.run(key, call)
+
+    def test_sharedResult(self) -> None:
+        """
+        Callers while a key's run is under way share its result; the run is
+        called once; a caller after it is over starts another.
+        """
+        first, second = self.start("k"), self.start("k")
+        self.assertEqual((self.calls, len(self.once)), (["k"], 1))
+        self.gate.callback("done")
+        self.assertEqual([self.successResultOf(d) for d in (first, second)], ["done", "done"])
+        self.assertEqual(len(self.once), 0)
+        self.gate = Deferred()
+        self.start("k")
+        self.assertEqual(self.calls, ["k", "k"])
+
+    def test_sharedFailure(self) -> None:
+        """
+        Every caller of a run that fails gets its failure (not C{None}, as
+        the second of two loads of one upload did).
+        """
+        first, second, third = self.start("k"), self.start("k"), self.start("k")
+        self.gate.errback(ValueError("no"))
+        for d in (first, second, third):
+            self.failureResultOf(d, ValueError)
+        self.assertEqual(len(self.once), 0)

@@ -234,6 +234,20 @@ class ServiceTestsMixin:
         self.assertFalse(self.files.blobPath(digest).exists())  # type: ignore[attr-defined]
         self.assertEqual((await self.records.fileRecord(first)).state, EXPIRED)  # type: ignore[attr-defined,union-attr]
 
+    async def test_loadsOfUnknownUploadAllRefused(self) -> None:
+        """
+        Loads of one unknown upload at once all fail with 404: the second
+        of two such loads was given C{None} for the upload.
+        """
+        from crm_im.storage.files import newFileId
+
+        fileId = newFileId()
+        loads = [self.service.load(fileId) for _ in range(3)]
+        for load in loads:
+            with self.assertRaises(tus.TusError) as refused:  # type: ignore[attr-defined]
+                await load
+            self.assertEqual(refused.exception.status, 404)  # type: ignore[attr-defined]
+
     async def test_abandonedUploadsSwept(self) -> None:
         """
         An upload with no byte for C{uploadIdle} is given up by the sweep

@@ -34,7 +34,7 @@ from ..http.cors import CORSPolicy
 from ..http.streaming import IBodySink
 from ..im.errors import INVALID_PAYLOAD, IMError
 from ..im.files import FILES_PATH, TooManyUploads, UploadRefused, cleanMimeType, filePath
-from ..serial import KeyedSerializer
+from ..serial import KeyedOnce, KeyedSerializer
 from ..storage.files import isFileId
 from ..storage.interface import ABORTED, COMPLETE, EXPIRED, UPLOADING, FileRecord, IFileBytes, IFileRecords
 from . import tus
@@ -131,11 +131,11 @@ class UploadService:
         self.peakBuffered = 0
         #: the CORS policy of answers given before the body is read
         self.cors: CORSPolicy | None = None
-        self._loading: dict[str, Deferred[ActiveUpload]] = {}
+        self._loading: KeyedOnce[ActiveUpload] = KeyedOnce()
         self._thumbnails = DeferredSemaphore(self.settings.thumbnailConcurrency)
-        #: the requests waiting for the thumbnail job under way of an image,
-        #: by its SHA-256 (L{thumbnail})
-        self._thumbnailWaiters: dict[str, list[Deferred[Any]]] = {}
+        #: the thumbnail job under way of an image, by its SHA-256, whose
+        #: outcome every request for it meanwhile shares (L{thumbnail})
+        self._thumbnailJobs: KeyedOnce[Any] = KeyedOnce()
         self._sweep = LoopingCall(self.sweep)
         self._sweep.clock = clock
 
@@ -311,17 +311,7 @@ class UploadService:
         active = self.active.get(fileId)
         if active is not None:
             return _succeed(active)
-        loading = self._loading.get(fileId)
-        if loading is None:
-            loading = self._loading[fileId] = Deferred.fromCoroutine(self._load(fileId))
-            loading.addBoth(self._loaded, fileId)
-        result: Deferred[ActiveUpload] = Deferred()
-        loading.addBoth(_chain, result)
-        return result
-
-    def _loaded(self, result: object, fileId: str) -> object:
-        self._loading.pop(fileId, None)
-        return result
+        return self._loading.run(fileId, lambda: self._load(fileId))
 
     async def _load(self, fileId: str) -> ActiveUpload:
         record = await self.records.fileRecord(fileId) if isFileId(fileId) else None
@@ -449,25 +439,7 @@ class UploadService:
         sha256 = record.sha256
         if record.mimeType not in THUMBNAIL_TYPES or sha256 is None:
             return fail(ThumbnailError("no thumbnail for this type of file"))
-        result: Deferred[Any] = Deferred()
-        waiters = self._thumbnailWaiters.get(sha256)
-        if waiters is not None:
-            waiters.append(result)
-            return result
-        self._thumbnailWaiters[sha256] = [result]
-        ensureDeferred(self._thumbnail(record)).addBoth(self._thumbnailMade, sha256)
-        return result
-
-    def _thumbnailMade(self, outcome: object, sha256: str) -> None:
-        """
-        The job of the thumbnail of C{sha256} is over: its outcome (the path
-        or the failure) goes to every request waiting for it.
-        """
-        for waiter in self._thumbnailWaiters.pop(sha256):
-            if isinstance(outcome, Failure):
-                waiter.errback(outcome)
-            else:
-                waiter.callback(outcome)
+        return self._thumbnailJobs.run(sha256, lambda: self._thumbnail(record))
 
     def _thumbnailFailed(self, failure: Failure, fileId: str) -> None:
         """
@@ -587,14 +559,6 @@ def _succeed(value: Any) -> Deferred[Any]:
     d: Deferred[Any] = Deferred()
     d.callback(value)
     return d
-
-
-def _chain(result: Any, target: Deferred[Any]) -> Any:
-    if isinstance(result, Failure):
-        target.errback(result)
-        return None
-    target.callback(result)
-    return result
 
 
 @implementer(IBodySink)

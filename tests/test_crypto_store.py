@@ -473,3 +473,59 @@ class PostgresAtRestTests(PostgresStores, AtRestStoreMixin, TestCase):
 
     def setUp(self) -> None:
         self.keyedStore(None)
+
+
+class RekeyFilesTests(TestCase):
+    """
+    L{crm_im.storage.rekey.rekeyFiles}, the walk that seals files again.
+    """
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        os.makedirs(os.path.join(self.directory, "blobs", "ab"))
+        self.path = os.path.join(self.directory, "blobs", "ab", "abc")
+        with open(self.path, "wb") as f:
+            f.write(b"clear blob bytes")
+
+    def test_fixedTemporaryNameTaken(self) -> None:
+        """
+        The file is sealed through a temporary file of its own: a
+        C{<name>.tmp} beside it (another run's, or left by a crash) is
+        neither used nor in the way, where the walk's fixed temporary name
+        made the run fail on it.
+        """
+        from crm_im.storage.rekey import RekeyReport, rekeyFiles
+
+        os.mkdir(self.path + ".tmp")
+        keys = atRest("k2")
+        report = RekeyReport()
+        rekeyFiles(self.directory, keys, report)
+        self.assertEqual(report.files, 1)
+        with open(self.path, "rb") as f:
+            self.assertEqual(readHeader(f)[1], "k2")
+            self.assertEqual(keys.files.reader(f, b"blobs/ab/abc").read(), b"clear blob bytes")
+        self.assertEqual(sorted(os.listdir(os.path.dirname(self.path))), ["abc", "abc.tmp"])
+
+    def test_deletedMeanwhileStaysDeleted(self) -> None:
+        """
+        A file deleted while it is being sealed (retention took its last
+        reference) is not brought back, and leaves no temporary file.
+        """
+        from crm_im.storage.rekey import RekeyReport, rekeyFiles
+
+        keys = atRest("k2")
+        path = self.path
+        real = keys.files
+
+        class Deleting:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def sealStream(self, source: Any, out: Any, identity: bytes) -> None:
+                os.remove(path)
+                real.sealStream(source, out, identity)
+
+        report = RekeyReport()
+        rekeyFiles(self.directory, AtRest(keys.ring, keys.records, Deleting()), report)  # type: ignore[arg-type]
+        self.assertEqual(report.files, 0)
+        self.assertEqual(os.listdir(os.path.dirname(path)), [])

@@ -92,7 +92,7 @@ def _fsyncDirectory(directory: FilePath[str]) -> None:
         os.close(fd)
 
 
-def _replaceDurably(target: FilePath[str], fill: Callable[[IO[bytes]], object]) -> None:
+def replaceDurably(target: FilePath[str], fill: Callable[[IO[bytes]], object], onlyIfPresent: bool = False) -> bool:
     """
     Write C{target} atomically and durably (blocking): C{fill} writes its
     bytes to a temporary file beside it, which is C{fsync}ed and renamed
@@ -101,11 +101,17 @@ def _replaceDurably(target: FilePath[str], fill: Callable[[IO[bytes]], object]) 
     The temporary file's name is unique (L{FilePath.temporarySibling}:
     random characters, then the name, then C{.tmp}, which the rekey walk
     skips), not C{<name>.tmp}: two writers of one path at once (two
-    thumbnail jobs of one image, two nodes on shared storage) each rename
-    their own whole file and the last rename wins, where with one fixed
-    name the second truncated the first's file and its rename then found
-    it gone (C{FileNotFoundError}). A write that fails removes its
-    temporary file (a unique name is not reused, so it would stay).
+    thumbnail jobs of one image, two nodes on shared storage, a rekey run
+    and another) each rename their own whole file and the last rename
+    wins, where with one fixed name the second truncated the first's file
+    and its rename then found it gone (C{FileNotFoundError}). A write that
+    fails removes its temporary file (a unique name is not reused, so it
+    would stay).
+
+    @param onlyIfPresent: replace C{target} only if it is still there once
+        the bytes are written (a file sealed again by C{crm_im-rekey} that
+        retention deleted meanwhile stays deleted).
+    @return: whether C{target} was written.
     """
     parent = target.parent()
     parent.makedirs(ignoreExistingDirectory=True)
@@ -115,19 +121,23 @@ def _replaceDurably(target: FilePath[str], fill: Callable[[IO[bytes]], object]) 
             fill(out)
             out.flush()
             os.fsync(out.fileno())
+        if onlyIfPresent and not os.path.exists(target.path):
+            _remove(temporary)
+            return False
         os.replace(temporary.path, target.path)
     except BaseException:
         _remove(temporary)
         raise
     _fsyncDirectory(parent)
+    return True
 
 
 def _writeDurably(path: FilePath[str], data: bytes) -> None:
     """
     Write C{data} to C{path} atomically and durably (blocking: run it on a
-    pool thread); see L{_replaceDurably}.
+    pool thread); see L{replaceDurably}.
     """
-    _replaceDurably(path, lambda out: out.write(data))
+    replaceDurably(path, lambda out: out.write(data))
 
 
 def _sealDurably(source: FilePath[str], target: FilePath[str], cipher: "FileCipher", identity: bytes) -> None:
@@ -140,7 +150,7 @@ def _sealDurably(source: FilePath[str], target: FilePath[str], cipher: "FileCiph
         with open(source.path, "rb") as f:
             cipher.sealStream(f, out, identity)
 
-    _replaceDurably(target, seal)
+    replaceDurably(target, seal)
     _remove(source)
 
 

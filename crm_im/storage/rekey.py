@@ -45,16 +45,18 @@ import argparse
 import os
 import sqlite3
 import sys
-from typing import Any, Callable, Sequence, TextIO
+from typing import IO, Any, Callable, Sequence, TextIO
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.filepath import FilePath
 
 from ..crypto import AtRest, DecryptionError, KeyFileError, loadKeyFile
 from ..crypto.stream import readHeader
 from .database import KeysMissingError, Transaction, checkKeys_txn, prepareSchema_txn, schemaFiles
 from .engines import BaseEngine, PostgresEngine, SQLiteEngine, engineFor, redactURL, setUpConnection
 from .filerecords import _nameAAD
+from .files import replaceDurably
 from .messages import E2E_TYPE, _aad
 
 DEFAULT_BATCH = 1000
@@ -341,25 +343,17 @@ def rekeyFiles(directory: str, atRest: AtRest, report: RekeyReport, onFile: Call
                 _, keyId = readHeader(source)
                 if keyId == current:
                     continue
-                temporary = path + ".tmp"
-                with open(temporary, "wb") as out:
+
+                def seal(out: IO[bytes]) -> None:
+                    # (called at once, within this iteration)
                     if keyId is None:
                         source.seek(0)
                         cipher.sealStream(source, out, identity)
                     else:
                         cipher.sealStream(cipher.reader(source, identity), out, identity)
-                    out.flush()
-                    os.fsync(out.fileno())
-            if not os.path.exists(path):
-                # deleted meanwhile (its last reference went): keep it gone
-                os.remove(temporary)
-                continue
-            os.replace(temporary, path)
-            fd = os.open(root, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+
+                if not replaceDurably(FilePath(path), seal, onlyIfPresent=True):
+                    continue  # deleted meanwhile (its last reference went): keep it gone
             report.files += 1
             if onFile is not None:
                 onFile(path)

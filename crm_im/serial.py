@@ -4,7 +4,9 @@ One change at a time per key: a group's changes (L{crm_im.im.groups}), a
 user's admission of a file against their quota (L{crm_im.uploads}), a
 blob's references and bytes (L{crm_im.storage.files}); and one run at a
 time per key whose outcome every caller meanwhile shares (L{KeyedOnce}:
-an upload's state loaded from disk, an image's thumbnail made).
+an upload's state loaded from disk, an image's thumbnail made); and what
+is being written per key, for bounds checked against what is stored
+(L{InFlight}: a user's groups joined, rooms created).
 
 A handler that decides on state it read and then writes its decision
 (a group's members, roles, owner) is a check-then-write: two such changes
@@ -17,7 +19,9 @@ state the previous one left.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Generic, TypeVar
+from collections import Counter
+from contextlib import contextmanager
+from typing import Any, Awaitable, Callable, Generic, Iterable, Iterator, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.python.failure import Failure
@@ -99,3 +103,39 @@ class KeyedOnce(Generic[T]):
                 waiter.errback(outcome)
             else:
                 waiter.callback(outcome)
+
+
+class InFlight:
+    """
+    How many things are being written per key: a bound checked against a
+    stored count (a user's groups, rooms) counts these too, or requests at
+    once each read the count from before the others and all pass it.
+    """
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+
+    def __getitem__(self, key: str) -> int:
+        return self._counts[key]
+
+    def __len__(self) -> int:
+        """
+        The keys with something in flight.
+        """
+        return len(self._counts)
+
+    @contextmanager
+    def holding(self, keys: Iterable[str]) -> Iterator[None]:
+        """
+        Count one more in flight for each of C{keys} while the block runs.
+        """
+        held = list(keys)
+        counts = self._counts
+        counts.update(held)
+        try:
+            yield
+        finally:
+            counts.subtract(held)
+            for key in held:
+                if counts[key] <= 0:
+                    del counts[key]

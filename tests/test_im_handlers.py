@@ -1764,7 +1764,7 @@ class GroupRaceTests(HandlerTestCase):
     lets it through, as a real store's transaction keeps it waiting.
     """
 
-    groupLimits = GroupLimits(maxMembers=4)
+    groupLimits = GroupLimits(maxMembers=4, maxGroupsPerUser=2)
 
     def hold(self) -> None:
         """
@@ -1893,6 +1893,28 @@ class GroupRaceTests(HandlerTestCase):
         self.assertEqual(len(self.core.groups.serial), 0)
 
 
+    def test_addsToTwoGroupsPastUsersBound(self) -> None:
+        """
+        Two adds of bob to two different groups at once, when he may join
+        only one more: one is refused (each read his stored count from
+        before the other, and both passed); the count of those being
+        written is gone once the writes are over.
+        """
+        self.makeGroup("a1", ["bob"], id="g1")
+        self.makeGroup("c1", [], id="g2")
+        self.makeGroup("d1", [], id="g3")
+        self.hold()
+        first = self.start(self.core.groups.addMembers, "c1", {"groupId": "g2", "userIds": ["bob"]})
+        second = self.start(self.core.groups.addMembers, "d1", {"groupId": "g3", "userIds": ["bob"]})
+        self.letThrough()
+        self.assertIn("bob", [m["userId"] for m in self.successResultOf(first)["members"]])
+        self.assertEqual(self.refusedWith(second), RATE_LIMITED)
+        self.assertEqual(self.successResultOf(self.store.groupCounts(["bob"])), {"bob": 2})
+        self.assertEqual(len(self.core.groups.joining), 0)
+        third = self.start(self.core.groups.addMembers, "d1", {"groupId": "g3", "userIds": ["bob"]})
+        self.assertEqual(self.refusedWith(third), RATE_LIMITED)
+
+
 class RoomCreateLimitTests(HandlerTestCase):
     """
     Rooms created per user (1 here).
@@ -1907,6 +1929,34 @@ class RoomCreateLimitTests(HandlerTestCase):
         self.answer(self.core.rooms.create(self.caller("a1"), {"name": "One", "id": "r1"}))
         self.assertEqual(self.refused(self.core.rooms.create, self.caller("a1"), {"name": "Two", "id": "r2"}), RATE_LIMITED)
         self.assertIsNone(self.successResultOf(self.store.room("r2")))
+
+    def test_burstPastTheLimit(self) -> None:
+        """
+        Several C{room:create} at once (one burst of events) create one room:
+        the others are C{RATE_LIMITED}, as each read the count of stored
+        rooms from before the others were written.
+        """
+        held: list[tuple[Any, Deferred[Any]]] = []
+        write = self.store.createRoom
+
+        def createRoom(room: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            held.append((room, d))
+            return d
+
+        self.store.createRoom = createRoom  # type: ignore[method-assign]
+        creates = [
+            Deferred.fromCoroutine(self.core.rooms.create(self.caller("a1"), {"name": f"R{i}", "id": f"r{i}"}))
+            for i in range(3)
+        ]
+        while held:
+            room, d = held.pop(0)
+            write(room).chainDeferred(d)
+        self.successResultOf(creates[0])
+        for d in creates[1:]:
+            self.assertEqual(self.failureResultOf(d, IMError).value.code, RATE_LIMITED)  # type: ignore[attr-defined]
+        self.assertEqual(self.successResultOf(self.store.roomCount("alice")), 1)
+        self.assertEqual(len(self.core.rooms.creating), 0)
 
     def test_retryAtTheLimit(self) -> None:
         """

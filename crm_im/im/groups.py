@@ -12,7 +12,8 @@ the members through the L{IRouter}.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable, Iterable
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -36,7 +37,7 @@ from . import conversations as rules
 from . import validation
 from .errors import FORBIDDEN, NOT_FOUND, RATE_LIMITED, TOO_LARGE, IMError
 from .interfaces import Caller, IRouter
-from ..serial import KeyedSerializer
+from ..serial import InFlight, KeyedSerializer
 
 _MISSING = object()
 
@@ -237,6 +238,9 @@ class GroupHandlers:
         #: a group's membership, roles and owner change one change at a
         #: time (on this node): each decides on what the last one left
         self.serial = KeyedSerializer()
+        #: users whose membership of one more group is being written on
+        #: this node (L{_joining})
+        self.joining = InFlight()
         #: told C{(groupId, userIds)} when members left a group (removed,
         #: left, or it was dissolved), after the change is stored: what
         #: they kept per group elsewhere goes (their C{group:mute}).
@@ -282,20 +286,33 @@ class GroupHandlers:
             self.directory.noteMessage(stored.groupId or "", stored.seq)
             self.router.toUsers(userIds, "message", stored.toWire(), order=stored.order)
 
-    async def _checkGroupCounts(self, caller: Caller, userIds: Iterable[str]) -> None:
+    @asynccontextmanager
+    async def _joining(self, caller: Caller, userIds: Iterable[str]) -> AsyncIterator[None]:
         """
-        Refuse if any of C{userIds} is in as many groups as a user may be.
-        The refusal says which only of the caller: how many groups someone
-        else is in is theirs to know.
+        Refuse if any of C{userIds} is in as many groups as a user may be;
+        otherwise count them as joining one more until the block that
+        writes their membership is over.
+
+        The count is the stored memberships and those being written on this
+        node: two adds of one user to two I{different} groups at once (the
+        serializer orders only one group's changes) each read the stored
+        count from before the other, and both passed the bound. The refusal
+        says which only of the caller: how many groups someone else is in
+        is theirs to know.
         """
         limit = self.limits.maxGroupsPerUser
         if not limit:
+            yield
             return
-        counts = await self.store.groupCounts(list(userIds))
-        if counts.get(caller.userId, 0) >= limit:
+        ids = list(userIds)
+        counts = await self.store.groupCounts(ids)
+        joining = self.joining
+        if caller.userId in ids and counts.get(caller.userId, 0) + joining[caller.userId] >= limit:
             raise IMError(RATE_LIMITED, f"you are in {limit} groups already, the most a user may be in")
-        if any(count >= limit for count in counts.values()):
+        if any(counts.get(userId, 0) + joining[userId] >= limit for userId in ids):
             raise IMError(RATE_LIMITED, "a user named may not join more groups")
+        with joining.holding(ids):
+            yield
 
     async def _change(self, change: GroupChange) -> tuple[GroupState | None, StoredMessage | None]:
         stored = await self.store.changeGroup(change)
@@ -329,22 +346,22 @@ class GroupHandlers:
         memberIds = [userId for userId in request.memberIds if userId != caller.userId]
         if len(memberIds) + 1 > self.limits.maxMembers:
             raise IMError(TOO_LARGE, f"a group has at most {self.limits.maxMembers} members")
-        await self._checkGroupCounts(caller, [caller.userId, *memberIds])
-        now = self.now()
-        record = GroupRecord(
-            id=request.clientId if request.clientId is not None else self.newId(),
-            name=request.name,
-            avatar=request.avatar,
-            ownerId=caller.userId,
-            createdBy=caller.userId,
-            clientId=request.clientId,
-            createdAt=now,
-        )
-        members = [MemberRecord(caller.userId, OWNER, now)] + [MemberRecord(u, MEMBER, now) for u in memberIds]
-        system = self._system(
-            caller, record.id, "create", f"{caller.name} 创建了群组「{request.name}」", userIds=memberIds
-        )
-        state, created, stored = await self.store.createGroup(record, members, system)
+        async with self._joining(caller, [caller.userId, *memberIds]):
+            now = self.now()
+            record = GroupRecord(
+                id=request.clientId if request.clientId is not None else self.newId(),
+                name=request.name,
+                avatar=request.avatar,
+                ownerId=caller.userId,
+                createdBy=caller.userId,
+                clientId=request.clientId,
+                createdAt=now,
+            )
+            members = [MemberRecord(caller.userId, OWNER, now)] + [MemberRecord(u, MEMBER, now) for u in memberIds]
+            system = self._system(
+                caller, record.id, "create", f"{caller.name} 创建了群组「{request.name}」", userIds=memberIds
+            )
+            state, created, stored = await self.store.createGroup(record, members, system)
         if not created:
             self.directory.put(state)
             return self.wire(state)
@@ -397,11 +414,11 @@ class GroupHandlers:
             return self.wire(state)
         if len(state.members) + len(added) > self.limits.maxMembers:
             raise IMError(TOO_LARGE, f"a group has at most {self.limits.maxMembers} members")
-        await self._checkGroupCounts(caller, added)
-        now = self.now()
-        system = self._system(caller, groupId, "add", f"{caller.name} 添加了 {', '.join(added)}", userIds=added)
-        change = GroupChange(groupId, now, add=tuple(MemberRecord(u, MEMBER, now) for u in added), system=system)
-        newState, stored = await self._change(change)
+        async with self._joining(caller, added):
+            now = self.now()
+            system = self._system(caller, groupId, "add", f"{caller.name} 添加了 {', '.join(added)}", userIds=added)
+            change = GroupChange(groupId, now, add=tuple(MemberRecord(u, MEMBER, now) for u in added), system=system)
+            newState, stored = await self._change(change)
         if newState is None:
             raise rules.groupNotFound()
         wire = self.wire(newState)

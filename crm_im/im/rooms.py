@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from ..presence import Presence
+from ..serial import InFlight
 from ..storage.interface import IConversationStore, IMessageStore, RoomRecord, roomConversation
 from . import validation
 from .errors import FORBIDDEN, NOT_FOUND, RATE_LIMITED, TOO_LARGE, IMError
@@ -154,6 +155,8 @@ class RoomHandlers:
         # maxCachedRooms (one is read again when needed).
         self._records: dict[str, RoomRecord] = {}
         self.maxCachedRooms = maxCachedRooms
+        #: users whose C{room:create} is being written on this node
+        self.creating = InFlight()
         #: told of each room L{closed} here (a cluster tells the other
         #: nodes, which L{forgetRoom} it)
         self.closedListeners: list[Callable[[str], object]] = []
@@ -220,8 +223,11 @@ class RoomHandlers:
             existing = await self.record(request.clientId)
             if existing is not None and existing.createdBy == caller.userId and existing.clientId == request.clientId:
                 return self.wire(existing)
-        if not privileged and self.limits.maxRoomsPerUser and await self.store.roomCount(caller.userId) >= self.limits.maxRoomsPerUser:
-            raise IMError(RATE_LIMITED, f"a user creates at most {self.limits.maxRoomsPerUser} rooms")
+        limit = 0 if privileged else self.limits.maxRoomsPerUser
+        # (counting the user's creations under way too: a burst of
+        # room:create each read the stored count from before the others)
+        if limit and await self.store.roomCount(caller.userId) + self.creating[caller.userId] >= limit:
+            raise IMError(RATE_LIMITED, f"a user creates at most {limit} rooms")
         room = RoomRecord(
             id=request.clientId if request.clientId is not None else self.newId(),
             name=request.name,
@@ -231,7 +237,8 @@ class RoomHandlers:
             clientId=request.clientId,
             createdAt=int(self.clock.seconds() * 1000),
         )
-        room, _ = await self.store.createRoom(room)
+        with self.creating.holding([caller.userId]):
+            room, _ = await self.store.createRoom(room)
         self._cache(room)
         return self.wire(room)
 

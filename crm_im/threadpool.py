@@ -14,6 +14,9 @@ functions alive at the end of a 10,000-cycle churn. CPython frees an object
 arena only once it is empty, and the long-lived objects allocated among
 that garbage kept six more arenas (6 MiB) resident after the spell.
 
+A call submitted once the pool has stopped fails with L{PoolStopped}, where
+Twisted's pool drops it and its caller waits for ever.
+
 L{AcyclicThreadPool} runs the same call through a closure over a list that
 it empties as it starts: the arguments, the result and the closure itself
 are freed by reference counting as soon as the call is over, as Twisted
@@ -35,6 +38,12 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
+class PoolStopped(RuntimeError):
+    """
+    A call was submitted to a thread pool that has stopped.
+    """
+
+
 class AcyclicThreadPool(ThreadPool):
     """
     A L{ThreadPool} whose calls leave no cyclic garbage (see the module
@@ -52,6 +61,11 @@ class AcyclicThreadPool(ThreadPool):
         See L{ThreadPool.callInThreadWithCallback}.
         """
         if self.joined:
+            # Twisted drops the call, and so a Deferred waiting for it
+            # never fires (a file write or a transaction submitted as the
+            # service stops, whose caller then hangs): fail it instead.
+            if onResult is not None:
+                onResult(False, Failure(PoolStopped(f"the thread pool {self.name} has stopped")))  # type: ignore[arg-type]
             return
         ctx = context.theContextTracker.currentContext().contexts[-1]
         # What the call needs, taken out as it starts: nothing of it stays

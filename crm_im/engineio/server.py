@@ -308,7 +308,7 @@ class EngineIOServer(Service):
         self.stats.bufferOverflows += 1
         self.log.warn(
             "closing session {sid} from {remote}: outgoing buffer full",
-            sid=session.sid,
+            sid=session.publicId,
             remote=session.remoteAddress,
         )
 

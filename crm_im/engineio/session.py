@@ -36,6 +36,9 @@ OPEN = "open"
 CLOSING = "closing"
 CLOSED = "closed"
 
+#: Characters of the sid that name a session in logs (L{EngineIOSession.publicId}).
+PUBLIC_ID_LENGTH = 12
+
 #: The longest C{User-Agent} a session keeps.
 MAX_USER_AGENT = 256
 
@@ -44,7 +47,9 @@ class EngineIOSession:
     """
     One Engine.IO v4 session.
 
-    @ivar sid: the session id, as given in the handshake.
+    @ivar sid: the session id, as given in the handshake. It is the
+        session's only credential (a long-polling request with it reads
+        and sends as its user): never logged or shown, see L{publicId}.
     @ivar transportName: C{"polling"} or C{"websocket"}.
     @ivar remoteAddress: the peer's address, for logs and per-IP limits.
     @ivar userAgent: the handshake's C{User-Agent} (at most
@@ -113,7 +118,17 @@ class EngineIOSession:
         self._writers: list[Deferred[bool]] | None = None
 
     def __repr__(self) -> str:
-        return f"<EngineIOSession {self.sid} {self.transportName} {self.state}>"
+        return f"<EngineIOSession {self.publicId} {self.transportName} {self.state}>"
+
+    @property
+    def publicId(self) -> str:
+        """
+        The name of this session in logs and the Admin UI (its
+        C{clientId}): the first L{PUBLIC_ID_LENGTH} characters of the sid.
+        The rest of the sid (48 random bits) stays secret, so whoever reads
+        the logs cannot poll or post as the session's user.
+        """
+        return self.sid[:PUBLIC_ID_LENGTH]
 
     @property
     def upgrading(self) -> bool:

@@ -166,7 +166,7 @@ class AdminUINamespace:
             data = {"userId": user.id, "name": user.name, "status": user.status}
         return {
             "id": socket.sid,
-            "clientId": session.sid[:12],
+            "clientId": session.publicId,
             "transport": session.transportName,
             "nsp": nsp,
             "data": data,

@@ -65,7 +65,8 @@ class SocketIOGateway:
         self.rates = SocketRateLimiter(core.limits)
         self._namespace = sio.namespace("/")
         self._sockets = self._namespace.sockets
-        # socket id -> Engine.IO sid, for the log lines (one connection id)
+        # socket id -> its Engine.IO session's public id, for the log lines
+        # (one connection id; never the sid itself, a credential)
         self._connections: dict[str, str] = {}
         # message writes in flight per socket, and the sockets to drop once
         # theirs are over (their receipts sent first): socket id -> timeout
@@ -248,7 +249,7 @@ class SocketIOGateway:
                 "disconnecting {sid} from {remote} conn={conn}: it kept sending past its rate limit",
                 sid=socket.sid,
                 remote=socket.session.remoteAddress,
-                conn=socket.session.sid,
+                conn=socket.session.publicId,
             )
             self.metrics.abuseDisconnects.inc()
             # The messages it sent before were accepted: their receipts
@@ -288,7 +289,7 @@ class SocketIOGateway:
         remote = self._remote(sid)
         socket = self._sockets.get(sid)
         if socket is not None:
-            self._connections[sid] = socket.session.sid
+            self._connections[sid] = socket.session.publicId
         try:
             self.core.sessions.connected(sid, auth, remote)
             socket = self._sockets.get(sid)

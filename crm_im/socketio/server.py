@@ -574,7 +574,7 @@ class SocketIOServer(Service):
         except DecodeError as error:
             self.log.info(
                 "closing session {sid} from {remote}: {error}",
-                sid=session.sid,
+                sid=session.publicId,
                 remote=session.remoteAddress,
                 error=str(error),
             )

@@ -361,8 +361,10 @@ class LogLineTests(DriverTestMixin, TestCase):
     @inlineCallbacks
     def test_oneConnectionId(self) -> Inline:
         """
-        The Engine.IO sid that the protocol's lines name is the C{conn} of
-        the C{[连接]} and C{[断开]} lines of the socket on it.
+        The Engine.IO session that the protocol's lines name is the
+        C{conn} of the C{[连接]} and C{[断开]} lines of the socket on it:
+        by its public id, never by its sid, which is the credential of a
+        long-polling request (whoever read the log could send as its user).
         """
         log = LogCapture(self)
         service, url = yield serveIM(self, logEvents=True)
@@ -371,12 +373,14 @@ class LogLineTests(DriverTestMixin, TestCase):
         response = yield treq.post(f"{url}/socket.io/?EIO=4&transport=polling&sid={sid}", data=b"4garbage",
                                    persistent=False)
         yield response.content()
+        public = sid[:12]
         (protocol,) = log.lines("closing session")
-        self.assertIn(sid, protocol)
+        self.assertIn(public, protocol)
         (connected,) = log.lines("[连接]")
         (gone,) = log.lines("[断开]")
-        self.assertIn(f"conn={sid}", connected)
-        self.assertIn(f"conn={sid}", gone)
+        self.assertIn(f"conn={public} ", connected + " ")
+        self.assertIn(f"conn={public} ", gone + " ")
+        self.assertFalse([event for event in log.events if sid in json.dumps(event, default=repr)])
         socketId = json.loads(answer[2:])["sid"]
         self.assertIn(socketId, connected)
 
@@ -395,7 +399,8 @@ class LogLineTests(DriverTestMixin, TestCase):
         sid, answer = yield pollingConnect(url, {"token": bad})
         self.assertTrue(answer.startswith(b"44"), answer)
         (line,) = log.lines("[拒绝]")
-        self.assertIn(f"conn={sid}", line)
+        self.assertIn(f"conn={sid[:12]}:", line)
+        self.assertNotIn(sid, line)
         self.assertIn("UNAUTHORIZED", line)
         self.assertIn("bad signature", line)
         self.assertNotIn(bad, line)

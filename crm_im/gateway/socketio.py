@@ -19,7 +19,6 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..engineio.backpressure import ReadGate
@@ -27,6 +26,7 @@ from ..im import validation
 from ..im.core import IMCore
 from ..im.errors import INTERNAL, RATE_LIMITED, UNAUTHORIZED, IMError
 from ..limits import DISCONNECT, SocketRateLimiter
+from ..safelog import Logger
 from ..socketio.packet import encodeEvent
 from ..socketio.recovery import RECOVERABLE_REASONS
 from ..socketio.server import ConnectionRefused, Socket, SocketIOServer

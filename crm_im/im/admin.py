@@ -29,11 +29,11 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .. import __version__
 from ..presence import UserPresence
+from ..safelog import Logger
 from ..storage.admin import AuditEntry, BanRecord, IAdminStore, SeenUser, newAuditId
 from ..storage.interface import (
     NewMessage,

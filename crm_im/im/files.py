@@ -19,8 +19,8 @@ from typing import Any, Awaitable, Callable, Protocol, TypeVar
 from urllib.parse import quote
 
 import attrs
-from twisted.logger import Logger
 
+from ..safelog import Logger
 from ..storage.files import newFileId
 from ..storage.interface import (
     COMPLETE,

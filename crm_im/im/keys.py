@@ -19,8 +19,8 @@ from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
+from ..safelog import Logger
 from ..storage.keys import (
     DeviceKeys,
     IdentityKeyConflict,

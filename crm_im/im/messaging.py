@@ -23,13 +23,13 @@ from typing import AbstractSet, Any, Callable, Iterable, Protocol
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._json import dumps
 from .metrics import IMMetrics
 from ..notify.rules import groupRecipients
 from ..presence import Presence
+from ..safelog import Logger
 from ..storage.interface import (
     FileRecord,
     HistoryPage,

@@ -12,10 +12,10 @@ from typing import Any, Iterable
 
 import orjson
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..notify.directory import PushDirectory
+from ..safelog import Logger
 from ..storage.outbox import IPushStore, Pushkey
 from . import conversations as rules
 from . import validation

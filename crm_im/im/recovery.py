@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..safelog import Logger
 from ..socketio.recovery import DetachedSocket, IConnectionRecovery, RecoveryLog, Restored
 from ..storage.interface import StoreClosedError, StoredMessage, messageWeight
 from ..storage.recovery import IRecoveryStore, RecoveryRecord

@@ -18,9 +18,9 @@ from typing import Any, Callable, Protocol
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..safelog import Logger
 from ..storage.interface import StoreClosedError
 from ..presence import INVISIBLE, ONLINE, Presence, UserPresence
 from ..timers import DeadlineHeap

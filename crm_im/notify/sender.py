@@ -28,11 +28,11 @@ import attrs
 import orjson
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from ..presence import Presence
+from ..safelog import Logger
 from ..storage.outbox import PLAN_ROWS, IPushStore
 from ..timers import DeadlineHeap
 from .directory import PushDirectory

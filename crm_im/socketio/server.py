@@ -34,7 +34,6 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from zope.interface import implementer
@@ -44,6 +43,7 @@ from ..engineio.interfaces import IEngineIOApplication
 from ..engineio.packet import Frame
 from ..engineio.server import EngineIOServer
 from ..engineio.session import EngineIOSession
+from ..safelog import Logger
 from ..timers import DeadlineHeap
 from . import packet as sio
 from .packet import Decoder, DecodeError, SocketIOPacket

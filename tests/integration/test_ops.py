@@ -359,6 +359,30 @@ class LogLineTests(DriverTestMixin, TestCase):
         self.assertEqual(delivered, [True, False])
 
     @inlineCallbacks
+    def test_clientTextCannotForgeLines(self) -> Inline:
+        """
+        What a client chose (a login's name, a message's C{toId}) reaches the log with its control characters
+        escaped: no newline, carriage return or terminal escape of a
+        client's starts or rewrites a line.
+        """
+        log = LogCapture(self)
+        service, url = yield serveIM(self, logEvents=True)
+        driver = yield self.startDriver()
+        forged = "2026-01-01T00:00:00+0000 [crm_im.server.CRMIMService#info] forged"
+        yield driver.connect("a", url, transports=["websocket"])
+        yield driver.emit("a", "user:login", {"id": "a", "name": f"Ann\n{forged}\r\x1b[2K"}, ack=True)
+        yield driver.emit("a", "message", {"toId": f"b\u2028{forged}", "content": "hi"}, ack=True)
+        lines = log.lines()
+        (login,) = log.lines("[登录]")
+        self.assertIn("Ann\\n2026-01-01", login)
+        self.assertIn("\\r\\x1b[2K(a)", login)
+        (message,) = log.lines("[消息]")
+        self.assertIn("a -> b\\u20282026-01-01", message)
+        for line in lines:
+            self.assertEqual(line.splitlines(), [line], line)
+            self.assertNotIn("\x1b", line)
+
+    @inlineCallbacks
     def test_oneConnectionId(self) -> Inline:
         """
         The Engine.IO session that the protocol's lines name is the

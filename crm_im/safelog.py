@@ -1,0 +1,52 @@
+# -*- test-case-name: tests.test_safelog -*-
+"""
+Log lines that a client cannot forge.
+
+The event lines name what clients chose: a login's C{name}, the C{toId} of
+a message, a pushkey's C{appId}, an E2E C{deviceId}, and in C{open} mode
+user ids. Written as they came, a newline in one starts what looks like a
+line of its own in Twisted's text log (only indented by a tab), a carriage
+return or an ANSI escape rewrites what a terminal running C{tail -f} or
+C{journalctl} shows, and a log shipper splitting on line breaks takes the
+rest for a new record (CWE-117). L{Logger} writes every control character
+of a string field as its Python escape instead (C{\\n}, C{\\x1b}, ...), for
+the text and the JSON logs alike; the IM's loggers are this one.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.logger import Logger as _TwistedLogger
+from twisted.logger import LogLevel
+
+#: C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    # (none of these is a quote: repr writes each as its escape)
+    return repr(match.group())[1:-1]
+
+
+def printable(text: str) -> str:
+    """
+    C{text} with its control characters written as escapes (unchanged,
+    the same object, when it has none: the usual case costs one scan).
+    """
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(_escaped, text)
+
+
+class Logger(_TwistedLogger):
+    """
+    A L{twisted.logger.Logger} whose events carry their string fields
+    through L{printable}. Only the fields: the format is the code's own.
+    """
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
+        for key, value in kwargs.items():
+            if isinstance(value, str) and not key.startswith("log_"):
+                kwargs[key] = printable(value)
+        super().emit(level, format, **kwargs)

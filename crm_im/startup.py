@@ -101,11 +101,14 @@ def startFailureReason(failure: Failure) -> str | None:
     if isinstance(value, DataDirError):
         return str(value)
     from .crypto.keys import KeyFileError
-    from .storage.database import KeysMissingError
+    from .storage.database import KeysMissingError, SchemaTooNewError, StoreUnavailableError
 
     if isinstance(value, (KeyFileError, KeysMissingError)):
         # encryption at rest: a key file that cannot be used, or one that
         # lacks a key the database was written with
+        return str(value)
+    if isinstance(value, (StoreUnavailableError, SchemaTooNewError)):
+        # the store's file or server, or a database a newer crm_im upgraded
         return str(value)
     if isinstance(value, OSError):
         where = f": {value.filename}" if value.filename else ""

@@ -353,6 +353,16 @@ def checkKeys_txn(txn: Transaction, atRest: AtRest | None, now: int) -> None:
         )
 
 
+class StoreUnavailableError(RuntimeError):
+    """
+    The store cannot be opened at start: a SQLite file that cannot be
+    created or is not a database, a PostgreSQL server that is unreachable
+    or refuses the login or the database. Something for the operator to
+    fix, said in one line (a traceback of the pool thread tells them
+    nothing more).
+    """
+
+
 class KeysMissingError(RuntimeError):
     """
     The key file lacks a key the database was written with (or there is
@@ -392,6 +402,14 @@ class Database:
         self._pool = self.engine.makePool(self._reactor)
         self._pool.start()
         self.log.info("Message store: {store}", store=self.engine.describe())
+        try:
+            # one connection first (the engine's set-up included): failing
+            # here is the store's address or file, not a statement
+            await self._pool.runWithConnection(lambda connection: None)
+        except Exception as error:
+            self.close()
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise StoreUnavailableError(f"cannot open the store {self.engine.describe()}: {reason}") from error
         self.schemaApplied = await self.runInteraction(
             "prepareSchema", _prepareSchemaFromPackage_txn
         )

@@ -502,6 +502,41 @@ class StartupTests(ProcessTestCase):
         yield self.assertCouldNotStart(process, "/proc/crm_im-test is not usable")
 
     @inlineCallbacks
+    def test_storeUnusable(self) -> Inline:
+        """
+        A store that cannot be opened (a SQLite path that is no database, or
+        under a file; a PostgreSQL server nobody listens for) or that a
+        newer crm_im upgraded: one line naming it, exit 1.
+        """
+        import socket
+        import sqlite3
+
+        notADatabase = os.path.abspath(self.mktemp())
+        with open(notADatabase, "w") as f:
+            f.write("not a database\n" * 100)
+        dataDir = os.path.abspath(self.mktemp())
+        process = self.twistd("--port", "0", "--data-dir", dataDir, "--store", "sqlite:" + notADatabase)
+        yield self.assertCouldNotStart(process, f"cannot open the store sqlite:{notADatabase}: file is not a database")
+        process = self.twistd("--port", "0", "--data-dir", dataDir, "--store", f"sqlite:{notADatabase}/x.sqlite3")
+        yield self.assertCouldNotStart(process, "unable to open database file")
+        unused = socket.socket()
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+        unused.close()  # nobody listens there now
+        url = f"postgresql://crm_im:secret@127.0.0.1:{port}/crm_im"
+        process = self.twistd("--port", "0", "--data-dir", dataDir, "--store", url)
+        yield self.assertCouldNotStart(process, f"cannot open the store postgresql://crm_im:***@127.0.0.1:{port}/crm_im")
+        self.assertNotIn("secret", process.text)
+        newer = os.path.join(dataDir, "newer.sqlite3")
+        connection = sqlite3.connect(newer)
+        connection.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY NOT NULL, name TEXT NOT NULL)")
+        connection.execute("INSERT INTO schema_version VALUES (999, 'from_the_future')")
+        connection.commit()
+        connection.close()
+        process = self.twistd("--port", "0", "--data-dir", dataDir, "--store", "sqlite:" + newer)
+        yield self.assertCouldNotStart(process, "the database has schema version 999, newer than this crm_im knows")
+
+    @inlineCallbacks
     def test_portTaken(self) -> Inline:
         """
         A taken port: one line saying so, exit 1.

@@ -11,6 +11,7 @@ import os
 import random
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.test._util import _render
 from twisted.web.test.requesthelper import DummyRequest
@@ -338,6 +339,52 @@ class SealedFileTests(TestCase):
         request, d = self.serve(clear, b"bytes=3-4")
         await d
         self.assertEqual(b"".join(request.written), b"cl")
+
+
+    async def test_alteredCutOff(self) -> None:
+        """
+        A download whose bytes stop decrypting (altered on disk, in the
+        first chunk or a later one; whole or a C{Range}) is cut off: the
+        client's request fails at once, its connection closed, instead of
+        waiting for the rest of a C{Content-Length} that never comes. The
+        failure is logged.
+        """
+        from twisted.internet import reactor
+        from twisted.web.client import Agent, PartialDownloadError, ResponseFailed, ResponseNeverReceived, readBody
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        data = sample(3 * CHUNK + 77)
+        sealed = bytearray(FileCipher(ring("k1")).seal(data, b"blobs/ab/x"))
+        headerSize = len(sealed) - 3 * (CHUNK + 16) - (77 + 16)
+        cipher = AtRest.fromRing(ring("k1")).files
+        for chunk, rangeHeader in ((0, None), (1, None), (1, b"bytes=10-%d" % (2 * CHUNK))):
+            altered = bytearray(sealed)
+            altered[headerSize + chunk * (CHUNK + 16) + 5] ^= 1  # a byte of that chunk
+            path = self.mktemp()
+            with open(path, "wb") as f:
+                f.write(bytes(altered))
+            resource = SealedFile(path, cipher, b"blobs/ab/x", "application/octet-stream")
+            root = Resource()
+            root.putChild(b"f", resource)
+            port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            headers = None
+            if rangeHeader is not None:
+                from twisted.web.http_headers import Headers
+
+                headers = Headers({b"range": [rangeHeader]})
+            agent = Agent(reactor)
+            url = b"http://127.0.0.1:%d/f" % port.getHost().port
+
+            async def download() -> bytes:
+                response = await agent.request(b"GET", url, headers)
+                return await readBody(response)
+
+            d = Deferred.fromCoroutine(download()).addTimeout(10, reactor)
+            # (without the cut, the addTimeout's TimeoutError)
+            await self.assertFailure(d, PartialDownloadError, ResponseFailed, ResponseNeverReceived)
+        self.assertEqual(len(self.flushLoggedErrors(DecryptionError)), 3)
 
 
 class OptionTests(SynchronousTestCase):

@@ -11,9 +11,48 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.web.static import File
 
+from .records import DecryptionError
 from .stream import FileCipher, OpeningReader, readHeader
+
+
+class _CutOffOnFailure:
+    """
+    The plaintext a static producer reads, ending the download's connection
+    when a chunk fails to decrypt (altered bytes, the wrong key). Twisted's
+    producers do not expect C{read} to raise: the error stopped the
+    producer and the response, headers sent and C{Content-Length} short,
+    held the client's connection open for ever. Cut off instead, the client
+    sees a failed download at once.
+    """
+
+    log = Logger()
+
+    def __init__(self, reader: Any, request: Any, path: str) -> None:
+        self._reader = reader
+        self._request = request
+        self._path = path
+        self._failed = False
+
+    def read(self, size: int = -1) -> bytes:
+        if self._failed:
+            return b""
+        try:
+            data: bytes = self._reader.read(size)
+        except DecryptionError:
+            self._failed = True
+            self.log.failure("download of {path} cut off: its bytes do not decrypt", path=self._path)
+            self._request.transport.abortConnection()
+            return b""
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self._reader.seek(offset, whence))
+
+    def close(self) -> None:
+        self._reader.close()
 
 
 class SealedFile(File):
@@ -39,6 +78,12 @@ class SealedFile(File):
             return handle
         self._opened = self._cipher.reader(handle, self._identity)
         return self._opened
+
+    def makeProducer(self, request: Any, fileForReading: Any) -> Any:
+        """
+        L{File}'s producer, reading through L{_CutOffOnFailure}.
+        """
+        return super().makeProducer(request, _CutOffOnFailure(fileForReading, request, self.path))
 
     def getFileSize(self) -> int:
         """

@@ -378,6 +378,41 @@ class AtRestStoreMixin:
         self.assertEqual((await store.findMessage("alice", "m2")).content, "")  # type: ignore[union-attr]
         self.assertEqual((await store.findMessage("alice", "m1")).content, "first")  # type: ignore[union-attr]
 
+    async def test_rekeyFilesDirectoryChecked(self) -> None:
+        """
+        A C{--files} that is not a file store is refused before anything
+        is written: the data directory (its files would be sealed under
+        the wrong paths, unreadable to the server), any other tree, and a
+        directory that does not exist (no file would be rekeyed, yet the
+        old keys would be forgotten). The file store itself is rekeyed.
+        """
+        store = await self.opened(atRest("k1"))
+        await store.storeMessage(newMessage(id="m1", content="first"))
+        await store.close()
+        dataDir = self.mktemp()
+        files = os.path.join(dataDir, "files")
+        os.makedirs(os.path.join(files, "blobs", "ab"))
+        os.makedirs(os.path.join(files, "Xy"))  # kept before content addressing
+        blob = os.path.join(files, "blobs", "ab", "abc")
+        with open(blob, "wb") as f:
+            f.write(b"clear blob bytes")
+        other = self.mktemp()
+        os.makedirs(os.path.join(other, "dpkg"))
+        keys = atRest("k2", "k1")
+        for directory, said in (
+            (dataDir, f"give {files}"),
+            (other, "it holds dpkg/"),
+            (files + "-typo", "no such directory"),
+        ):
+            error = self.assertRaises(RekeyError, rekey, self.storeURL(), keys, Clock(), directory)
+            self.assertIn(said, str(error))
+        with open(blob, "rb") as f:
+            self.assertEqual(f.read(), b"clear blob bytes")
+        self.assertEqual(self.rows("SELECT key_id FROM messages"), [("k1",)])
+        self.assertEqual(self.rows("SELECT key_id FROM encryption_keys"), [("k1",)])
+        report = rekey(self.storeURL(), keys, Clock(), files)
+        self.assertEqual((report.messages, report.files, report.forgotten), (1, 1, ["k1"]))
+
     async def test_rekeyCommandRefusals(self) -> None:
         """
         The command refuses a key file lacking a key the database needs

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sqlite3
 import sys
 from typing import IO, Any, Callable, Sequence, TextIO
@@ -359,6 +360,46 @@ def rekeyFiles(directory: str, atRest: AtRest, report: RekeyReport, onFile: Call
                 onFile(path)
 
 
+#: What a file store holds at its top (L{crm_im.storage.files}): blobs,
+#: thumbnails, uploads, and the two-character directories of the files
+#: kept before content addressing.
+_STORE_DIRECTORIES = frozenset({"blobs", "thumbs", "uploads"})
+_LEGACY_SHARD = re.compile(r"[A-Za-z0-9_-]{2}")
+
+
+def checkFilesDirectory(directory: str) -> None:
+    """
+    Refuse a C{--files} that is not a file store, before anything is
+    written: every file under it not sealed with the current key would be
+    sealed in place, so the data directory itself (its C{files/} sealed
+    under the wrong paths, unreadable to the server) or any other tree
+    would be damaged; and a directory that does not exist would rekey no
+    file and yet forget the old keys the files still need.
+
+    @raise RekeyError: if C{directory} is missing or holds a directory a
+        file store does not.
+    """
+    if not os.path.isdir(directory):
+        raise RekeyError(f"--files {directory}: no such directory (give the files directory of --data-dir)")
+    strangers = sorted(
+        name
+        for name in os.listdir(directory)
+        if os.path.isdir(os.path.join(directory, name))
+        and name not in _STORE_DIRECTORIES
+        and not _LEGACY_SHARD.fullmatch(name)
+    )
+    if strangers:
+        hint = (
+            f": give {os.path.join(directory, 'files')}"
+            if "files" in strangers
+            else ": give the files directory of --data-dir"
+        )
+        raise RekeyError(
+            f"--files {directory} is not a crm_im file store (it holds {', '.join(n + '/' for n in strangers[:5])}"
+            f" which a file store does not){hint}"
+        )
+
+
 def _forget_txn(txn: Transaction, current: str) -> list[str]:
     """
     Drop the key ids no row names any more from C{encryption_keys}, and the
@@ -400,6 +441,8 @@ def rekey(
     """
     if batchSize < 1:
         raise RekeyError("--batch-size must be at least 1")
+    if filesDirectory is not None:
+        checkFilesDirectory(filesDirectory)
     try:
         engine = engineFor(store)
     except ValueError as error:

@@ -82,6 +82,32 @@ class IMMetricsTests(SynchronousTestCase):
         self.assertEqual(seen[("crm_im_store_latency_seconds_bucket", (("le", "0.005"), *store))], 1)
 
 
+    def test_everyRoutedEventLabelled(self) -> None:
+        """
+        Every event the Socket.IO gateway answers is counted under its own
+        name, not lumped into C{other} (C{file:upload} and C{file:url}
+        were).
+        """
+        from twisted.internet.task import Clock
+
+        from crm_im.gateway.socketio import SocketIOGateway
+        from crm_im.im.core import IMCore
+        from crm_im.im.metrics import EVENTS
+        from crm_im.routing.local import LocalRouter
+        from crm_im.socketio.server import SocketIOServer
+        from crm_im.storage.memory import MemoryMessageStore
+
+        clock = Clock()
+        sio = SocketIOServer(clock)
+        presence = Presence(clock)
+        router = LocalRouter(sio.namespace("/").sockets, presence, clock)
+        core = IMCore(MemoryMessageStore(), None, presence, router, clock)  # type: ignore[arg-type]
+        SocketIOGateway(sio, core, clock)
+        routed = set(sio.namespace("/").handlers) - {"connect", "disconnect"}
+        self.assertIn("file:upload", routed)
+        self.assertEqual(routed - set(EVENTS), set())
+
+
 class ServerCollectorTests(EngineTestMixin, SynchronousTestCase):
     """
     The server's own gauges, read at scrape time: what a leak of sessions,

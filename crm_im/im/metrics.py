@@ -61,6 +61,8 @@ EVENTS = (
     "keys:upload",
     "keys:query",
     "keys:claim",
+    "file:upload",
+    "file:url",
 )
 MESSAGE_TYPES = ("text", "file", "file_transfer", "encrypted")
 RECEIPT_STATUSES = ("delivered", "offline", "sent")

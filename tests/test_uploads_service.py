@@ -325,6 +325,28 @@ class ServiceTestsMixin:
         self.assertEqual((await self.records.fileRecord(old)).state, EXPIRED)  # type: ignore[attr-defined,union-attr]
         self.assertEqual((await self.records.fileRecord(kept)).state, COMPLETE)  # type: ignore[attr-defined,union-attr]
 
+    async def test_retentionBacklog(self) -> None:
+        """
+        A sweep expires the files past retention batch after batch (more
+        than one batch of them), up to C{sweepBatches}; the next sweep goes
+        on from there. It says how many it expired.
+        """
+        from twisted.logger import capturedLogs
+
+        self.service.settings = attrs.evolve(self.settings, retentionDays=1, sweepBatch=2, sweepBatches=2)
+        ids = [await self.upload(b"bytes %d" % i) for i in range(5)]
+        self.clock.advance(2 * 86400)
+
+        async def states() -> list[str]:
+            return [(await self.records.fileRecord(fileId)).state for fileId in ids]  # type: ignore[union-attr]
+
+        with capturedLogs() as events:
+            await self.service.sweep()
+        self.assertEqual((await states()).count(EXPIRED), 4)
+        self.assertEqual([e["count"] for e in events if "count" in e], [4])
+        await self.service.sweep()
+        self.assertEqual(await states(), [EXPIRED] * 5)
+
     async def test_boundedBuffer(self) -> None:
         """
         A sink holds at most what arrives while one write is on a thread:

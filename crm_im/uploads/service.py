@@ -65,6 +65,8 @@ class UploadSettings:
     @ivar thumbnailSize: the long side of a thumbnail, px.
     @ivar thumbnailConcurrency: thumbnails made at once.
     @ivar sweepBatch: records handled per sweep step.
+    @ivar sweepBatches: steps of retention one sweep takes at most (its
+        files expired a minute: C{sweepBatch} times this).
     @ivar maxUnfinished: uploads one user may have open in this process at
         once: each holds a record, a running hash and a part file for up
         to C{uploadIdle} after its last byte, and the quota bounds bytes,
@@ -82,6 +84,7 @@ class UploadSettings:
     thumbnailSize: int = 256
     thumbnailConcurrency: int = 2
     sweepBatch: int = 100
+    sweepBatches: int = 50
     maxUnfinished: int = 32
 
 
@@ -532,9 +535,25 @@ class UploadService:
                 self.log.info("abandoned upload {fileId} deleted", fileId=record.fileId)
         days = self.settings.retentionDays
         if days > 0:
-            cutoff = now - int(days * 86400 * 1000)
-            for record in await self.records.retentionCandidates(cutoff, batch):
+            await self._retain(now - int(days * 86400 * 1000), batch)
+
+    async def _retain(self, cutoff: int, batch: int) -> None:
+        """
+        Expire the files past retention, batch after batch while batches
+        come full, up to C{sweepBatches} of them: one batch a sweep (100 a
+        minute) fell behind a server that takes more files a day than that
+        (~144,000), and the backlog of a first sweep took days.
+        """
+        expired = 0
+        for _ in range(self.settings.sweepBatches):
+            records = await self.records.retentionCandidates(cutoff, batch)
+            for record in records:
                 await self.expire(record)
+            expired += len(records)
+            if len(records) < batch:
+                break
+        if expired:
+            self.log.info("retention: {count} files past {cutoff} expired", count=expired, cutoff=cutoff)
 
     async def expire(self, record: FileRecord) -> None:
         """

@@ -425,14 +425,16 @@ class AtRestStoreMixin:
             f.write(keyLine("k9", 9) + "\n")
         os.chmod(keyFile, 0o600)
         self.execute("INSERT INTO encryption_keys (key_id, first_used) VALUES ('k1', 1)")
-        out = io.StringIO()
-        self.assertEqual(main(["--store", self.storeURL(), "--encryption-keys", keyFile], out), 1)
-        self.assertIn("k1", out.getvalue())
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(main(["--store", self.storeURL(), "--encryption-keys", keyFile], out, err), 1)
+        self.assertIn("k1", err.getvalue())
+        self.assertNotIn("k1", out.getvalue())
         with open(keyFile, "w") as f:
             f.write("k9:short\n")
-        out = io.StringIO()
-        self.assertEqual(main(["--store", self.storeURL(), "--encryption-keys", keyFile], out), 2)
-        self.assertIn("line 1", out.getvalue())
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(main(["--store", self.storeURL(), "--encryption-keys", keyFile], out, err), 2)
+        self.assertEqual((out.getvalue(), err.getvalue().startswith("crm_im-rekey:")), ("", True))
+        self.assertIn("line 1", err.getvalue())
         self.assertRaises(RekeyError, rekey, self.storeURL(), atRest("k1"), Clock(), None, 0)
 
 

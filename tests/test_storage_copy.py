@@ -255,9 +255,11 @@ class CopyTests(TestCase):
         old.close()
         error = self.assertRaises(CopyError, copyDatabase, self.path, self.url)
         self.assertIn("start this crm_im on it once", str(error))
-        out = io.StringIO()
-        self.assertEqual(main(["--from", self.path, "--to", self.url], out), 2)
-        self.assertEqual(main(["--from", self.path + ".missing", "--to", self.url], out), 2)
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(main(["--from", self.path, "--to", self.url], out, err), 2)
+        self.assertEqual(main(["--from", self.path + ".missing", "--to", self.url], out, err), 2)
+        self.assertNotIn("crm_im-migrate: ", out.getvalue())
+        self.assertEqual(err.getvalue().count("crm_im-migrate: "), 2)
 
     async def test_commandLine(self) -> None:
         """

@@ -476,7 +476,7 @@ def printReport(report: CopyReport, out: TextIO) -> None:
         out.write(f"U+0000 replaced by U+FFFD in {report.replacedNul} text values\n")
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """
     The command line; returns the exit status (0 copied and verified, 1
     mismatch, 2 refused).
@@ -511,11 +511,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             path, args.target, args.batch_size, args.replace_nul, args.verify_only, progress
         )
     except CopyError as error:
-        out.write(f"crm_im-migrate: {error}\n")
+        err.write(f"crm_im-migrate: {error}\n")
         return 2
     printReport(report, out)
     if not report.ok:
-        out.write("crm_im-migrate: the copy does NOT match the source (progress kept; see above)\n")
+        err.write("crm_im-migrate: the copy does NOT match the source (progress kept; see above)\n")
         return 1
     out.write("verified: every table matches\n" if args.verify_only else "copied and verified\n")
     return 0

@@ -466,7 +466,7 @@ def rekey(
     return report
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """
     The command line; returns the exit status (0 done, 1 failed, 2 bad
     arguments).
@@ -501,10 +501,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     try:
         ring, warnings = loadKeyFile(args.encryption_keys)
     except KeyFileError as error:
-        out.write(f"crm_im-rekey: {error}\n")
+        err.write(f"crm_im-rekey: {error}\n")
         return 2
     for warning in warnings:
-        out.write(f"warning: {warning}\n")
+        err.write(f"warning: {warning}\n")
 
     def progress(table: str, done: int) -> None:
         out.write(f"{table}: {done} rows\n")
@@ -518,7 +518,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
 
         report = rekey(args.store, AtRest.fromRing(ring), reactor, args.files, args.batch_size, progress)
     except RekeyError as error:
-        out.write(f"crm_im-rekey: {error}\n")
+        err.write(f"crm_im-rekey: {error}\n")
         return 1
     for table, position in sorted(report.resumedFrom.items()):
         out.write(f"{table}: resumed after {position}\n")

@@ -309,6 +309,37 @@ class ServiceTestsMixin:
         record = await self.records.fileRecord(fileId)
         self.assertEqual((record.state, record.sha256), (COMPLETE, hashlib.sha256(data).hexdigest()))  # type: ignore[attr-defined,union-attr]
 
+    async def test_resumedThroughAnotherNode(self) -> None:
+        """
+        Nodes of a cluster share the files directory and the records, and
+        a balancer sends an upload's requests to any of them: a node that
+        served the upload before another one appended to it answers C{HEAD}
+        with the bytes on disk, takes the next C{PATCH} there, and leaves
+        an upload another node completed complete.
+        """
+        data = bytes(range(200)) * 4
+        fileId = await self.upload(b"", size=len(data))
+        from crm_im.uploads.signing import URLSigner
+
+        node1 = self.service
+        node2 = UploadService(self.files, self.records, URLSigner(b"s" * 32, self.clock), self.clock, self.settings)
+        self.assertEqual((await node1.load(fileId)).upload.offset, 0)  # type: ignore[attr-defined]
+        self.service = node2
+        await self.write(fileId, data[:333], lost=True)
+        self.service = node1
+        self.assertEqual((await node1.load(fileId)).upload.head(node1.nowMs()), 333)  # type: ignore[attr-defined]
+        await self.write(fileId, data[333:500], offset=333, lost=True)
+        self.service = node2
+        self.assertEqual((await node2.load(fileId)).upload.offset, 500)  # type: ignore[attr-defined]
+        await self.write(fileId, data[500:], offset=500)
+        record = await self.records.fileRecord(fileId)
+        self.assertEqual((record.state, record.sha256), (COMPLETE, hashlib.sha256(data).hexdigest()))  # type: ignore[attr-defined,union-attr]
+        again = await node1.load(fileId)
+        self.assertEqual((again.upload.state, again.upload.offset), (tus.COMPLETE, len(data)))  # type: ignore[attr-defined]
+        self.assertNotIn(fileId, node1.active)  # type: ignore[attr-defined]
+        with open(self.files.blobPath(hashlib.sha256(data).hexdigest()).path, "rb") as blob:  # type: ignore[attr-defined]
+            self.assertEqual(blob.read(), data)  # type: ignore[attr-defined]
+
     async def test_retention(self) -> None:
         """
         With C{retentionDays}, a file older than that which no newer

@@ -135,6 +135,9 @@ class UploadService:
         #: the CORS policy of answers given before the body is read
         self.cors: CORSPolicy | None = None
         self._loading: KeyedOnce[ActiveUpload] = KeyedOnce()
+        # Uploads whose write request ended and which are being completed
+        # (or their expiry moved): see L{finishWrite}.
+        self._finishing: set[str] = set()
         self._thumbnails = DeferredSemaphore(self.settings.thumbnailConcurrency)
         #: the thumbnail job under way of an image, by its SHA-256, whose
         #: outcome every request for it meanwhile shares (L{thumbnail})
@@ -306,13 +309,19 @@ class UploadService:
 
     def load(self, fileId: str) -> Deferred[ActiveUpload]:
         """
-        The state of an upload, from memory or (first use in this process)
-        from its record and the bytes on disk.
+        The state of an upload: from memory while a request of this
+        process writes or completes it, else from its record and the bytes
+        on disk, as memory may be stale: nodes of a cluster share the
+        files directory, and a client behind a round-robin balancer sends
+        its requests to any of them. A node that kept the offset it last
+        saw answered C{HEAD} with it after another node had appended, and
+        refused every C{PATCH} at the true offset with 409 ("HEAD it
+        again"): the upload could never be resumed through that node.
 
         @raise tus.TusError: 404 unknown, 409 complete, 410 abandoned.
         """
         active = self.active.get(fileId)
-        if active is not None:
+        if active is not None and (active.upload.writer or fileId in self._finishing):
             return _succeed(active)
         return self._loading.run(fileId, lambda: self._load(fileId))
 
@@ -321,17 +330,26 @@ class UploadService:
         if record is None:
             raise tus.TusError(404, "no such upload")
         if record.state == COMPLETE:
+            # (completed here, or by another node)
+            self.active.pop(fileId, None)
             upload = tus.Upload(fileId, record.size, record.size, 0, tus.COMPLETE)
             return ActiveUpload(record, upload, None)
         if record.state in (ABORTED, EXPIRED) or record.expiresAt is None:
+            self.active.pop(fileId, None)
             raise tus.TusError(410, "this upload was abandoned or expired")
         size = await self.files.partSize(fileId)
         if size > record.size:
             raise tus.TusError(409, "this upload's bytes are longer than announced")
         active = self.active.get(fileId)
+        if active is not None and active.upload.offset != size:
+            # bytes written by another node: its running hash is not theirs
+            active = None
         if active is None:
             upload = tus.Upload(fileId, record.size, size, record.expiresAt)
             active = self.active[fileId] = ActiveUpload(record, upload, hashlib.sha256() if size == 0 else None)
+        else:
+            # (moved by whichever node wrote last)
+            active.upload.expiresAt = record.expiresAt
         return active
 
     async def authorize(self, fileId: str, token: str | None) -> ActiveUpload:
@@ -373,10 +391,16 @@ class UploadService:
         """
         upload = active.upload
         now = self.nowMs()
-        if upload.endWrite(now, int(self.settings.uploadIdle * 1000)):
-            await self._complete(active)
-        else:
-            await self.records.touchUpload(upload.fileId, upload.expiresAt)
+        # (L{load} keeps to memory meanwhile: the part file may be gone
+        # into its blob before the record says complete)
+        self._finishing.add(upload.fileId)
+        try:
+            if upload.endWrite(now, int(self.settings.uploadIdle * 1000)):
+                await self._complete(active)
+            else:
+                await self.records.touchUpload(upload.fileId, upload.expiresAt)
+        finally:
+            self._finishing.discard(upload.fileId)
 
     async def _complete(self, active: ActiveUpload) -> None:
         upload = active.upload

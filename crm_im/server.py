@@ -231,7 +231,14 @@ class CRMIMService(StagedService):
             self.cluster.attach(self.core, namespace)
         self.app = SocketIOGateway(self.sio, self.core, reactor)
         # Connection state recovery from the store (survives a restart).
-        self.recovery = enableRecovery(self.sio, self.core.sessions, self.router, recoveryStoreFor(self.store), reactor)
+        self.recovery = enableRecovery(
+            self.sio,
+            self.core.sessions,
+            self.router,
+            recoveryStoreFor(self.store),
+            reactor,
+            node="" if self.cluster is None else self.cluster.nodeId,
+        )
         self.pushSender = self._buildPush(config, reactor)
         cors = CORSPolicy(config.corsOrigins)
         root = buildRoot(

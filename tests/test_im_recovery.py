@@ -246,10 +246,10 @@ class StoreRecoveryTests(IMRecoveryTests):
         self.recoveryStore: Any = self.records
         self.build()
 
-    def build(self, maxReplay: int | None = None) -> None:
+    def build(self, maxReplay: int | None = None, node: str = "") -> None:
         """
         A server (Socket.IO, IM core, gateway) on the same stores: a new
-        node, or the node restarted.
+        node, or the node restarted; C{node} its cluster node id.
         """
         from crm_im.im.recovery import enableRecovery
 
@@ -260,7 +260,7 @@ class StoreRecoveryTests(IMRecoveryTests):
         self.router = LocalRouter(sockets, self.presence, self.clock)
         self.core = IMCore(self.store, None, self.presence, self.router, self.clock)  # type: ignore[arg-type]
         self.gateway = SocketIOGateway(self.sio, self.core, self.clock)
-        recovery = enableRecovery(self.sio, self.core.sessions, self.router, self.recoveryStore, self.clock)
+        recovery = enableRecovery(self.sio, self.core.sessions, self.router, self.recoveryStore, self.clock, node)
         assert recovery is not None
         if maxReplay is not None:
             recovery.maxReplay = maxReplay
@@ -487,6 +487,29 @@ class StoreRecoveryTests(IMRecoveryTests):
         assert user is not None
         self.assertEqual(user.id, "alice")
         self.assertTrue(self.core.rooms.rooms.contains("r1", sid))
+
+    def test_anotherNodeStarts(self) -> None:
+        """
+        In a cluster, a node that starts gives the window only to its own
+        records left without an expiry (its previous life's sockets), not
+        to those of sockets connected to other nodes: those expired a
+        window later while still connected, and could not come back once
+        their own node was killed and started again.
+        """
+        self.build(node="n1")
+        alice, sid, pid = self.login("alice")
+        self.build(node="n2")
+        self.clock.advance(WINDOW / 1000 + 1)
+        self.assertIsNone(self.records.records[pid].expiresAt)
+        # n1 is killed (its sockets never told) and starts again
+        self.build(node="n1")
+        self.assertEqual(self.records.records[pid].node, "n1")
+        self.assertIsNotNone(self.records.records[pid].expiresAt)
+        back, answer = self.reconnect(pid)
+        self.assertEqual(answer, {"sid": sid, "pid": pid})
+        user = self.presence.userOfDevice(sid)
+        assert user is not None
+        self.assertEqual(user.id, "alice")
 
     def test_bounded(self) -> None:
         """

@@ -141,6 +141,24 @@ class RecoveryStoreTestsMixin:
         found = await self.records.recoveryRecord("live", 2000)
         self.assertEqual(found.expiresAt, 5000)
 
+    async def test_expireOnlyOwnOrphans(self) -> None:
+        """
+        C{orphansUntil} goes to the records with no expiry of the node
+        named (and of none: written alone, or before nodes were recorded),
+        not to those of the sockets connected to other nodes.
+        """
+        await self.records.keepRecovery(attrs.evolve(record("mine", lastSeq=0), node="n1"))
+        await self.records.keepRecovery(attrs.evolve(record("other", lastSeq=0), node="n2"))
+        await self.records.keepRecovery(record("none", lastSeq=0))
+        await self.records.expireRecoveries(2000, 5000, "n1")
+        self.assertEqual((await self.records.recoveryRecord("mine", 2000)).node, "n1")
+        self.assertIsNotNone(await self.records.recoveryRecord("none", 2000))  # type: ignore[attr-defined]
+        self.assertIsNone(await self.records.recoveryRecord("other", 2000))
+        await self.records.expireRecoveries(6000)
+        self.assertIsNone(await self.records.recoveryRecord("other", 2000))
+        await self.records.expireRecoveries(6000, 9000, "n2")
+        self.assertEqual((await self.records.recoveryRecord("other", 6000)).expiresAt, 9000)
+
     async def test_missed(self) -> None:
         """
         The messages missed: the 1:1 ones to the user after C{after}; its

@@ -127,6 +127,7 @@ class StoreRecovery:
         maxReplay: int = MAX_REPLAY,
         maxReplayBytes: int = MAX_REPLAY_BYTES,
         maxGone: int = MAX_GONE,
+        node: str = "",
     ) -> None:
         self.memory = memory
         self.store = store
@@ -136,6 +137,9 @@ class StoreRecovery:
         self.maxReplay = maxReplay
         self.maxReplayBytes = maxReplayBytes
         self.maxGone = maxGone
+        #: this node's C{--node-id} in a cluster: its records say so, and
+        #: at start it gives only its own records the window (L{start})
+        self.node = node
         #: set by L{enable}
         self.sessions: Sessions | None = None
         self.router: _Router | None = None
@@ -253,7 +257,7 @@ class StoreRecovery:
         self._goneDeadlines.start()
         self.memory.start()
         now = self.now()
-        self.store.expireRecoveries(now, now + int(self.window * 1000)).addErrback(self._failed, "expiring")
+        self.store.expireRecoveries(now, now + int(self.window * 1000), self.node).addErrback(self._failed, "expiring")
 
     def loggedIn(self, device: str, user: "UserPresence") -> None:
         """
@@ -262,7 +266,7 @@ class StoreRecovery:
         pid = self.pidOf(device)
         if pid is None:
             return
-        record = RecoveryRecord(pid, device, user.id, user.name, user.avatar, (), -1, None)
+        record = RecoveryRecord(pid, device, user.id, user.name, user.avatar, (), -1, None, self.node)
         self._live[device] = record
         self.store.keepRecovery(record).addCallbacks(
             self._kept, self._failed, callbackArgs=(device, pid), errbackArgs=("keeping",)
@@ -294,6 +298,7 @@ class StoreRecovery:
             tuple(sorted(rooms)),
             live.lastSeq,
             self.now() + int(self.window * 1000),
+            self.node,
         )
         if record.pid not in self._gone and len(self._gone) >= self.maxGone:
             # (the oldest record's write was committed long ago: restoring
@@ -392,7 +397,7 @@ class StoreRecovery:
         for roomId in record.rooms:
             if not rooms.contains(roomId, device):
                 rooms.enter(roomId, device, user.id)
-        live = RecoveryRecord(record.pid, device, user.id, user.name, user.avatar, (), record.lastSeq, None)
+        live = RecoveryRecord(record.pid, device, user.id, user.name, user.avatar, (), record.lastSeq, None, self.node)
         self._live[device] = live
         self.store.keepRecovery(live).addErrback(self._failed, "keeping")
         after = seq if seq is not None else record.lastSeq
@@ -495,12 +500,16 @@ def _published(message: StoredMessage) -> bool:
     return system is not None and system.get("action") == "publish"
 
 
-def enableRecovery(sio: Any, sessions: "Sessions", router: Any, store: IRecoveryStore, clock: IReactorTime) -> StoreRecovery | None:
+def enableRecovery(
+    sio: Any, sessions: "Sessions", router: Any, store: IRecoveryStore, clock: IReactorTime, node: str = ""
+) -> StoreRecovery | None:
     """
     Wire recovery from the store into a server whose Socket.IO server has
     recovery on (a L{RecoveryLog}): its recovery becomes a
     L{StoreRecovery} around that log, the router puts offsets on stored
     messages' events, and the sessions keep records.
+
+    @param node: the cluster node's id (L{StoreRecovery.node}), C{""} alone.
 
     @return: the L{StoreRecovery}, or L{None} if recovery is off.
     """
@@ -510,7 +519,7 @@ def enableRecovery(sio: Any, sessions: "Sessions", router: Any, store: IRecovery
         # stays in memory, as before)
         return None
     recovery = StoreRecovery(
-        memory, store, clock, memory.window, maxReplayBytes=sessions.messaging.settings.maxHistoryBytes
+        memory, store, clock, memory.window, maxReplayBytes=sessions.messaging.settings.maxHistoryBytes, node=node
     )
     recovery.sessions = sessions
     recovery.router = router

@@ -50,6 +50,8 @@ class RecoveryRecord:
         room messages up to it were history to it, not missed.
     @ivar expiresAt: ms since the epoch after which it may not come back;
         L{None} while it is connected (not recoverable yet).
+    @ivar node: the cluster node its socket is connected to (C{--node-id});
+        C{""} on a single node.
     """
 
     pid: str
@@ -60,6 +62,7 @@ class RecoveryRecord:
     rooms: tuple[str, ...]
     lastSeq: int
     expiresAt: int | None = None
+    node: str = ""
 
 
 class IRecoveryStore(Interface):
@@ -93,11 +96,13 @@ class IRecoveryStore(Interface):
         sessions for good). @return: how many.
         """
 
-    def expireRecoveries(now: int, orphansUntil: int | None = None) -> Deferred[int]:
+    def expireRecoveries(now: int, orphansUntil: int | None = None, node: str = "") -> Deferred[int]:
         """
         Delete the records expired at C{now}; with C{orphansUntil}, give
-        the records with no expiry (sockets that were connected when their
-        node stopped without telling) that one. @return: how many deleted.
+        the records of C{node} (and those written with no node) with no
+        expiry (sockets that were connected when their node stopped
+        without telling) that one; those of the other nodes' sockets are
+        connected. @return: how many deleted.
         """
 
     def missedMessages(
@@ -130,6 +135,7 @@ def _row(record: RecoveryRecord) -> tuple[Any, ...]:
         orjson.dumps(list(record.rooms[:MAX_ROOMS])).decode(),
         record.lastSeq,
         record.expiresAt,
+        record.node,
     )
 
 
@@ -144,10 +150,11 @@ def _record(row: Sequence[Any]) -> RecoveryRecord:
         rooms=tuple(r for r in rooms if isinstance(r, str)) if isinstance(rooms, list) else (),
         lastSeq=int(row[6]),
         expiresAt=None if row[7] is None else int(row[7]),
+        node=row[8],
     )
 
 
-_COLUMNS = "pid, sid, user_id, user_name, avatar, rooms, last_seq, expires_at"
+_COLUMNS = "pid, sid, user_id, user_name, avatar, rooms, last_seq, expires_at, node"
 
 
 def keepRecovery_txn(txn: Transaction, record: RecoveryRecord) -> RecoveryRecord:
@@ -159,10 +166,10 @@ def keepRecovery_txn(txn: Transaction, record: RecoveryRecord) -> RecoveryRecord
         row = txn.fetchone()
         record = attrs.evolve(record, lastSeq=int(row[0]) if row is not None else 0)
     txn.execute(
-        f"INSERT INTO recovery_sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        f"INSERT INTO recovery_sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (pid) DO UPDATE SET sid = excluded.sid, user_id = excluded.user_id,"
         " user_name = excluded.user_name, avatar = excluded.avatar, rooms = excluded.rooms,"
-        " last_seq = excluded.last_seq, expires_at = excluded.expires_at",
+        " last_seq = excluded.last_seq, expires_at = excluded.expires_at, node = excluded.node",
         _row(record),
     )
     return record
@@ -195,14 +202,17 @@ def dropRecoveriesOf_txn(txn: Transaction, userId: str) -> int:
     return max(0, txn.rowcount)
 
 
-def expireRecoveries_txn(txn: Transaction, now: int, orphansUntil: int | None) -> int:
+def expireRecoveries_txn(txn: Transaction, now: int, orphansUntil: int | None, node: str = "") -> int:
     """
     See L{IRecoveryStore.expireRecoveries}.
     """
     txn.execute("DELETE FROM recovery_sessions WHERE expires_at <= ?", (now,))
     deleted = max(0, txn.rowcount)
     if orphansUntil is not None:
-        txn.execute("UPDATE recovery_sessions SET expires_at = ? WHERE expires_at IS NULL", (orphansUntil,))
+        txn.execute(
+            "UPDATE recovery_sessions SET expires_at = ? WHERE expires_at IS NULL AND node IN ('', ?)",
+            (orphansUntil, node),
+        )
     return deleted
 
 
@@ -276,11 +286,11 @@ class SQLRecoveryStore(StoreSection):
         """
         return self._writeTxn("dropRecoveriesOf", lambda txn: dropRecoveriesOf_txn(txn, userId))
 
-    def expireRecoveries(self, now: int, orphansUntil: int | None = None) -> Deferred[int]:
+    def expireRecoveries(self, now: int, orphansUntil: int | None = None, node: str = "") -> Deferred[int]:
         """
         See L{IRecoveryStore.expireRecoveries}.
         """
-        return self._writeTxn("expireRecoveries", lambda txn: expireRecoveries_txn(txn, now, orphansUntil))
+        return self._writeTxn("expireRecoveries", lambda txn: expireRecoveries_txn(txn, now, orphansUntil, node))
 
     def missedMessages(
         self,
@@ -348,7 +358,7 @@ class MemoryRecoveryStore:
             del self.records[pid]
         return succeed(len(pids))
 
-    def expireRecoveries(self, now: int, orphansUntil: int | None = None) -> Deferred[int]:
+    def expireRecoveries(self, now: int, orphansUntil: int | None = None, node: str = "") -> Deferred[int]:
         """
         See L{IRecoveryStore.expireRecoveries}.
         """
@@ -357,7 +367,7 @@ class MemoryRecoveryStore:
             del self.records[pid]
         if orphansUntil is not None:
             for pid, record in list(self.records.items()):
-                if record.expiresAt is None:
+                if record.expiresAt is None and record.node in ("", node):
                     self.records[pid] = attrs.evolve(record, expiresAt=orphansUntil)
         return succeed(len(expired))
 

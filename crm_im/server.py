@@ -239,6 +239,9 @@ class CRMIMService(StagedService):
             reactor,
             node="" if self.cluster is None else self.cluster.nodeId,
         )
+        if self.cluster is not None and self.recovery is not None:
+            self.cluster.node.died.append(self.recovery.nodeDied)
+            self.cluster.node.registered.append(self.recovery.rejoined)
         self.pushSender = self._buildPush(config, reactor)
         cors = CORSPolicy(config.corsOrigins)
         root = buildRoot(

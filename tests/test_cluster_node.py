@@ -165,3 +165,21 @@ class LeavingTests(TestCase):
         link.pings[0].callback(b"PONG")
         self.successResultOf(stopped)
         self.assertEqual([command[0] for command in link.commands if command[0] == "HSET"], [])
+
+    def test_deadNodeTold(self) -> None:
+        """
+        A node whose heartbeat key is gone is dropped, and L{ClusterNode.died}
+        is told its id (connection recovery gives its sockets' records the
+        window, so that its clients come back on a live node).
+        """
+        from crm_im.cluster.presence import DeviceRecord
+
+        clock, link, node = self.beating()
+        died: list[str] = []
+        node.died.append(died.append)
+        node.presence.replaceNode("B", {"s1": DeviceRecord("u", "U", None, "online")})
+        execute = link.execute
+        link.execute = lambda *args: succeed([None]) if args[0] == "MGET" else execute(*args)  # type: ignore[method-assign]
+        link.pings[0].callback(b"PONG")
+        self.assertEqual(died, ["B"])
+        self.assertEqual(node.presence.devicesOn("B"), set())

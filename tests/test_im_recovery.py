@@ -511,6 +511,41 @@ class StoreRecoveryTests(IMRecoveryTests):
         assert user is not None
         self.assertEqual(user.id, "alice")
 
+    def test_nodeDied(self) -> None:
+        """
+        Another node is dropped for want of a heartbeat (killed): the
+        records of its sockets get the window, and its clients come back
+        on this node with their sid and login. Before, they waited for a
+        restart of the dead node (and a node that never came back left
+        its records for ever).
+        """
+        self.build(node="n1")
+        alice, sid, pid = self.login("alice")
+        self.build(node="n2")
+        self.recovery.nodeDied("n2")
+        self.assertIsNone(self.records.records[pid].expiresAt)
+        self.recovery.nodeDied("n1")
+        self.assertIsNotNone(self.records.records[pid].expiresAt)
+        back, answer = self.reconnect(pid)
+        self.assertEqual(answer, {"sid": sid, "pid": pid})
+        user = self.presence.userOfDevice(sid)
+        assert user is not None
+        self.assertEqual(user.id, "alice")
+
+    def test_rejoined(self) -> None:
+        """
+        A node the others took for dead while its sockets stayed connected
+        (cut off from Redis) joins again: their records lose the expiry
+        the others gave them.
+        """
+        self.build(node="n1")
+        alice, sid, pid = self.login("alice")
+        self.records.expireRecoveries(0, 5_000_000, "n1")
+        self.assertIsNotNone(self.records.records[pid].expiresAt)
+        self.recovery.rejoined()
+        self.assertIsNone(self.records.records[pid].expiresAt)
+        self.assertEqual(self.records.records[pid].sid, sid)
+
     def test_bounded(self) -> None:
         """
         Past C{maxReplay} missed messages, the oldest are replayed and the

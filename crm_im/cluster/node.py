@@ -117,6 +117,8 @@ class ClusterNode:
         self.handlers: dict[str, Callable[[str, list[Any]], object]] = {}
         #: told each time this node has (re)joined the cluster
         self.registered: list[Callable[[], object]] = []
+        #: told of each other node dropped for want of a heartbeat (its id)
+        self.died: list[Callable[[str], object]] = []
         self._heartbeat = LoopingCall(self.beat)
         self._heartbeat.clock = clock
         self._beats = 0
@@ -420,10 +422,7 @@ class ClusterNode:
                 if settling:
                     live.add(node)
                     continue
-                self.log.info("cluster node {node} is gone (no heartbeat)", node=node)
-                self.presence.replaceNode(node, {})
-                await self.link.execute("HDEL", self.nodesKey, node)
-                await self.link.execute("DEL", self.devicesKey(node))
+                await self._drop(node)
                 continue
             live.add(node)
             addresses[nodes[node][1]] = nodes[node][0]
@@ -435,6 +434,18 @@ class ClusterNode:
             live.update(self.presence.nodes())
         self.addresses = addresses
         self.presence.forgetNodes(live)
+
+    async def _drop(self, node: str) -> None:
+        """
+        C{node} has no heartbeat: its devices leave presence, its keys go,
+        and L{died} is told.
+        """
+        self.log.info("cluster node {node} is gone (no heartbeat)", node=node)
+        self.presence.replaceNode(node, {})
+        await self.link.execute("HDEL", self.nodesKey, node)
+        await self.link.execute("DEL", self.devicesKey(node))
+        for listener in self.died:
+            listener(node)
 
     def beat(self) -> Deferred[Any] | None:
         """
@@ -466,7 +477,4 @@ class ClusterNode:
         alive = await link.execute("MGET", *[self.aliveKey(node) for node in known])
         for node, flag in zip(known, alive):
             if flag is None:
-                self.log.info("cluster node {node} is gone (no heartbeat)", node=node)
-                self.presence.replaceNode(node, {})
-                await link.execute("HDEL", self.nodesKey, node)
-                await link.execute("DEL", self.devicesKey(node))
+                await self._drop(node)

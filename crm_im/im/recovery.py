@@ -259,6 +259,29 @@ class StoreRecovery:
         now = self.now()
         self.store.expireRecoveries(now, now + int(self.window * 1000), self.node).addErrback(self._failed, "expiring")
 
+    def nodeDied(self, node: str) -> None:
+        """
+        Another node of the cluster was dropped for want of a heartbeat
+        (killed, cut off): the records of the sockets connected to it get
+        the window from now, so that its clients come back on this node
+        (and the records of a node that never starts again expire).
+        """
+        if node == self.node:
+            return
+        now = self.now()
+        self.store.expireRecoveries(now, now + int(self.window * 1000), node).addErrback(self._failed, "expiring")
+
+    def rejoined(self) -> None:
+        """
+        This node (re)joined the cluster: if the others had taken it for
+        dead (cut off from Redis for longer than the TTL), they gave its
+        connected sockets' records an expiry (L{nodeDied}); take it back,
+        else those records would expire under sockets still connected.
+        """
+        for record in self._live.values():
+            if record.lastSeq >= 0:
+                self.store.keepRecovery(record).addErrback(self._failed, "keeping")
+
     def loggedIn(self, device: str, user: "UserPresence") -> None:
         """
         C{device} logged in as C{user}: its record, if it has a pid.

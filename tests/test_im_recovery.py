@@ -511,6 +511,28 @@ class StoreRecoveryTests(IMRecoveryTests):
         assert user is not None
         self.assertEqual(user.id, "alice")
 
+    def test_killedInRooms(self) -> None:
+        """
+        The node is killed (its sockets never go: no record gets its rooms
+        as they do) and starts again: a socket comes back in the chat
+        rooms it was in, not in one it left, and is still in them after a
+        second kill.
+        """
+        alice, sid, pid = self.login("alice")
+        for roomId in ("r1", "r2"):
+            self.successResultOf(self.store.createRoom(_room(roomId)))
+            self.emit(alice, "room:join", {"roomId": roomId})
+            self.clock.advance(0)
+        self.emit(alice, "room:leave", {"roomId": "r2"})
+        self.clock.advance(0)
+        self.build()
+        back, answer = self.reconnect(pid)
+        self.assertEqual(answer, {"sid": sid, "pid": pid})
+        self.assertEqual(self.core.rooms.rooms.roomsOf(sid), {"r1"})
+        self.build()
+        self.reconnect(pid)
+        self.assertEqual(self.core.rooms.rooms.roomsOf(sid), {"r1"})
+
     def test_nodeDied(self) -> None:
         """
         Another node is dropped for want of a heartbeat (killed): the

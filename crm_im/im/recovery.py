@@ -299,10 +299,29 @@ class StoreRecovery:
         live = self._live.get(device)
         if live is not None and live.pid == pid and live.lastSeq < 0:
             # (its seq of login, now known)
-            self._live[device] = record
+            self._live[device] = attrs.evolve(live, lastSeq=record.lastSeq)
+            if live.rooms != record.rooms:
+                # rooms entered while the login's record was written
+                self.store.keepRecovery(self._live[device]).addErrback(self._failed, "keeping")
             gone = self._gone.get(pid)
             if gone is not None and gone.lastSeq < 0:
                 self._gone[pid] = attrs.evolve(gone, lastSeq=record.lastSeq)
+
+    def roomsChanged(self, device: str, rooms: Iterable[str]) -> None:
+        """
+        C{device}, logged in, entered or left a chat room: its record says
+        which rooms it is in now. The record got them only as the socket
+        went (L{gone}); a node killed never gets there, and its sockets
+        came back after its restart, or on another node, in no room, with
+        C{recovered} true (so their clients did not join again).
+        """
+        live = self._live.get(device)
+        if live is None:
+            return
+        live = self._live[device] = attrs.evolve(live, rooms=tuple(sorted(rooms)))
+        if live.lastSeq >= 0:
+            # (else written with its seq of login, L{_kept})
+            self.store.keepRecovery(live).addErrback(self._failed, "keeping")
 
     def gone(self, device: str, rooms: Iterable[str]) -> None:
         """
@@ -420,7 +439,9 @@ class StoreRecovery:
         for roomId in record.rooms:
             if not rooms.contains(roomId, device):
                 rooms.enter(roomId, device, user.id)
-        live = RecoveryRecord(record.pid, device, user.id, user.name, user.avatar, (), record.lastSeq, None, self.node)
+        live = RecoveryRecord(
+            record.pid, device, user.id, user.name, user.avatar, record.rooms, record.lastSeq, None, self.node
+        )
         self._live[device] = live
         self.store.keepRecovery(live).addErrback(self._failed, "keeping")
         after = seq if seq is not None else record.lastSeq
@@ -547,6 +568,7 @@ def enableRecovery(
     recovery.sessions = sessions
     recovery.router = router
     recovery.pidOf = lambda device: _pidOf(sio, device)
+    sessions.rooms.socketRoomsListeners.append(recovery.roomsChanged)
     router.offsets = True
     sio.recovery = recovery
     sessions.recovery = recovery

@@ -160,6 +160,11 @@ class RoomHandlers:
         #: told of each room L{closed} here (a cluster tells the other
         #: nodes, which L{forgetRoom} it)
         self.closedListeners: list[Callable[[str], object]] = []
+        #: told of each socket that entered or left a room through these
+        #: handlers, with the rooms it is in now (connection recovery
+        #: keeps them in the socket's record: a node killed writes nothing
+        #: as its sockets go)
+        self.socketRoomsListeners: list[Callable[[str, set[str]], object]] = []
 
     def forgetRoom(self, roomId: str) -> None:
         """
@@ -273,6 +278,7 @@ class RoomHandlers:
                     {"roomId": roomId, "user": self._userWire(caller.userId)},
                     exceptDevice=caller.device,
                 )
+            self._socketRoomsChanged(caller.device)
         page = await self.messages.conversationHistory(roomConversation(roomId), JOIN_HISTORY, None, None)
         return {
             "room": self.wire(room),
@@ -304,7 +310,15 @@ class RoomHandlers:
         outcome = None if caller.device is None else self.rooms.leave(roomId, caller.device)
         if outcome is not None:
             self._left(roomId, *outcome)
+            assert caller.device is not None
+            self._socketRoomsChanged(caller.device)
         return {"roomId": roomId, "left": outcome is not None}
+
+    def _socketRoomsChanged(self, device: str) -> None:
+        if self.socketRoomsListeners:
+            rooms = self.rooms.roomsOf(device)
+            for listener in self.socketRoomsListeners:
+                listener(device, rooms)
 
     def closed(self, roomId: str) -> int:
         """
@@ -321,6 +335,7 @@ class RoomHandlers:
         sent = self.router.toDevices(devices, "room:left", {"roomId": roomId, "reason": "closed"})
         for device in devices:
             self.rooms.leave(roomId, device)
+            self._socketRoomsChanged(device)
         return sent
 
     def deviceGone(self, device: str) -> None:

@@ -301,6 +301,20 @@ class PresenceTests(TestCase):
         self.clock.advance(1)
         self.assertEqual(self.left, ["u"])
 
+    def test_recoveryHoldAcrossNodes(self) -> None:
+        """
+        A socket of B that may be recovered (its connection cut) holds its
+        user online here as on B, until the hold ends; not only for the
+        settling delay.
+        """
+        self.presence.remoteLogin("B", "d1", DeviceRecord("u", "U", None, "online"))
+        self.presence.remoteLogout("B", "d1", hold=30.0)
+        self.clock.advance(29)
+        self.assertEqual(self.left, [])
+        self.assertIsNotNone(self.presence.user("u"))
+        self.clock.advance(2)
+        self.assertEqual(self.left, ["u"])
+
     def test_unreachablePeers(self) -> None:
         """
         While Redis is down only this node's devices count.

@@ -183,3 +183,27 @@ class LeavingTests(TestCase):
         link.pings[0].callback(b"PONG")
         self.assertEqual(died, ["B"])
         self.assertEqual(node.presence.devicesOn("B"), set())
+
+    def test_logoutHoldPublished(self) -> None:
+        """
+        A local socket that may be recovered goes: its hold travels with
+        its logout, and the other nodes hold its user as long.
+        """
+        import msgpack
+
+        from crm_im.cluster.presence import DeviceRecord
+
+        clock, link, node = self.beating()
+        node.presence.login("u", "s1", "U", None)
+        node.presence.logout("s1", hold=30.0)
+        published = [msgpack.unpackb(c[2]) for c in link.commands if c[0] == "PUBLISH" and c[1] == node.presenceChannel]
+        self.assertEqual(published[-1], ["logout", "A", "s1", 30.0])
+        node.presence.remoteLogin("B", "s2", DeviceRecord("v", "V", None, "online"), announce=False)
+        node.presenceEvent(msgpack.packb(["logout", "B", "s2", 30.0]))
+        clock.advance(29)
+        self.assertIsNotNone(node.presence.user("v"))
+        node.presence.remoteLogin("B", "s3", DeviceRecord("w", "W", None, "online"), announce=False)
+        node.presenceEvent(msgpack.packb(["logout", "B", "s3"]))
+        clock.advance(2)
+        self.assertIsNone(node.presence.user("v"))
+        self.assertIsNone(node.presence.user("w"))

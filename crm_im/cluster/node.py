@@ -210,10 +210,10 @@ class ClusterNode:
             link.send("HSET", devicesKey, sid, packed)
             link.send("PUBLISH", self.presenceChannel, msgpack.packb(["login", me, sid, record.pack()]))
         elif kind == "logout":
-            _, sid = event
-            assert isinstance(sid, str)
+            _, sid, hold = event
+            assert isinstance(sid, str) and isinstance(hold, (int, float))
             link.send("HDEL", devicesKey, sid)
-            link.send("PUBLISH", self.presenceChannel, msgpack.packb(["logout", me, sid]))
+            link.send("PUBLISH", self.presenceChannel, msgpack.packb(["logout", me, sid, hold]))
         elif kind == "status":
             _, userId, status, sids = event
             assert isinstance(userId, str) and isinstance(sids, list)
@@ -289,7 +289,10 @@ class ClusterNode:
             if record is not None:
                 self.presence.remoteLogin(node, event[2], record, announce=False)
         elif kind == "logout":
-            self.presence.remoteLogout(node, event[2])
+            # (the hold of a socket that may be recovered; none from a
+            # node of an earlier version)
+            hold = event[3] if len(event) > 3 and type(event[3]) in (int, float) else 0.0
+            self.presence.remoteLogout(node, event[2], max(0.0, min(float(hold), 86400.0)))
         elif kind == "status":
             self.presence.remoteStatus(event[2], event[3])
         elif kind == "reset":

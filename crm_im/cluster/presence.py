@@ -83,7 +83,7 @@ class ClusterPresence(Presence):
         devices only, so that nothing is counted as delivered to a node we
         cannot reach (it stays in the offline queue).
     @ivar published: told of each local transition as a tuple
-        (C{("login", sid, record)}, C{("logout", sid)},
+        (C{("login", sid, record)}, C{("logout", sid, hold)},
         C{("status", userId, status, sids)}), for the node to register
         and publish.
     @ivar appeared: told of a user who appeared through another node's
@@ -219,7 +219,7 @@ class ClusterPresence(Presence):
             return None
         outcome = self._remove(sid, hold)
         if outcome is not None and self.published is not None:
-            self.published(("logout", sid))
+            self.published(("logout", sid, hold))
         return outcome
 
     def setStatus(self, userId: str, status: str) -> UserPresence:
@@ -254,13 +254,18 @@ class ClusterPresence(Presence):
             self.appeared(result.user)
         return result
 
-    def remoteLogout(self, node: str, sid: str) -> Logout | None:
+    def remoteLogout(self, node: str, sid: str, hold: float = 0.0) -> Logout | None:
         """
         Device C{sid} of another node logged out or disconnected.
+
+        @param hold: as that node's L{logout}'s: a socket that may be
+            recovered holds its user online on every node, not only on its
+            own (the others showed the user offline meanwhile, and said so
+            to their devices, while its node listed it online).
         """
         if node == self.nodeId or self._nodeOf.get(sid) != node:
             return None
-        return self._remove(sid)
+        return self._remove(sid, hold)
 
     def remoteStatus(self, userId: str, status: str) -> UserPresence | None:
         """

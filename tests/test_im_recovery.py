@@ -533,6 +533,28 @@ class StoreRecoveryTests(IMRecoveryTests):
         self.reconnect(pid)
         self.assertEqual(self.core.rooms.rooms.roomsOf(sid), {"r1"})
 
+    def test_backOnAnotherNode(self) -> None:
+        """
+        A socket cut from this node comes back on another node of the
+        cluster (logged in again there with its sid, which this node hears
+        as a login of that sid): when its window here ends, this node does
+        not take it out of its chat rooms (nor tell the room it left).
+        """
+        alice, sid, pid = self.login("alice")
+        bob, _, _ = self.login("bob")
+        self.successResultOf(self.store.createRoom(_room("r1")))
+        for client in (alice, bob):
+            self.emit(client, "room:join", {"roomId": "r1"})
+            self.clock.advance(0)
+        self.events(bob)
+        self.cut(alice)
+        self.clock.advance(1)
+        # (what ClusterPresence.remoteLogin does for the other node's login)
+        self.presence.login("alice", sid, "ALICE", None)
+        self.clock.advance(WINDOW / 1000 + 1)
+        self.assertTrue(self.core.rooms.rooms.contains("r1", sid))
+        self.assertNotIn("room:left", [name for name, _ in self.events(bob)])
+
     def test_nodeDied(self) -> None:
         """
         Another node is dropped for want of a heartbeat (killed): the

@@ -295,9 +295,14 @@ class Sessions:
     def _resumeExpired(self, device: object) -> None:
         """
         A socket that could have come back did not: it leaves its rooms.
+        Unless it came back on another node of the cluster (recovered from
+        the store there: logged in again with its sid): its rooms are that
+        node's now, and leaving them here took it out of this node's view
+        of them (no room message from here reached it any more) and told
+        every member it had left.
         """
         assert isinstance(device, str)
-        if self._resumable.pop(device, None) is not None:
+        if self._resumable.pop(device, None) is not None and self.presence.userOfDevice(device) is None:
             self.rooms.deviceGone(device)
 
     def _announceOffline(self, user: UserPresence) -> None:

@@ -216,6 +216,13 @@ class Presence:
         """
         return self._lastSerial
 
+    def loggedInUsers(self) -> list[UserPresence]:
+        """
+        The users with a logged-in device (invisible ones included; in a
+        cluster, on any node).
+        """
+        return [user for user in self._users.values() if user.devices]
+
     def onlineUsers(self) -> list[dict[str, object]]:
         """
         The contract's online list: every user not invisible.

@@ -361,6 +361,8 @@ class CRMIMService(StagedService):
             sessionsByTransport=self._sessionsByTransport,
             storeSize=self._storeSize,
             outboxDepth=lambda: None if self.pushSender is None else self.pushSender.depth,
+            # (in a cluster, the --node-id the other nodes know it by)
+            node=None if self.cluster is None else self.cluster.nodeId,
         )
         self.adminUI: AdminUINamespace | None = None
         self.adminSite: Site | None = None

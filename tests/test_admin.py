@@ -245,6 +245,32 @@ class HandlerTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual([c for c in self.clock.getDelayedCalls() if "sampleMinute" in repr(c)], [])
 
+    def test_usersOfOtherNodes(self) -> None:
+        """
+        In a cluster, a user logged in only on another node is online in
+        the lists and counts of this node's back office, as in C{GET /}:
+        in C{users?online=true}, not in C{online=false}; the node's own
+        entry counts its own devices.
+        """
+        from crm_im.cluster.presence import ClusterPresence, DeviceRecord
+
+        presence = ClusterPresence(self.clock, "n1")
+        core = IMCore(self.store, None, presence, RecordingRouter(presence), self.clock,  # type: ignore[arg-type]
+                      IMSettings(logEvents=False))
+        admin = AdminHandlers(core, self.adminStore, self.clock, node="n1")
+        done(admin.start())
+        self.addCleanup(admin.stop)
+        core.sessions.connected("a1", None, "127.0.0.1")
+        core.sessions.login("a1", "127.0.0.1", {"id": "alice", "name": "Alice"})
+        presence.remoteLogin("n2", "c1", DeviceRecord("carol", "Carol", None, "online"), announce=False)
+        online = done(admin.users(True, None, None, None))
+        self.assertEqual([(u["id"], u["online"]) for u in online.items], [("alice", True), ("carol", True)])
+        offline = done(admin.users(False, None, None, None))
+        self.assertNotIn("carol", [u["id"] for u in offline.items])
+        stats = done(admin.stats())
+        self.assertEqual((stats["usersOnline"], stats["usersLoggedIn"], stats["devicesLoggedIn"]), (2, 2, 2))
+        self.assertEqual(stats["nodes"][0]["devices"], 1)
+
     def test_groupsLastSeq(self) -> None:
         """
         C{groups} (the list) gives each group's last seq as C{group} (one

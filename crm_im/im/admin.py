@@ -363,14 +363,17 @@ class AdminHandlers:
         byTransport = self.sessionsByTransport()
         users = self._loggedIn()
         online = sum(1 for u in users if u.visible)
+        # (this node's, in a cluster; devicesLoggedIn counts every node's,
+        # as usersOnline and usersLoggedIn do)
+        here = sum(1 for _ in presence.allDevices())
         accepted = self.accepted()
         minutes = [{"at": at, "count": count} for at, count in self._minutes]
         minutes.append({"at": self._minuteStart, "count": accepted - self._minuteBase})
-        devices = sum(1 for _ in presence.allDevices())
+        devices = sum(len(u.devices) for u in users)
         return {
             "version": __version__,
             "node": self.node,
-            "nodes": [{"id": self.node, "sessions": sum(byTransport.values()), "devices": devices, "startedAt": self.startedAt}],
+            "nodes": [{"id": self.node, "sessions": sum(byTransport.values()), "devices": here, "startedAt": self.startedAt}],
             "startedAt": self.startedAt,
             "uptime": now - self.startedAt,
             "timestamp": now,
@@ -390,13 +393,14 @@ class AdminHandlers:
     # ---- users
 
     def _loggedIn(self) -> list[UserPresence]:
-        presence = self.core.presence
-        users: dict[str, UserPresence] = {}
-        for device in presence.allDevices():
-            user = presence.userOfDevice(device)
-            if user is not None:
-                users[user.id] = user
-        return list(users.values())
+        """
+        The users logged in on any node. (From this node's devices, in a
+        cluster, C{users?online=true} left out a user online only on
+        another node, whom C{online=false} left out as online: in neither
+        list; and the dashboard counted this node's users only, where
+        C{GET /} counts the cluster's.)
+        """
+        return self.core.presence.loggedInUsers()
 
     def _devices(self, user: UserPresence | None) -> list[dict[str, Any]]:
         if user is None:

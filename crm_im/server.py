@@ -241,7 +241,7 @@ class CRMIMService(StagedService):
         )
         if self.cluster is not None and self.recovery is not None:
             self.cluster.node.died.append(self.recovery.nodeDied)
-            self.cluster.node.registered.append(self.recovery.rejoined)
+            self.cluster.node.revived.append(self.recovery.rejoined)
         self.pushSender = self._buildPush(config, reactor)
         cors = CORSPolicy(config.corsOrigins)
         root = buildRoot(

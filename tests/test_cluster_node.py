@@ -184,6 +184,33 @@ class LeavingTests(TestCase):
         self.assertEqual(died, ["B"])
         self.assertEqual(node.presence.devicesOn("B"), set())
 
+    def test_revivedOnlyWhenDropped(self) -> None:
+        """
+        L{ClusterNode.revived} is told when the node registers again after
+        the others dropped it (its entry gone from the list of nodes), not
+        at its first registration nor at a reconnection the others did not
+        take for a death (connection recovery then writes every connected
+        socket's record again: not at each Redis blip).
+        """
+        clock, link, node = self.beating()
+        revived: list[bool] = []
+        node.revived.append(lambda: revived.append(True))
+        listed: list[int] = []
+        execute = link.execute
+        link.execute = lambda *args: succeed(listed[-1]) if args[0] == "HEXISTS" else execute(*args)  # type: ignore[method-assign]
+
+        def reconnect(stillListed: int) -> None:
+            listed.append(stillListed)
+            for listener in link.ready:
+                listener()
+
+        reconnect(1)  # the first registration
+        self.assertEqual(revived, [])
+        reconnect(1)
+        self.assertEqual(revived, [])
+        reconnect(0)
+        self.assertEqual(revived, [True])
+
     def test_logoutHoldPublished(self) -> None:
         """
         A local socket that may be recovered goes: its hold travels with

@@ -117,6 +117,10 @@ class ClusterNode:
         self.handlers: dict[str, Callable[[str, list[Any]], object]] = {}
         #: told each time this node has (re)joined the cluster
         self.registered: list[Callable[[], object]] = []
+        #: told when this node registers again after the others dropped it
+        #: for want of a heartbeat (cut off from Redis past the TTL), as
+        #: they told their L{died}: not at every reconnection
+        self.revived: list[Callable[[], object]] = []
         #: told of each other node dropped for want of a heartbeat (its id)
         self.died: list[Callable[[str], object]] = []
         self._heartbeat = LoopingCall(self.beat)
@@ -344,12 +348,16 @@ class ClusterNode:
         """
         link, me = self.link, self.nodeId
         devicesKey = self.devicesKey(me)
-        if not self._cleared:
+        first = not self._cleared
+        if first:
             await link.execute("DEL", devicesKey)
             await link.publish(self.presenceChannel, msgpack.packb(["reset", me]))
             self._cleared = True
-        else:
+        revived = False
+        if not first:
             self._rejoinedAt = self.clock.seconds()
+            # (dropped by the others: its entry is gone from the list)
+            revived = not await link.execute("HEXISTS", self.nodesKey, me)
         # Alive before listed: a node resyncing between the two would
         # otherwise find us listed without a heartbeat and delete us.
         await link.execute("SET", self.aliveKey(me), b"1", "PX", self.aliveMs)
@@ -369,6 +377,9 @@ class ClusterNode:
         self.log.info("cluster node {node} registered ({n} local devices)", node=me, n=len(args) // 2)
         for listener in list(self.registered):
             listener()
+        if revived:
+            for listener in list(self.revived):
+                listener()
 
     async def _joined(self, node: str) -> None:
         info = await self.link.execute("HGET", self.nodesKey, node)

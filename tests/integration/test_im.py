@@ -782,9 +782,13 @@ class IMScenario(DriverTestMixin):
         yield driver.emit("a", "file_transfer", {"id": "f-text", "toId": "b", "fileName": "y.txt", "data": BLOB,
                                                  "mimeType": "Text/Plain; charset=utf-8"}, ack=True)
         yield self.login(driver, "b", "b", "B")
-        (message,) = yield driver.waitFor("b", "message")
-        (none,) = yield driver.waitFor("b", "message")
-        (plain,) = yield driver.waitFor("b", "message")
+        # (by id: python-socketio's client runs each event's handler on a
+        # thread of its own, so the driver may see them out of order)
+        queued = {}
+        for _ in range(3):
+            (one,) = yield driver.waitFor("b", "message")
+            queued[one["id"]] = one
+        message, none, plain = queued["f-off"], queued["f-none"], queued["f-text"]
         self.assertEqual((message["id"], message["type"], message["fileName"], message["fromId"], message["mimeType"]),
                          ("f-off", "file", "合同 v2.pdf", "a", "application/pdf"))
         self.assertEqual((none["id"], none["mimeType"], plain["id"], plain["mimeType"]),

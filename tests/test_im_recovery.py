@@ -290,6 +290,18 @@ class StoreRecoveryTests(IMRecoveryTests):
                     result[-1] = (content, seq, args[0])
         return result
 
+    def assertRecovered(self, pid: str, sid: str, userId: str) -> Client:
+        """
+        Coming back with C{pid} recovers socket C{sid}, logged in as
+        C{userId}; @return: the client.
+        """
+        back, answer = self.reconnect(pid)
+        self.assertEqual(answer, {"sid": sid, "pid": pid})
+        user = self.presence.userOfDevice(sid)
+        assert user is not None
+        self.assertEqual(user.id, userId)
+        return back
+
     def reconnect(self, pid: str, offset: str | None = None) -> tuple[Client, dict[str, Any]]:
         """
         Come back with C{pid} (and the offset of the last message got).
@@ -505,11 +517,7 @@ class StoreRecoveryTests(IMRecoveryTests):
         self.build(node="n1")
         self.assertEqual(self.records.records[pid].node, "n1")
         self.assertIsNotNone(self.records.records[pid].expiresAt)
-        back, answer = self.reconnect(pid)
-        self.assertEqual(answer, {"sid": sid, "pid": pid})
-        user = self.presence.userOfDevice(sid)
-        assert user is not None
-        self.assertEqual(user.id, "alice")
+        self.assertRecovered(pid, sid, "alice")
 
     def test_killedInRooms(self) -> None:
         """
@@ -570,11 +578,7 @@ class StoreRecoveryTests(IMRecoveryTests):
         self.assertIsNone(self.records.records[pid].expiresAt)
         self.recovery.nodeDied("n1")
         self.assertIsNotNone(self.records.records[pid].expiresAt)
-        back, answer = self.reconnect(pid)
-        self.assertEqual(answer, {"sid": sid, "pid": pid})
-        user = self.presence.userOfDevice(sid)
-        assert user is not None
-        self.assertEqual(user.id, "alice")
+        self.assertRecovered(pid, sid, "alice")
 
     def test_rejoined(self) -> None:
         """

@@ -123,12 +123,12 @@ class KeyStoreTestsMixin:
         found = await self.store.deviceKeys(["alice", "bob"], 8)
         self.assertEqual(found, {"alice": [device("alice", "pc"), device("alice", "phone")]})
         self.assertEqual(await self.store.deviceKeys(["alice"], 1), {"alice": [device("alice", "pc")]})
-        claims = await self.store.claimKeys("alice", ["phone"], 8)
+        claims = await self.store.claimKeys("alice", ["phone"], 8, 5000)
         self.assertEqual([c.oneTimeKey for c in claims], [OneTimeKey(1, "OTK1")])
-        claims = await self.store.claimKeys("alice", ["phone"], 8)
-        claims = await self.store.claimKeys("alice", ["phone"], 8)
+        claims = await self.store.claimKeys("alice", ["phone"], 8, 5000)
+        claims = await self.store.claimKeys("alice", ["phone"], 8, 5000)
         self.assertEqual([(c.oneTimeKey, c.remaining) for c in claims], [(OneTimeKey(3, "OTK3"), 1)])
-        claims = await self.store.claimKeys("alice", ["phone"], 8)
+        claims = await self.store.claimKeys("alice", ["phone"], 8, 5000)
         self.assertEqual([(c.oneTimeKey, c.remaining) for c in claims], [(OneTimeKey(4, "OTK4"), 0)])
 
     async def test_signedPreKeyRotates(self) -> None:
@@ -155,7 +155,7 @@ class KeyStoreTestsMixin:
         self.assertEqual(await self.store.deviceKeys(["alice"], 8), {"alice": [device("alice", "phone")]})
         outcome = await self.store.uploadKeys(upload(device("alice", "phone", "IK2"), otks(10, 2), replace=True), 8, 500)
         self.assertEqual((outcome.oneTimeKeyCount, outcome.identityChanged), (2, True))
-        claims = await self.store.claimKeys("alice", None, 8)
+        claims = await self.store.claimKeys("alice", None, 8, 5000)
         self.assertEqual(
             [(c.device.identityKey, c.oneTimeKey, c.remaining) for c in claims], [("IK2", OneTimeKey(10, "OTK10"), 1)]
         )
@@ -174,7 +174,7 @@ class KeyStoreTestsMixin:
         self.assertEqual(outcome.evicted, ("old",))
         found = await self.store.deviceKeys(["alice"], 8)
         self.assertEqual([d.deviceId for d in found["alice"]], ["a", "b"])
-        self.assertEqual(await self.store.claimKeys("alice", ["old"], 8), [])
+        self.assertEqual(await self.store.claimKeys("alice", ["old"], 8, 5000), [])
         again = await self.store.uploadKeys(upload(device("alice", "old")), 2, 5)
         self.assertEqual((again.evicted, again.oneTimeKeyCount), (("a",), 0))
         await self.store.uploadKeys(upload(device("alice", "a"), otks(1, 4)), 3, 5)
@@ -193,14 +193,14 @@ class KeyStoreTestsMixin:
         """
         await self.store.uploadKeys(upload(device("bob", "pc"), otks(7, 1)), 8, 500)
         await self.store.uploadKeys(upload(device("bob", "phone"), otks(1, 2)), 8, 500)
-        claims = await self.store.claimKeys("bob", None, 8)
+        claims = await self.store.claimKeys("bob", None, 8, 5000)
         self.assertEqual(
             [(c.device.deviceId, c.oneTimeKey, c.remaining) for c in claims],
             [("pc", OneTimeKey(7, "OTK7"), 0), ("phone", OneTimeKey(1, "OTK1"), 1)],
         )
-        claims = await self.store.claimKeys("bob", ["pc", "tablet"], 8)
+        claims = await self.store.claimKeys("bob", ["pc", "tablet"], 8, 5000)
         self.assertEqual([(c.device, c.oneTimeKey, c.remaining) for c in claims], [(device("bob", "pc"), None, 0)])
-        self.assertEqual(await self.store.claimKeys("carol", None, 8), [])
+        self.assertEqual(await self.store.claimKeys("carol", None, 8, 5000), [])
 
     async def test_claimsNeverRepeat(self) -> None:
         """
@@ -208,11 +208,52 @@ class KeyStoreTestsMixin:
         gone, none.
         """
         await self.store.uploadKeys(upload(device("bob", "pc"), otks(1, 20)), 8, 500)
-        results = await gatherResults([self.store.claimKeys("bob", ["pc"], 8) for _ in range(25)])
+        results = await gatherResults([self.store.claimKeys("bob", ["pc"], 8, 5000) for _ in range(25)])
         keys = [claims[0].oneTimeKey for claims in results]
         given = [k.keyId for k in keys if k is not None]
         self.assertEqual(sorted(given), list(range(1, 21)))
         self.assertEqual(keys.count(None), 5)
+
+    async def test_uploadSentAgain(self) -> None:
+        """
+        An upload sent again (its ack was lost) after one of its keys was
+        claimed does not store that key anew: it is never handed out a
+        second time. A new key under the id of one handed out is stored;
+        so is any key after the identity key was replaced.
+        """
+        keys = upload(device("bob", "pc"), otks(1, 3))
+        await self.store.uploadKeys(keys, 8, 500)
+        (first,) = await self.store.claimKeys("bob", ["pc"], 8, 5000)
+        self.assertEqual(first.oneTimeKey, OneTimeKey(1, "OTK1"))
+        outcome = await self.store.uploadKeys(keys, 8, 500)
+        self.assertEqual(outcome.oneTimeKeyCount, 2)
+        given = [(await self.store.claimKeys("bob", ["pc"], 8, 5000 + n))[0].oneTimeKey for n in range(3)]
+        self.assertEqual(given, [OneTimeKey(2, "OTK2"), OneTimeKey(3, "OTK3"), None])
+        outcome = await self.store.uploadKeys(upload(device("bob", "pc"), (*otks(1, 3), OneTimeKey(2, "NEW2"))), 8, 500)
+        self.assertEqual(outcome.oneTimeKeyCount, 0)
+        outcome = await self.store.uploadKeys(upload(device("bob", "pc"), (OneTimeKey(2, "NEW2"),)), 8, 500)
+        self.assertEqual(outcome.oneTimeKeyCount, 1)
+        outcome = await self.store.uploadKeys(upload(device("bob", "pc", "IK2"), otks(1, 3), replace=True), 8, 500)
+        self.assertEqual(outcome.oneTimeKeyCount, 3)
+
+    async def test_claimedKeptBounded(self) -> None:
+        """
+        The keys handed out kept for that check are, once an upload is
+        over, the device's C{maxOneTimeKeys} claimed last: as many as can be
+        claimed between an upload and the same upload sent again.
+        """
+        await self.store.uploadKeys(upload(device("bob", "pc"), otks(1, 2)), 8, 2)
+        for n in range(2):
+            await self.store.claimKeys("bob", ["pc"], 8, 5000 + n)
+        await self.store.uploadKeys(upload(device("bob", "pc"), otks(3, 2)), 8, 2)
+        for n in range(2):
+            await self.store.claimKeys("bob", ["pc"], 8, 6000 + n)
+        await self.store.uploadKeys(upload(device("bob", "pc")), 8, 2)
+        # keys 1 and 2 were claimed before the last two: forgotten now
+        outcome = await self.store.uploadKeys(upload(device("bob", "pc"), otks(1, 4)), 8, 2)
+        self.assertEqual(outcome.oneTimeKeyCount, 2)
+        given = [(await self.store.claimKeys("bob", ["pc"], 8, 7000 + n))[0].oneTimeKey for n in range(3)]
+        self.assertEqual(given, [OneTimeKey(1, "OTK1"), OneTimeKey(2, "OTK2"), None])
 
     async def test_contacts(self) -> None:
         """
@@ -308,7 +349,7 @@ class SQLKeyStoreTestsMixin(KeyStoreTestsMixin):
             [("", '{"d1":"CIPHER"}', "x25519-hkdf-aes256gcm")],
         )
         await self.store.uploadKeys(upload(device("bob", "pc"), otks(1, 2)), 8, 500)
-        await self.store.claimKeys("bob", None, 8)
+        await self.store.claimKeys("bob", None, 8, 5000)
         self.assertEqual(self.rows("SELECT key_id, public_key FROM one_time_keys"), [(2, "OTK2")])
 
 
@@ -336,8 +377,8 @@ class PostgresKeyStoreTests(PostgresStores, SQLKeyStoreTestsMixin, TestCase):
         await self.store.uploadKeys(upload(device("bob", "pc"), otks(1, 60)), 8, 500)
         claims = []
         for _ in range(35):
-            claims.append(self.store.claimKeys("bob", ["pc"], 8))
-            claims.append(other.claimKeys("bob", ["pc"], 8))
+            claims.append(self.store.claimKeys("bob", ["pc"], 8, 5000))
+            claims.append(other.claimKeys("bob", ["pc"], 8, 5000))
         results = await gatherResults(claims)
         keys = [result[0].oneTimeKey for result in results]
         given = [k.keyId for k in keys if k is not None]
@@ -365,8 +406,8 @@ class PostgresKeyStoreTests(PostgresStores, SQLKeyStoreTestsMixin, TestCase):
             # without SKIP LOCKED the second claim would wait for the
             # first transaction, which this thread never gets to commit
             second.execute("SET lock_timeout = '5s'")
-            one = claim_txn(Transaction(first.cursor(), engine), "bob", ["pc"], 8)
-            two = claim_txn(Transaction(second.cursor(), engine), "bob", ["pc"], 8)
+            one = claim_txn(Transaction(first.cursor(), engine), "bob", ["pc"], 8, 5000)
+            two = claim_txn(Transaction(second.cursor(), engine), "bob", ["pc"], 8, 5000)
             first.commit()
             second.commit()
         self.assertEqual([c.oneTimeKey for c in one + two], [OneTimeKey(1, "OTK1"), OneTimeKey(2, "OTK2")])

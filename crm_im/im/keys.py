@@ -171,7 +171,7 @@ class KeyHandlers:
         """
         @param store: the key directory's storage.
         @param router: delivers C{keys:low} and C{keys:changed}.
-        @param clock: for the time of an upload.
+        @param clock: for the time of an upload or a claim.
         """
         self.store = store
         self.router = router
@@ -252,7 +252,9 @@ class KeyHandlers:
         """
         userId, deviceIds = claimed(data, self.limits)
         try:
-            claims = await self.store.claimKeys(userId, deviceIds, self.limits.devicesPerUser)
+            claims = await self.store.claimKeys(
+                userId, deviceIds, self.limits.devicesPerUser, int(self.clock.seconds() * 1000)
+            )
         except Exception:
             raise self._internal("hand out keys") from None
         keys: dict[str, Any] = {}

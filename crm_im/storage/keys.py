@@ -10,9 +10,11 @@ hands it to whoever asks. The one property that needs the database is that
 a one-time key is handed out at most once: L{claim_txn} deletes it in the
 transaction that returns it (C{DELETE ... RETURNING}), which on PostgreSQL
 also skips a row another transaction holds (C{FOR UPDATE SKIP LOCKED}), so
-two claimers, on one node or two, never get the same key. Writes go through
-the store's group commit, whose batches on PostgreSQL take the engine's
-write lock as well.
+two claimers, on one node or two, never get the same key; and it keeps the
+key it handed out (C{claimed_one_time_keys}), so that an upload sending it
+again, a client's retry of an upload whose ack was lost, does not store it
+anew for a second claimer. Writes go through the store's group commit,
+whose batches on PostgreSQL take the engine's write lock as well.
 """
 
 from __future__ import annotations
@@ -152,7 +154,8 @@ class IKeyStore(Interface):
     def uploadKeys(upload: KeyUpload, maxDevices: int, maxOneTimeKeys: int) -> Deferred[Uploaded]:
         """
         Publish a device's identity key and signed pre-key and add its
-        one-time keys (a key id it already has stored is kept as it was).
+        one-time keys (a key id it already has stored is kept as it was,
+        and a key a claim already handed out is not stored again).
 
         A new device past the user's C{maxDevices} makes room: the devices
         updated longest ago are dropped (a reinstalled app usually comes
@@ -171,11 +174,17 @@ class IKeyStore(Interface):
         each, ordered by device id); a user without any is absent.
         """
 
-    def claimKeys(userId: str, deviceIds: Sequence[str] | None, maxDevices: int) -> Deferred[list[ClaimedKey]]:
+    def claimKeys(
+        userId: str, deviceIds: Sequence[str] | None, maxDevices: int, now: int
+    ) -> Deferred[list[ClaimedKey]]:
         """
         For each device of C{userId} (those of C{deviceIds} that exist, or
         all, at most C{maxDevices}), remove and return one one-time key,
-        atomically: no key is ever returned twice.
+        atomically: no key is ever returned twice, not even after an upload
+        sent it again.
+
+        @param now: ms since the epoch (the claimed keys kept are the
+            newest).
         """
 
     def contacts(userId: str, limit: int) -> Deferred[list[str]]:
@@ -215,7 +224,8 @@ def upload_txn(txn: Transaction, upload: KeyUpload, maxDevices: int, maxOneTimeK
         if not upload.replace:
             raise IdentityKeyConflict()
         changed = True
-    # the one-time keys this upload adds: ids not stored yet, each once
+    # the one-time keys this upload adds: ids not stored yet, each once,
+    # and not handed out already
     fresh: dict[int, OneTimeKey] = {}
     for key in upload.oneTimeKeys:
         fresh.setdefault(key.keyId, key)
@@ -230,6 +240,8 @@ def upload_txn(txn: Transaction, upload: KeyUpload, maxDevices: int, maxOneTimeK
             )
             for (keyId,) in txn.fetchall():
                 fresh.pop(int(keyId), None)
+        if fresh:
+            _dropClaimed_txn(txn, userId, deviceId, fresh)
     if stored + len(fresh) > maxOneTimeKeys:
         raise TooManyOneTimeKeys(stored)
     spk = device.signedPreKey
@@ -243,8 +255,12 @@ def upload_txn(txn: Transaction, upload: KeyUpload, maxDevices: int, maxOneTimeK
     else:
         if changed:
             # a reinstalled device: its old one-time keys were made by
-            # the identity it no longer has
+            # the identity it no longer has (and a new key may come back
+            # under the id of one handed out before)
             txn.execute("DELETE FROM one_time_keys WHERE user_id = ? AND device_id = ?", (userId, deviceId))
+            txn.execute("DELETE FROM claimed_one_time_keys WHERE user_id = ? AND device_id = ?", (userId, deviceId))
+        else:
+            _pruneClaimed_txn(txn, userId, deviceId, maxOneTimeKeys)
         txn.execute(
             "UPDATE device_keys SET identity_key = ?, signed_prekey_id = ?, signed_prekey = ?,"
             " signed_prekey_signature = ?, updated_at = ? WHERE user_id = ? AND device_id = ?",
@@ -260,6 +276,42 @@ def upload_txn(txn: Transaction, upload: KeyUpload, maxDevices: int, maxOneTimeK
     return Uploaded(stored + len(fresh), changed, evicted)
 
 
+def _dropClaimed_txn(txn: Transaction, userId: str, deviceId: str, fresh: dict[int, OneTimeKey]) -> None:
+    """
+    Take out of C{fresh} the keys a claim already handed out (the same id
+    and public key): an upload sent again, whose first sending was stored
+    and claimed from before its ack was lost. A new key under the id of
+    one handed out is a new key, and stays.
+    """
+    ids = list(fresh)
+    txn.execute(
+        "SELECT key_id, public_key FROM claimed_one_time_keys WHERE user_id = ? AND device_id = ?"
+        f" AND key_id IN ({placeholders(len(ids))})",
+        [userId, deviceId, *ids],
+    )
+    for keyId, public in txn.fetchall():
+        key = fresh.get(int(keyId))
+        if key is not None and key.publicKey == public:
+            del fresh[key.keyId]
+
+
+def _pruneClaimed_txn(txn: Transaction, userId: str, deviceId: str, keep: int) -> None:
+    """
+    Forget all but the C{keep} keys of the device claimed last (once the
+    upload is checked against them all). Between an upload and the same
+    upload sent again no more than the device stores (C{maxOneTimeKeys})
+    can be claimed, so these are the ones a retry may bring back; the
+    table holds at most C{2 * keep} per device, as claims only turn stored
+    keys into claimed ones.
+    """
+    txn.execute(
+        "DELETE FROM claimed_one_time_keys WHERE user_id = ? AND device_id = ? AND key_id NOT IN ("
+        "SELECT key_id FROM claimed_one_time_keys WHERE user_id = ? AND device_id = ?"
+        " ORDER BY claimed_at DESC, key_id DESC LIMIT ?)",
+        (userId, deviceId, userId, deviceId, keep),
+    )
+
+
 def _makeRoom_txn(txn: Transaction, userId: str, maxDevices: int) -> tuple[str, ...]:
     """
     Drop the user's devices updated longest ago (and their one-time keys)
@@ -272,6 +324,7 @@ def _makeRoom_txn(txn: Transaction, userId: str, maxDevices: int) -> tuple[str, 
     evicted = tuple(devices[: max(0, len(devices) - maxDevices + 1)])
     for deviceId in evicted:
         txn.execute("DELETE FROM one_time_keys WHERE user_id = ? AND device_id = ?", (userId, deviceId))
+        txn.execute("DELETE FROM claimed_one_time_keys WHERE user_id = ? AND device_id = ?", (userId, deviceId))
         txn.execute("DELETE FROM device_keys WHERE user_id = ? AND device_id = ?", (userId, deviceId))
     return evicted
 
@@ -311,7 +364,18 @@ def _takeOneTimeKeySQL(engine: str) -> str:
     )
 
 
-def claim_txn(txn: Transaction, userId: str, deviceIds: Sequence[str] | None, maxDevices: int) -> list[ClaimedKey]:
+#: Keeps a claimed key (L{_dropClaimed_txn}); a key id claimed again (a
+#: new key under an old id) keeps the latest.
+_KEEP_CLAIMED = (
+    "INSERT INTO claimed_one_time_keys (user_id, device_id, key_id, public_key, claimed_at) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (user_id, device_id, key_id) DO UPDATE SET public_key = excluded.public_key,"
+    " claimed_at = excluded.claimed_at"
+)
+
+
+def claim_txn(
+    txn: Transaction, userId: str, deviceIds: Sequence[str] | None, maxDevices: int, now: int
+) -> list[ClaimedKey]:
     """
     See L{IKeyStore.claimKeys}.
     """
@@ -335,6 +399,8 @@ def claim_txn(txn: Transaction, userId: str, deviceIds: Sequence[str] | None, ma
         txn.execute(take, (userId, device.deviceId, userId, device.deviceId))
         row = txn.fetchone()
         key = None if row is None else OneTimeKey(int(row[0]), row[1])
+        if key is not None:
+            txn.execute(_KEEP_CLAIMED, (userId, device.deviceId, key.keyId, key.publicKey, now))
         claimed.append(ClaimedKey(device, key, _oneTimeCount_txn(txn, userId, device.deviceId)))
     return claimed
 
@@ -384,13 +450,15 @@ class SQLKeyStore:
         ids = list(userIds)
         return self._read("deviceKeys", lambda txn: deviceKeys_txn(txn, ids, maxDevices))
 
-    def claimKeys(self, userId: str, deviceIds: Sequence[str] | None, maxDevices: int) -> Deferred[list[ClaimedKey]]:
+    def claimKeys(
+        self, userId: str, deviceIds: Sequence[str] | None, maxDevices: int, now: int
+    ) -> Deferred[list[ClaimedKey]]:
         """
         See L{IKeyStore.claimKeys}: a write, so that it runs in the group
         commit's transaction (and, on PostgreSQL, under its write lock).
         """
         ids = None if deviceIds is None else list(deviceIds)
-        return self._write("claimKeys", lambda txn: claim_txn(txn, userId, ids, maxDevices))
+        return self._write("claimKeys", lambda txn: claim_txn(txn, userId, ids, maxDevices, now))
 
     def contacts(self, userId: str, limit: int) -> Deferred[list[str]]:
         """

@@ -37,6 +37,9 @@ class MemoryKeyStore:
         self.oneTimeKeys: dict[tuple[str, str], dict[int, OneTimeKey]] = {}
         #: C{(userId, deviceId) -> ms of its last upload}
         self.updatedAt: dict[tuple[str, str], int] = {}
+        #: C{(userId, deviceId) -> {keyId: (OneTimeKey, ms claimed)}}: the
+        #: keys handed out, which an upload does not store again
+        self.claimed: dict[tuple[str, str], dict[int, tuple[OneTimeKey, int]]] = {}
 
     def uploadKeys(self, upload: KeyUpload, maxDevices: int, maxOneTimeKeys: int) -> Deferred[Uploaded]:
         """
@@ -51,9 +54,15 @@ class MemoryKeyStore:
                 return fail(IdentityKeyConflict())
             changed = True
         stored = {} if changed else dict(self.oneTimeKeys.get(where, {}))
+        claimed = {} if changed else self.claimed.get(where, {})
         before = len(stored)
+        fresh: dict[int, OneTimeKey] = {}
         for key in upload.oneTimeKeys:
-            stored.setdefault(key.keyId, key)
+            fresh.setdefault(key.keyId, key)
+        for keyId, key in fresh.items():
+            # a key id stored is kept; a key handed out is not stored again
+            if keyId not in stored and claimed.get(keyId, (None, 0))[0] != key:
+                stored[keyId] = key
         if len(stored) > maxOneTimeKeys:
             return fail(TooManyOneTimeKeys(before))
         evicted: tuple[str, ...] = ()
@@ -62,10 +71,13 @@ class MemoryKeyStore:
             mine = sorted((self.updatedAt[key], key[1]) for key in self.devices if key[0] == device.userId)
             evicted = tuple(deviceId for _, deviceId in mine[: max(0, len(mine) - maxDevices + 1)])
             for deviceId in evicted:
-                for table in (self.devices, self.oneTimeKeys, self.updatedAt):
+                for table in (self.devices, self.oneTimeKeys, self.updatedAt, self.claimed):
                     table.pop((device.userId, deviceId), None)
         self.devices[where] = device
         self.oneTimeKeys[where] = stored
+        # the claimed keys kept: the newest maxOneTimeKeys
+        newest = sorted(claimed.items(), key=lambda item: (item[1][1], item[0]), reverse=True)[:maxOneTimeKeys]
+        self.claimed[where] = dict(newest)
         self.updatedAt[where] = upload.now
         return succeed(Uploaded(len(stored), changed, evicted))
 
@@ -82,7 +94,9 @@ class MemoryKeyStore:
                     devices.append(device)
         return succeed(found)
 
-    def claimKeys(self, userId: str, deviceIds: Sequence[str] | None, maxDevices: int) -> Deferred[list[ClaimedKey]]:
+    def claimKeys(
+        self, userId: str, deviceIds: Sequence[str] | None, maxDevices: int, now: int
+    ) -> Deferred[list[ClaimedKey]]:
         """
         See L{IKeyStore.claimKeys}.
         """
@@ -96,6 +110,8 @@ class MemoryKeyStore:
         for device in devices:
             keys = self.oneTimeKeys.setdefault((userId, device.deviceId), {})
             key = keys.pop(min(keys)) if keys else None
+            if key is not None:
+                self.claimed.setdefault((userId, device.deviceId), {})[key.keyId] = (key, now)
             claimed.append(ClaimedKey(device, key, len(keys)))
         return succeed(claimed)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from crm_im.im.errors import FORBIDDEN, INVALID_PAYLOAD, TOO_LARGE
@@ -196,6 +197,34 @@ class IdentityChangeTests(KeyHandlerTestCase):
         self.assertEqual(changed.devices, {"a2", "b1", "b2", "d1"})
         claimed = self.claim("c1", {"userId": "alice"})
         self.assertEqual(claimed["keys"]["phone"]["oneTimeKey"], {"keyId": 10, "publicKey": "OTK10"})
+
+    def test_announcedAfterTheAck(self) -> None:
+        """
+        Finding the contacts (a walk of the user's 1:1 messages) does not
+        hold up the upload's ack; the walks run one at a time, and a
+        user's changes made while their walk waits are told with it.
+        """
+        walks: list[tuple[str, Deferred[list[str]]]] = []
+
+        def contacts(userId: str, limit: int) -> Deferred[list[str]]:
+            walks.append((userId, Deferred()))
+            return walks[-1][1]
+
+        self.patch(self.store, "contacts", contacts)
+        for device, user in (("phone", "a1"), ("pc", "b1"), ("tablet", "b2")):
+            self.upload(user, keysOf(device))
+        self.assertEqual(self.upload("a1", dict(keysOf("phone", identity="NEW"), replace=True)), {"oneTimeKeyCount": 0})
+        self.upload("b1", dict(keysOf("pc", identity="NEW"), replace=True))
+        self.upload("b2", dict(keysOf("tablet", identity="NEW"), replace=True))
+        self.assertEqual([user for user, _ in walks], ["alice"])
+        walks[0][1].callback(["carol"])
+        (changed,) = self.router.events("keys:changed")
+        self.assertEqual((changed.payload, changed.devices), ({"userId": "alice", "deviceId": "phone"}, {"a2", "c1"}))
+        self.assertEqual([user for user, _ in walks], ["alice", "bob"])
+        self.router.clear()
+        walks[1][1].callback(["dave"])
+        told = [(e.payload["deviceId"], e.devices) for e in self.router.events("keys:changed")]
+        self.assertEqual(told, [("pc", {"b2", "d1"}), ("tablet", {"b1", "d1"})])
 
     def test_sameKeyReplaceIsQuiet(self) -> None:
         """

@@ -336,6 +336,45 @@ class SQLKeyStoreTestsMixin(KeyStoreTestsMixin):
         store: SQLMessageStore = self.newStore()
         return store
 
+    def recordStatements(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """
+        Record every statement the store's reads execute, with its
+        arguments.
+        """
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        read = self.store._read
+
+        class Recording:
+            def __init__(self, txn: Any) -> None:
+                self.txn = txn
+
+            def execute(self, sql: str, args: Any = ()) -> None:
+                statements.append((sql, tuple(args)))
+                self.txn.execute(sql, args)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.txn, name)
+
+        self.store._read = lambda desc, func: read(desc, lambda txn: func(Recording(txn)))
+        return statements
+
+    async def test_contactsInChunks(self) -> None:
+        """
+        The 1:1 contacts are found in reads of at most C{contactsChunk}
+        messages each, by seq, so that a walk of a large store never holds
+        it for long; what is found is the same.
+        """
+        for n in range(5):
+            await self.store.storeMessage(encrypted(f"u{n}", "alice", "c"))
+        await self.store.storeMessage(encrypted("alice", "zed", "c"))
+        await self.store.storeMessage(encrypted("eve", "mallory", "c"))
+        self.store.contactsChunk = 2
+        statements = self.recordStatements()
+        self.assertEqual(await self.store.contacts("alice", 100), ["u0", "u1", "u2", "u3", "u4", "zed"])
+        ranges = [args[:2] for sql, args in statements if "seq > ?" in sql]
+        self.assertEqual(ranges, [(0, 2), (2, 4), (4, 6), (6, 7)])
+        self.assertEqual(await self.store.contacts("alice", 3), ["u0", "u1", "u2"])
+
     async def test_rows(self) -> None:
         """
         An encrypted message's row has an empty content and the client's
@@ -357,6 +396,21 @@ class SQLiteKeyStoreTests(SQLiteStores, SQLKeyStoreTestsMixin, TestCase):
     """
     The key store tests against L{SQLiteMessageStore} in a temporary file.
     """
+
+    async def test_contactsPlan(self) -> None:
+        """
+        No statement of the contacts' walk scans the messages: each reads a
+        range of their primary key (or an index). As one statement the
+        received side went through the sender index, a random read per
+        message of the store, while every write waited.
+        """
+        await self.store.storeMessage(encrypted("bob", "alice", "c"))
+        statements = self.recordStatements()
+        self.assertEqual(await self.store.contacts("alice", 100), ["bob"])
+        self.assertTrue(statements)
+        for sql, args in statements:
+            plan = " ".join(str(row[-1]) for row in self.rows("EXPLAIN QUERY PLAN " + sql, args))
+            self.assertNotIn("SCAN messages", plan, sql)
 
 
 class PostgresKeyStoreTests(PostgresStores, SQLKeyStoreTestsMixin, TestCase):

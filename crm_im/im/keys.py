@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from twisted.internet.defer import DeferredLock, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 
 from ..safelog import Logger
@@ -177,6 +178,11 @@ class KeyHandlers:
         self.router = router
         self.clock = clock
         self.limits = limits if limits is not None else KeyLimits()
+        #: identity changes waiting to be announced, per user: device id ->
+        #: the socket that uploaded it (not told); see L{_identityChanged}
+        self._changed: dict[str, dict[str, str | None]] = {}
+        #: one walk of the contacts at a time on this node
+        self._walking = DeferredLock()
 
     def _internal(self, what: str) -> IMError:
         self.log.failure("key directory: {what}", what=what)
@@ -211,24 +217,44 @@ class KeyHandlers:
                 deviceId=request.device.deviceId,
             )
         if outcome.identityChanged:
-            await self._announceChange(caller, request.device.deviceId)
+            self._identityChanged(caller, request.device.deviceId)
         return {"oneTimeKeyCount": outcome.oneTimeKeyCount}
 
-    async def _announceChange(self, caller: Caller, device: str) -> None:
+    def _identityChanged(self, caller: Caller, device: str) -> None:
         """
-        C{keys:changed} to every contact of the caller and to the caller's
-        other devices (which encrypt for their own user's devices too). A
-        failure to find the contacts is logged: the keys are stored, and
-        contacts see the new key at their next C{keys:query}.
+        Announce a replaced identity key (L{_announce}), after the ack:
+        finding the contacts walks the user's 1:1 messages, which on a
+        large store takes a while. The walks go one at a time, so that
+        identity changes (any user may make one) never take more of the
+        store than one walk; a user's changes made while theirs waits are
+        told with it.
         """
-        try:
-            contacts = await self.store.contacts(caller.userId, self.limits.maxContacts)
-        except Exception:
-            self.log.failure("key directory: the contacts of {userId}", userId=caller.userId)
+        waiting = self._changed.get(caller.userId)
+        if waiting is not None:
+            waiting[device] = caller.device
             return
-        self.router.toUsers(
-            [*contacts, caller.userId], "keys:changed", {"userId": caller.userId, "deviceId": device}, caller.device
-        )
+        self._changed[caller.userId] = {device: caller.device}
+        ensureDeferred(self._announce(caller.userId))
+
+    async def _announce(self, userId: str) -> None:
+        """
+        C{keys:changed} to every contact of C{userId} and to the user's
+        other devices (which encrypt for their own user's devices too),
+        for each device of theirs whose identity key changed. A failure to
+        find the contacts is logged: the keys are stored, and contacts see
+        the new key at their next C{keys:query}.
+        """
+        await self._walking.acquire()
+        try:
+            changes = self._changed.pop(userId)
+            contacts = await self.store.contacts(userId, self.limits.maxContacts)
+        except Exception:
+            self.log.failure("key directory: the contacts of {userId}", userId=userId)
+            return
+        finally:
+            self._walking.release()
+        for device, socket in changes.items():
+            self.router.toUsers([*contacts, userId], "keys:changed", {"userId": userId, "deviceId": device}, socket)
 
     async def query(self, caller: Caller, data: Any) -> dict[str, Any]:
         """
